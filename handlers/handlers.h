@@ -1,0 +1,2 @@
+/* handlers.h: placeholder, being written. */
+#pragma once

@@ -1,0 +1,2 @@
+/* health.c: health (placeholder, being written). */
+#include "config.h"

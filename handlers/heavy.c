@@ -1,0 +1,2 @@
+/* heavy.c: heavy (placeholder, being written). */
+#include "config.h"

@@ -1,0 +1,2 @@
+/* tfb.c: TechEmpower (placeholder, being written). */
+#include "config.h"

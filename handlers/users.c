@@ -1,0 +1,2 @@
+/* users.c: users (placeholder, being written). */
+#include "config.h"

@@ -1,0 +1,2 @@
+/* conf.c: configuration (placeholder, being written). */
+#include "config.h"

@@ -1,0 +1,2 @@
+/* coro.h: placeholder, being written. */
+#pragma once

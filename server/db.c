@@ -1,0 +1,2 @@
+/* db.c: PostgreSQL client (placeholder, being written). */
+#include "config.h"

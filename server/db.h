@@ -1,0 +1,2 @@
+/* db.h: placeholder, being written. */
+#pragma once

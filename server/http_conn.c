@@ -1,0 +1,2 @@
+/* http_conn.c: HTTP connections (placeholder, being written). */
+#include "config.h"

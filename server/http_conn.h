@@ -1,0 +1,2 @@
+/* http_conn.h: placeholder, being written. */
+#pragma once

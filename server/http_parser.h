@@ -1,0 +1,2 @@
+/* http_parser.h: placeholder, being written. */
+#pragma once

@@ -1,0 +1,2 @@
+/* http_response.c: responses (placeholder, being written). */
+#include "config.h"

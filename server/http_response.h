@@ -1,0 +1,2 @@
+/* http_response.h: placeholder, being written. */
+#pragma once

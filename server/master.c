@@ -1,0 +1,2 @@
+/* master.c: master (placeholder, being written). */
+#include "config.h"

@@ -1,0 +1,2 @@
+/* master.h: placeholder, being written. */
+#pragma once

@@ -1,0 +1,2 @@
+/* notify.c: sd_notify (placeholder, being written). */
+#include "config.h"

@@ -1,0 +1,2 @@
+/* notify.h: placeholder, being written. */
+#pragma once

@@ -1,0 +1,2 @@
+/* router.c: router (placeholder, being written). */
+#include "config.h"

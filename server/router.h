@@ -1,0 +1,2 @@
+/* router.h: placeholder, being written. */
+#pragma once

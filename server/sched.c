@@ -1,0 +1,2 @@
+/* sched.c: scheduler (placeholder, being written). */
+#include "config.h"

@@ -1,0 +1,2 @@
+/* uri.c: query strings and percent decoding (placeholder, being written). */
+#include "config.h"

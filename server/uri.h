@@ -1,0 +1,2 @@
+/* uri.h: placeholder, being written. */
+#pragma once

@@ -1,0 +1,2 @@
+/* worker.c: worker (placeholder, being written). */
+#include "config.h"

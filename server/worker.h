@@ -1,0 +1,2 @@
+/* worker.h: placeholder, being written. */
+#pragma once

@@ -1,0 +1,2 @@
+/* broker.c: db broker (placeholder, being written). */
+#include "config.h"

@@ -1,0 +1,2 @@
+/* broker.h: placeholder, being written. */
+#pragma once

@@ -1,0 +1,2 @@
+/* metrics.c: metrics (placeholder, being written). */
+#include "config.h"

@@ -1,0 +1,2 @@
+/* metrics.h: placeholder, being written. */
+#pragma once

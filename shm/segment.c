@@ -1,0 +1,2 @@
+/* segment.c: shared memory segment (placeholder, being written). */
+#include "config.h"

@@ -1,0 +1,2 @@
+/* segment.h: placeholder, being written. */
+#pragma once
