@@ -1,2 +1,66 @@
-/* router.h: placeholder, being written. */
-#pragma once
+/* router.h: method + path patterns with {name} parameters -> handler.
+ *
+ * Patterns are literal segments and whole-segment parameters: "/users",
+ * "/users/{id}", "/a/{x}/b/{y}". Literal segments win over parameters at the
+ * same position ("/users/me" before "/users/{id}"). A trailing slash is
+ * significant. Matching is on the raw (still percent-encoded) path, without
+ * the query string. The router is built once per worker at start-up and then
+ * only read, so matching takes no lock and allocates nothing. */
+#ifndef TK_ROUTER_H
+#define TK_ROUTER_H
+
+#include <stddef.h>
+
+#include "http_response.h"
+
+/* A handler answers with tk_http_respond*() (see http_response.h). */
+typedef void (*tk_http_handler_fn)(tk_http_ctx_t *ctx);
+
+typedef struct tk_router tk_router_t;
+
+#define TK_ROUTER_MAX_PARAMS 8
+#define TK_ROUTER_MAX_ROUTES 256
+
+tk_router_t *tk_router_new(void);
+void tk_router_free(tk_router_t *r);
+
+/* Register fn for method ("GET", "POST", ...) on pattern. route_id is the
+ * caller's number for per-route metrics (0..TK_ROUTER_MAX_ROUTES-1; several
+ * methods of one path may share it). GET also answers HEAD unless a HEAD route
+ * exists. Returns 0, or -1 on a bad pattern, a duplicate (method, pattern), or
+ * out of memory; err (may be NULL) says which. */
+int tk_router_add(tk_router_t *r, const char *method, const char *pattern, tk_http_handler_fn fn,
+                  int route_id);
+int tk_router_add_err(tk_router_t *r, const char *method, const char *pattern,
+                      tk_http_handler_fn fn, int route_id, char *err, size_t errlen);
+
+typedef enum {
+    TK_ROUTE_FOUND = 0,
+    TK_ROUTE_NOT_FOUND,          /* 404 */
+    TK_ROUTE_METHOD_NOT_ALLOWED, /* 405 with Allow: m->allow */
+} tk_router_result_t;
+
+typedef struct {
+    tk_str_t name;  /* without the braces; points into the router */
+    tk_str_t value; /* points into the matched path */
+} tk_router_param_t;
+
+typedef struct {
+    tk_http_handler_fn fn;
+    int route_id;
+    const char *pattern; /* the registered pattern, for logs and metrics labels */
+    int nparams;
+    tk_router_param_t params[TK_ROUTER_MAX_PARAMS];
+    char allow[96]; /* for 405: "GET, HEAD, POST" */
+} tk_router_match_t;
+
+/* Find the handler for method + path. */
+tk_router_result_t tk_router_match(const tk_router_t *r, const char *method, size_t method_len,
+                                   const char *path, size_t path_len, tk_router_match_t *m);
+
+/* Visit every route (for /debug and metrics labels). */
+typedef void (*tk_router_visit_fn)(const char *method, const char *pattern, int route_id,
+                                   void *arg);
+void tk_router_foreach(const tk_router_t *r, tk_router_visit_fn cb, void *arg);
+
+#endif
