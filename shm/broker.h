@@ -152,7 +152,7 @@ uint32_t tk_broker_worker_attach(tk_broker_sh_t *b, int w, pid_t pid);
 
 typedef enum {
     TK_BROKER_GOT = 0, /* *slot is yours (HELD): connect */
-    TK_BROKER_QUEUED,  /* parked in the queue as *entry/*ticket: wait for a grant */
+    TK_BROKER_QUEUED,  /* parked in the queue as *entry and *ticket: wait for a grant */
     TK_BROKER_FULL,    /* queue full: fail now (503) */
     TK_BROKER_ERROR,   /* lock unusable */
 } tk_broker_acq_t;
