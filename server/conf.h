@@ -5,89 +5,108 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #define TK_CONF_MAX_LISTEN 8
+/* Upper bound on the number of settings (sizes the per-setting line table). */
+#define TK_CONF_MAX_SETTINGS 64
 
 typedef struct {
     /* [server] */
-    char name[64];                     /* instance name: pid file, shm name, log prefix; "tenk" */
+    char name[64]; /* instance name: pid file, shm name, log prefix; "tenk" */
     char listen[TK_CONF_MAX_LISTEN][128]; /* "ADDR:PORT" or "[v6]:PORT"; default "0.0.0.0:8080" */
     int nlisten;
-    int workers;                       /* 0 = online cores; 1..256 */
-    int backlog;                       /* 4096 */
-    char user[64];                     /* drop privileges to this user in workers; "" = none */
-    char pid_file[256];                /* default /run/tenk/NAME.pid, or ./var/NAME.pid if not root */
-    int max_connections;               /* per worker; 10000 */
-    int shutdown_timeout_ms;           /* 30000 */
+    int workers;             /* 0 = online cores; 1..256 */
+    int backlog;             /* 4096 */
+    char user[64];           /* drop privileges to this user in workers; "" = none */
+    char pid_file[256];      /* "" = default, see tk_conf_pid_path() */
+    int max_connections;     /* per worker; 10000 */
+    int shutdown_timeout_ms; /* 30000 */
 
     /* [runtime] green threads */
-    size_t stack_size;                 /* 65536 */
-    unsigned max_threads;              /* per worker; 0 = unlimited */
-    unsigned long long long_run_ms;    /* 50 */
+    size_t stack_size;              /* 65536 */
+    unsigned max_threads;           /* per worker; 0 = unlimited */
+    unsigned long long long_run_ms; /* 50 */
 
     /* [limits] */
-    size_t max_request_line;           /* request target; 8192 -> 414 */
-    size_t max_header_size;            /* whole header section; 8192 -> 431 */
-    int max_headers;                   /* 100 -> 431 */
-    size_t max_body_size;              /* 1 MiB -> 413 */
-    int max_requests_per_conn;         /* 0 = unlimited; default 10000 */
+    size_t max_request_line;   /* request target; 8192 -> 414 */
+    size_t max_header_size;    /* whole header section; 8192 -> 431 */
+    int max_headers;           /* 100 -> 431 */
+    size_t max_body_size;      /* 1 MiB -> 413 */
+    int max_requests_per_conn; /* 0 = unlimited; default 10000 */
 
     /* [timeouts] milliseconds */
-    int header_timeout_ms;             /* 10000: whole header section */
-    int body_timeout_ms;               /* 10000: whole body */
-    int write_timeout_ms;              /* 10000 */
-    int keepalive_timeout_ms;          /* 60000 */
+    int header_timeout_ms;    /* 10000: whole header section */
+    int body_timeout_ms;      /* 10000: whole body */
+    int write_timeout_ms;     /* 10000 */
+    int keepalive_timeout_ms; /* 60000 */
 
     /* [http] */
-    int gzip;                          /* 1 */
-    size_t gzip_min_size;              /* 1024 */
-    int gzip_level;                    /* 1..9, default 1 */
+    int gzip;             /* 1 */
+    size_t gzip_min_size; /* 1024 */
+    int gzip_level;       /* 1..9, default 1 */
 
     /* [db] */
-    char db_conninfo[512];             /* libpq connection string; "" = no database */
-    int db_max_open;                   /* 25 */
-    int db_max_idle;                   /* 25 */
-    int db_max_lifetime_ms;            /* 300000 */
-    int db_max_idle_time_ms;           /* 60000 */
-    int db_acquire_timeout_ms;         /* 1000 */
-    int db_query_timeout_ms;           /* 5000 */
+    char db_conninfo[512];     /* libpq connection string; "" = no database */
+    int db_max_open;           /* 25 */
+    int db_max_idle;           /* 25 */
+    int db_max_lifetime_ms;    /* 300000 */
+    int db_max_idle_time_ms;   /* 60000 */
+    int db_acquire_timeout_ms; /* 1000 */
+    int db_query_timeout_ms;   /* 5000 */
 
     /* [redis] */
-    char redis_addr[256];              /* "host:port" or a unix socket path; "" = no cache */
+    char redis_addr[256]; /* "host:port" or a unix socket path; "" = no cache */
     char redis_password[128];
-    int redis_db;                      /* 0 */
-    int redis_timeout_ms;              /* 50 */
+    int redis_db;         /* 0 */
+    int redis_timeout_ms; /* 50 */
 
     /* [cache] */
-    int cache_ttl_s;                   /* 300 */
-    int cache_negative_ttl_s;          /* 10 */
+    int cache_ttl_s;          /* 300 */
+    int cache_negative_ttl_s; /* 10 */
 
     /* [admin] */
-    char admin_listen[128];            /* "127.0.0.1:6060"; "" = off */
-    char admin_token[128];             /* bearer token; "" = none */
+    char admin_listen[128]; /* "127.0.0.1:6060"; "" = off */
+    char admin_token[128];  /* bearer token; "" = none */
 
     /* [log] */
-    char log_level[16];                /* "notice" */
-    char error_log[256];               /* "" = stderr */
-    char access_log[256];              /* "" = off */
-    char access_log_format[16];        /* "combined" or "json" */
+    char log_level[16];         /* "notice" */
+    char error_log[256];        /* "" = stderr */
+    char access_log[256];       /* "" = off */
+    char access_log_format[16]; /* "combined" or "json" */
 
     /* not from the file */
-    char conf_file[256];               /* the file this came from, "" if none */
+    char conf_file[256]; /* the file this came from, "" if none */
     int foreground;
+    /* Where each setting was last set, by table index: 0 = default, -1 = the
+     * command line, else the line in conf_file. Lets tk_conf_validate() name
+     * the line of a cross-field error. */
+    int src_line[TK_CONF_MAX_SETTINGS];
 } tk_conf_t;
 
 /* Fill with every default. */
 void tk_conf_defaults(tk_conf_t *c);
-/* Read an INI file over c. On error: -1 and err = "FILE:LINE: [section] key: reason". */
+/* Read an INI file over c. On error: -1 and err = "FILE:LINE: section.key: reason". */
 int tk_conf_load_file(tk_conf_t *c, const char *path, char *err, size_t errlen);
 /* Same, from a memory buffer (for tests and the fuzzer); name is used in messages. */
 int tk_conf_load_buffer(tk_conf_t *c, const char *name, const char *buf, size_t len, char *err,
                         size_t errlen);
-/* Set one setting by "section.key" (used for command-line flags). */
+/* Set one setting by section and key, from its text form (command-line flags).
+ * server.listen takes a comma- or space-separated list and replaces the list. */
 int tk_conf_set(tk_conf_t *c, const char *section, const char *key, const char *value, char *err,
                 size_t errlen);
-/* Cross-field checks once everything is loaded. */
+/* Cross-field checks once everything is loaded (also tk_sched_opts_check). */
 int tk_conf_validate(const tk_conf_t *c, char *err, size_t errlen);
+
+/* Parse "ADDR:PORT", "[V6]:PORT", "*:PORT" or "localhost:PORT" (numeric
+ * addresses only: no DNS at start-up). 0, or -1 with err. */
+int tk_conf_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err,
+                       size_t errlen);
+/* Effective worker count: workers, or the number of online cores when 0. */
+int tk_conf_workers(const tk_conf_t *c);
+/* The pid file: pid_file if set; else $RUNTIME_DIRECTORY/NAME.pid (systemd's
+ * RuntimeDirectory=); else TK_RUNSTATEDIR/tenk/NAME.pid as root; else
+ * ${XDG_RUNTIME_DIR:-/tmp}/tenk-NAME.pid. tenkctl uses the same rule. */
+void tk_conf_pid_path(const tk_conf_t *c, char *buf, size_t len);
 
 #endif
