@@ -1,2 +1,873 @@
-/* broker.c: db broker (placeholder, being written). */
+/* broker.c: the global connection-slot table and FIFO wait queue in shared memory. */
 #include "config.h"
+
+#include "broker.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Release policy (tk_broker_release()): connections cannot move between
+ * processes, so handing a slot to another worker's waiter costs closing our
+ * connection and that worker opening a new one (a PostgreSQL backend fork).
+ * Strict FIFO under even load would do that on (N-1)/N of all releases. So a
+ * release serves the global head when it belongs to this worker (direct
+ * hand-off, no reconnect); otherwise it serves this worker's own oldest waiter
+ * if that one arrived at most local_bias_ns after the global head, keeping the
+ * connection; only when the head has waited longer than that does the slot
+ * move (close here, connect there). Order across workers is thus FIFO to
+ * within local_bias_ns, nobody starves (the head always gets the next release
+ * once it is local_bias_ns older than everyone local), and under even load no
+ * connection churns. A slot freed without a connection (tk_broker_free_slot())
+ * has nothing to keep and always goes to the head: strict FIFO. */
+
+static int g_wake_fds[TK_BROKER_MAX_WORKERS];
+static int g_nwake;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* --- lists (indices into b->entries, -1 = none) ------------------------------------ */
+
+static void q_push(tk_broker_sh_t *b, int e)
+{
+    tk_broker_entry_sh_t *x = &b->entries[e];
+    x->next = -1;
+    x->prev = b->qtail;
+    if (b->qtail >= 0)
+        b->entries[b->qtail].next = e;
+    else
+        b->qhead = e;
+    b->qtail = e;
+}
+
+static void q_remove(tk_broker_sh_t *b, int e)
+{
+    tk_broker_entry_sh_t *x = &b->entries[e];
+    if (x->prev >= 0)
+        b->entries[x->prev].next = x->next;
+    else
+        b->qhead = x->next;
+    if (x->next >= 0)
+        b->entries[x->next].prev = x->prev;
+    else
+        b->qtail = x->prev;
+    x->prev = x->next = -1;
+}
+
+static void w_push(tk_broker_sh_t *b, tk_broker_worker_sh_t *w, int e)
+{
+    tk_broker_entry_sh_t *x = &b->entries[e];
+    x->wnext = -1;
+    x->wprev = w->wtail;
+    if (w->wtail >= 0)
+        b->entries[w->wtail].wnext = e;
+    else
+        w->whead = e;
+    w->wtail = e;
+    w->nwaiting++;
+}
+
+static void w_remove(tk_broker_sh_t *b, tk_broker_worker_sh_t *w, int e)
+{
+    tk_broker_entry_sh_t *x = &b->entries[e];
+    if (x->wprev >= 0)
+        b->entries[x->wprev].wnext = x->wnext;
+    else
+        w->whead = x->wnext;
+    if (x->wnext >= 0)
+        b->entries[x->wnext].wprev = x->wprev;
+    else
+        w->wtail = x->wprev;
+    x->wprev = x->wnext = -1;
+    w->nwaiting--;
+}
+
+/* Granted list of a worker: doubly linked through prev/next, pushed at head. */
+static void g_push(tk_broker_sh_t *b, tk_broker_worker_sh_t *w, int e)
+{
+    tk_broker_entry_sh_t *x = &b->entries[e];
+    x->prev = -1;
+    x->next = w->ghead;
+    if (w->ghead >= 0)
+        b->entries[w->ghead].prev = e;
+    w->ghead = e;
+}
+
+static void g_remove(tk_broker_sh_t *b, tk_broker_worker_sh_t *w, int e)
+{
+    tk_broker_entry_sh_t *x = &b->entries[e];
+    if (x->prev >= 0)
+        b->entries[x->prev].next = x->next;
+    else
+        w->ghead = x->next;
+    if (x->next >= 0)
+        b->entries[x->next].prev = x->prev;
+    x->prev = x->next = -1;
+}
+
+static void e_free(tk_broker_sh_t *b, int e)
+{
+    tk_broker_entry_sh_t *x = &b->entries[e];
+    x->state = TK_BROKER_ENTRY_FREE;
+    x->slot = -1;
+    x->pid = 0;
+    x->worker = -1;
+    x->prev = -1;
+    x->wprev = x->wnext = -1;
+    x->next = b->efree;
+    b->efree = e;
+}
+
+static void s_free(tk_broker_sh_t *b, int s)
+{
+    tk_broker_slot_sh_t *x = &b->slots[s];
+    x->state = TK_BROKER_SLOT_FREE;
+    x->worker = -1;
+    x->pid = 0;
+    x->gen = 0;
+    x->entry = -1;
+    x->idle = 0;
+    x->since_ns = now_ns();
+    x->next_free = b->sfree;
+    b->sfree = s;
+    b->nfree++;
+}
+
+static int s_pop(tk_broker_sh_t *b)
+{
+    int s = b->sfree;
+    if (s >= 0) {
+        b->sfree = b->slots[s].next_free;
+        b->slots[s].next_free = -1;
+        b->nfree--;
+    }
+    return s;
+}
+
+static void s_hold(tk_broker_sh_t *b, int s, int w)
+{
+    tk_broker_slot_sh_t *x = &b->slots[s];
+    x->state = TK_BROKER_SLOT_HELD;
+    x->worker = w;
+    x->pid = b->workers[w].pid;
+    x->gen = b->workers[w].gen;
+    x->entry = -1;
+    x->idle = 0;
+    x->since_ns = now_ns();
+}
+
+/* Take waiting entry e out of the queue. */
+static void unqueue(tk_broker_sh_t *b, int e)
+{
+    tk_broker_entry_sh_t *x = &b->entries[e];
+    q_remove(b, e);
+    w_remove(b, &b->workers[x->worker], e);
+    b->qlen--;
+}
+
+/* Promise slot s (owned by nobody or being passed on) to waiting entry e. */
+static int grant(tk_broker_sh_t *b, int s, int e)
+{
+    tk_broker_entry_sh_t *x = &b->entries[e];
+    tk_broker_slot_sh_t *sl = &b->slots[s];
+    unqueue(b, e);
+    sl->state = TK_BROKER_SLOT_GRANTED;
+    sl->worker = x->worker;
+    sl->pid = x->pid;
+    sl->gen = x->gen;
+    sl->entry = e;
+    sl->idle = 0;
+    sl->since_ns = now_ns();
+    x->slot = s;
+    x->state = TK_BROKER_ENTRY_GRANTED;
+    g_push(b, &b->workers[x->worker], e);
+    b->workers[x->worker].nheld++;
+    return x->worker;
+}
+
+/* Serve queued entries with free slots (after a reclaim or a repair). Marks
+ * the workers to wake in wake[] (by index). */
+static void serve_free(tk_broker_sh_t *b, unsigned char *wake)
+{
+    while (b->qhead >= 0 && b->sfree >= 0) {
+        int s = s_pop(b);
+        int w = grant(b, s, b->qhead);
+        if (wake)
+            wake[w] = 1;
+    }
+}
+
+/* --- init and the lock -------------------------------------------------------------- */
+
+int tk_broker_sh_init(tk_broker_sh_t *b, unsigned max_open)
+{
+    pthread_mutexattr_t ma;
+    int r;
+
+    memset(b, 0, sizeof(*b));
+    if (max_open < 1)
+        max_open = 1;
+    if (max_open > TK_BROKER_MAX_SLOTS)
+        max_open = TK_BROKER_MAX_SLOTS;
+    b->magic = TK_BROKER_MAGIC;
+    b->version = TK_BROKER_VERSION;
+    b->size = (uint32_t)sizeof(*b);
+    b->max_open = max_open;
+    b->max_idle = max_open;
+    b->local_bias_ns = TK_BROKER_LOCAL_BIAS_NS;
+    b->qhead = b->qtail = -1;
+    b->efree = -1;
+    b->sfree = -1;
+    for (int e = TK_BROKER_MAX_WAITERS - 1; e >= 0; e--)
+        e_free(b, e);
+    for (int s = TK_BROKER_MAX_SLOTS - 1; s >= 0; s--) {
+        b->slots[s].state = TK_BROKER_SLOT_FREE;
+        b->slots[s].worker = -1;
+        b->slots[s].entry = -1;
+        b->slots[s].next_free = -1;
+    }
+    for (int s = (int)max_open - 1; s >= 0; s--)
+        s_free(b, s);
+    for (int w = 0; w < TK_BROKER_MAX_WORKERS; w++) {
+        b->workers[w].whead = b->workers[w].wtail = -1;
+        b->workers[w].ghead = -1;
+    }
+
+    /* Robust: a worker killed while holding the lock must not wedge the others.
+     * (PTHREAD_MUTEX_ROBUST is an enum in glibc: no #ifdef.) */
+    if ((r = pthread_mutexattr_init(&ma)) != 0)
+        goto fail;
+    if ((r = pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED)) != 0 ||
+        (r = pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST)) != 0 ||
+        (r = pthread_mutex_init(&b->lock, &ma)) != 0) {
+        pthread_mutexattr_destroy(&ma);
+        goto fail;
+    }
+    pthread_mutexattr_destroy(&ma);
+    return 0;
+fail:
+    errno = r;
+    return -1;
+}
+
+void tk_broker_set_max_idle(tk_broker_sh_t *b, unsigned max_idle)
+{
+    if (tk_broker_lock(b) != 0)
+        return;
+    b->max_idle = (max_idle == 0 || max_idle > b->max_open) ? b->max_open : max_idle;
+    tk_broker_unlock(b);
+}
+
+static int cmp_ticket(const void *a, const void *c, void *arg)
+{
+    const tk_broker_sh_t *b = arg;
+    uint64_t x = b->entries[*(const int32_t *)a].ticket;
+    uint64_t y = b->entries[*(const int32_t *)c].ticket;
+    return x < y ? -1 : x > y;
+}
+
+int tk_broker_repair_locked(tk_broker_sh_t *b)
+{
+    static int32_t order[TK_BROKER_MAX_WAITERS]; /* under the lock: one user at a time */
+    uint32_t old_qlen = b->qlen, old_nfree = b->nfree, old_nidle = b->nidle;
+    int32_t old_qhead = b->qhead;
+    int changed = 0, n = 0;
+    char err[128];
+
+    changed = tk_broker_check_locked(b, err, sizeof(err)) != 0;
+
+    /* Slots and entries are the truth; a state that disagrees with its peer
+     * (the dead holder stopped between the two writes of a grant) falls back
+     * to the safe side: a GRANTED slot whose entry does not point back is
+     * freed, a GRANTED entry whose slot does not point back is dropped. */
+    for (int s = 0; s < (int)b->max_open; s++) {
+        tk_broker_slot_sh_t *x = &b->slots[s];
+        if (x->state == TK_BROKER_SLOT_GRANTED) {
+            int e = x->entry;
+            if (e < 0 || e >= TK_BROKER_MAX_WAITERS ||
+                b->entries[e].state != TK_BROKER_ENTRY_GRANTED || b->entries[e].slot != s)
+                x->state = TK_BROKER_SLOT_FREE;
+        }
+        if (x->state == TK_BROKER_SLOT_HELD &&
+            (x->worker < 0 || x->worker >= TK_BROKER_MAX_WORKERS))
+            x->state = TK_BROKER_SLOT_FREE;
+    }
+    for (int e = 0; e < TK_BROKER_MAX_WAITERS; e++) {
+        tk_broker_entry_sh_t *x = &b->entries[e];
+        if (x->state != TK_BROKER_ENTRY_FREE &&
+            (x->worker < 0 || x->worker >= TK_BROKER_MAX_WORKERS))
+            x->state = TK_BROKER_ENTRY_FREE;
+        if (x->state == TK_BROKER_ENTRY_GRANTED &&
+            (x->slot < 0 || x->slot >= (int)b->max_open ||
+             b->slots[x->slot].state != TK_BROKER_SLOT_GRANTED || b->slots[x->slot].entry != e))
+            x->state = TK_BROKER_ENTRY_FREE;
+    }
+
+    /* Rebuild every list and count. */
+    b->qhead = b->qtail = -1;
+    b->qlen = 0;
+    b->efree = -1;
+    b->sfree = -1;
+    b->nfree = 0;
+    b->nidle = 0;
+    for (int w = 0; w < TK_BROKER_MAX_WORKERS; w++) {
+        tk_broker_worker_sh_t *wk = &b->workers[w];
+        wk->whead = wk->wtail = -1;
+        wk->ghead = -1;
+        wk->nwaiting = wk->nheld = wk->nidle = 0;
+    }
+    for (int e = TK_BROKER_MAX_WAITERS - 1; e >= 0; e--) {
+        tk_broker_entry_sh_t *x = &b->entries[e];
+        if (x->state == TK_BROKER_ENTRY_FREE)
+            e_free(b, e);
+        else if (x->state == TK_BROKER_ENTRY_WAITING)
+            order[n++] = e;
+        else
+            g_push(b, &b->workers[x->worker], e);
+    }
+    qsort_r(order, (size_t)n, sizeof(order[0]), cmp_ticket, b);
+    for (int i = 0; i < n; i++) {
+        q_push(b, order[i]);
+        w_push(b, &b->workers[b->entries[order[i]].worker], order[i]);
+        b->qlen++;
+    }
+    for (int s = (int)b->max_open - 1; s >= 0; s--) {
+        tk_broker_slot_sh_t *x = &b->slots[s];
+        if (x->state == TK_BROKER_SLOT_FREE) {
+            s_free(b, s);
+            continue;
+        }
+        b->workers[x->worker].nheld++;
+        if (x->state == TK_BROKER_SLOT_HELD && x->idle) {
+            b->workers[x->worker].nidle++;
+            b->nidle++;
+        } else {
+            x->idle = 0;
+        }
+    }
+    if (b->qlen > b->qhwm)
+        b->qhwm = b->qlen;
+    serve_free(b, NULL);
+    if (old_qlen != b->qlen || old_nfree != b->nfree || old_nidle != b->nidle ||
+        old_qhead != b->qhead)
+        changed = 1;
+    return changed;
+}
+
+int tk_broker_lock(tk_broker_sh_t *b)
+{
+    int r = pthread_mutex_lock(&b->lock);
+    if (r == 0)
+        return 0;
+    if (r == EOWNERDEAD) {
+        /* The holder died inside a section: validate and rebuild the data,
+         * then mark the mutex usable again. Everyone is woken afterwards
+         * because a grant may have been lost or made by the repair. */
+        tk_broker_repair_locked(b);
+        b->repairs++;
+        pthread_mutex_consistent(&b->lock);
+        for (int w = 0; w < g_nwake; w++)
+            tk_broker_wake(w);
+        return 0;
+    }
+    errno = r;
+    return -1;
+}
+
+void tk_broker_unlock(tk_broker_sh_t *b)
+{
+    pthread_mutex_unlock(&b->lock);
+}
+
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            snprintf(err, errlen, __VA_ARGS__);                                                    \
+            return -1;                                                                             \
+        }                                                                                          \
+    } while (0)
+
+int tk_broker_check_locked(const tk_broker_sh_t *b, char *err, size_t errlen)
+{
+    uint32_t nheld[TK_BROKER_MAX_WORKERS] = {0}, nidle[TK_BROKER_MAX_WORKERS] = {0};
+    uint32_t nfree = 0, totidle = 0, n = 0;
+    uint64_t last = 0;
+    int prev = -1;
+
+    CHECK(b->magic == TK_BROKER_MAGIC && b->version == TK_BROKER_VERSION, "bad magic/version");
+    CHECK(b->max_open >= 1 && b->max_open <= TK_BROKER_MAX_SLOTS, "bad max_open %u", b->max_open);
+    for (int s = 0; s < (int)b->max_open; s++) {
+        const tk_broker_slot_sh_t *x = &b->slots[s];
+        if (x->state == TK_BROKER_SLOT_FREE) {
+            nfree++;
+            continue;
+        }
+        CHECK(x->worker >= 0 && x->worker < TK_BROKER_MAX_WORKERS, "slot %d: worker %d", s,
+              x->worker);
+        nheld[x->worker]++;
+        if (x->state == TK_BROKER_SLOT_GRANTED) {
+            CHECK(x->entry >= 0 && x->entry < TK_BROKER_MAX_WAITERS &&
+                      b->entries[x->entry].state == TK_BROKER_ENTRY_GRANTED &&
+                      b->entries[x->entry].slot == s,
+                  "slot %d granted to entry %d that does not point back", s, x->entry);
+        } else if (x->idle) {
+            nidle[x->worker]++;
+            totidle++;
+        }
+    }
+    CHECK(nfree == b->nfree, "nfree %u, counted %u", b->nfree, nfree);
+    CHECK(totidle == b->nidle, "nidle %u, counted %u", b->nidle, totidle);
+    n = 0;
+    for (int s = b->sfree; s >= 0; s = b->slots[s].next_free) {
+        CHECK(s < (int)b->max_open && b->slots[s].state == TK_BROKER_SLOT_FREE,
+              "slot %d on the free list", s);
+        CHECK(++n <= nfree, "slot free list longer than nfree");
+    }
+    CHECK(n == nfree, "slot free list has %u, nfree %u", n, nfree);
+    CHECK(b->qlen == 0 || nfree == 0, "%u free slots while %u wait", nfree, b->qlen);
+
+    n = 0;
+    for (int e = b->qhead; e >= 0; e = b->entries[e].next) {
+        const tk_broker_entry_sh_t *x = &b->entries[e];
+        CHECK(e < TK_BROKER_MAX_WAITERS && x->state == TK_BROKER_ENTRY_WAITING,
+              "entry %d in queue not waiting", e);
+        CHECK(x->prev == prev, "entry %d: prev %d, expected %d", e, x->prev, prev);
+        CHECK(n == 0 || x->ticket > last, "queue not in ticket order at entry %d", e);
+        CHECK(++n <= b->qlen, "queue longer than qlen %u", b->qlen);
+        last = x->ticket;
+        prev = e;
+    }
+    CHECK(n == b->qlen, "queue has %u, qlen %u", n, b->qlen);
+    CHECK(prev == b->qtail, "qtail %d, last %d", b->qtail, prev);
+
+    for (int w = 0; w < TK_BROKER_MAX_WORKERS; w++) {
+        const tk_broker_worker_sh_t *wk = &b->workers[w];
+        CHECK(wk->nheld == nheld[w], "worker %d: nheld %u, counted %u", w, wk->nheld, nheld[w]);
+        CHECK(wk->nidle == nidle[w], "worker %d: nidle %u, counted %u", w, wk->nidle, nidle[w]);
+        n = 0;
+        prev = -1;
+        for (int e = wk->whead; e >= 0; e = b->entries[e].wnext) {
+            CHECK(b->entries[e].state == TK_BROKER_ENTRY_WAITING && b->entries[e].worker == w,
+                  "worker %d: entry %d on its waiting list", w, e);
+            CHECK(b->entries[e].wprev == prev, "worker %d: entry %d wprev", w, e);
+            CHECK(++n <= wk->nwaiting, "worker %d: waiting list too long", w);
+            prev = e;
+        }
+        CHECK(n == wk->nwaiting && prev == wk->wtail, "worker %d: waiting list %u/%u", w, n,
+              wk->nwaiting);
+        n = 0;
+        for (int e = wk->ghead; e >= 0; e = b->entries[e].next) {
+            CHECK(b->entries[e].state == TK_BROKER_ENTRY_GRANTED && b->entries[e].worker == w,
+                  "worker %d: entry %d on its granted list", w, e);
+            CHECK(++n <= TK_BROKER_MAX_SLOTS, "worker %d: granted list loops", w);
+        }
+    }
+    n = 0;
+    for (int e = b->efree; e >= 0; e = b->entries[e].next) {
+        CHECK(b->entries[e].state == TK_BROKER_ENTRY_FREE, "entry %d free-listed, not free", e);
+        CHECK(++n <= TK_BROKER_MAX_WAITERS, "entry free list loops");
+    }
+    {
+        uint32_t nused = 0;
+        for (int e = 0; e < TK_BROKER_MAX_WAITERS; e++)
+            nused += b->entries[e].state != TK_BROKER_ENTRY_FREE;
+        CHECK(n + nused == TK_BROKER_MAX_WAITERS, "entries: %u free-listed + %u used", n, nused);
+    }
+    return 0;
+}
+
+/* --- worker side ---------------------------------------------------------------------- */
+
+/* Drop everything recorded for worker slot w (match_pid 0) or process pid.
+ * Returns the number of slots freed; freed slots then serve the queue. */
+static int reclaim_locked(tk_broker_sh_t *b, int w, pid_t pid, unsigned char *wake, int *nent)
+{
+    int freed = 0;
+    *nent = 0;
+    for (int e = 0; e < TK_BROKER_MAX_WAITERS; e++) {
+        tk_broker_entry_sh_t *x = &b->entries[e];
+        if (x->state == TK_BROKER_ENTRY_FREE)
+            continue;
+        if (pid ? x->pid != pid : x->worker != w)
+            continue;
+        if (x->state == TK_BROKER_ENTRY_WAITING)
+            unqueue(b, e);
+        else
+            g_remove(b, &b->workers[x->worker], e); /* its slot is freed below */
+        e_free(b, e);
+        (*nent)++;
+    }
+    for (int s = 0; s < (int)b->max_open; s++) {
+        tk_broker_slot_sh_t *x = &b->slots[s];
+        if (x->state == TK_BROKER_SLOT_FREE)
+            continue;
+        if (pid ? x->pid != pid : x->worker != w)
+            continue;
+        tk_broker_worker_sh_t *wk = &b->workers[x->worker];
+        if (x->state == TK_BROKER_SLOT_HELD && x->idle) {
+            b->nidle--;
+            wk->nidle--;
+        }
+        wk->nheld--;
+        s_free(b, s);
+        freed++;
+    }
+    serve_free(b, wake);
+    return freed;
+}
+
+static void zero_gauges(tk_broker_worker_sh_t *wk)
+{
+    __atomic_store_n(&wk->st.open, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&wk->st.in_use, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&wk->st.idle, 0, __ATOMIC_RELAXED);
+}
+
+static void wake_marked(const unsigned char *wake)
+{
+    for (int w = 0; w < TK_BROKER_MAX_WORKERS; w++)
+        if (wake[w])
+            tk_broker_wake(w);
+}
+
+uint32_t tk_broker_worker_attach(tk_broker_sh_t *b, int w, pid_t pid)
+{
+    unsigned char wake[TK_BROKER_MAX_WORKERS] = {0};
+    uint32_t gen;
+
+    if (w < 0 || w >= TK_BROKER_MAX_WORKERS || tk_broker_lock(b) != 0)
+        return 0;
+    int nent;
+    reclaim_locked(b, w, 0, wake, &nent);
+    b->workers[w].pid = (int32_t)pid;
+    gen = ++b->workers[w].gen;
+    if ((uint32_t)w + 1 > b->nworkers)
+        b->nworkers = (uint32_t)w + 1;
+    zero_gauges(&b->workers[w]);
+    tk_broker_unlock(b);
+    wake_marked(wake);
+    return gen;
+}
+
+tk_broker_acq_t tk_broker_acquire(tk_broker_sh_t *b, int w, uint32_t gen, int *slot, int *entry,
+                                  uint64_t *ticket, int *wake)
+{
+    tk_broker_worker_sh_t *wk = &b->workers[w];
+    int e;
+
+    *wake = -1;
+    if (tk_broker_lock(b) != 0)
+        return TK_BROKER_ERROR;
+    if (b->qlen == 0 && b->sfree >= 0) {
+        int s = s_pop(b);
+        s_hold(b, s, w);
+        wk->nheld++;
+        tk_broker_unlock(b);
+        *slot = s;
+        return TK_BROKER_GOT;
+    }
+    e = b->efree;
+    if (e < 0) {
+        tk_broker_unlock(b);
+        return TK_BROKER_FULL;
+    }
+    tk_broker_entry_sh_t *x = &b->entries[e];
+    b->efree = x->next;
+    x->state = TK_BROKER_ENTRY_WAITING;
+    x->worker = w;
+    x->pid = wk->pid;
+    x->gen = gen;
+    x->ticket = ++b->next_ticket;
+    x->enq_ns = now_ns();
+    x->slot = -1;
+    q_push(b, e);
+    w_push(b, wk, e);
+    if (++b->qlen > b->qhwm)
+        b->qhwm = b->qlen;
+    if (b->nidle > 0) {
+        /* Someone sits on an idle connection while we queue: ask them to
+         * give it up (bounded scan, only when idle ones exist). */
+        for (int i = 0; i < (int)b->nworkers; i++)
+            if (i != w && b->workers[i].nidle > 0) {
+                *wake = i;
+                break;
+            }
+    }
+    *entry = e;
+    *ticket = x->ticket;
+    tk_broker_unlock(b);
+    return TK_BROKER_QUEUED;
+}
+
+/* Hand slot s (held by w, connection kept or not) on. keep: the connection
+ * is healthy and may stay in this worker. */
+static tk_broker_rel_t pass_on(tk_broker_sh_t *b, int w, int s, int keep, int *entry, int *wake)
+{
+    tk_broker_worker_sh_t *wk = &b->workers[w];
+    int h = b->qhead;
+    int pick = -1;
+
+    if (h < 0)
+        return TK_BROKER_FREED;
+    if (b->entries[h].worker == w)
+        pick = h;
+    else if (keep && wk->whead >= 0 &&
+             b->entries[wk->whead].enq_ns <= b->entries[h].enq_ns + b->local_bias_ns)
+        pick = wk->whead;
+    if (pick >= 0) {
+        /* Served inside this worker: the entry is done with at once; the
+         * caller finds its waiter by the index (its own table, no yield
+         * in between). */
+        unqueue(b, pick);
+        e_free(b, pick);
+        *entry = pick;
+        s_hold(b, s, w);
+        return TK_BROKER_TO_LOCAL;
+    }
+    wk->nheld--;
+    *wake = grant(b, s, h);
+    return TK_BROKER_TO_REMOTE;
+}
+
+tk_broker_rel_t tk_broker_release(tk_broker_sh_t *b, int w, int s, int *entry, int *wake)
+{
+    tk_broker_rel_t r;
+
+    *entry = -1;
+    *wake = -1;
+    if (tk_broker_lock(b) != 0)
+        return TK_BROKER_CLOSE_IDLE; /* can't happen; closing is the safe answer */
+    if (b->qhead < 0) {
+        if (b->nidle >= b->max_idle) {
+            b->workers[w].nheld--;
+            s_free(b, s);
+            r = TK_BROKER_CLOSE_IDLE;
+        } else {
+            b->slots[s].idle = 1;
+            b->slots[s].since_ns = now_ns();
+            b->nidle++;
+            b->workers[w].nidle++;
+            r = TK_BROKER_KEEP_IDLE;
+        }
+    } else {
+        r = pass_on(b, w, s, 1, entry, wake);
+    }
+    tk_broker_unlock(b);
+    return r;
+}
+
+tk_broker_rel_t tk_broker_free_slot(tk_broker_sh_t *b, int w, int s, int *entry, int *wake)
+{
+    tk_broker_rel_t r;
+
+    *entry = -1;
+    *wake = -1;
+    if (tk_broker_lock(b) != 0)
+        return TK_BROKER_FREED;
+    if (b->slots[s].idle) {
+        b->slots[s].idle = 0;
+        b->nidle--;
+        b->workers[w].nidle--;
+    }
+    if (b->qhead < 0) {
+        b->workers[w].nheld--;
+        s_free(b, s);
+        r = TK_BROKER_FREED;
+    } else {
+        r = pass_on(b, w, s, 0, entry, wake);
+    }
+    tk_broker_unlock(b);
+    return r;
+}
+
+void tk_broker_idle_take(tk_broker_sh_t *b, int w, int s)
+{
+    if (tk_broker_lock(b) != 0)
+        return;
+    if (b->slots[s].idle) {
+        b->slots[s].idle = 0;
+        b->slots[s].since_ns = now_ns();
+        b->nidle--;
+        b->workers[w].nidle--;
+    }
+    tk_broker_unlock(b);
+}
+
+int tk_broker_next_grant(tk_broker_sh_t *b, int w, int *entry, uint64_t *ticket, int *slot)
+{
+    tk_broker_worker_sh_t *wk = &b->workers[w];
+    int e;
+
+    if (tk_broker_lock(b) != 0)
+        return 0;
+    e = wk->ghead;
+    if (e < 0) {
+        tk_broker_unlock(b);
+        return 0;
+    }
+    g_remove(b, wk, e);
+    *entry = e;
+    *ticket = b->entries[e].ticket;
+    *slot = b->entries[e].slot;
+    s_hold(b, *slot, w);
+    e_free(b, e);
+    tk_broker_unlock(b);
+    return 1;
+}
+
+int tk_broker_cancel(tk_broker_sh_t *b, int w, int entry, uint64_t ticket, int *slot)
+{
+    tk_broker_entry_sh_t *x = &b->entries[entry];
+    int r = 0;
+
+    if (tk_broker_lock(b) != 0)
+        return 0;
+    if (x->ticket != ticket || x->worker != w) {
+        r = 0; /* already gone (reclaimed or served) */
+    } else if (x->state == TK_BROKER_ENTRY_WAITING) {
+        unqueue(b, entry);
+        e_free(b, entry);
+    } else if (x->state == TK_BROKER_ENTRY_GRANTED) {
+        g_remove(b, &b->workers[w], entry);
+        *slot = x->slot;
+        s_hold(b, x->slot, w);
+        e_free(b, entry);
+        r = 1;
+    }
+    tk_broker_unlock(b);
+    return r;
+}
+
+unsigned tk_broker_qlen(const tk_broker_sh_t *b)
+{
+    return __atomic_load_n(&b->qlen, __ATOMIC_RELAXED);
+}
+
+/* --- master side ---------------------------------------------------------------------- */
+
+int tk_broker_reclaim_pid(tk_broker_sh_t *b, pid_t pid)
+{
+    unsigned char wake[TK_BROKER_MAX_WORKERS] = {0};
+    int n, nent;
+
+    if (pid <= 0 || tk_broker_lock(b) != 0)
+        return -1;
+    n = reclaim_locked(b, -1, pid, wake, &nent);
+    for (int w = 0; w < TK_BROKER_MAX_WORKERS; w++)
+        if (b->workers[w].pid == pid) {
+            b->workers[w].pid = 0;
+            zero_gauges(&b->workers[w]);
+        }
+    if (n > 0 || nent > 0)
+        b->reclaims++;
+    tk_broker_unlock(b);
+    wake_marked(wake);
+    return n;
+}
+
+/* --- wake-up eventfds ----------------------------------------------------------------- */
+
+int tk_broker_wake_create(int n)
+{
+    if (n < 0 || n > TK_BROKER_MAX_WORKERS) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (int i = g_nwake; i < n; i++) {
+        int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (fd < 0) {
+            int e = errno;
+            tk_broker_wake_close();
+            errno = e;
+            return -1;
+        }
+        g_wake_fds[i] = fd;
+        g_nwake = i + 1;
+    }
+    return 0;
+}
+
+void tk_broker_wake_close(void)
+{
+    for (int i = 0; i < g_nwake; i++)
+        close(g_wake_fds[i]);
+    g_nwake = 0;
+}
+
+int tk_broker_wake_fd(int w)
+{
+    return (w >= 0 && w < g_nwake) ? g_wake_fds[w] : -1;
+}
+
+void tk_broker_wake(int w)
+{
+    uint64_t one = 1;
+    int fd = tk_broker_wake_fd(w);
+    if (fd >= 0) {
+        ssize_t r = write(fd, &one, sizeof(one));
+        (void)r; /* EAGAIN: the counter is already non-zero, the wake is pending */
+    }
+}
+
+uint64_t tk_broker_wake_drain(int w)
+{
+    uint64_t v = 0;
+    int fd = tk_broker_wake_fd(w);
+    if (fd < 0 || read(fd, &v, sizeof(v)) != (ssize_t)sizeof(v))
+        return 0;
+    return v;
+}
+
+/* --- statistics --------------------------------------------------------------------------- */
+
+uint64_t tk_broker_hist_bound_us(int i)
+{
+    if (i < 0)
+        return 0;
+    if (i >= TK_BROKER_HIST_BUCKETS - 1)
+        return UINT64_MAX;
+    return 100ull << i;
+}
+
+void tk_broker_stats_wait(tk_broker_sh_t *b, int w, uint64_t ns)
+{
+    tk_broker_stats_t *st = &b->workers[w].st;
+    uint64_t us = ns / 1000u;
+    int i = 0;
+    while (i < TK_BROKER_HIST_BUCKETS - 1 && us > tk_broker_hist_bound_us(i))
+        i++;
+    __atomic_fetch_add(&st->wait_count, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&st->wait_ns, ns, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&st->wait_hist[i], 1, __ATOMIC_RELAXED);
+}
+
+void tk_broker_stats_add(tk_broker_sh_t *b, int w, size_t off, int64_t delta)
+{
+    uint64_t *p = (uint64_t *)((char *)&b->workers[w].st + off);
+    __atomic_fetch_add(p, (uint64_t)delta, __ATOMIC_RELAXED);
+}
+
+void tk_broker_stats(const tk_broker_sh_t *b, int w, tk_broker_stats_t *out)
+{
+    const size_t n = sizeof(tk_broker_stats_t) / sizeof(uint64_t);
+    uint64_t *o = (uint64_t *)out;
+    int lo = w < 0 ? 0 : w, hi = w < 0 ? TK_BROKER_MAX_WORKERS : w + 1;
+
+    memset(out, 0, sizeof(*out));
+    if (w >= TK_BROKER_MAX_WORKERS)
+        return;
+    for (int i = lo; i < hi; i++) {
+        const uint64_t *p = (const uint64_t *)&b->workers[i].st;
+        for (size_t k = 0; k < n; k++)
+            o[k] += __atomic_load_n(&p[k], __ATOMIC_RELAXED);
+    }
+}

@@ -55,6 +55,8 @@ typedef struct {
     int32_t entry;     /* GRANTED: the queue entry it is promised to, else -1 */
     uint32_t idle;     /* 1 while the owner keeps it as an idle connection */
     uint64_t since_ns; /* CLOCK_MONOTONIC time of the last state change */
+    int32_t next_free; /* FREE: next slot on the free list, -1 = end */
+    uint32_t pad;
 } tk_broker_slot_sh_t;
 
 /* One parked green thread waiting for a slot. */
@@ -107,21 +109,24 @@ typedef struct {
 } __attribute__((aligned(64))) tk_broker_worker_sh_t;
 
 typedef struct {
-    uint32_t magic;       /* TK_BROKER_MAGIC */
-    uint32_t version;     /* TK_BROKER_VERSION */
-    uint32_t size;        /* sizeof(tk_broker_sh_t), checked by readers */
-    uint32_t max_open;    /* db.max_open: slots [0, max_open) are in use */
-    uint32_t max_idle;    /* db.max_idle across all workers */
-    uint32_t nfree;       /* slots in state FREE */
-    uint32_t nidle;       /* slots held idle, all workers */
-    uint32_t qlen;        /* WAITING entries */
-    uint32_t qhwm;        /* high-water mark of qlen */
-    int32_t qhead, qtail; /* global FIFO of WAITING entries, oldest first */
-    int32_t efree;        /* free-list head of entries */
-    uint64_t next_ticket; /* arrival counter */
-    uint64_t repairs;     /* times the lock was recovered from a dead holder */
-    uint64_t reclaims;    /* dead processes whose slots/entries were reclaimed */
-    pthread_mutex_t lock; /* robust, process-shared */
+    uint32_t magic;         /* TK_BROKER_MAGIC */
+    uint32_t version;       /* TK_BROKER_VERSION */
+    uint32_t size;          /* sizeof(tk_broker_sh_t), checked by readers */
+    uint32_t max_open;      /* db.max_open: slots [0, max_open) are in use */
+    uint32_t max_idle;      /* db.max_idle across all workers */
+    uint32_t nfree;         /* slots in state FREE */
+    uint32_t nidle;         /* slots held idle, all workers */
+    uint32_t qlen;          /* WAITING entries */
+    uint32_t qhwm;          /* high-water mark of qlen */
+    int32_t qhead, qtail;   /* global FIFO of WAITING entries, oldest first */
+    int32_t efree;          /* free-list head of entries */
+    int32_t sfree;          /* free-list head of slots */
+    uint32_t nworkers;      /* 1 + highest worker slot ever attached (bounds scans) */
+    uint64_t local_bias_ns; /* release policy bound, TK_BROKER_LOCAL_BIAS_NS */
+    uint64_t next_ticket;   /* arrival counter */
+    uint64_t repairs;       /* times the lock was recovered from a dead holder */
+    uint64_t reclaims;      /* dead processes whose slots/entries were reclaimed */
+    pthread_mutex_t lock;   /* robust, process-shared */
     tk_broker_slot_sh_t slots[TK_BROKER_MAX_SLOTS];
     tk_broker_worker_sh_t workers[TK_BROKER_MAX_WORKERS];
     tk_broker_entry_sh_t entries[TK_BROKER_MAX_WAITERS];
@@ -142,6 +147,9 @@ void tk_broker_unlock(tk_broker_sh_t *b);
  * under the lock after EOWNERDEAD; exposed for tests). Returns 0 if the data
  * was already consistent, 1 if something was fixed. */
 int tk_broker_repair_locked(tk_broker_sh_t *b);
+/* Check every invariant (lists, counts, cross references); 0 if consistent,
+ * else -1 and a description in err. Under the lock (tests, tenkctl). */
+int tk_broker_check_locked(const tk_broker_sh_t *b, char *err, size_t errlen);
 
 /* --- worker side ----------------------------------------------------------------- */
 
@@ -169,7 +177,8 @@ typedef enum {
     TK_BROKER_KEEP_IDLE = 0, /* queue empty: keep it as an idle connection */
     TK_BROKER_CLOSE_IDLE,    /* queue empty but db.max_idle reached: close it; slot now FREE */
     TK_BROKER_FREED,         /* (free_slot) queue empty: slot now FREE */
-    TK_BROKER_TO_LOCAL,      /* give it to *entry, a waiter of this same worker */
+    TK_BROKER_TO_LOCAL,      /* give it to this worker's waiter of entry *entry (the entry is
+                                already freed: the index only names the local waiter) */
     TK_BROKER_TO_REMOTE,     /* close the connection; the slot went to worker *wake: wake it */
 } tk_broker_rel_t;
 
