@@ -1,9 +1,894 @@
-/* test_sched.c: unit tests for sched (placeholder). */
+/* test_sched.c: unit tests for the green-thread scheduler (server/sched.c). */
 #include "config.h"
+
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <setjmp.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmocka.h>
-static void placeholder(void **state) { (void)state; }
-int main(void) { const struct CMUnitTest tests[] = { cmocka_unit_test(placeholder) }; return cmocka_run_group_tests(tests, NULL, NULL); }
+#include <event2/event.h>
+
+#include "sched.h"
+
+typedef struct {
+    struct event_base *base;
+    tk_sched_t *s;
+} fixture_t;
+
+static int setup_opts(void **state, const tk_sched_opts_t *o)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+    f->base = event_base_new();
+    f->s = tk_sched_new(f->base, o);
+    if (f->base == NULL || f->s == NULL)
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_opts(state, NULL);
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    tk_sched_free(f->s);
+    event_base_free(f->base);
+    free(f);
+    return 0;
+}
+
+/* Every count by state must be zero once nothing is live. */
+static void assert_idle(tk_sched_t *s)
+{
+    tk_sched_stats_t st;
+    tk_sched_stats(s, &st);
+    for (int i = 0; i < TK_GT_NSTATES; i++)
+        assert_int_equal(st.by_state[i], 0);
+    assert_int_equal(st.created, st.exited);
+    assert_int_equal(tk_sched_live(s), 0);
+}
+
+/* --- FIFO ordering --------------------------------------------------------------- */
+
+static int order[64], norder;
+
+static void fifo_fn(void *arg)
+{
+    for (int round = 0; round < 3; round++) {
+        order[norder++] = (int)(intptr_t)arg;
+        tk_gt_yield();
+    }
+}
+
+static void test_fifo(void **state)
+{
+    fixture_t *f = *state;
+    norder = 0;
+    for (intptr_t i = 0; i < 5; i++)
+        assert_non_null(tk_gt_spawn(f->s, "fifo", fifo_fn, (void *)i));
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(norder, 15);
+    for (int i = 0; i < 15; i++)
+        assert_int_equal(order[i], i % 5);
+    assert_idle(f->s);
+}
+
+/* --- 100,000 threads, stacks pooled -------------------------------------------- */
+
+static unsigned long ran;
+
+static void tiny_fn(void *arg)
+{
+    ran++;
+}
+
+static void spawner_fn(void *arg)
+{
+    tk_sched_t *s = arg;
+    for (int wave = 0; wave < 100; wave++) {
+        for (int i = 0; i < 1000; i++)
+            assert_non_null(tk_gt_spawn(s, "tiny", tiny_fn, NULL));
+        tk_gt_yield(); /* the wave runs and ends before we are back */
+    }
+}
+
+static void test_many_threads(void **state)
+{
+    fixture_t *f = *state;
+    tk_sched_stats_t st;
+    ran = 0;
+    assert_non_null(tk_gt_spawn(f->s, "spawner", spawner_fn, f->s));
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(ran, 100000);
+    tk_sched_stats(f->s, &st);
+    assert_int_equal(st.created, 100001);
+    assert_int_equal(st.exited, 100001);
+    assert_idle(f->s);
+    /* every stack is back in the pool: reserved address space is exactly the
+     * pooled stacks, and at most one wave (+ the spawner) was ever mapped */
+    assert_true(st.pooled_stacks >= 1000 && st.pooled_stacks <= 1001);
+    assert_int_equal(st.stack_reserved % st.pooled_stacks, 0);
+    assert_true(st.stack_reserved / st.pooled_stacks >= 64 * 1024);
+    assert_true(st.stack_resident > 0);
+    assert_true(st.switches >= 100001);
+}
+
+/* --- park and wake on a socketpair ----------------------------------------------- */
+
+typedef struct {
+    int fd;
+    int rc, err;
+    char got;
+    int64_t deadline;
+    int64_t woke_ms;
+    int done;
+} waiter_t;
+
+static void reader_fn(void *arg)
+{
+    waiter_t *w = arg;
+    w->rc = tk_gt_wait_fd(w->fd, EV_READ, TK_GT_WAIT_NET, w->deadline);
+    w->err = errno;
+    w->woke_ms = tk_now_ms();
+    if (w->rc == 0 && read(w->fd, &w->got, 1) != 1)
+        w->got = '?';
+    w->done = 1;
+}
+
+typedef struct {
+    tk_sched_t *s;
+    int fd;
+    int saw_wait_net;
+} writer_t;
+
+static void writer_fn(void *arg)
+{
+    writer_t *w = arg;
+    tk_sched_stats_t st;
+    tk_gt_yield(); /* the reader parks first */
+    tk_sched_stats(w->s, &st);
+    w->saw_wait_net = (int)st.by_state[TK_GT_WAIT_NET];
+    assert_int_equal(st.by_state[TK_GT_RUNNING], 1);
+    assert_int_equal(write(w->fd, "x", 1), 1);
+}
+
+static void test_park_socketpair(void **state)
+{
+    fixture_t *f = *state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    waiter_t r = {.fd = sv[0], .deadline = -1};
+    writer_t w = {.s = f->s, .fd = sv[1]};
+    tk_gt_t *rg = tk_gt_spawn(f->s, "reader", reader_fn, &r);
+    assert_non_null(rg);
+    assert_non_null(tk_gt_spawn(f->s, "writer", writer_fn, &w));
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(w.saw_wait_net, 1);
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.got, 'x');
+    assert_idle(f->s);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+/* A thread woken by fd readiness runs within the same loop iteration, also
+ * when the caller drives libevent itself. */
+static void test_wake_same_iteration(void **state)
+{
+    fixture_t *f = *state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    waiter_t r = {.fd = sv[0], .deadline = -1};
+    assert_non_null(tk_gt_spawn(f->s, "reader", reader_fn, &r));
+    /* one iteration: the reader runs and parks */
+    assert_int_equal(event_base_loop(f->base, EVLOOP_ONCE), 0);
+    assert_int_equal(r.done, 0);
+    assert_int_equal(write(sv[1], "y", 1), 1);
+    /* one more iteration: the fd event fires and the reader finishes in it */
+    assert_int_equal(event_base_loop(f->base, EVLOOP_ONCE), 0);
+    assert_int_equal(r.done, 1);
+    assert_int_equal(r.got, 'y');
+    assert_idle(f->s);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+typedef struct {
+    tk_sched_t *s;
+    int ran;
+} spawn_cb_t;
+
+static void mark_fn(void *arg)
+{
+    ((spawn_cb_t *)arg)->ran = 1;
+}
+
+static void spawn_from_cb(evutil_socket_t fd, short what, void *arg)
+{
+    spawn_cb_t *c = arg;
+    assert_non_null(tk_gt_spawn(c->s, "from-cb", mark_fn, c));
+    assert_int_equal(c->ran, 0); /* not inline: after this callback returns */
+}
+
+static void test_spawn_from_callback(void **state)
+{
+    fixture_t *f = *state;
+    spawn_cb_t c = {.s = f->s};
+    struct event *ev = evtimer_new(f->base, spawn_from_cb, &c);
+    struct timeval tv = {0, 1000};
+    evtimer_add(ev, &tv);
+    assert_int_equal(event_base_loop(f->base, EVLOOP_ONCE), 0);
+    assert_int_equal(c.ran, 1);
+    event_free(ev);
+    assert_idle(f->s);
+}
+
+/* --- deadlines ---------------------------------------------------------------- */
+
+typedef struct {
+    int rc_fd, err_fd, rc_park, err_park, rc_sleep;
+    int64_t late_fd, late_park, slept;
+} deadline_t;
+
+static void deadline_fn(void *arg)
+{
+    deadline_t *d = arg;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    int64_t dl = tk_now_ms() + 30;
+    d->rc_fd = tk_gt_wait_fd(sv[0], EV_READ, TK_GT_WAIT_DB, dl);
+    d->err_fd = errno;
+    d->late_fd = tk_now_ms() - dl;
+    dl = tk_now_ms() + 20;
+    d->rc_park = tk_gt_park(TK_GT_WAIT_BROKER, dl);
+    d->err_park = errno;
+    d->late_park = tk_now_ms() - dl;
+    int64_t t0 = tk_now_ms();
+    d->rc_sleep = tk_gt_sleep_ms(15);
+    d->slept = tk_now_ms() - t0;
+    close(sv[0]);
+    close(sv[1]);
+}
+
+static void test_deadlines(void **state)
+{
+    fixture_t *f = *state;
+    deadline_t d;
+    memset(&d, 0, sizeof(d));
+    assert_non_null(tk_gt_spawn(f->s, "deadline", deadline_fn, &d));
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(d.rc_fd, -1);
+    assert_int_equal(d.err_fd, ETIMEDOUT);
+    assert_true(d.late_fd >= 0 && d.late_fd < 1000);
+    assert_int_equal(d.rc_park, -1);
+    assert_int_equal(d.err_park, ETIMEDOUT);
+    assert_true(d.late_park >= 0 && d.late_park < 1000);
+    assert_int_equal(d.rc_sleep, 0);
+    assert_true(d.slept >= 15);
+    assert_idle(f->s);
+}
+
+/* --- park / unpark ---------------------------------------------------------------- */
+
+typedef struct {
+    tk_gt_t *parked;
+    int rc, unpark_rc_early, unpark_rc;
+    tk_gt_state_t seen;
+} unpark_t;
+
+static void parker_fn(void *arg)
+{
+    unpark_t *u = arg;
+    u->rc = tk_gt_park(TK_GT_WAIT_CACHE, -1);
+}
+
+static void unparker_fn(void *arg)
+{
+    unpark_t *u = arg;
+    u->unpark_rc_early = tk_gt_unpark(u->parked); /* still runnable: not parked */
+    tk_gt_yield();
+    u->seen = tk_gt_state(u->parked);
+    u->unpark_rc = tk_gt_unpark(u->parked);
+}
+
+static void test_park_unpark(void **state)
+{
+    fixture_t *f = *state;
+    unpark_t u = {.rc = 99};
+    assert_non_null(tk_gt_spawn(f->s, "unparker", unparker_fn, &u));
+    u.parked = tk_gt_spawn(f->s, "parker", parker_fn, &u);
+    assert_non_null(u.parked);
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(u.unpark_rc_early, -1);
+    assert_int_equal(u.seen, TK_GT_WAIT_CACHE);
+    assert_int_equal(u.unpark_rc, 0);
+    assert_int_equal(u.rc, 0);
+    assert_idle(f->s);
+}
+
+/* --- cancellation and defers ---------------------------------------------------------- */
+
+typedef struct {
+    int fd;
+    int rc, err, rc_after, err_after;
+    char trail[8];
+    int ntrail;
+    tk_gt_t *victim;
+} cancel_t;
+
+static void push_a(void *arg)
+{
+    cancel_t *c = arg;
+    c->trail[c->ntrail++] = 'a';
+}
+static void push_b(void *arg)
+{
+    cancel_t *c = arg;
+    c->trail[c->ntrail++] = 'b';
+}
+
+static void victim_fn(void *arg)
+{
+    cancel_t *c = arg;
+    assert_int_equal(tk_gt_defer(push_a, c), 0);
+    assert_int_equal(tk_gt_defer(push_b, c), 0);
+    c->rc = tk_gt_wait_fd(c->fd, EV_READ, TK_GT_WAIT_NET, -1);
+    c->err = errno;
+    c->rc_after = tk_gt_sleep_ms(1000); /* cancelled: must not park again */
+    c->err_after = errno;
+}
+
+static void canceller_fn(void *arg)
+{
+    cancel_t *c = arg;
+    tk_gt_yield();
+    assert_int_equal(tk_gt_state(c->victim), TK_GT_WAIT_NET);
+    tk_gt_cancel(c->victim);
+    assert_true(tk_gt_cancelled(c->victim));
+}
+
+static void test_cancel(void **state)
+{
+    fixture_t *f = *state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    cancel_t c = {.fd = sv[0]};
+    c.victim = tk_gt_spawn(f->s, "victim", victim_fn, &c);
+    assert_non_null(tk_gt_spawn(f->s, "canceller", canceller_fn, &c));
+    int64_t t0 = tk_now_ms();
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_true(tk_now_ms() - t0 < 900);
+    assert_int_equal(c.rc, -1);
+    assert_int_equal(c.err, ECANCELED);
+    assert_int_equal(c.rc_after, -1);
+    assert_int_equal(c.err_after, ECANCELED);
+    assert_int_equal(c.ntrail, 2);
+    assert_memory_equal(c.trail, "ba", 2); /* LIFO */
+    assert_idle(f->s);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+static int ndefers_run;
+static void count_defer(void *arg)
+{
+    ndefers_run++;
+}
+
+static void many_defers_fn(void *arg)
+{
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(tk_gt_defer(count_defer, NULL), 0);
+    tk_gt_park(TK_GT_WAIT_NET, -1); /* until the scheduler is freed */
+}
+
+/* tk_sched_free cancels parked threads and runs their defers. */
+static void test_free_cancels(void **state)
+{
+    struct event_base *base = event_base_new();
+    tk_sched_t *s = tk_sched_new(base, NULL);
+    assert_non_null(s);
+    ndefers_run = 0;
+    for (int i = 0; i < 3; i++)
+        assert_non_null(tk_gt_spawn(s, "parked", many_defers_fn, NULL));
+    assert_int_equal(event_base_loop(base, EVLOOP_ONCE), 0);
+    assert_int_equal(tk_sched_live(s), 3);
+    /* nothing can wake them: tk_sched_run reports the deadlock */
+    assert_int_equal(tk_sched_run(s), -1);
+    assert_int_equal(errno, EDEADLK);
+    tk_sched_free(s);
+    assert_int_equal(ndefers_run, 60);
+    event_base_free(base);
+}
+
+/* --- join ---------------------------------------------------------------------------- */
+
+typedef struct {
+    tk_gt_t *target;
+    int target_done, rc, saw_done;
+} join_t;
+
+static void target_fn(void *arg)
+{
+    join_t *j = arg;
+    tk_gt_sleep_ms(5);
+    j->target_done = 1;
+}
+
+static void joiner_fn(void *arg)
+{
+    join_t *j = arg;
+    j->rc = tk_gt_join(j->target);
+    j->saw_done = j->target_done;
+}
+
+static void quick_fn(void *arg) {}
+
+static void test_join(void **state)
+{
+    fixture_t *f = *state;
+    join_t j = {.rc = 99};
+    j.target = tk_gt_spawn(f->s, "target", target_fn, &j);
+    tk_gt_joinable(j.target);
+    assert_non_null(tk_gt_spawn(f->s, "joiner", joiner_fn, &j));
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(j.rc, 0);
+    assert_int_equal(j.saw_done, 1);
+    assert_idle(f->s);
+
+    /* joining a thread that already ended, from outside any green thread */
+    tk_gt_t *q = tk_gt_spawn(f->s, "quick", quick_fn, NULL);
+    tk_gt_joinable(q);
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(tk_gt_join(q), 0);
+    assert_idle(f->s);
+    tk_sched_stats_t st;
+    tk_sched_stats(f->s, &st);
+    assert_int_equal(st.pooled_stacks, 2); /* both stacks back once joined */
+    assert_int_equal(st.stack_reserved % 2, 0);
+}
+
+/* --- wait queues: FIFO -------------------------------------------------------------- */
+
+typedef struct {
+    tk_mutex_t m;
+    tk_sem_t sem;
+    tk_cond_t cond;
+    int ready;
+    int seq[16], n;
+} wq_t;
+
+static wq_t wq;
+
+static void mutex_waiter(void *arg)
+{
+    assert_int_equal(tk_mutex_lock(&wq.m), 0);
+    wq.seq[wq.n++] = (int)(intptr_t)arg;
+    tk_gt_yield(); /* hold it across a yield: the others stay queued */
+    tk_mutex_unlock(&wq.m);
+}
+
+static void test_mutex_fifo(void **state)
+{
+    fixture_t *f = *state;
+    memset(&wq, 0, sizeof(wq));
+    tk_mutex_init(&wq.m);
+    for (intptr_t i = 0; i < 6; i++)
+        tk_gt_spawn(f->s, "m", mutex_waiter, (void *)i);
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(wq.n, 6);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(wq.seq[i], i);
+    assert_null(wq.m.owner);
+    assert_idle(f->s);
+}
+
+static void sem_waiter(void *arg)
+{
+    assert_int_equal(tk_sem_wait(&wq.sem, -1), 0);
+    wq.seq[wq.n++] = (int)(intptr_t)arg;
+}
+
+static void sem_poster(void *arg)
+{
+    tk_gt_yield(); /* everyone queued */
+    for (int i = 0; i < 5; i++)
+        tk_sem_post(&wq.sem);
+    /* a timed wait on the now-empty semaphore times out */
+    int64_t dl = tk_now_ms() + 10;
+    assert_int_equal(tk_sem_wait(&wq.sem, dl), -1);
+    assert_int_equal(errno, ETIMEDOUT);
+    assert_true(tk_now_ms() >= dl);
+}
+
+static void test_sem_fifo(void **state)
+{
+    fixture_t *f = *state;
+    memset(&wq, 0, sizeof(wq));
+    tk_sem_init(&wq.sem, 0);
+    for (intptr_t i = 0; i < 5; i++)
+        tk_gt_spawn(f->s, "s", sem_waiter, (void *)i);
+    tk_gt_spawn(f->s, "poster", sem_poster, NULL);
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(wq.n, 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(wq.seq[i], i);
+    assert_int_equal(wq.sem.count, 0);
+    assert_idle(f->s);
+}
+
+static void cond_waiter(void *arg)
+{
+    assert_int_equal(tk_mutex_lock(&wq.m), 0);
+    while (wq.ready <= 0)
+        assert_int_equal(tk_cond_wait(&wq.cond, &wq.m, -1), 0);
+    wq.ready--;
+    wq.seq[wq.n++] = (int)(intptr_t)arg;
+    tk_mutex_unlock(&wq.m);
+}
+
+static void cond_signaller(void *arg)
+{
+    tk_gt_yield();
+    for (int i = 0; i < 2; i++) { /* two by signal, one at a time */
+        tk_mutex_lock(&wq.m);
+        wq.ready++;
+        tk_cond_signal(&wq.cond);
+        tk_mutex_unlock(&wq.m);
+        tk_gt_yield();
+    }
+    tk_mutex_lock(&wq.m); /* the rest by broadcast */
+    wq.ready += 3;
+    tk_cond_broadcast(&wq.cond);
+    tk_mutex_unlock(&wq.m);
+    /* a timed condition wait times out and still holds the mutex */
+    tk_mutex_lock(&wq.m);
+    assert_int_equal(tk_cond_wait(&wq.cond, &wq.m, tk_now_ms() + 5), -1);
+    assert_int_equal(errno, ETIMEDOUT);
+    assert_ptr_equal(wq.m.owner, tk_gt_self());
+    tk_mutex_unlock(&wq.m);
+}
+
+static void test_cond_fifo(void **state)
+{
+    fixture_t *f = *state;
+    memset(&wq, 0, sizeof(wq));
+    tk_mutex_init(&wq.m);
+    tk_cond_init(&wq.cond);
+    for (intptr_t i = 0; i < 5; i++)
+        tk_gt_spawn(f->s, "c", cond_waiter, (void *)i);
+    tk_gt_spawn(f->s, "signaller", cond_signaller, NULL);
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(wq.n, 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(wq.seq[i], i);
+    assert_idle(f->s);
+}
+
+typedef struct {
+    tk_chan_t *ch;
+    int got[32], ngot;
+    int send_err[4];
+    int recv_rc, recv_err;
+} chan_t;
+
+static void chan_sender(void *arg)
+{
+    chan_t *c = arg;
+    /* capacity 2: the third send blocks until the receiver makes room */
+    for (intptr_t i = 0; i < 10; i++)
+        assert_int_equal(tk_chan_send(c->ch, (void *)(i + 1), -1), 0);
+}
+
+static void chan_receiver(void *arg)
+{
+    chan_t *c = arg;
+    void *v;
+    tk_gt_yield();
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(tk_chan_recv(c->ch, &v, -1), 0);
+        c->got[c->ngot++] = (int)(intptr_t)v;
+        if (i % 3 == 0)
+            tk_gt_yield();
+    }
+    int64_t dl = tk_now_ms() + 5;
+    assert_int_equal(tk_chan_recv(c->ch, &v, dl), -1);
+    assert_int_equal(errno, ETIMEDOUT);
+}
+
+static void test_chan_fifo(void **state)
+{
+    fixture_t *f = *state;
+    chan_t c;
+    memset(&c, 0, sizeof(c));
+    c.ch = tk_chan_new(2);
+    assert_non_null(c.ch);
+    tk_gt_spawn(f->s, "sender", chan_sender, &c);
+    tk_gt_spawn(f->s, "receiver", chan_receiver, &c);
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(c.ngot, 10);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(c.got[i], i + 1);
+    tk_chan_free(c.ch);
+    assert_idle(f->s);
+}
+
+/* Several blocked senders are served in arrival order. */
+static void chan_blocked_sender(void *arg)
+{
+    chan_t *c = arg;
+    intptr_t id = (intptr_t)tk_gt_data(tk_gt_self());
+    if (tk_chan_send(c->ch, (void *)id, -1) != 0)
+        c->send_err[id - 100] = errno;
+}
+
+static void chan_closer(void *arg)
+{
+    chan_t *c = arg;
+    void *v;
+    tk_gt_yield(); /* slot taken by 100, 101..103 blocked in order */
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(tk_chan_recv(c->ch, &v, -1), 0);
+        c->got[c->ngot++] = (int)(intptr_t)v;
+    }
+    tk_chan_close(c->ch); /* 102 sits in the ring; 103 is still blocked: EPIPE */
+    assert_int_equal(tk_chan_send(c->ch, (void *)1, -1), -1);
+    assert_int_equal(errno, EPIPE);
+    tk_gt_yield();
+    /* what was buffered before close is still delivered, then EPIPE */
+    assert_int_equal(tk_chan_recv(c->ch, &v, -1), 0);
+    c->got[c->ngot++] = (int)(intptr_t)v;
+    c->recv_rc = tk_chan_recv(c->ch, &v, -1);
+    c->recv_err = errno;
+}
+
+static void chan_parked_receiver(void *arg)
+{
+    chan_t *c = arg;
+    void *v;
+    c->recv_rc = tk_chan_recv(c->ch, &v, -1);
+    c->recv_err = errno;
+}
+
+static void chan_close_closer(void *arg)
+{
+    chan_t *c = arg;
+    tk_gt_yield();
+    tk_chan_close(c->ch);
+}
+
+static void test_chan_close(void **state)
+{
+    fixture_t *f = *state;
+    chan_t c;
+    memset(&c, 0, sizeof(c));
+    c.ch = tk_chan_new(1);
+    for (intptr_t id = 100; id < 104; id++)
+        tk_gt_set_data(tk_gt_spawn(f->s, "snd", chan_blocked_sender, &c), (void *)id);
+    tk_gt_spawn(f->s, "closer", chan_closer, &c);
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(c.ngot, 3);
+    assert_int_equal(c.got[0], 100);
+    assert_int_equal(c.got[1], 101);
+    assert_int_equal(c.got[2], 102);
+    assert_int_equal(c.send_err[3], EPIPE);
+    assert_int_equal(c.send_err[0] | c.send_err[1] | c.send_err[2], 0);
+    assert_int_equal(c.recv_rc, -1);
+    assert_int_equal(c.recv_err, EPIPE);
+    tk_chan_free(c.ch);
+
+    /* close wakes a parked receiver with EPIPE */
+    memset(&c, 0, sizeof(c));
+    c.ch = tk_chan_new(4);
+    tk_gt_spawn(f->s, "rcv", chan_parked_receiver, &c);
+    tk_gt_spawn(f->s, "closer", chan_close_closer, &c);
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(c.recv_rc, -1);
+    assert_int_equal(c.recv_err, EPIPE);
+    tk_chan_free(c.ch);
+    assert_idle(f->s);
+}
+
+/* A thread cancelled while queued on a mutex leaves the queue; the order of
+ * the others is kept. */
+static tk_gt_t *mq[4];
+
+static void mutex_cancel_canceller(void *arg)
+{
+    assert_int_equal(tk_mutex_lock(&wq.m), 0);
+    tk_gt_yield(); /* the others queue up */
+    tk_gt_cancel(mq[1]);
+    tk_mutex_unlock(&wq.m);
+}
+
+static void mutex_cancel_waiter(void *arg)
+{
+    if (tk_mutex_lock(&wq.m) != 0) {
+        wq.seq[wq.n++] = -(int)(intptr_t)arg;
+        return;
+    }
+    wq.seq[wq.n++] = (int)(intptr_t)arg;
+    tk_mutex_unlock(&wq.m);
+}
+
+static void test_mutex_cancel(void **state)
+{
+    fixture_t *f = *state;
+    memset(&wq, 0, sizeof(wq));
+    tk_mutex_init(&wq.m);
+    tk_gt_spawn(f->s, "holder", mutex_cancel_canceller, NULL);
+    for (intptr_t i = 1; i <= 3; i++)
+        mq[i] = tk_gt_spawn(f->s, "w", mutex_cancel_waiter, (void *)i);
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(wq.n, 3);
+    assert_int_equal(wq.seq[0], -1); /* cancelled: woken first with ECANCELED */
+    assert_int_equal(wq.seq[1], 2);
+    assert_int_equal(wq.seq[2], 3);
+    assert_idle(f->s);
+}
+
+/* --- limits, long runs, options ------------------------------------------------------ */
+
+static void test_max_threads(void **state)
+{
+    tk_sched_opts_t o;
+    tk_sched_opts_default(&o);
+    o.max_threads = 3;
+    struct event_base *base = event_base_new();
+    tk_sched_t *s = tk_sched_new(base, &o);
+    for (int i = 0; i < 3; i++)
+        assert_non_null(tk_gt_spawn(s, "q", quick_fn, NULL));
+    errno = 0;
+    assert_null(tk_gt_spawn(s, "q", quick_fn, NULL));
+    assert_int_equal(errno, EAGAIN);
+    assert_int_equal(tk_sched_run(s), 0);
+    assert_non_null(tk_gt_spawn(s, "q", quick_fn, NULL));
+    assert_int_equal(tk_sched_run(s), 0);
+    tk_sched_free(s);
+    event_base_free(base);
+}
+
+static void hog_fn(void *arg)
+{
+    uint64_t until = tk_now_ns() + 3000000u; /* 3 ms without yielding */
+    while (tk_now_ns() < until)
+        ;
+    tk_gt_yield();
+    tk_gt_sleep_ms(0);
+}
+
+static void test_long_run(void **state)
+{
+    tk_sched_opts_t o;
+    tk_sched_opts_default(&o);
+    o.long_run_ns = 1000000u;
+    struct event_base *base = event_base_new();
+    tk_sched_t *s = tk_sched_new(base, &o);
+    tk_sched_stats_t st;
+    assert_non_null(tk_gt_spawn(s, "hog", hog_fn, NULL));
+    assert_int_equal(tk_sched_run(s), 0);
+    tk_sched_stats(s, &st);
+    assert_int_equal(st.long_runs, 1);
+    tk_sched_free(s);
+    event_base_free(base);
+}
+
+static void test_opts_check(void **state)
+{
+    tk_sched_opts_t o;
+    char err[200];
+    tk_sched_opts_default(&o);
+    assert_int_equal(tk_sched_opts_check(&o, err, sizeof(err)), 0);
+    o.stack_size = 1000;
+    assert_int_equal(tk_sched_opts_check(&o, err, sizeof(err)), -1);
+    assert_string_equal(err, "runtime.stack_size: 1000 is out of range 16384..8388608");
+    o.stack_size = 16u << 20;
+    assert_int_equal(tk_sched_opts_check(&o, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "runtime.stack_size"));
+    tk_sched_opts_default(&o);
+    o.max_threads = 2000000;
+    assert_int_equal(tk_sched_opts_check(&o, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "runtime.max_threads: 2000000 is out of range 0..1000000"));
+    tk_sched_opts_default(&o);
+    o.long_run_ns = 0;
+    assert_int_equal(tk_sched_opts_check(&o, err, sizeof(err)), -1);
+    assert_string_equal(err, "runtime.long_run_ms: 0 is out of range 1..60000");
+    o.long_run_ns = 61000000000ull;
+    assert_int_equal(tk_sched_opts_check(&o, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "runtime.long_run_ms: 61000"));
+    /* tk_sched_new refuses them too */
+    struct event_base *base = event_base_new();
+    errno = 0;
+    assert_null(tk_sched_new(base, &o));
+    assert_int_equal(errno, EINVAL);
+    event_base_free(base);
+}
+
+/* --- guard-page overflow (in a forked child) --------------------------------------------- */
+
+#pragma GCC diagnostic ignored "-Winfinite-recursion"
+static int recurse(int depth)
+{
+    volatile char pad[512];
+    pad[0] = (char)depth;
+    pad[511] = (char)depth;
+    return recurse(depth + 1) + pad[0] + pad[511];
+}
+
+static void overflow_fn(void *arg)
+{
+    recurse(0);
+}
+
+static void test_overflow(void **state)
+{
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(pipefd[1], 2);
+        close(pipefd[0]);
+        tk_sched_opts_t o;
+        tk_sched_opts_default(&o);
+        o.stack_size = 32 * 1024;
+        struct event_base *base = event_base_new();
+        tk_sched_t *s = tk_sched_new(base, &o);
+        tk_gt_spawn(s, "quick", quick_fn, NULL);
+        tk_gt_spawn(s, "deep-recursion", overflow_fn, NULL);
+        tk_sched_run(s);
+        _exit(0); /* not reached */
+    }
+    close(pipefd[1]);
+    char out[8192];
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof(out) - 1 && (r = read(pipefd[0], out + n, sizeof(out) - 1 - n)) > 0)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(pipefd[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGSEGV);
+    assert_non_null(strstr(out, "green thread 2 (deep-recursion) overflowed its 32768-byte stack"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_fifo, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_many_threads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_park_socketpair, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wake_same_iteration, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spawn_from_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deadlines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_park_unpark, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
+        cmocka_unit_test(test_free_cancels),
+        cmocka_unit_test_setup_teardown(test_join, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mutex_fifo, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sem_fifo, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cond_fifo, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chan_fifo, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chan_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mutex_cancel, setup, teardown),
+        cmocka_unit_test(test_max_threads),
+        cmocka_unit_test(test_long_run),
+        cmocka_unit_test(test_opts_check),
+        cmocka_unit_test(test_overflow),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
