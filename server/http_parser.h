@@ -62,10 +62,10 @@ static inline int tk_str_caseeq(tk_str_t s, const char *c)
     size_t i;
     if (s.p == NULL)
         return 0;
-    for (i = 0; i < s.len; i++) {
-        unsigned char a = (unsigned char)s.p[i], b = (unsigned char)c[i];
-        if (b == 0)
+    for (i = 0; c[i] != '\0'; i++) {
+        if (i >= s.len)
             return 0;
+        unsigned char a = (unsigned char)s.p[i], b = (unsigned char)c[i];
         if (a >= 'A' && a <= 'Z')
             a = (unsigned char)(a + 32);
         if (b >= 'A' && b <= 'Z')
@@ -73,7 +73,7 @@ static inline int tk_str_caseeq(tk_str_t s, const char *c)
         if (a != b)
             return 0;
     }
-    return c[i] == 0;
+    return i == s.len;
 }
 
 static inline tk_str_t tk_str_from_cstr(const char *c)
@@ -187,9 +187,10 @@ tk_str_t tk_http_header_get(const tk_http_request_t *req, const char *name);
  * p[consumed..n) then belongs to the next request; 0 when every byte was
  * consumed (consumed == n) and more are needed: call again with the next raw
  * bytes placed right after the payload produced so far; -1 on error with
- * d->err set (400 bad framing, 413 body above max_body; 0 = no limit).
+ * d->err set (400 bad framing, 413 body above max_body (0 = no limit), 431
+ * trailers above 8 KiB).
  * Chunk sizes are hex digits only (no sign, "0x", or whitespace before them;
- * at most 15 significant digits); chunk extensions are checked for control
+ * a value of 2^63 or more is an overflow); chunk extensions are checked for control
  * characters and skipped; every line must end with CRLF. */
 typedef struct {
     int state;
