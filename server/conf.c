@@ -98,8 +98,8 @@ static const setting_t settings[] = {
     {"http", "gzip_level", T_INT, F(gzip_level), 1, 9, NULL},
 
     {"db", "conninfo", T_STR, F(db_conninfo), 0, 0, NULL},
-    {"db", "max_open", T_INT, F(db_max_open), 1, 10000, NULL},
-    {"db", "max_idle", T_INT, F(db_max_idle), 0, 10000, "at most db.max_open"},
+    {"db", "max_open", T_INT, F(db_max_open), 1, 256, NULL}, /* TK_BROKER_MAX_SLOTS */
+    {"db", "max_idle", T_INT, F(db_max_idle), 0, 256, "at most db.max_open"},
     {"db", "max_lifetime", T_MS, F(db_max_lifetime_ms), 0, 24 * HOUR_MS, "0 = unlimited"},
     {"db", "max_idle_time", T_MS, F(db_max_idle_time_ms), 0, 24 * HOUR_MS, "0 = unlimited"},
     {"db", "acquire_timeout", T_MS, F(db_acquire_timeout_ms), 1, 600000, NULL},
