@@ -1,0 +1,2 @@
+-- fortunes.sql: TechEmpower fortunes (GET /fortunes).
+SELECT id, message FROM fortune;

@@ -1,0 +1,821 @@
+#!/usr/bin/env python3
+"""report.py: turn one scripts/bench results folder into report.md and PNG charts.
+
+Usage: report.py RESULTS_DIR            write RESULTS_DIR/report.md and charts
+       report.py --readme RESULTS_ROOT  write RESULTS_ROOT/latest-summary.md (+ latest-*.png)
+                                        from the newest full run (newest quick run if none)
+
+Reads RESULTS_DIR/runs.tsv (one line per run, written by scripts/bench), meta.txt and
+the raw outputs under raw/. Standard library only; charts are drawn by gnuplot.
+"""
+import csv
+import glob
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+
+HTTP_SERVERS = ("tenk", "tenk-nocache", "nginx", "go")
+ERR_KINDS = ("connect", "read", "write", "timeout", "status")
+
+# The figures the issues ask for: (scenario, peer, what, threshold)
+TARGETS = [
+    ("plaintext-100", "nginx", "rps_ratio", 1.1, "issue 3: >= 1.1x nginx req/s"),
+    ("plaintext-2000", "nginx", "rps_ratio", 1.1, "issue 3: >= 1.1x nginx req/s"),
+    ("health-100", "nginx", "rps_ratio", 1.1, "issue 3: >= 1.1x nginx req/s"),
+    ("health-2000", "nginx", "rps_ratio", 1.1, "issue 3: >= 1.1x nginx req/s"),
+    ("plaintext-100", "nginx", "p99_le", 1.0, "issue 3: p99 no worse than nginx"),
+    ("plaintext-2000", "nginx", "p99_le", 1.0, "issue 3: p99 no worse than nginx"),
+    ("health-100", "nginx", "p99_le", 1.0, "issue 3: p99 no worse than nginx"),
+    ("health-2000", "nginx", "p99_le", 1.0, "issue 3: p99 no worse than nginx"),
+    ("idle10k", None, "idle_bytes", 1024, "issue 3: <= 1 KiB per idle keep-alive connection"),
+    ("users-load", "go", "rps_ratio", 2.5, "issue 6: >= 2.5x the Go server at 2,000 connections"),
+    ("users-load", None, "zero_errors", 0, "issue 6: zero errors at 2,000 connections"),
+    ("users-load", "go", "p99_le", 0.5, "issue 6: p99 <= half of Go's"),
+    ("users-load", "pgbench", "rps_ratio", 0.75, "issue 6: >= 0.75x pgbench"),
+    ("users-100", "pgbench", "rps_ratio", 0.75, "issue 6: >= 0.75x pgbench"),
+]
+
+
+# ------------------------------------------------------------------ parsing
+
+def read(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def parse_wrk(text):
+    m = re.search(r"^BENCHJSON (\{.*\})\s*$", text, re.M)
+    if not m:
+        m2 = re.search(r"Requests/sec:\s*([\d.]+)", text)
+        if not m2:
+            return None
+        return {"rps": float(m2.group(1)), "errors": {}}
+    d = json.loads(m.group(1))
+    secs = d["duration_us"] / 1e6 or 1
+    pct = d["pct_us"]
+    return {
+        "rps": d["requests"] / secs,
+        "requests": d["requests"],
+        "p50": pct["50"] / 1000, "p90": pct["90"] / 1000, "p99": pct["99"] / 1000,
+        "p999": pct["99.9"] / 1000, "mean": d["lat_mean_us"] / 1000, "max": d["lat_max_us"] / 1000,
+        "errors": {k: d[k] for k in ERR_KINDS},
+    }
+
+
+def parse_pgbench(text):
+    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", text)
+    if not m:
+        return None
+    r = {"rps": float(m.group(1)), "errors": {}}
+    m = re.search(r"latency average = ([\d.]+) ms", text)
+    if m:
+        r["mean"] = float(m.group(1))
+    m = re.search(r"number of failed transactions: (\d+)", text)
+    if m:
+        r["errors"]["failed"] = int(m.group(1))
+    return r
+
+
+def parse_redis(text):
+    rows = list(csv.reader(l for l in text.splitlines() if l.startswith('"')))
+    if len(rows) < 2:
+        return None
+    head, val = rows[0], rows[-1]
+    d = dict(zip(head, val))
+    r = {"rps": float(d["rps"]), "errors": {}}
+    for k, name in (("avg_latency_ms", "mean"), ("p50_latency_ms", "p50"), ("p99_latency_ms", "p99")):
+        if k in d:
+            r[name] = float(d[k])
+    return r
+
+
+def pctl(sorted_vals, q):
+    if not sorted_vals:
+        return None
+    i = min(len(sorted_vals) - 1, max(0, int(round(q / 100.0 * len(sorted_vals) + 0.5)) - 1))
+    return sorted_vals[i]
+
+
+def parse_h2load(text, logpath, per_second=False):
+    r = {"errors": {}}
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", text)
+    if m:
+        total, started, done, ok, failed, errored, timeout = map(int, m.groups())
+        r["errors"]["failed"] = failed
+        r["errors"]["errored"] = errored
+        r["errors"]["timeout"] = timeout
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if m:
+        r["errors"]["status"] = int(m.group(3)) + int(m.group(4))
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
+    if m:
+        r["rps"] = float(m.group(3))
+    durs, starts, statuses = [], [], []
+    for line in read(logpath).splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        try:
+            starts.append(int(parts[0]))
+            statuses.append(int(parts[1]))
+            durs.append(int(parts[2]) / 1000.0)
+        except ValueError:
+            continue
+    if durs:
+        s = sorted(durs)
+        for q, k in ((50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p999")):
+            r[k] = pctl(s, q)
+        r["max"] = s[-1]
+        r["mean"] = sum(s) / len(s)
+        span = (max(starts) - min(starts)) / 1e6
+        if span > 0:
+            r["rps"] = len(durs) / span
+    if per_second and durs:
+        t0 = min(starts)
+        buckets = {}
+        for st, code, d in zip(starts, statuses, durs):
+            buckets.setdefault(int((st - t0) // 1000000), []).append(d)
+        series = []
+        for sec in sorted(buckets):
+            v = sorted(buckets[sec])
+            series.append((sec, len(v), pctl(v, 50), pctl(v, 99), v[-1]))
+        r["series"] = series
+    return r
+
+
+def load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def flatten(doc, prefix=""):
+    """{"a":{"b":1}} -> [("a.b", 1)]; lists indexed."""
+    out = []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out.extend(flatten(v, prefix + str(k) + "."))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out.extend(flatten(v, prefix + str(i) + "."))
+    elif isinstance(doc, (int, float)) and not isinstance(doc, bool):
+        out.append((prefix[:-1], doc))
+    return out
+
+
+def pick(doc, *names):
+    """Sum of numeric leaves whose last key is one of names, preferring a
+    top-level/total one: schema-tolerant reading of tenkctl --json."""
+    if doc is None:
+        return None
+    leaves = flatten(doc)
+    for n in names:
+        # a "total" (or top-level) value wins over summing per-worker values
+        tot = [v for p, v in leaves if p.split(".")[-1] == n and (p == n or "total" in p)]
+        if tot:
+            return tot[0]
+        vals = [v for p, v in leaves if p.split(".")[-1] == n]
+        if vals:
+            return sum(vals) if "max" not in n and "high" not in n else max(vals)
+    return None
+
+
+# ------------------------------------------------------------------ loading
+
+def load(resdir):
+    meta = {}
+    for line in read(os.path.join(resdir, "meta.txt")).splitlines():
+        k, _, v = line.partition("=")
+        meta[k] = v
+    runs = []
+    with open(os.path.join(resdir, "runs.tsv")) as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            run = dict(row)
+            run["round"] = int(run["round"])
+            raw = os.path.join(resdir, run["raw"]) if run["raw"] not in ("", "-") else ""
+            res = None
+            if run["status"] in ("ok", "fail") and raw:
+                text = read(raw)
+                tool = run["tool"]
+                if tool == "wrk":
+                    res = parse_wrk(text)
+                elif tool == "pgbench":
+                    res = parse_pgbench(text)
+                elif tool == "redis-benchmark":
+                    res = parse_redis(text)
+                elif tool == "h2load":
+                    res = parse_h2load(text, raw[:-4] + ".log", per_second=run["scenario"] == "timeseries")
+                elif tool == "idle":
+                    res = load_json(raw)
+                elif tool in ("perf", "callgrind"):
+                    res = {"profile": text}
+            if res is None and run["status"] == "ok":
+                run["status"] = "fail"
+                run["note"] = (run["note"] + "; " if run["note"] else "") + "no result in output"
+            run["res"] = res or {}
+            if run["sample"] not in ("", "-"):
+                run["sample_doc"] = load_json(os.path.join(resdir, run["sample"]))
+            runs.append(run)
+    return meta, runs
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def errsum(res):
+    return sum(v for v in res.get("errors", {}).values() if isinstance(v, (int, float)))
+
+
+def aggregate(runs):
+    """(scenario, server) -> summary over rounds."""
+    groups, order = {}, []
+    for r in runs:
+        key = (r["scenario"], r["server"])
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(r)
+    agg = {}
+    for key in order:
+        rs = groups[key]
+        ok = [r for r in rs if r["status"] == "ok"]
+        na = [r for r in rs if r["status"] == "na"]
+        g = {"runs": rs, "n_ok": len(ok), "na": na[0]["note"] if na and not ok else "",
+             "failed": len([r for r in rs if r["status"] == "fail"])}
+        rps = [r["res"].get("rps") for r in ok]
+        rps = [v for v in rps if v is not None]
+        g["rps"] = med(rps)
+        g["rps_min"] = min(rps) if rps else None
+        g["rps_max"] = max(rps) if rps else None
+        for k in ("p50", "p90", "p99", "p999", "mean", "max"):
+            g[k] = med([r["res"].get(k) for r in ok])
+        errs = {}
+        for r in ok:
+            for k, v in r["res"].get("errors", {}).items():
+                errs[k] = errs.get(k, 0) + v
+        g["errors"] = errs
+        g["err_runs"] = len([r for r in ok if errsum(r["res"]) > 0])
+        samples = [r.get("sample_doc") for r in ok if r.get("sample_doc")]
+        g["rss_peak"] = max((s["rss_peak"] for s in samples), default=None)
+        g["rss_end"] = med([s["rss_end"] for s in samples])
+        g["cpu_s"] = med([s["cpu_s"] for s in samples])
+        agg[key] = g
+    return agg, order
+
+
+# ------------------------------------------------------------------ formatting
+
+def f_rps(v):
+    if v is None:
+        return "–"
+    return "%.1fk" % (v / 1000) if v >= 10000 else ("%.2fk" % (v / 1000) if v >= 1000 else "%.0f" % v)
+
+
+def f_ms(v):
+    if v is None:
+        return "–"
+    return "%.2f ms" % v if v < 10 else ("%.1f ms" % v if v < 100 else "%.0f ms" % v)
+
+
+def f_mib(v):
+    return "–" if v is None else "%.1f MiB" % (v / 1048576.0)
+
+
+def f_err(errs):
+    parts = ["%s %d" % (k, v) for k, v in sorted(errs.items()) if v]
+    return ", ".join(parts) if parts else "0"
+
+
+def server_label(scn, v):
+    if v == "tenk-nocache":
+        return "tenk (no Redis)"
+    if v == "pgbench":
+        return "pgbench (DB limit)"
+    if v == "redis":
+        return "redis-benchmark"
+    return v
+
+
+def md_table(head, rows):
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def tenk_key(agg, scn):
+    for v in ("tenk", "tenk-nocache"):
+        if (scn, v) in agg:
+            return (scn, v)
+    return None
+
+
+def ratio(agg, scn, peer, what="rps"):
+    tk = tenk_key(agg, scn)
+    if not tk or (scn, peer) not in agg:
+        return None
+    a, b = agg[tk].get(what), agg[(scn, peer)].get(what)
+    if not a or not b:
+        return None
+    return a / b
+
+
+# ------------------------------------------------------------------ charts
+
+def gnuplot(outdir, name, script, data):
+    """Write NAME.dat and NAME.gp under outdir/charts and render NAME.png; True on success."""
+    cdir = os.path.join(outdir, "charts")
+    os.makedirs(cdir, exist_ok=True)
+    dat = os.path.join(cdir, name + ".dat")
+    with open(dat, "w") as f:
+        f.write(data)
+    png = os.path.join(outdir, name + ".png")
+    gp = ("set terminal pngcairo size 1000,560 font 'DejaVu Sans,10'\nset output '%s'\n"
+          "set datafile separator '\\t'\nset key outside right top\nset grid ytics\n" % png) + \
+        script.replace("DATA", "'%s'" % dat)
+    with open(os.path.join(cdir, name + ".gp"), "w") as f:
+        f.write(gp)
+    if not shutil.which("gnuplot"):
+        return False
+    r = subprocess.run(["gnuplot", os.path.join(cdir, name + ".gp")], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.stderr.write("gnuplot %s: %s\n" % (name, r.stderr.strip()[-300:]))
+        return False
+    return os.path.exists(png)
+
+
+def bar_chart(outdir, name, title, ylabel, agg, order, field, scale=1.0, logscale=True):
+    scns = []
+    for scn, _ in order:
+        if scn not in scns:
+            scns.append(scn)
+    servers = []
+    for _, v in order:
+        if v not in servers and v in HTTP_SERVERS + ("pgbench", "redis"):
+            servers.append(v)
+    # gnuplot refuses a histogram column without a single valid point
+    servers = [v for v in servers if any(agg.get((scn, v), {}).get(field) for scn in scns)]
+    rows = []
+    for scn in scns:
+        vals = [agg.get((scn, v), {}).get(field) for v in servers]
+        if all(x is None for x in vals):
+            continue
+        rows.append([scn] + ["%.3f" % (x * scale) if x else "NaN" for x in vals])
+    if not rows:
+        return False
+    data = "scenario\t" + "\t".join(server_label("", v) for v in servers) + "\n"
+    data += "\n".join("\t".join(r) for r in rows) + "\n"
+    script = ("set title '%s'\nset ylabel '%s'\nset style data histograms\nset style histogram clustered gap 1\n"
+              "set style fill solid 0.85 border -1\nset boxwidth 0.9\nset xtics rotate by -35 scale 0\n%s"
+              "set yrange [%s:*]\nplot " % (title, ylabel, "set logscale y\n" if logscale else "",
+                                            "*" if logscale else "0"))
+    script += ", ".join("DATA using %d:xtic(1) title columnheader(%d)" % (i + 2, i + 2) for i in range(len(servers)))
+    return gnuplot(outdir, name, script + "\n", data)
+
+
+# ------------------------------------------------------------------ report
+
+def report(resdir):
+    meta, runs = load(resdir)
+    agg, order = aggregate(runs)
+    charts = []
+    L = []
+    mode = meta.get("mode", "?")
+    L.append("# tenk benchmark report — %s (%s mode)" % (meta.get("date", "?"), mode))
+    L.append("")
+    L.append("Command: `%s` · %s rounds per server, alternated A B A B · %s s per closed-loop run "
+             "(the /users load test: %s s) · %s workers for every server"
+             % (meta.get("command", "").strip(), meta.get("rounds"), meta.get("dur"), meta.get("load_dur"),
+                meta.get("workers")))
+    L.append("")
+    L.append("Machine: %s cores (%s), %s, Linux %s, load average at start %s · git %s · nginx %s, %s, wrk %s, "
+             "PostgreSQL %s." % (meta.get("cores"), meta.get("cpu"), meta.get("mem"), meta.get("kernel"),
+                                 meta.get("loadavg"), meta.get("git"), meta.get("nginx"), meta.get("go"),
+                                 meta.get("wrk"), meta.get("postgres")))
+    L.append("")
+    L.append("> Load generator and servers share the same cores on loopback, so absolute numbers are "
+             "those of this machine under its load at the time; ratios between servers run in the same "
+             "rounds are the figures to compare. %s" % ("A `--quick` run is a smoke test: short runs, "
+                                                         "few rounds, noisy." if mode == "quick" else ""))
+    L.append("")
+
+    # ---- main table
+    L.append("## Throughput and latency (closed loop, wrk)")
+    L.append("")
+    L.append("Median of the rounds, with min–max; latency percentiles are medians of the per-run "
+             "percentiles. **E** marks a server with errors in at least one run (see the runs table). "
+             "`pgbench` and `redis-benchmark` rows are the database's and Redis' own limits "
+             "(transactions/s or commands/s over 25 / 50 connections).")
+    L.append("")
+    rows = []
+    wrk_like = [k for k in order if k[0] not in ("idle10k", "fixed-rate", "pool-sizing", "timeseries", "cpu")]
+    for key in wrk_like:
+        scn, v = key
+        g = agg[key]
+        if g["na"]:
+            rows.append([scn, server_label(scn, v), "*%s*" % g["na"], "", "", "", "", "", ""])
+            continue
+        rate = "%s (%s–%s)" % (f_rps(g["rps"]), f_rps(g["rps_min"]), f_rps(g["rps_max"]))
+        flag = " **E**" if g["err_runs"] else ""
+        if g["failed"]:
+            flag += " (%d failed)" % g["failed"]
+        r = ratio(agg, scn, v) if v not in ("tenk", "tenk-nocache") else None
+        rows.append([scn, server_label(scn, v), rate + flag, f_ms(g["p50"]), f_ms(g["p99"]),
+                     f_err(g["errors"]), f_mib(g["rss_peak"]),
+                     "–" if g["cpu_s"] is None else "%.1f" % g["cpu_s"],
+                     "%.2f×" % r if r else ""])
+    L.append(md_table(["scenario", "server", "req/s median (min–max)", "p50", "p99", "errors (sum)",
+                       "RSS peak", "CPU s/run", "tenk ÷ this"], rows))
+    L.append("")
+    scn_user = [s for s, _ in wrk_like]
+    if ("user-by-id-cache", "tenk") in agg and ("user-by-id-nocache", "tenk-nocache") in agg:
+        a, b = agg[("user-by-id-cache", "tenk")], agg[("user-by-id-nocache", "tenk-nocache")]
+        if a["rps"] and b["rps"]:
+            L.append("Cache effect on `/users/{id}`: %.2f× the requests/s, mean latency %s → %s "
+                     "(ids drawn so that about 80%% hit a warmed key at the start; cold ids warm up during "
+                     "the run, so the hit rate drifts upward)." % (a["rps"] / b["rps"], f_ms(b["mean"]), f_ms(a["mean"])))
+            L.append("")
+    if bar_chart(resdir, "throughput", "requests/s (median)", "req/s (log)", agg, wrk_like, "rps"):
+        charts.append(("throughput.png", "Requests/s per scenario and server"))
+    if bar_chart(resdir, "latency-p99", "p99 latency (median of runs)", "ms (log)", agg, wrk_like, "p99"):
+        charts.append(("latency-p99.png", "p99 latency per scenario and server"))
+
+    # ---- targets
+    trows = []
+    for scn, peer, what, thr, label in TARGETS:
+        tk = tenk_key(agg, scn)
+        if not tk or agg[tk]["na"] or not agg[tk]["n_ok"]:
+            continue
+        val, ok = None, None
+        if what == "rps_ratio":
+            val = ratio(agg, scn, peer)
+            ok = val is not None and val >= thr
+            val = "–" if val is None else "%.2f×" % val
+        elif what == "p99_le":
+            r = ratio(agg, scn, peer, "p99")
+            ok = r is not None and r <= thr
+            val = "–" if r is None else "%.2f× %s's p99" % (r, peer)
+        elif what == "zero_errors":
+            e = sum(errsum(r["res"]) for r in agg[tk]["runs"] if r["status"] == "ok")
+            ok, val = e == 0, "%d errors" % e
+        elif what == "idle_bytes":
+            b = med([r["res"].get("bytes_per_conn") for r in agg[tk]["runs"] if r["status"] == "ok"])
+            ok = b is not None and b <= thr
+            val = "–" if b is None else "%.0f B" % b
+        trows.append([label, scn, val, "met" if ok else "**not met**"])
+    if trows:
+        L.append("## Targets from the issues")
+        L.append("")
+        L.append(md_table(["target", "scenario", "measured", ""], trows))
+        L.append("")
+
+    # ---- idle
+    idle = [k for k in order if k[0] == "idle10k"]
+    if idle:
+        L.append("## Idle keep-alive connections")
+        L.append("")
+        L.append("Each connection sends one request, reads the answer and stays open and idle; RSS is the sum "
+                 "over the server's processes (master and workers), read before and with every connection "
+                 "idle.")
+        L.append("")
+        rows, data = [], "server\tbytes\n"
+        for key in idle:
+            g = agg[key]
+            if g["na"]:
+                rows.append([server_label("", key[1]), "*%s*" % g["na"], "", "", ""])
+                continue
+            ok = [r["res"] for r in g["runs"] if r["status"] == "ok"]
+            b = med([x.get("bytes_per_conn") for x in ok])
+            rows.append([server_label("", key[1]), "–" if b is None else "%.0f" % b,
+                         "%s" % med([x.get("answered") for x in ok]),
+                         "%s" % med([x.get("alive_after_hold") for x in ok]),
+                         f_mib(med([x.get("rss_idle") for x in ok]))])
+            if b is not None:
+                data += "%s\t%.1f\n" % (key[1], b)
+        L.append(md_table(["server", "bytes per idle connection (median)", "answered", "still open",
+                           "RSS with all idle"], rows))
+        L.append("")
+        if data.count("\n") > 1 and gnuplot(resdir, "idle", "set title 'server memory per idle keep-alive "
+                                            "connection'\nset ylabel 'bytes'\nset style fill solid 0.8\n"
+                                            "set boxwidth 0.6\nset yrange [0:*]\nplot DATA using 0:2:xtic(1) "
+                                            "with boxes notitle\n", data):
+            charts.append(("idle.png", "Bytes per idle keep-alive connection"))
+
+    # ---- fixed rate
+    fixed = [k for k in order if k[0] == "fixed-rate"]
+    if fixed:
+        L.append("## Fixed rate: 10,000 req/s on /users (h2load --h1 --rps, 500 connections × 20 req/s)")
+        L.append("")
+        L.append("Latency from each request's scheduled start as h2load logs it; a server that cannot keep "
+                 "up shows an achieved rate under the target rather than hiding it in fewer samples.")
+        L.append("")
+        rows, data = [], "percentile\t" + "\t".join(k[1] for k in fixed) + "\n"
+        for key in fixed:
+            g = agg[key]
+            if g["na"]:
+                rows.append([server_label("", key[1]), "*%s*" % g["na"], "", "", "", "", "", ""])
+                continue
+            rows.append([server_label("", key[1]), f_rps(g["rps"]), f_ms(g["p50"]), f_ms(g["p90"]),
+                         f_ms(g["p99"]), f_ms(g["p999"]), f_ms(g["max"]), f_err(g["errors"])])
+        for q in ("p50", "p90", "p99", "p999"):
+            data += q + "\t" + "\t".join("%.3f" % agg[k][q] if agg[k].get(q) else "NaN" for k in fixed) + "\n"
+        L.append(md_table(["server", "achieved req/s", "p50", "p90", "p99", "p99.9", "max", "errors"], rows))
+        L.append("")
+        if any(agg[k].get("p50") for k in fixed) and gnuplot(
+                resdir, "fixed-rate", "set title 'latency at 10,000 req/s'\nset ylabel 'ms (log)'\n"
+                "set logscale y\nset style data histograms\nset style fill solid 0.85 border -1\nplot " +
+                ", ".join("DATA using %d:xtic(1) title columnheader(%d)" % (i + 2, i + 2) for i in range(len(fixed)))
+                + "\n", data):
+            charts.append(("fixed-rate.png", "Latency percentiles at a fixed 10,000 req/s"))
+
+    # ---- pool sizing
+    pool = [r for r in runs if r["scenario"] == "pool-sizing"]
+    if pool:
+        L.append("## Pool sizing: /users at 2,000 connections by db.max_open")
+        L.append("")
+        L.append("Broker wait and queue high-water from `tenkctl db --json` after each run (cumulative "
+                 "since that tenkd started, which is just before the run).")
+        L.append("")
+        na = [r for r in pool if r["status"] == "na"]
+        if na and len(na) == len(pool):
+            L.append("*not available: %s*" % na[0]["note"])
+        else:
+            rows, data = [], "max_open\treq/s\tp99\n"
+            sizes = []
+            for r in pool:
+                if r["server"] not in sizes:
+                    sizes.append(r["server"])
+            for sz in sizes:
+                g = agg[("pool-sizing", sz)]
+                after = [load_json(os.path.join(resdir, r["raw"][:-4] + ".db-after.json")) for r in g["runs"]
+                         if r["status"] == "ok"]
+                wait_ms = med([pick(d, "wait_duration_ms", "wait_duration_us", "wait_duration") for d in after])
+                waits = med([pick(d, "wait_count") for d in after])
+                hw = med([pick(d, "queue_high_water", "queue_max", "high_water", "queue_hwm") for d in after])
+                n = sz.split("-")[-1]
+                rows.append([n, "%s (%s–%s)" % (f_rps(g["rps"]), f_rps(g["rps_min"]), f_rps(g["rps_max"])) +
+                             (" **E**" if g["err_runs"] else ""), f_ms(g["p50"]), f_ms(g["p99"]),
+                             "–" if waits is None else "%d" % waits, "–" if wait_ms is None else "%s" % wait_ms,
+                             "–" if hw is None else "%d" % hw, f_err(g["errors"])])
+                if g["rps"]:
+                    data += "%s\t%.1f\t%.3f\n" % (n, g["rps"], g["p99"] or 0)
+            L.append(md_table(["db.max_open", "req/s", "p50", "p99", "broker waits", "broker wait total",
+                               "queue high-water", "errors"], rows))
+            if data.count("\n") > 1 and gnuplot(
+                    resdir, "pool-sizing", "set title '/users by db.max_open'\nset xlabel 'db.max_open'\n"
+                    "set ylabel 'req/s'\nset y2label 'p99 ms'\nset y2tics\nset yrange [0:*]\nset y2range [0:*]\n"
+                    "plot DATA using 1:2 with linespoints title 'req/s', DATA using 1:3 axes x1y2 with "
+                    "linespoints title 'p99 ms'\n", data):
+                charts.append(("pool-sizing.png", "Pool sizing"))
+        L.append("")
+
+    # ---- time series
+    ts = [r for r in runs if r["scenario"] == "timeseries"]
+    if ts:
+        r = ts[0]
+        L.append("## tenk over time: /users at 2,000 connections (h2load, one sample per second)")
+        L.append("")
+        if r["status"] != "ok":
+            L.append("*%s*" % (r["note"] or "failed"))
+        else:
+            series = r["res"].get("series", [])
+            sdoc = r.get("sample_doc") or {}
+            lat = "second\treq/s\tp50\tp99\tmax\n" + "".join("%d\t%d\t%.3f\t%.3f\t%.3f\n" % x for x in series)
+            if series and gnuplot(resdir, "ts-latency", "set title 'tenk latency over time'\nset xlabel 's'\n"
+                                  "set ylabel 'ms (log)'\nset logscale y\nplot DATA using 1:3 with lines "
+                                  "title 'p50', DATA using 1:4 with lines title 'p99', DATA using 1:5 with "
+                                  "lines title 'max'\n", lat):
+                charts.append(("ts-latency.png", "Latency over time"))
+            if series and gnuplot(resdir, "ts-rps", "set title 'tenk requests/s over time'\nset xlabel 's'\n"
+                                  "set ylabel 'req/s'\nset yrange [0:*]\nplot DATA using 1:2 with lines "
+                                  "title 'completed req/s'\n", lat):
+                charts.append(("ts-rps.png", "Requests/s over time"))
+            mem = "second\tRSS MiB\tCPU s\n" + "".join("%.1f\t%.2f\t%.2f\n" % (t, rss / 1048576.0, cpu)
+                                                        for t, rss, cpu, _ in sdoc.get("series", []))
+            if sdoc.get("series") and gnuplot(resdir, "ts-memory", "set title 'tenk memory over time (RSS of "
+                                              "all processes)'\nset xlabel 's'\nset ylabel 'MiB'\nset yrange "
+                                              "[0:*]\nplot DATA using 1:2 with lines title 'RSS'\n", mem):
+                charts.append(("ts-memory.png", "Memory over time"))
+            # green threads: every numeric tenkctl-stats field whose name mentions threads
+            thr_rows, names = [], []
+            for st in sdoc.get("stats", []):
+                doc = st.get("stats")
+                if doc is None:
+                    continue
+                vals = {}
+                for p, v in flatten(doc):
+                    leaf = p.split(".")[-1]
+                    if "thread" in p.lower() and not leaf.isdigit():
+                        vals[leaf] = vals.get(leaf, 0) + v
+                for k in vals:
+                    if k not in names:
+                        names.append(k)
+                thr_rows.append((st["t_s"], vals))
+            if names:
+                data = "second\t" + "\t".join(names) + "\n" + "".join(
+                    "%.1f\t" % t + "\t".join(str(v.get(n, "NaN")) for n in names) + "\n" for t, v in thr_rows)
+                if gnuplot(resdir, "ts-threads", "set title 'tenk green threads over time'\nset xlabel 's'\n"
+                           "set ylabel 'green threads'\nset yrange [0:*]\nplot " +
+                           ", ".join("DATA using 1:%d with lines title columnheader(%d)" % (i + 2, i + 2)
+                                     for i in range(len(names))) + "\n", data):
+                    charts.append(("ts-threads.png", "Green threads over time"))
+            else:
+                L.append("Green threads over time: *not available* (`tenkctl stats --json` gave no thread "
+                         "counts).")
+                L.append("")
+            g = r["res"]
+            L.append("Whole run: %s req/s, p50 %s, p99 %s, max %s, errors %s; RSS peak %s, end %s; CPU %s s."
+                     % (f_rps(g.get("rps")), f_ms(g.get("p50")), f_ms(g.get("p99")), f_ms(g.get("max")),
+                        f_err(g.get("errors", {})), f_mib(sdoc.get("rss_peak")), f_mib(sdoc.get("rss_end")),
+                        sdoc.get("cpu_s", "–")))
+        L.append("")
+
+    # ---- CPU breakdown
+    cpu = [r for r in runs if r["scenario"] == "cpu"]
+    if cpu:
+        r = cpu[0]
+        L.append("## Where tenk's CPU goes under /users load")
+        L.append("")
+        if r["status"] != "ok":
+            L.append("*%s*" % (r["note"] or "failed"))
+        else:
+            buckets, top = cpu_buckets(r["res"]["profile"], r["tool"])
+            L.append("Self time by symbol from `%s` (%s), put in buckets by symbol and library name; "
+                     "kernel time is split into network system calls and scheduling by kernel symbol."
+                     % (r["tool"], r["note"]))
+            L.append("")
+            L.append(md_table(["bucket", "share of tenk's CPU"],
+                              [[b, "%.1f%%" % v] for b, v in sorted(buckets.items(), key=lambda x: -x[1])]))
+            L.append("")
+            L.append("Top symbols: " + ", ".join("`%s` %.1f%%" % (s, v) for s, v in top[:12]))
+        L.append("")
+
+    # ---- every run
+    L.append("## Every run")
+    L.append("")
+    rows = []
+    for r in runs:
+        res = r["res"]
+        e = errsum(res)
+        rows.append([r["scenario"], server_label(r["scenario"], r["server"]), r["round"], r["tool"],
+                     r["status"] + (" **E**" if e else ""), f_rps(res.get("rps")), f_ms(res.get("p99")),
+                     f_err(res.get("errors", {})),
+                     "" if r["raw"] in ("", "-") else "[raw](%s)" % r["raw"], r["note"]])
+    L.append(md_table(["scenario", "server", "round", "tool", "status", "req/s", "p99", "errors", "output",
+                       "note"], rows))
+    L.append("")
+    if charts:
+        L.append("## Charts")
+        L.append("")
+        for f, t in charts:
+            L.append("![%s](%s)" % (t, f))
+            L.append("")
+    with open(os.path.join(resdir, "report.md"), "w") as f:
+        f.write("\n".join(L) + "\n")
+    with open(os.path.join(resdir, "summary.json"), "w") as f:
+        json.dump({"meta": meta, "charts": charts,
+                   "agg": {"%s|%s" % k: {kk: vv for kk, vv in g.items() if kk != "runs"}
+                           for k, g in agg.items()}}, f, indent=1)
+    return 0
+
+
+# buckets: first matching rule wins; (bucket, regex on "dso symbol")
+CPU_RULES = [
+    ("libpq", r"libpq|\bPQ|\bpq[A-Z]|pqsecure|pg_"),
+    ("JSON", r"cJSON|json"),
+    ("HTTP parsing", r"tk_http_pars|http_parser|tk_http_req|tk_uri|tk_query"),
+    ("scheduler and switches", r"tk_sched|tk_coro|coro_switch|tk_wait|event_base|evmap|epoll_dispatch|"
+     r"event_process|event_active|\b__schedule|\bschedule\b|finish_task_switch|pick_next|__switch_to|"
+     r"futex|swapgs|dequeue_task|enqueue_task|try_to_wake_up"),
+    ("network system calls", r"\[kernel|tcp_|ip_|sock|__sys_|_sys_|skb|netif|inet|epoll|entry_SYSCALL|"
+     r"syscall|copy_user|__libc_(read|write|recv|send)|writev|readv|\bread\b|\bwrite\b|recv|send|nf_|dev_|"
+     r"loopback|napi|do_softirq|__softirqentry|net_rx"),
+    ("handler", r"tk_handler|tk_users|tk_tfb|tk_health|handlers|tk_http_respond|tk_router|tk_http_"),
+    ("allocator and libc", r"libc\.so|malloc|free|memcpy|memmove|memset|strlen|ld-linux"),
+]
+
+
+def cpu_buckets(text, tool):
+    rows = []
+    if tool == "perf":
+        # "    12.34%  tenkd   [.] tk_http_parse"  (--sort dso,sym)
+        for line in text.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*\S)", line)
+            if m:
+                dso, kind, sym = m.group(2), m.group(3), m.group(4)
+                if kind == "k":
+                    dso = "[kernel] " + dso
+                rows.append((float(m.group(1)), dso, sym))
+    else:
+        # callgrind_annotate: "  1,234,567 (12.34%)  file:function [obj]"
+        total = 0
+        for line in text.splitlines():
+            m = re.match(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*\S)", line)
+            if m and "PROGRAM TOTALS" not in line:
+                n = int(m.group(1).replace(",", ""))
+                rest = m.group(2)
+                obj = re.search(r"\[(.*)\]\s*$", rest)
+                rows.append((n, obj.group(1) if obj else "", rest))
+                total += n
+        rows = [(n * 100.0 / total, d, s) for n, d, s in rows] if total else []
+    buckets, top = {}, []
+    for pct, dso, sym in rows:
+        name = "%s %s" % (dso, sym)
+        b = "other"
+        for bucket, rx in CPU_RULES:
+            if re.search(rx, name):
+                b = bucket
+                break
+        buckets[b] = buckets.get(b, 0) + pct
+        top.append((sym[:60], pct))
+    top.sort(key=lambda x: -x[1])
+    tot = sum(buckets.values()) or 1
+    return {k: v * 100.0 / tot for k, v in buckets.items()}, top
+
+
+# ------------------------------------------------------------------ README summary
+
+def readme(root):
+    dirs = sorted(d for d in glob.glob(os.path.join(root, "2*")) if os.path.exists(os.path.join(d, "report.md")))
+    if not dirs:
+        sys.stderr.write("no report under %s: run scripts/bench first\n" % root)
+        return 1
+    full = [d for d in dirs if "mode=full" in read(os.path.join(d, "meta.txt"))]
+    chosen = (full or dirs)[-1]
+    if not full:
+        sys.stderr.write("no full run yet: summarising the latest quick run %s\n" % os.path.basename(chosen))
+    meta, runs = load(chosen)
+    agg, order = aggregate(runs)
+    L = ["## Performance", ""]
+    L.append("Measured by `%s` on %s: %s cores (%s), %s, Linux %s, tenk and its peers on loopback with "
+             "%s workers each, %s rounds alternated; %s. Full report: `bench/results/%s/report.md`; how to "
+             "read it: [bench/README.md](bench/README.md)."
+             % (meta.get("command", "").strip(), meta.get("date"), meta.get("cores"), meta.get("cpu"),
+                meta.get("mem"), meta.get("kernel"), meta.get("workers"), meta.get("rounds"),
+                "a quick smoke run, short and noisy" if meta.get("mode") != "full"
+                else "the load generator shares the cores, so read ratios rather than absolutes",
+                os.path.basename(chosen)))
+    L.append("")
+    rows = []
+    seen = []
+    for scn, v in order:
+        if scn in seen or scn in ("pool-sizing", "timeseries", "cpu"):
+            continue
+        seen.append(scn)
+        tk = tenk_key(agg, scn)
+        peers = [p for s2, p in order if s2 == scn and p not in ("tenk", "tenk-nocache")]
+        if scn == "idle10k":
+            cells = []
+            for p in [x for s2, x in order if s2 == scn]:
+                b = med([r["res"].get("bytes_per_conn") for r in agg[(scn, p)]["runs"] if r["status"] == "ok"])
+                cells.append("%s %s" % (p, "–" if b is None else "%.0f B" % b))
+            rows.append([scn, "bytes per idle connection: " + ", ".join(cells), "", ""])
+            continue
+        t = agg.get(tk) if tk else None
+        tk_cell = "n/a" if not t or not t["rps"] else "%s req/s, p99 %s%s" % (
+            f_rps(t["rps"]), f_ms(t["p99"]), " (errors)" if t["err_runs"] else "")
+        peer_cells, ratio_cells = [], []
+        for p in peers:
+            g = agg[(scn, p)]
+            if g["rps"]:
+                peer_cells.append("%s %s" % (server_label(scn, p), f_rps(g["rps"])))
+                rr = ratio(agg, scn, p)
+                if rr:
+                    ratio_cells.append("%.2f× %s" % (rr, p))
+        rows.append([scn, tk_cell, ", ".join(peer_cells) or "–", ", ".join(ratio_cells) or "–"])
+    L.append(md_table(["scenario", "tenk (median)", "peers (median req/s)", "tenk ÷ peer"], rows))
+    L.append("")
+    s = load_json(os.path.join(chosen, "summary.json")) or {}
+    want = ["throughput.png", "ts-latency.png", "idle.png", "latency-p99.png"]
+    have = [c for c in s.get("charts", []) if c[0] in want]
+    have.sort(key=lambda c: want.index(c[0]))
+    for f, title in have[:3]:
+        dst = os.path.join(root, "latest-" + f)
+        shutil.copyfile(os.path.join(chosen, f), dst)
+        L.append("![%s](bench/results/latest-%s)" % (title, f))
+        L.append("")
+    out = os.path.join(root, "latest-summary.md")
+    with open(out, "w") as f:
+        f.write("\n".join(L) + "\n")
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--readme":
+        sys.exit(readme(sys.argv[2]))
+    if len(sys.argv) != 2:
+        sys.stderr.write(__doc__)
+        sys.exit(2)
+    sys.exit(report(sys.argv[1]))
