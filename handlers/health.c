@@ -1,2 +1,52 @@
-/* health.c: health (placeholder, being written). */
+/* health.c: the endpoints with nothing behind them: /health, /json, /plaintext. */
 #include "config.h"
+
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "handlers.h"
+#include "http_response.h"
+
+/* GET /health: liveness, cheap enough to poll under any load. */
+static void health(tk_http_ctx_t *ctx)
+{
+    static const char body[] = "{\"status\":\"ok\"}";
+    tk_http_respond(ctx, 200, "application/json", body, sizeof(body) - 1);
+}
+
+/* GET /json: TechEmpower's JSON test: a fresh object serialised per request,
+ * as its rules require (no cached bytes). */
+static void json(tk_http_ctx_t *ctx)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddStringToObject(o, "message", "Hello, World!")) {
+        cJSON_Delete(o);
+        tk_http_respond_error(ctx, 500, "out of memory");
+        return;
+    }
+    /* print into the per-request body buffer: no malloc for the text */
+    tk_http_buf_t *b = tk_http_body_buf(ctx);
+    char *w = tk_http_buf_reserve(b, 64);
+    if (w && cJSON_PrintPreallocated(o, w, 64, 0)) {
+        b->len += strlen(w);
+        tk_http_respond_buf(ctx, 200, "application/json");
+    } else {
+        tk_http_respond_json(ctx, 200, o);
+    }
+    cJSON_Delete(o);
+}
+
+/* GET /plaintext: TechEmpower's plaintext test. */
+static void plaintext(tk_http_ctx_t *ctx)
+{
+    static const char body[] = "Hello, World!";
+    tk_http_respond(ctx, 200, "text/plain", body, sizeof(body) - 1);
+}
+
+void tk_handlers_register_health(tk_router_t *r)
+{
+    tk_router_add(r, "GET", "/health", health, TK_ROUTE_HEALTH);
+    tk_router_add(r, "GET", "/json", json, TK_ROUTE_JSON);
+    tk_router_add(r, "GET", "/plaintext", plaintext, TK_ROUTE_PLAINTEXT);
+}

@@ -1,2 +1,88 @@
-/* http_conn.h: placeholder, being written. */
-#pragma once
+/* http_conn.h: HTTP/1.1 connections: read, parse, route, serve, write, keep-alive.
+ *
+ * Engine-internal (handlers use http_response.h). A connection that sits idle
+ * between requests holds no green thread: only its tk_http_conn_t and a
+ * libevent event. When bytes arrive a green thread is spawned; it serves every
+ * request it can (pipelined ones back to back, their answers leaving in one
+ * write), then the connection goes idle again and the green thread ends. */
+#ifndef TK_HTTP_CONN_H
+#define TK_HTTP_CONN_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "conf.h"
+#include "http_parser.h"
+#include "http_response.h"
+#include "router.h"
+#include "sched.h"
+
+struct event_base;
+typedef struct tk_http_conn tk_http_conn_t;
+
+/* One worker's HTTP side: configuration, routers, the live connections. */
+typedef struct tk_http_server {
+    const tk_conf_t *conf;
+    tk_sched_t *sched;
+    struct event_base *base;
+    tk_router_t *router;       /* public listeners */
+    tk_router_t *admin_router; /* admin listener; may be NULL */
+    tk_http_limits_t limits;
+    const struct timeval *keepalive_tv; /* libevent common timeout for idle connections */
+
+    /* 0 serving; 1 draining (graceful): requests already arrived are answered
+     * with Connection: close, idle connections get a last window; 2 stopping
+     * (fast): no new request is started. */
+    int stopping;
+    int64_t drain_idle_deadline_ms; /* idle connections close at this time */
+
+    unsigned nconns;  /* open connections */
+    unsigned nactive; /* connections with a green thread (a request in progress) */
+    uint64_t next_id;
+    tk_http_conn_t *conns; /* doubly linked list of every open connection */
+
+    /* Called after a connection closed (the worker resumes accepting). */
+    void (*on_close)(struct tk_http_server *srv);
+    void *user;
+} tk_http_server_t;
+
+/* Set up srv (limits from conf). Routers and callbacks are set by the caller. */
+void tk_http_server_init(tk_http_server_t *srv, const tk_conf_t *conf, tk_sched_t *sched,
+                         struct event_base *base);
+/* Close every connection now (at exit; green threads must be gone). */
+void tk_http_server_fini(tk_http_server_t *srv);
+
+/* Take over an accepted, non-blocking socket. 0, or -1 (the fd is closed). */
+int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *peer,
+                       socklen_t peerlen, int admin);
+
+/* Begin a graceful drain (fast == 0) or a fast stop (fast == 1): idle
+ * connections get linger_ms to send one last request (answered with
+ * Connection: close), then are closed; busy ones close after their current
+ * response (fast: connections waiting for a request are closed at once). */
+void tk_http_server_drain(tk_http_server_t *srv, int fast, int linger_ms);
+
+/* The request context given to handlers (see http_response.h); it lives on
+ * the serving green thread's stack. */
+struct tk_http_ctx {
+    tk_http_conn_t *conn;
+    tk_http_server_t *srv;
+    const tk_http_request_t *req;
+    const tk_router_match_t *match;
+    tk_http_buf_t *out; /* the connection's output buffer */
+    tk_http_buf_t hdrs; /* extra response headers, formatted */
+    tk_http_buf_t body; /* scratch body (tk_http_body_buf) */
+    int route_id;
+    int status; /* status sent, 0 until answered */
+    unsigned head : 1, keep_alive : 1, http10 : 1, gzip_ok : 1, responded : 1, streaming : 1,
+        stream_chunked : 1, admin : 1, stream_ended : 1, client_gone : 1;
+    uint64_t conn_id;
+    const char *peer;
+    size_t bytes_out; /* bytes of this response queued so far */
+};
+
+/* Write everything queued in ctx's connection output buffer, waiting for the
+ * socket (write timeout). 0, or -1 when the client is gone. May yield. */
+int tk_http_conn_flush_ctx(tk_http_ctx_t *ctx);
+
+#endif

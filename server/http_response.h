@@ -164,17 +164,19 @@ typedef struct {
     size_t extra_len;
     const void *body;
     size_t body_len;
-    int head;       /* HEAD: send the length, not the body */
-    int keep_alive; /* 0: add Connection: close */
-    int http10;     /* the client spoke 1.0: add Connection: keep-alive if kept */
-    int gzip;       /* the client accepts gzip (the caller checked q-values) */
+    int head;         /* HEAD: send the length, not the body */
+    int keep_alive;   /* 0: add Connection: close */
+    int http10;       /* the client spoke 1.0: add Connection: keep-alive if kept */
+    int gzip_enabled; /* the server compresses at all ([http] gzip) */
+    int gzip;         /* the client accepts gzip (the caller checked q-values) */
     size_t gzip_min_size;
     int gzip_level;
 } tk_http_resp_t;
 
 /* Append the whole response (head + body, gzipped when r->gzip and worth it)
- * to out. Returns 0, or -1 (ENOMEM or a zlib failure: then nothing is
- * appended). */
+ * to out. Vary: Accept-Encoding goes on every response that would have been
+ * compressed for a client asking for it, so caches keep the two apart. Returns 0, or -1 (ENOMEM or
+ * a zlib failure: then nothing is appended). */
 int tk_http_response_write(tk_http_buf_t *out, const tk_http_resp_t *r);
 
 /* gzip src into out (appending). 0 or -1. */
