@@ -37,6 +37,8 @@ static int decode(tk_str_t in, int plus, char *out, size_t outlen, size_t *outn)
             i += 2;
         } else if (c == '+' && plus) {
             c = ' ';
+        } else if (c == 0) {
+            return TK_URI_EINVAL; /* the parser never lets one through; be safe anyway */
         }
         /* keep going when out is full: an invalid escape later still wins */
         if (out != NULL && o + 1 < outlen)
@@ -120,6 +122,8 @@ static int key_matches(tk_str_t k, const char *key, size_t keylen)
             i += 2;
         } else if (c == '+') {
             c = ' ';
+        } else if (c == 0) {
+            return -1;
         }
         if (j >= keylen || (unsigned char)key[j] != c) {
             /* still validate the rest of the key's escapes */

@@ -3,7 +3,8 @@
  * All functions work on borrowed slices and write into caller buffers; they
  * never allocate. Decoding is strict: a '%' not followed by two hex digits is
  * an error (the caller answers 400), and so is an escape that decodes to NUL
- * (%00), because decoded values end up in C strings and file/SQL parameters. */
+ * (%00), or a raw NUL byte, because decoded values end up in C strings and
+ * file/SQL parameters. */
 #ifndef TK_URI_H
 #define TK_URI_H
 

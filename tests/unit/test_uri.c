@@ -66,6 +66,10 @@ static void test_decode_query(void **state)
     assert_int_equal(n, 5);
     assert_int_equal(tk_uri_decode_query(S("%7"), out, sizeof(out), &n), TK_URI_EINVAL);
     assert_int_equal(tk_uri_decode_query(S("x%00"), out, sizeof(out), &n), TK_URI_EINVAL);
+    /* a raw NUL byte is refused too */
+    assert_int_equal(tk_uri_decode_query((tk_str_t){"a\0b", 3}, out, sizeof(out), &n),
+                     TK_URI_EINVAL);
+    assert_int_equal(tk_uri_query_get((tk_str_t){"a\0=1", 4}, "a", out, sizeof(out), &n), -1);
 }
 
 static void test_decode_sizes(void **state)
