@@ -555,10 +555,11 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
 }
 
 /* Send one command for the calling green thread and park until its reply or
- * the timeout. On return q is DONE (the caller reads and frees it) or has been
- * handed to hiredis (ERROR returned). Accounts breaker and error stats. */
+ * the timeout. Sets *own to 1 when q is DONE (the caller reads and frees it),
+ * to 0 when q now belongs to hiredis' callback (ERROR returned; q may already
+ * be freed: don't touch it). Accounts breaker and error stats. */
 static tk_cache_rc_t roundtrip(tk_cache_t *c, cache_req_t *q, int probe, int argc,
-                               const char **argv, const size_t *argvlen)
+                               const char **argv, const size_t *argvlen, int *own)
 {
     int64_t deadline = tk_now_ms() + c->o.timeout_ms;
     tk_cache_rc_t rc;
@@ -567,6 +568,7 @@ static tk_cache_rc_t roundtrip(tk_cache_t *c, cache_req_t *q, int probe, int arg
     q->gt = tk_gt_self();
     q->state = REQ_WAITING;
     q->sent_ns = tk_now_ns();
+    *own = 1;
     if (redisAsyncCommandArgv(c->ac, on_reply, q, argc, argv, argvlen) != REDIS_OK) {
         set_err(c, "redisAsyncCommandArgv() failed", NULL);
         q->rc = TK_CACHE_ERROR;
@@ -586,6 +588,7 @@ static tk_cache_rc_t roundtrip(tk_cache_t *c, cache_req_t *q, int probe, int arg
             break; /* the reply came in the same turn as the deadline */
         int timed_out = errno == ETIMEDOUT;
         q->state = REQ_ABANDONED; /* hiredis' callback frees it */
+        *own = 0;
         c->abandoned++;
         if (timed_out) {
             c->st.timeouts++;
@@ -646,14 +649,14 @@ tk_cache_rc_t tk_cache_get(tk_cache_t *c, const char *key, size_t keylen, char *
     size_t lens[2] = {3, keylen};
     cache_req_t *q;
     tk_cache_rc_t rc;
-    int probe;
+    int probe, own;
 
     *val = NULL;
     *vallen = 0;
     if (begin(c, K_GET, &q, &probe, &rc) < 0)
         return rc;
-    rc = roundtrip(c, q, probe, 2, argv, lens);
-    if (q->state != REQ_DONE)
+    rc = roundtrip(c, q, probe, 2, argv, lens, &own);
+    if (!own)
         return rc;
     if (rc == TK_CACHE_HIT) {
         c->st.hits++;
@@ -674,13 +677,13 @@ tk_cache_rc_t tk_cache_set(tk_cache_t *c, const char *key, size_t keylen, const 
     size_t lens[5] = {3, keylen, vallen, 2, 0};
     cache_req_t *q;
     tk_cache_rc_t rc;
-    int probe;
+    int probe, own;
 
     if (begin(c, K_SET, &q, &probe, &rc) < 0)
         return rc;
     lens[4] = (size_t)snprintf(ttl, sizeof(ttl), "%d", ttl_s);
-    rc = roundtrip(c, q, probe, ttl_s > 0 ? 5 : 3, argv, lens);
-    if (q->state == REQ_DONE)
+    rc = roundtrip(c, q, probe, ttl_s > 0 ? 5 : 3, argv, lens, &own);
+    if (own)
         free(q);
     return rc;
 }
@@ -691,12 +694,12 @@ tk_cache_rc_t tk_cache_del(tk_cache_t *c, const char *key, size_t keylen)
     size_t lens[2] = {3, keylen};
     cache_req_t *q;
     tk_cache_rc_t rc;
-    int probe;
+    int probe, own;
 
     if (begin(c, K_DEL, &q, &probe, &rc) < 0)
         return rc;
-    rc = roundtrip(c, q, probe, 2, argv, lens);
-    if (q->state == REQ_DONE)
+    rc = roundtrip(c, q, probe, 2, argv, lens, &own);
+    if (own)
         free(q);
     return rc;
 }
@@ -717,7 +720,7 @@ tk_cache_rc_t tk_cache_mget(tk_cache_t *c, const char *const *keys, const size_t
     size_t *lens;
     cache_req_t *q;
     tk_cache_rc_t rc;
-    int probe;
+    int probe, own;
 
     items_set(items, n, TK_CACHE_ERROR);
     if (n == 0)
@@ -746,10 +749,10 @@ tk_cache_rc_t tk_cache_mget(tk_cache_t *c, const char *const *keys, const size_t
     q->items = items;
     q->n = n;
     /* hiredis copies the arguments into its output buffer at once. */
-    rc = roundtrip(c, q, probe, (int)(n + 1), argv, lens);
+    rc = roundtrip(c, q, probe, (int)(n + 1), argv, lens, &own);
     free(argv);
     free(lens);
-    if (q->state != REQ_DONE) {
+    if (!own) {
         items_set(items, n, TK_CACHE_ERROR);
         return rc;
     }
