@@ -6,23 +6,24 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "broker.h"
 #include "metrics.h"
-
-struct tk_broker_sh; /* shm/broker.h (engineer G); the segment reserves its space */
 
 #define TK_SHM_MAGIC 0x314d48534b4e4554ull /* "TENKSHM1" little-endian */
 /* Bump whenever any shared struct (header, worker, metrics, broker) changes shape. */
 #define TK_SHM_LAYOUT_VERSION 1u
 /* Worker-table slots: the master passes nslots = TK_SHM_SLOTS(workers). Two per
  * worker, because during a reload the new generation starts while the old one
- * drains; a respawned worker reuses its dead predecessor's slot. 0 also means
- * TK_SHM_MAX_SLOTS. tmpfs pages are only allocated when touched, so unused slots
- * cost address space, not memory. */
-#define TK_SHM_MAX_SLOTS      512u
-#define TK_SHM_SLOTS(workers) ((unsigned)(workers)*2u)
-#define TK_SHM_NAME_MAX       64  /* instance name incl. NUL */
-#define TK_SHM_PATH_MAX       256 /* conf path incl. NUL */
-#define TK_SHM_ERROR_MAX      256 /* last reload error incl. NUL */
+ * drains; a respawned worker reuses its dead predecessor's slot. 0 means
+ * TK_SHM_MAX_SLOTS. The slot index is also the worker's index in the broker
+ * (tk_broker_worker_attach(b, slot, pid)), hence the cap. tmpfs pages are only
+ * allocated when touched, so unused slots cost address space, not memory. */
+#define TK_SHM_MAX_SLOTS ((unsigned)TK_BROKER_MAX_WORKERS)
+#define TK_SHM_SLOTS(workers)                                                                      \
+    ((unsigned)(workers)*2u > TK_SHM_MAX_SLOTS ? TK_SHM_MAX_SLOTS : (unsigned)(workers)*2u)
+#define TK_SHM_NAME_MAX  64  /* instance name incl. NUL */
+#define TK_SHM_PATH_MAX  256 /* conf path incl. NUL */
+#define TK_SHM_ERROR_MAX 256 /* last reload error incl. NUL */
 
 /* Worker slot states. EMPTY is 0 so a fresh (zero) table is all empty. */
 typedef enum {
@@ -35,20 +36,22 @@ typedef enum {
 
 const char *tk_shm_wstate_name(tk_shm_wstate_t s);
 
-/* Segment header, at offset 0. Written by the master (readers: tenkctl, workers). */
+/* Segment header, at offset 0. Written by the master (readers: tenkctl, workers).
+ * The first four fields are a stable prefix that never moves, so any version
+ * can tell whether a segment of another layout still has a live master. */
 typedef struct {
-    uint64_t magic;          /* TK_SHM_MAGIC */
-    uint32_t layout_version; /* TK_SHM_LAYOUT_VERSION */
-    uint32_t nslots;         /* worker slots */
+    uint64_t magic;              /* TK_SHM_MAGIC */
+    uint32_t layout_version;     /* TK_SHM_LAYOUT_VERSION */
+    int32_t master_pid;          /* the master that owns the segment */
+    uint64_t master_start_ticks; /* /proc/PID/stat starttime: tells a reused pid apart */
+    uint32_t nslots;             /* worker slots */
+    uint32_t workers;            /* configured workers of the current generation */
     /* sizes of every part, so a reader built from other sources detects drift */
     uint32_t header_size, worker_size, metrics_size, broker_size;
     uint64_t worker_off, metrics_off, broker_off; /* byte offsets from the segment start */
     uint64_t total_size;                          /* bytes of the whole segment */
     uint64_t created_ns;                          /* CLOCK_REALTIME at creation */
-    uint64_t master_start_ticks; /* /proc/PID/stat starttime: tells a reused pid apart */
-    int32_t master_pid;          /* the master that owns the segment */
-    uint32_t workers;            /* configured workers of the current generation */
-    uint64_t generation;         /* current worker generation (1 at start, +1 per reload) */
+    uint64_t generation; /* current worker generation (1 at start, +1 per reload) */
     /* reload outcome for tenkctl: the master bumps reload_seq after every SIGHUP
      * it handled, with reload_ok and, on failure, reload_error. */
     uint64_t reload_seq;
@@ -98,7 +101,7 @@ tk_shm_header_sh_t *tk_shm_header(tk_shm_t *shm);
 unsigned tk_shm_nslots(const tk_shm_t *shm);
 tk_shm_worker_sh_t *tk_shm_worker(tk_shm_t *shm, unsigned slot); /* NULL if out of range */
 tk_metrics_sh_t *tk_shm_metrics(tk_shm_t *shm, unsigned slot);   /* NULL if out of range */
-struct tk_broker_sh *tk_shm_broker(tk_shm_t *shm);
+tk_broker_sh_t *tk_shm_broker(tk_shm_t *shm);
 void *tk_shm_base(tk_shm_t *shm); /* for offset arithmetic in other shm modules */
 int tk_shm_writable(const tk_shm_t *shm);
 
