@@ -429,6 +429,8 @@ static void run_queue(tk_sched_t *s)
             s->rq_tail = NULL;
         g->rq_next = NULL;
         set_state(g, TK_GT_RUNNING);
+        if (g->started_ns == 0)
+            g->started_ns = t0; /* first slice; saves a clock read per spawn */
         s->cur = g;
         s->st.switches++;
         tk_coro_switch(s->main, g->coro);
@@ -674,7 +676,6 @@ tk_gt_t *tk_gt_spawn(tk_sched_t *s, const char *name, tk_gt_fn fn, void *arg)
     g->fn = fn;
     g->arg = arg;
     g->deadline_ms = -1;
-    g->started_ns = tk_now_ns();
     g->defers = g->defer_inline;
     g->defer_cap = GT_INLINE_DEFERS;
     tk_gt_set_name(g, name);

@@ -4,6 +4,15 @@
  * blocking code. Every function marked "may yield" can park the calling green
  * thread; code between two yields owns the worker, so per-worker state needs no
  * locks. Only one scheduler runs per thread (the current one is thread-local). */
+
+/* This file shadows the C library's <sched.h> for every file compiled with
+ * -I server (pthread.h includes <sched.h>): pull the real one in as well, so
+ * both sets of declarations exist whichever way this file was reached. Outside
+ * the include guard on purpose: reached as "sched.h" from server/ itself, the
+ * include_next finds this file again through -I server, and that copy's
+ * include_next then reaches the system header. */
+#include_next <sched.h>
+
 #ifndef TK_SCHED_H
 #define TK_SCHED_H
 
@@ -69,7 +78,15 @@ tk_sched_t *tk_sched_current(void);
 struct event_base *tk_sched_base(tk_sched_t *s);
 
 /* Run until no green thread is live or tk_sched_stop() is called; drives the
- * event loop. Returns 0, -1 on a loop error. */
+ * event loop. Returns 0, -1 on a loop error, or -1 with errno EDEADLK when
+ * threads are live but nothing (no event, no timer) can ever wake them.
+ *
+ * tk_sched_run() is optional: the scheduler only uses libevent events (an
+ * activated event for newly runnable threads, each thread's own event for fd
+ * readiness and deadlines, a zero timeout after tk_gt_yield()), so a worker
+ * that runs event_base_dispatch()/event_base_loop() itself needs no other
+ * call. Threads spawned or woken from a libevent callback run in the same loop
+ * iteration (after that callback returns), before the next epoll_wait. */
 int tk_sched_run(tk_sched_t *s);
 void tk_sched_stop(tk_sched_t *s);
 void tk_sched_stats(tk_sched_t *s, tk_sched_stats_t *out);
@@ -86,6 +103,9 @@ static inline int64_t tk_now_ms(void) { return (int64_t)(tk_now_ns() / 1000000u)
 /* --- green threads ------------------------------------------------------------ */
 
 /* Create a runnable green thread; it first runs on a later scheduler turn.
+ * The handle stays valid until the thread ends (detached) or is joined; use a
+ * tk_gt_defer() to forget it. The tk_gt_t lives in its stack's top page, so a
+ * spawn with a pooled stack allocates nothing.
  * Returns NULL (errno EAGAIN) at max_threads, or ENOMEM. Callable from inside
  * or outside a green thread. name is copied (truncated to 31 bytes). */
 tk_gt_t *tk_gt_spawn(tk_sched_t *s, const char *name, tk_gt_fn fn, void *arg);
@@ -97,6 +117,7 @@ uint64_t tk_gt_id(const tk_gt_t *gt);
 const char *tk_gt_name(const tk_gt_t *gt);
 void tk_gt_set_name(tk_gt_t *gt, const char *name);
 tk_gt_state_t tk_gt_state(const tk_gt_t *gt);
+/* tk_now_ns() when it was first scheduled; 0 before its first run. */
 uint64_t tk_gt_started_ns(const tk_gt_t *gt);
 /* Opaque per-thread user pointer (e.g. the request being served). */
 void tk_gt_set_data(tk_gt_t *gt, void *data);
@@ -131,7 +152,10 @@ int tk_gt_sleep_ms(int64_t ms);
 /* Generic park/unpark for building new waits (the broker, the Redis client):
  * tk_gt_park() parks the caller in state why until tk_gt_unpark() or the
  * deadline. Returns 0 when unparked, -1 with ETIMEDOUT or ECANCELED. May yield.
- * tk_gt_unpark() on a thread that is not parked is a no-op returning -1. */
+ * tk_gt_unpark() on a thread that is not parked is a no-op returning -1; it
+ * only wakes threads parked in tk_gt_park() (not fd waits, sleeps or wait
+ * queues, which have their own wake-ups). Same scheduler thread only: from
+ * another OS thread, signal an fd the parked thread's scheduler watches. */
 int tk_gt_park(tk_gt_state_t why, int64_t deadline_ms);
 int tk_gt_unpark(tk_gt_t *gt);
 
