@@ -91,8 +91,10 @@ void tk_cache_opts_default(tk_cache_opts_t *o)
 
 static void set_err(tk_cache_t *c, const char *what, const char *detail)
 {
-    snprintf(c->lasterr, sizeof(c->lasterr), "%s%s%s", what, detail ? ": " : "",
-             detail ? detail : "");
+    char buf[sizeof(c->lasterr)]; /* what or detail may be c->lasterr itself */
+
+    snprintf(buf, sizeof(buf), "%s%s%s", what, detail ? ": " : "", detail ? detail : "");
+    memcpy(c->lasterr, buf, sizeof(buf));
 }
 
 /* --- circuit breaker ----------------------------------------------------------- */

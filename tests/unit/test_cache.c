@@ -644,8 +644,8 @@ static pid_t redis_start(int port)
     pid_t pid = fork();
     if (pid == 0) {
         execlp("redis-server", "redis-server", "--port", p, "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning", "--logfile",
-               "/dev/null", (char *)NULL);
+               "--appendonly", "no", "--daemonize", "no", "--requirepass", "sekrit", "--loglevel",
+               "warning", "--logfile", "/dev/null", (char *)NULL);
         _exit(127);
     }
     return pid;
@@ -660,7 +660,7 @@ static int redis_wait_up(int port, int ms)
         redisContext *rc = redisConnectWithTimeout("127.0.0.1", port, tv);
         if (rc && !rc->err) {
             redisReply *r = redisCommand(rc, "PING");
-            int ok = r && r->type == REDIS_REPLY_STATUS;
+            int ok = r != NULL; /* +PONG, or -NOAUTH: it answers either way */
             freeReplyObject(r);
             redisFree(rc);
             if (ok)
@@ -686,6 +686,8 @@ typedef struct {
 
 static void tune_restart(tk_cache_opts_t *o)
 {
+    o->password = "sekrit";
+    o->db = 2;
     o->reconnect_min_ms = 20;
     o->reconnect_max_ms = 100;
 }
@@ -734,6 +736,44 @@ static void body_restart(void *arg)
     CHECK(same);
     tk_cache_stats(c, &st);
     CHECK(st.reconnects == 1 && st.connects == 2);
+
+    /* AUTH and SELECT took effect: the key is in db 2 only. */
+    struct timeval tv = {2, 0};
+    redisContext *side = redisConnectWithTimeout("127.0.0.1", r->port, tv);
+    CHECK(side && !side->err);
+    redisReply *rr = redisCommand(side, "AUTH sekrit");
+    freeReplyObject(rr);
+    long long in0 = side_int(side, "EXISTS", "user:1");
+    rr = redisCommand(side, "SELECT 2");
+    freeReplyObject(rr);
+    long long in2 = side_int(side, "EXISTS", "user:1");
+    redisFree(side);
+    CHECKF(in0 == 0 && in2 == 1, "in db0 %lld, in db2 %lld", in0, in2);
+
+    /* A wrong password fails the handshake: never ready, calls bypass. */
+    tk_cache_opts_t o;
+    char err[128], addr[64];
+    tk_cache_opts_default(&o);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", r->port);
+    o.addr = addr;
+    o.password = "wrong";
+    o.reconnect_min_ms = 10;
+    tk_cache_t *bad = tk_cache_new(tk_sched_base(tk_sched_current()), &o, err, sizeof(err));
+    CHECK(bad != NULL);
+    int64_t deadline2 = tk_now_ms() + 2000;
+    do {
+        tk_cache_stats(bad, &st);
+        if (st.connect_failures >= 2)
+            break;
+        tk_gt_sleep_ms(2);
+    } while (tk_now_ms() < deadline2);
+    int bad_ok = st.connect_failures >= 2 && st.connects == 0 &&
+                 tk_cache_get(bad, "user:1", 6, &v, &n) == TK_CACHE_BYPASS &&
+                 strstr(tk_cache_last_error(bad), "handshake") != NULL;
+    if (!bad_ok)
+        fprintf(stderr, "wrong password: %s\n", tk_cache_last_error(bad));
+    tk_cache_free(bad);
+    CHECK(bad_ok);
 }
 
 static void test_restart(void **state)
@@ -763,6 +803,145 @@ static void test_restart(void **state)
     assert_int_equal(ran, 0);
     if (g_fail[0])
         fail_msg("%s", g_fail);
+}
+
+/* --- breaker on error replies from a healthy connection -------------------------------- */
+
+static void tune_breaker(tk_cache_opts_t *o)
+{
+    o->breaker_failures = 4;
+    o->breaker_cooloff_ms = 100;
+}
+
+static int g_probe_rc = -1, g_side_rc = -1;
+
+static void probe_get(void *arg)
+{
+    env_t *e = arg;
+    char *v;
+    size_t n;
+    g_probe_rc = tk_cache_get(e->cache, K("good"), strlen(K("good")), &v, &n);
+    free(v);
+}
+
+static void side_get(void *arg)
+{
+    env_t *e = arg;
+    char *v;
+    size_t n;
+    g_side_rc = tk_cache_get(e->cache, K("good"), strlen(K("good")), &v, &n);
+    free(v);
+}
+
+static int wait_cooloff(tk_cache_t *c, int64_t ms)
+{
+    int64_t deadline = tk_now_ms() + ms;
+    while (!tk_cache_ready(c)) {
+        if (tk_now_ms() > deadline)
+            return 0;
+        tk_gt_sleep_ms(5);
+    }
+    return 1;
+}
+
+static void body_breaker(void *arg)
+{
+    env_t *e = arg;
+    tk_cache_t *c = e->cache;
+    redisContext *side = side_conn(redis_addr());
+    tk_cache_stats_t st;
+    char *v;
+    size_t n;
+    const char *lk = K("list");
+
+    CHECK(wait_ready(c, 2000));
+    redisReply *rr = redisCommand(side, "RPUSH %s x", lk);
+    freeReplyObject(rr);
+    redisFree(side);
+    CHECK(tk_cache_set(c, K("good"), strlen(K("good")), "g", 1, 60) == TK_CACHE_OK);
+
+    /* GET on a list: WRONGTYPE error replies. The 4th consecutive one opens it. */
+    for (int i = 0; i < 4; i++)
+        CHECK(tk_cache_get(c, lk, strlen(lk), &v, &n) == TK_CACHE_ERROR);
+    tk_cache_stats(c, &st);
+    CHECK(st.errors == 4 && st.breaker_opens == 1 && st.breaker_open == 1);
+    CHECK(st.connected == 1 && !tk_cache_ready(c)); /* still connected, but skipped */
+    CHECK(strstr(tk_cache_last_error(c), "WRONGTYPE") != NULL);
+    CHECK(tk_cache_get(c, K("good"), strlen(K("good")), &v, &n) == TK_CACHE_BYPASS);
+
+    /* After the cool-off one probe goes through; it fails: open again. */
+    CHECK(wait_cooloff(c, 1000));
+    CHECK(tk_cache_get(c, lk, strlen(lk), &v, &n) == TK_CACHE_ERROR);
+    tk_cache_stats(c, &st);
+    CHECK(st.breaker_opens == 2 && !tk_cache_ready(c));
+
+    /* Next probe succeeds; while it is out, other callers still bypass. */
+    CHECK(wait_cooloff(c, 1000));
+    tk_gt_t *p = tk_gt_spawn(e->sched, "probe", probe_get, e);
+    tk_gt_t *o = tk_gt_spawn(e->sched, "other", side_get, e);
+    CHECK(p && o);
+    tk_gt_joinable(p);
+    tk_gt_joinable(o);
+    tk_gt_join(p);
+    tk_gt_join(o);
+    CHECK(g_probe_rc == TK_CACHE_HIT && g_side_rc == TK_CACHE_BYPASS);
+    tk_cache_stats(c, &st);
+    CHECK(st.breaker_open == 0 && tk_cache_ready(c) && st.breaker_opens == 2);
+    CHECK(tk_cache_get(c, K("good"), strlen(K("good")), &v, &n) == TK_CACHE_HIT);
+    free(v);
+    CHECK(st.disconnects == 0 && st.connects == 1);
+    tk_cache_del(c, lk, strlen(lk));
+    tk_cache_del(c, K("good"), strlen(K("good")));
+}
+
+static void test_breaker(void **state)
+{
+    (void)state;
+    if (!redis_addr())
+        skip();
+    env_t *e = env_new(redis_addr(), tune_breaker);
+    env_run(e, body_breaker, e);
+    env_free(e);
+}
+
+/* --- unix socket, database number -------------------------------------------------------- */
+
+static void tune_db5(tk_cache_opts_t *o)
+{
+    o->db = 5;
+}
+
+static void body_unix(void *arg)
+{
+    env_t *e = arg;
+    tk_cache_t *c = e->cache;
+    const char *k = K("unix");
+    char *v;
+    size_t n;
+
+    CHECK(wait_ready(c, 2000));
+    CHECK(tk_cache_set(c, k, strlen(k), "u", 1, 60) == TK_CACHE_OK);
+    CHECK(tk_cache_get(c, k, strlen(k), &v, &n) == TK_CACHE_HIT);
+    free(v);
+    redisContext *side = side_conn(redis_addr());
+    long long in0 = side_int(side, "EXISTS", k);
+    redisReply *rr = redisCommand(side, "SELECT 5");
+    freeReplyObject(rr);
+    long long in5 = side_int(side, "EXISTS", k);
+    side_int(side, "DEL", k);
+    redisFree(side);
+    CHECKF(in0 == 0 && in5 == 1, "db0 %lld db5 %lld", in0, in5);
+}
+
+static void test_unix_socket(void **state)
+{
+    (void)state;
+    const char *sock = getenv("TENK_REDIS_SOCKET");
+    if (!redis_addr() || !sock || !sock[0])
+        skip();
+    env_t *e = env_new(sock, tune_db5);
+    env_run(e, body_unix, e);
+    env_free(e);
 }
 
 /* --- single flight ------------------------------------------------------------------------ */
@@ -951,6 +1130,7 @@ int main(void)
         cmocka_unit_test(test_ttl),          cmocka_unit_test(test_concurrent),
         cmocka_unit_test(test_timeout_slow), cmocka_unit_test(test_timeout_silent),
         cmocka_unit_test(test_dead_address), cmocka_unit_test(test_restart),
+        cmocka_unit_test(test_breaker),      cmocka_unit_test(test_unix_socket),
         cmocka_unit_test(test_flight),       cmocka_unit_test(test_fetch),
     };
     signal(SIGPIPE, SIG_IGN);
