@@ -141,8 +141,10 @@ def parse_h2load(text, logpath, per_second=False):
     if per_second and durs:
         t0 = min(starts)
         buckets = {}
+        # by completion time: bucketing by start would drop the slow requests still in
+        # flight at the end and make the last seconds look fast
         for st, code, d in zip(starts, statuses, durs):
-            buckets.setdefault(int((st - t0) // 1000000), []).append(d)
+            buckets.setdefault(int((st - t0 + d * 1000) // 1000000), []).append(d)
         series = []
         for sec in sorted(buckets):
             v = sorted(buckets[sec])
@@ -520,7 +522,7 @@ def report(resdir):
         L.append("Latency from each request's scheduled start as h2load logs it; a server that cannot keep "
                  "up shows an achieved rate under the target rather than hiding it in fewer samples.")
         L.append("")
-        rows, data = [], "percentile\t" + "\t".join(k[1] for k in fixed) + "\n"
+        rows = []
         for key in fixed:
             g = agg[key]
             if g["na"]:
@@ -528,14 +530,16 @@ def report(resdir):
                 continue
             rows.append([server_label("", key[1]), f_rps(g["rps"]), f_ms(g["p50"]), f_ms(g["p90"]),
                          f_ms(g["p99"]), f_ms(g["p999"]), f_ms(g["max"]), f_err(g["errors"])])
+        fixed_ok = [k for k in fixed if agg[k].get("p50")]
+        data = "percentile\t" + "\t".join(k[1] for k in fixed_ok) + "\n"
         for q in ("p50", "p90", "p99", "p999"):
-            data += q + "\t" + "\t".join("%.3f" % agg[k][q] if agg[k].get(q) else "NaN" for k in fixed) + "\n"
+            data += q + "\t" + "\t".join("%.3f" % agg[k][q] if agg[k].get(q) else "NaN" for k in fixed_ok) + "\n"
         L.append(md_table(["server", "achieved req/s", "p50", "p90", "p99", "p99.9", "max", "errors"], rows))
         L.append("")
-        if any(agg[k].get("p50") for k in fixed) and gnuplot(
+        if fixed_ok and gnuplot(
                 resdir, "fixed-rate", "set title 'latency at 10,000 req/s'\nset ylabel 'ms (log)'\n"
                 "set logscale y\nset style data histograms\nset style fill solid 0.85 border -1\nplot " +
-                ", ".join("DATA using %d:xtic(1) title columnheader(%d)" % (i + 2, i + 2) for i in range(len(fixed)))
+                ", ".join("DATA using %d:xtic(1) title columnheader(%d)" % (i + 2, i + 2) for i in range(len(fixed_ok)))
                 + "\n", data):
             charts.append(("fixed-rate.png", "Latency percentiles at a fixed 10,000 req/s"))
 
@@ -690,7 +694,16 @@ def report(resdir):
     return 0
 
 
-# buckets: first matching rule wins; (bucket, regex on "dso symbol")
+# Kernel symbols: scheduling, else network/system-call path, else "kernel, other".
+KERNEL_RULES = [
+    ("scheduler and switches", r"schedule|switch|pick_next|dequeue_task|enqueue_task|try_to_wake_up|"
+     r"futex|update_curr|update_load|idle|tick|hrtimer"),
+    ("network system calls", r"tcp|ip_|ipv4|inet|sock|skb|net|loopback|napi|softirq|epoll|ep_|syscall|"
+     r"SYSCALL|copy_user|copyout|copyin|_copy_|iov|__x64_sys|ksys_|vfs_|fdget|fput|rw_verify|spin|"
+     r"irqentry|entry_|__fsnotify|security_|apparmor|nf_|dev_|__wake_up|raw_"),
+]
+
+# User-space: first matching rule wins; (bucket, regex on "dso symbol")
 CPU_RULES = [
     ("libpq", r"libpq|\bPQ|\bpq[A-Z]|pqsecure|pg_"),
     ("JSON", r"cJSON|json"),
@@ -698,9 +711,8 @@ CPU_RULES = [
     ("scheduler and switches", r"tk_sched|tk_coro|coro_switch|tk_wait|event_base|evmap|epoll_dispatch|"
      r"event_process|event_active|\b__schedule|\bschedule\b|finish_task_switch|pick_next|__switch_to|"
      r"futex|swapgs|dequeue_task|enqueue_task|try_to_wake_up"),
-    ("network system calls", r"\[kernel|tcp_|ip_|sock|__sys_|_sys_|skb|netif|inet|epoll|entry_SYSCALL|"
-     r"syscall|copy_user|__libc_(read|write|recv|send)|writev|readv|\bread\b|\bwrite\b|recv|send|nf_|dev_|"
-     r"loopback|napi|do_softirq|__softirqentry|net_rx"),
+    ("network system calls", r"__libc_(read|write|recv|send)|writev|readv|\bread\b|\bwrite\b|recv|send|"
+     r"epoll_wait|accept4|__vdso|syscall"),
     ("handler", r"tk_handler|tk_users|tk_tfb|tk_health|handlers|tk_http_respond|tk_router|tk_http_"),
     ("allocator and libc", r"libc\.so|malloc|free|memcpy|memmove|memset|strlen|ld-linux"),
 ]
@@ -733,7 +745,10 @@ def cpu_buckets(text, tool):
     for pct, dso, sym in rows:
         name = "%s %s" % (dso, sym)
         b = "other"
-        for bucket, rx in CPU_RULES:
+        rules = CPU_RULES
+        if dso.startswith("[kernel"):
+            b, rules = "kernel, other", KERNEL_RULES
+        for bucket, rx in rules:
             if re.search(rx, name):
                 b = bucket
                 break
