@@ -44,6 +44,26 @@ static void plaintext(tk_http_ctx_t *ctx)
     tk_http_respond(ctx, 200, "text/plain", body, sizeof(body) - 1);
 }
 
+/* POST /debug/echo (admin listener only): the request body back, with its
+ * content type; lets tests drive request bodies, chunked uploads,
+ * 100-continue and gzip through the real engine. */
+static void echo(tk_http_ctx_t *ctx)
+{
+    char ct[128] = "application/octet-stream";
+    tk_str_t v = tk_http_header(ctx, "Content-Type");
+    if (v.p && v.len < sizeof(ct)) {
+        memcpy(ct, v.p, v.len);
+        ct[v.len] = '\0';
+    }
+    tk_str_t body = tk_http_body(ctx);
+    tk_http_respond(ctx, 200, ct, body.p, body.len);
+}
+
+void tk_handlers_register_debug(tk_router_t *r)
+{
+    tk_router_add(r, "POST", "/debug/echo", echo, TK_ROUTE_ADMIN_FIRST + 31);
+}
+
 void tk_handlers_register_health(tk_router_t *r)
 {
     tk_router_add(r, "GET", "/health", health, TK_ROUTE_HEALTH);

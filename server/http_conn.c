@@ -284,12 +284,14 @@ void tk_http_server_drain(tk_http_server_t *srv, int fast, int linger_ms)
     tk_http_conn_t *next;
     for (tk_http_conn_t *c = srv->conns; c; c = next) {
         next = c->next;
-        if (c->gt || c->lingering)
+        if (c->gt)
             continue; /* busy: closes after its current response */
         if (fast) {
             conn_close(c);
             continue;
         }
+        if (c->lingering)
+            continue; /* ends by itself, bounded */
         /* idle: keep listening for a last request until the window ends */
         event_del(&c->ev);
         c->ev_armed = 0;
@@ -573,6 +575,7 @@ static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t
     ctx.gzip_ok = srv->conf->gzip && tk_http_accepts_gzip(req->accept_encoding);
     int more = c->in.len - c->in_off > consumed; /* pipelined bytes already here */
     ctx.keep_alive = req->keep_alive && !req->conn_close && srv->stopping == 0 &&
+                     srv->conf->keepalive_timeout_ms > 0 &&
                      (srv->conf->max_requests_per_conn <= 0 ||
                       c->nreq < (unsigned)srv->conf->max_requests_per_conn);
     /* draining: finish what already arrived, then close */

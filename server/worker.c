@@ -304,6 +304,7 @@ static void register_routes(worker_t *w)
 {
     tk_handlers_register_health(w->router);
     tk_handlers_register_health(w->admin_router);
+    tk_handlers_register_debug(w->admin_router);
     tk_router_foreach(w->router, name_route, NULL);
 }
 

@@ -1,0 +1,357 @@
+"""test_http.py: the HTTP/1.1 engine over raw sockets: keep-alive, pipelining,
+Connection: close, HEAD, 404/405, bodies, 100-continue, gzip, drain, parallel
+clients and the memory of idle keep-alive connections."""
+import gzip
+import json
+import os
+import resource
+import signal
+import socket
+import threading
+import time
+import zlib
+
+from tenkharness import Reader, Tenkd, build_request, recv_all_until_close, rss_kb, wait_until
+
+
+def _is_closed(sock, timeout=5.0):
+    """True when the peer closed (EOF or reset) within timeout."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_endpoints_and_headers():
+    with Tenkd(workers=1) as t:
+        st, h, body = t.request("GET", "/health")
+        assert st == 200 and json.loads(body) == {"status": "ok"}, (st, body)
+        assert h["content-type"] == "application/json"
+        assert h["server"] == "tenk"
+        # IMF-fixdate, and current
+        date = time.strptime(h["date"], "%a, %d %b %Y %H:%M:%S GMT")
+        assert abs(time.mktime(date) - time.mktime(time.gmtime())) < 5, h["date"]
+        assert int(h["content-length"]) == len(body)
+        st, h, body = t.request("GET", "/json")
+        assert st == 200 and json.loads(body) == {"message": "Hello, World!"}
+        st, h, body = t.request("GET", "/plaintext")
+        assert st == 200 and body == b"Hello, World!" and h["content-type"] == "text/plain"
+
+
+def test_keepalive_many_requests_one_connection():
+    with Tenkd(workers=1) as t:
+        s = t.connect()
+        r = Reader(s)
+        for i in range(50):
+            s.sendall(build_request("GET", "/health" if i % 2 else "/plaintext"))
+            st, h, body = r.response()
+            assert st == 200, st
+            assert "connection" not in h or h["connection"].lower() != "close"
+        s.close()
+
+
+def test_pipelining_16_in_order_in_few_writes():
+    with Tenkd(workers=1) as t:
+        s = t.connect()
+        paths = ["/plaintext", "/json", "/health", "/nope"] * 4
+        s.sendall(b"".join(build_request("GET", p) for p in paths))
+        r = Reader(s)
+        for p in paths:
+            st, h, body = r.response()
+            if p == "/nope":
+                assert st == 404 and json.loads(body)["error"], (st, body)
+            elif p == "/plaintext":
+                assert st == 200 and body == b"Hello, World!"
+            elif p == "/json":
+                assert st == 200 and json.loads(body)["message"] == "Hello, World!"
+            else:
+                assert st == 200 and json.loads(body)["status"] == "ok"
+        # the burst was answered at once: everything arrived and nothing more
+        s.sendall(build_request("GET", "/plaintext"))
+        st, _, body = r.response()
+        assert st == 200 and r.buf == b""
+        s.close()
+
+
+def test_pipelining_answers_leave_together():
+    """16 pipelined requests sent in one segment: all 16 answers are readable
+    from the first recv burst (they were flushed together, not one by one)."""
+    with Tenkd(workers=1) as t:
+        s = t.connect()
+        s.sendall(build_request("GET", "/plaintext") * 16)
+        data = b""
+        deadline = time.monotonic() + 5
+        while data.count(b"Hello, World!") < 16 and time.monotonic() < deadline:
+            data += s.recv(65536)
+        assert data.count(b"HTTP/1.1 200 OK") == 16
+        s.close()
+
+
+def test_pipelined_request_split_across_reads():
+    with Tenkd(workers=1) as t:
+        s = t.connect()
+        raw = build_request("GET", "/health") + build_request("GET", "/plaintext")
+        r = Reader(s)
+        # the second request's head arrives in pieces after the first one
+        s.sendall(raw[:len(raw) // 2 + 3])
+        st, _, _ = r.response()
+        assert st == 200
+        s.sendall(raw[len(raw) // 2 + 3:])
+        st, _, body = r.response()
+        assert st == 200 and body == b"Hello, World!"
+        s.close()
+
+
+def test_connection_close_from_client():
+    with Tenkd(workers=1) as t:
+        s = t.connect()
+        s.sendall(build_request("GET", "/health", {"Connection": "close"}))
+        r = Reader(s)
+        st, h, _ = r.response()
+        assert st == 200 and h["connection"].lower() == "close"
+        assert _is_closed(s)
+
+
+def test_http10_keepalive_rules():
+    with Tenkd(workers=1) as t:
+        s = t.connect()
+        s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        st, h, body = Reader(s).response()
+        assert st == 200 and h.get("connection", "").lower() == "close"
+        assert _is_closed(s)
+        s = t.connect()
+        r = Reader(s)
+        s.sendall(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        st, h, _ = r.response()
+        assert st == 200 and h["connection"].lower() == "keep-alive"
+        s.sendall(b"GET /plaintext HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        st, h, body = r.response()
+        assert st == 200 and body == b"Hello, World!"
+        s.close()
+
+
+def test_max_requests_per_connection():
+    with Tenkd(workers=1, conf="[limits]\nmax_requests_per_conn = 3\n") as t:
+        s = t.connect()
+        r = Reader(s)
+        for i in range(3):
+            s.sendall(build_request("GET", "/health"))
+            st, h, _ = r.response()
+            assert st == 200
+            closing = h.get("connection", "").lower() == "close"
+            assert closing == (i == 2), (i, h)
+        assert _is_closed(s)
+
+
+def test_head_has_length_but_no_body():
+    with Tenkd(workers=1) as t:
+        s = t.connect()
+        r = Reader(s)
+        s.sendall(build_request("HEAD", "/json"))
+        st, h, _ = r.response(head=True)
+        assert st == 200 and h["content-length"] == "27"
+        # if a body had been sent, it would now be parsed as the next response
+        s.sendall(build_request("GET", "/plaintext"))
+        st, _, body = r.response()
+        assert st == 200 and body == b"Hello, World!"
+        s.close()
+
+
+def test_404_and_405_with_allow():
+    with Tenkd(workers=1) as t:
+        st, h, body = t.request("GET", "/no/such/path")
+        assert st == 404 and h["content-type"] == "application/json"
+        assert "error" in json.loads(body)
+        st, h, body = t.request("POST", "/health", body=b"")
+        assert st == 405, st
+        assert h["allow"] == "GET, HEAD", h
+        assert "error" in json.loads(body)
+        st, h, body = t.request("DELETE", "/plaintext")
+        assert st == 405 and "GET" in h["allow"]
+
+
+def test_invalid_percent_encoding_is_400():
+    with Tenkd(workers=1) as t:
+        st, _, body = t.request("GET", "/health?x=%zz")
+        assert st == 400 and "error" in json.loads(body)
+        st, _, _ = t.request("GET", "/health?x=%41")
+        assert st == 200
+
+
+def test_unknown_path_with_body_does_not_desync():
+    """A request body the server will not read must not be parsed as a request."""
+    with Tenkd(workers=1) as t:
+        s = t.connect()
+        smuggled = build_request("GET", "/plaintext")
+        s.sendall(build_request("POST", "/nope", {"Content-Length": str(len(smuggled))}) + smuggled)
+        r = Reader(s)
+        st, _, _ = r.response()
+        assert st == 404
+        # either the body was read and dropped (next response is ours), or the
+        # connection was closed: never an answer to the smuggled request
+        s.sendall(build_request("GET", "/health"))
+        try:
+            st, _, body = r.response()
+            assert json.loads(body) == {"status": "ok"}, body
+        except (ConnectionError, OSError):
+            pass
+        s.close()
+
+
+def test_body_content_length_chunked_and_100_continue():
+    with Tenkd(workers=1, admin=True) as t:
+        payload = os.urandom(100000)
+        st, h, body = t.request("POST", "/debug/echo", {"Content-Type": "application/x-test"},
+                                payload, port=t.admin_port)
+        assert st == 200 and body == payload and h["content-type"] == "application/x-test"
+        # chunked, in odd pieces with extensions, then a pipelined request
+        s = t.connect(port=t.admin_port)
+        chunks = [b"hello ", b"", b"chunked", b" world" * 300]
+        raw = b"POST /debug/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        for c in chunks:
+            if c:
+                raw += b"%x;ext=1\r\n" % len(c) + c + b"\r\n"
+        raw += b"0\r\nTrailer-X: 1\r\n\r\n" + build_request("GET", "/health")
+        for i in range(0, len(raw), 7):
+            s.sendall(raw[i:i + 7])
+        r = Reader(s)
+        st, _, body = r.response()
+        assert st == 200 and body == b"".join(chunks), body[:50]
+        st, _, body = r.response()
+        assert st == 200 and json.loads(body) == {"status": "ok"}
+        # 100-continue: the interim answer comes before we send the body
+        s.sendall(b"POST /debug/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        s.settimeout(5)
+        st, _, _ = r.response()
+        assert st == 100, st
+        s.sendall(b"abcde")
+        st, _, body = r.response()
+        assert st == 200 and body == b"abcde"
+        # with the body already sent along, no 100 is required; the answer is right
+        s.sendall(b"POST /debug/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                  b"Expect: 100-continue\r\n\r\nxyz")
+        st, _, body = r.response()
+        if st == 100:
+            st, _, body = r.response()
+        assert st == 200 and body == b"xyz"
+        s.close()
+
+
+def test_gzip_roundtrip_and_vary():
+    with Tenkd(workers=1, admin=True, conf="[http]\ngzip_min_size = 16\n") as t:
+        st, h, body = t.request("GET", "/json", {"Accept-Encoding": "gzip, deflate"})
+        assert st == 200 and h.get("content-encoding") == "gzip", h
+        assert h["vary"] == "Accept-Encoding"
+        assert json.loads(zlib.decompress(body, 16 + zlib.MAX_WBITS)) == {"message": "Hello, World!"}
+        assert int(h["content-length"]) == len(body)
+        # refused or not asked: identity, still with Vary
+        for ae in ("gzip;q=0", "identity", None):
+            st, h, body = t.request("GET", "/json", {"Accept-Encoding": ae})
+            assert st == 200 and "content-encoding" not in h, (ae, h)
+            assert json.loads(body)["message"] == "Hello, World!"
+            assert h["vary"] == "Accept-Encoding"
+        # HEAD: compressed length, no body
+        st, h, _ = t.request("HEAD", "/json", {"Accept-Encoding": "gzip"})
+        assert st == 200 and h["content-encoding"] == "gzip" and int(h["content-length"]) > 0
+        # a big compressible body through the echo: much smaller on the wire
+        text = (b"tenk compresses text " * 5000)
+        st, h, body = t.request("POST", "/debug/echo",
+                                {"Content-Type": "text/plain", "Accept-Encoding": "gzip"},
+                                text, port=t.admin_port)
+        assert h["content-encoding"] == "gzip" and len(body) < len(text) // 10
+        assert gzip.decompress(body) == text
+        # not compressible: left alone
+        st, h, body = t.request("POST", "/debug/echo",
+                                {"Content-Type": "image/png", "Accept-Encoding": "gzip"},
+                                text, port=t.admin_port)
+        assert "content-encoding" not in h and body == text
+    with Tenkd(workers=1) as t:
+        # default threshold (1 KiB): /json is too small to be worth it
+        st, h, _ = t.request("GET", "/json", {"Accept-Encoding": "gzip"})
+        assert "content-encoding" not in h
+
+
+def test_parallel_clients():
+    with Tenkd(workers=2) as t:
+        errors = []
+        counts = [0] * 16
+
+        def client(k):
+            try:
+                s = t.connect()
+                r = Reader(s)
+                for _ in range(100):
+                    s.sendall(build_request("GET", "/plaintext"))
+                    st, _, body = r.response()
+                    if st != 200 or body != b"Hello, World!":
+                        errors.append((st, body))
+                    counts[k] += 1
+                s.close()
+            except Exception as e:  # noqa
+                errors.append(repr(e))
+        th = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+        for x in th:
+            x.start()
+        for x in th:
+            x.join(30)
+        assert not errors, errors[:3]
+        assert sum(counts) == 1600
+
+
+def test_graceful_drain_answers_arrived_requests():
+    """SIGQUIT: an idle keep-alive connection that sends its next request
+    within the drain window is answered (with Connection: close); a fresh
+    request on another connection in flight is answered too."""
+    with Tenkd(workers=1, args=("-v",)) as t:
+        s = t.connect()
+        r = Reader(s)
+        s.sendall(build_request("GET", "/health"))
+        assert r.response()[0] == 200
+        pid = t.worker_pids()[0]
+        os.kill(pid, signal.SIGQUIT)
+        wait_until(lambda: "draining: 1 connections open" in t.log(), 5, "the worker to drain")
+        s.sendall(build_request("GET", "/plaintext"))
+        st, h, body = r.response()
+        assert st == 200 and body == b"Hello, World!"
+        assert h["connection"].lower() == "close"
+        assert _is_closed(s)
+
+
+def test_idle_keepalive_memory():
+    """2,000 idle keep-alive connections cost <= 1 KiB each of worker RSS."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    n = 2000
+    if soft < n + 100:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 500), hard))
+    with Tenkd(workers=1) as t:
+        pid = t.worker_pids()[0]
+        # warm up: pools, the loop's tables, one request per path
+        warm = []
+        for _ in range(200):
+            s = t.connect()
+            s.sendall(build_request("GET", "/health"))
+            warm.append(s)
+        for s in warm:
+            Reader(s).response()
+            s.close()
+        wait_until(lambda: len(os.listdir("/proc/%d/fd" % pid)) < 50, 5, "warm-up connections closed")
+        before = rss_kb(pid)
+        socks = []
+        for _ in range(n):
+            s = t.connect()
+            s.sendall(build_request("GET", "/health"))
+            socks.append(s)
+        for s in socks:
+            st, _, _ = Reader(s).response()
+            assert st == 200
+        wait_until(lambda: len(os.listdir("/proc/%d/fd" % pid)) >= n, 5, "connections held")
+        after = rss_kb(pid)
+        per_conn = (after - before) * 1024 / n
+        print("idle keep-alive: %.0f bytes per connection (RSS %d -> %d KiB)" % (per_conn, before, after))
+        assert per_conn <= 1024, per_conn
+        for s in socks:
+            s.close()
