@@ -178,7 +178,8 @@ void tk_conf_defaults(tk_conf_t *c)
 
 /* --- value parsers: each returns 0, or -1 with a reason in why ------------------- */
 
-/* Unsigned decimal integer with overflow check; *end points past the digits. */
+/* Unsigned decimal integer: 0, -1 if no digit, -2 on overflow; *end points
+ * past the digits either way. */
 static int parse_digits(const char *s, unsigned long long *out, const char **end)
 {
     unsigned long long v = 0;
@@ -187,8 +188,13 @@ static int parse_digits(const char *s, unsigned long long *out, const char **end
         return -1;
     while (isdigit((unsigned char)*p)) {
         unsigned d = (unsigned)(*p - '0');
-        if (v > (ULLONG_MAX - d) / 10)
+        if (v > (ULLONG_MAX - d) / 10) {
+            while (isdigit((unsigned char)*p))
+                p++;
+            *out = ULLONG_MAX;
+            *end = p;
             return -2;
+        }
         v = v * 10 + d;
         p++;
     }
@@ -525,6 +531,7 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
         /* A comma/space separated list that replaces the current one. */
         char tmp[TK_CONF_MAX_LISTEN][128];
         int n = 0;
+        memset(tmp, 0, sizeof(tmp)); /* the whole array is copied: no stack bytes */
         const char *p = value;
         while (why == NULL) {
             while (*p == ',' || *p == ' ' || *p == '\t')
@@ -557,7 +564,7 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
         if (why == NULL && n == 0)
             why = "empty value";
         if (why == NULL) {
-            memcpy(c->listen, tmp, sizeof(tmp[0]) * (size_t)n);
+            memcpy(c->listen, tmp, sizeof(tmp));
             c->nlisten = n;
         }
         break;
