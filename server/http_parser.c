@@ -13,6 +13,8 @@
 /* Chunk size line (size + extensions) and total trailer bytes. */
 #define TK_HTTP_MAX_CHUNK_LINE 4096
 #define TK_HTTP_MAX_TRAILERS   8192
+/* Upper bound for the configurable head limits. */
+#define TK_HTTP_MAX_LINE_LIMIT (256u * 1024 * 1024)
 
 /* tchar (RFC 9110 5.6.2): the characters of a token. */
 static const unsigned char tk_tchar[256] = {
@@ -86,6 +88,11 @@ static void effective_limits(const tk_http_limits_t *in, tk_http_limits_t *out)
         out->max_body_size = in->max_body_size;
     if (out->max_headers > TK_HTTP_MAX_HEADERS)
         out->max_headers = TK_HTTP_MAX_HEADERS;
+    /* the head length is returned as an int */
+    if (out->max_request_line > TK_HTTP_MAX_LINE_LIMIT)
+        out->max_request_line = TK_HTTP_MAX_LINE_LIMIT;
+    if (out->max_header_size > TK_HTTP_MAX_LINE_LIMIT)
+        out->max_header_size = TK_HTTP_MAX_LINE_LIMIT;
 }
 
 /* Find the end of the head, resuming where the last call stopped. Every LF is
