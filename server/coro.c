@@ -195,6 +195,17 @@ static void uc_entry(void)
 {
     tk_coro_start_(t_starting);
 }
+
+/* Separate function: getcontext() returns twice, which would let the compiler
+ * clobber the caller's locals. */
+static __attribute__((noinline)) void uc_prepare(tk_coro_t *c, uintptr_t sp0)
+{
+    getcontext(&c->uc);
+    c->uc.uc_stack.ss_sp = c->map + TK_CORO_GUARD;
+    c->uc.uc_stack.ss_size = (size_t)(sp0 - (uintptr_t)(c->map + TK_CORO_GUARD));
+    c->uc.uc_link = NULL;
+    makecontext(&c->uc, uc_entry, 0);
+}
 #endif
 
 tk_coro_t *tk_coro_new(tk_coro_pool_t *p, tk_coro_fn fn, void *arg)
@@ -235,11 +246,7 @@ tk_coro_t *tk_coro_new(tk_coro_pool_t *p, tk_coro_fn fn, void *arg)
     sp[11] = (uint64_t)(uintptr_t)tk_coro_trampoline; /* x30: ret target */
     c->sp = sp;
 #else
-    getcontext(&c->uc);
-    c->uc.uc_stack.ss_sp = c->map + TK_CORO_GUARD;
-    c->uc.uc_stack.ss_size = (size_t)(sp0 - (uintptr_t)(c->map + TK_CORO_GUARD));
-    c->uc.uc_link = NULL;
-    makecontext(&c->uc, uc_entry, 0);
+    uc_prepare(c, sp0);
 #endif
 #ifdef TK_SANITIZERS
     c->asan_fake = NULL;

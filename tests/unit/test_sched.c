@@ -17,6 +17,7 @@
 #include <cmocka.h>
 #include <event2/event.h>
 
+#include "coro.h"
 #include "sched.h"
 
 typedef struct {
@@ -119,8 +120,7 @@ static void test_many_threads(void **state)
     /* every stack is back in the pool: reserved address space is exactly the
      * pooled stacks, and at most one wave (+ the spawner) was ever mapped */
     assert_true(st.pooled_stacks >= 1000 && st.pooled_stacks <= 1001);
-    assert_int_equal(st.stack_reserved % st.pooled_stacks, 0);
-    assert_true(st.stack_reserved / st.pooled_stacks >= 64 * 1024);
+    assert_int_equal(st.stack_reserved, st.pooled_stacks * (64 * 1024 + TK_CORO_GUARD));
     assert_true(st.stack_resident > 0);
     assert_true(st.switches >= 100001);
 }
@@ -739,6 +739,95 @@ static void test_mutex_cancel(void **state)
     assert_idle(f->s);
 }
 
+/* --- state accounting ------------------------------------------------------------- */
+
+typedef struct {
+    tk_sched_t *s;
+    int fd;
+    tk_mutex_t m;
+    uint64_t counted[TK_GT_NSTATES];
+    tk_sched_stats_t st;
+    unsigned visited;
+} acct_t;
+
+static void acct_sleeper(void *arg)
+{
+    tk_gt_sleep_ms(10000);
+}
+static void acct_netter(void *arg)
+{
+    acct_t *a = arg;
+    tk_gt_wait_fd(a->fd, EV_READ, TK_GT_WAIT_NET, -1);
+}
+static void acct_locker(void *arg)
+{
+    acct_t *a = arg;
+    if (tk_mutex_lock(&a->m) == 0) {
+        tk_gt_sleep_ms(10000);
+        tk_mutex_unlock(&a->m);
+    }
+}
+static void acct_yielder(void *arg)
+{
+    for (int i = 0; i < 3 && !tk_gt_cancelled(tk_gt_self()); i++)
+        tk_gt_yield();
+}
+
+static void acct_visit(tk_gt_t *gt, void *arg)
+{
+    acct_t *a = arg;
+    a->counted[tk_gt_state(gt)]++;
+    a->visited++;
+}
+
+static void acct_cancel(tk_gt_t *gt, void *arg)
+{
+    if (gt != tk_gt_self())
+        tk_gt_cancel(gt);
+}
+
+static void acct_checker(void *arg)
+{
+    acct_t *a = arg;
+    tk_gt_yield(); /* everyone else has run once and parked or yielded */
+    tk_sched_foreach(a->s, acct_visit, a);
+    tk_sched_stats(a->s, &a->st);
+    tk_sched_foreach(a->s, acct_cancel, NULL);
+}
+
+/* Every live thread is in exactly one state, and the counts agree. */
+static void test_state_accounting(void **state)
+{
+    fixture_t *f = *state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    acct_t a;
+    memset(&a, 0, sizeof(a));
+    a.s = f->s;
+    a.fd = sv[0];
+    tk_mutex_init(&a.m);
+    tk_gt_spawn(f->s, "sleeper", acct_sleeper, &a);
+    tk_gt_spawn(f->s, "netter", acct_netter, &a);
+    tk_gt_spawn(f->s, "locker1", acct_locker, &a); /* holds m, sleeps */
+    tk_gt_spawn(f->s, "locker2", acct_locker, &a); /* queued on m */
+    tk_gt_spawn(f->s, "yielder", acct_yielder, &a);
+    tk_gt_spawn(f->s, "checker", acct_checker, &a);
+    assert_int_equal(tk_sched_run(f->s), 0);
+    assert_int_equal(a.visited, 6);
+    for (int i = 0; i < TK_GT_NSTATES; i++)
+        assert_int_equal(a.counted[i], a.st.by_state[i]);
+    assert_int_equal(a.st.by_state[TK_GT_RUNNING], 1);
+    assert_int_equal(a.st.by_state[TK_GT_RUNNABLE], 1);
+    assert_int_equal(a.st.by_state[TK_GT_SLEEPING], 2);
+    assert_int_equal(a.st.by_state[TK_GT_WAIT_NET], 1);
+    assert_int_equal(a.st.by_state[TK_GT_WAIT_GT], 1);
+    assert_int_equal(a.st.created - a.st.exited, 6);
+    assert_string_equal(tk_gt_state_name(TK_GT_WAIT_NET), "wait_net");
+    assert_idle(f->s);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 /* --- limits, long runs, options ------------------------------------------------------ */
 
 static void test_max_threads(void **state)
@@ -780,7 +869,8 @@ static void test_long_run(void **state)
     assert_non_null(tk_gt_spawn(s, "hog", hog_fn, NULL));
     assert_int_equal(tk_sched_run(s), 0);
     tk_sched_stats(s, &st);
-    assert_int_equal(st.long_runs, 1);
+    /* >= : on a loaded machine a short slice may be preempted past 1 ms too */
+    assert_true(st.long_runs >= 1);
     tk_sched_free(s);
     event_base_free(base);
 }
@@ -885,6 +975,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_chan_fifo, setup, teardown),
         cmocka_unit_test_setup_teardown(test_chan_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mutex_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_accounting, setup, teardown),
         cmocka_unit_test(test_max_threads),
         cmocka_unit_test(test_long_run),
         cmocka_unit_test(test_opts_check),
