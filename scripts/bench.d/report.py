@@ -766,10 +766,14 @@ def readme(root):
     if not dirs:
         sys.stderr.write("no report under %s: run scripts/bench first\n" % root)
         return 1
-    full = [d for d in dirs if "mode=full" in read(os.path.join(d, "meta.txt"))]
-    chosen = (full or dirs)[-1]
-    if not full:
-        sys.stderr.write("no full run yet: summarising the latest quick run %s\n" % os.path.basename(chosen))
+    # prefer a full run of every scenario, then any full run, then whatever is newest
+    metas = {d: read(os.path.join(d, "meta.txt")) for d in dirs}
+    full_all = [d for d in dirs if "mode=full" in metas[d] and "selection=all" in metas[d]]
+    full = [d for d in dirs if "mode=full" in metas[d]]
+    chosen = (full_all or full or dirs)[-1]
+    if not full_all:
+        sys.stderr.write("warning: no full run of every scenario yet: summarising %s (%s)\n"
+                         % (os.path.basename(chosen), "full, some scenarios" if full else "quick"))
     meta, runs = load(chosen)
     agg, order = aggregate(runs)
     L = ["## Performance", ""]
