@@ -798,6 +798,8 @@ typedef struct flight_call {
     flight_waiter_t *waiters;
     unsigned refs; /* the leader + waiters that have not copied the result yet */
     int done;
+    int stale; /* forgotten (invalidated) while loading: don't store the result */
+    int retry; /* the leader was cancelled: waiters start over instead of failing */
     int rc;
     char *val;
     size_t len;
@@ -863,10 +865,51 @@ static int call_result(flight_call_t *fc, char **val, size_t *vallen)
     return fc->rc;
 }
 
-int tk_cache_flight_do(tk_cache_flight_t *f, const char *key, size_t keylen, tk_cache_loader_fn fn,
-                       void *arg, int64_t deadline_ms, char **val, size_t *vallen, int *shared)
+static flight_call_t *flight_find(const tk_cache_flight_t *f, unsigned h, const char *key,
+                                  size_t keylen)
 {
-    flight_call_t *fc, **pp;
+    flight_call_t *fc;
+
+    for (fc = f->b[h]; fc; fc = fc->next)
+        if (fc->keylen == keylen && memcmp(fc->key, key, keylen) == 0)
+            break;
+    return fc;
+}
+
+/* Take fc out of the table (new callers then start a new load). */
+static void flight_unlink(tk_cache_flight_t *f, unsigned h, flight_call_t *fc)
+{
+    for (flight_call_t **pp = &f->b[h]; *pp; pp = &(*pp)->next)
+        if (*pp == fc) {
+            *pp = fc->next;
+            fc->next = NULL;
+            f->pending--;
+            return;
+        }
+}
+
+int tk_cache_flight_forget(tk_cache_flight_t *f, const char *key, size_t keylen)
+{
+    unsigned h;
+    flight_call_t *fc;
+
+    if (f == NULL)
+        return 0;
+    h = flight_hash(key, keylen);
+    if ((fc = flight_find(f, h, key, keylen)) == NULL)
+        return 0;
+    fc->stale = 1;
+    flight_unlink(f, h, fc);
+    return 1;
+}
+
+/* tk_cache_flight_do(); *lead (may be NULL) is set to the call record before
+ * the loader runs when the caller leads, so tk_cache_fetch() can check it. */
+static int flight_do(tk_cache_flight_t *f, const char *key, size_t keylen, tk_cache_loader_fn fn,
+                     void *arg, int64_t deadline_ms, char **val, size_t *vallen, int *shared,
+                     flight_call_t **lead)
+{
+    flight_call_t *fc;
     unsigned h;
     int rc;
 
@@ -877,10 +920,8 @@ int tk_cache_flight_do(tk_cache_flight_t *f, const char *key, size_t keylen, tk_
     if (f == NULL)
         return fn(arg, key, keylen, val, vallen);
     h = flight_hash(key, keylen);
-    for (fc = f->b[h]; fc; fc = fc->next)
-        if (fc->keylen == keylen && memcmp(fc->key, key, keylen) == 0)
-            break;
-
+again:
+    fc = flight_find(f, h, key, keylen);
     if (fc != NULL) {
         /* A load is in progress: wait for it. */
         flight_waiter_t w = {fc->waiters, tk_gt_self()};
@@ -901,6 +942,10 @@ int tk_cache_flight_do(tk_cache_flight_t *f, const char *key, size_t keylen, tk_
                 }
             call_unref(fc);
             return -1;
+        }
+        if (fc->retry) {
+            call_unref(fc);
+            goto again;
         }
         if (shared)
             *shared = 1;
@@ -924,6 +969,8 @@ int tk_cache_flight_do(tk_cache_flight_t *f, const char *key, size_t keylen, tk_
     f->pending++;
     if (f->stats_of)
         f->stats_of->st.flight_loads++;
+    if (lead)
+        *lead = fc;
 
     fc->rc = fn(arg, key, keylen, &fc->val, &fc->len);
     if (fc->rc != 0) {
@@ -931,11 +978,12 @@ int tk_cache_flight_do(tk_cache_flight_t *f, const char *key, size_t keylen, tk_
         fc->val = NULL;
         fc->len = 0;
     }
+    /* A load that failed because its leader is being cancelled (its client
+     * went away) says nothing about the key: the waiters try again. */
+    fc->retry = fc->rc < 0 && tk_gt_self() != NULL && tk_gt_cancelled(tk_gt_self());
 
-    for (pp = &f->b[h]; *pp != fc; pp = &(*pp)->next)
-        assert(*pp != NULL);
-    *pp = fc->next;
-    f->pending--;
+    if (!fc->stale)
+        flight_unlink(f, h, fc);
     fc->done = 1;
     for (flight_waiter_t *w = fc->waiters; w; w = w->next)
         tk_gt_unpark(w->gt);
@@ -943,6 +991,12 @@ int tk_cache_flight_do(tk_cache_flight_t *f, const char *key, size_t keylen, tk_
     rc = call_result(fc, val, vallen);
     call_unref(fc);
     return rc;
+}
+
+int tk_cache_flight_do(tk_cache_flight_t *f, const char *key, size_t keylen, tk_cache_loader_fn fn,
+                       void *arg, int64_t deadline_ms, char **val, size_t *vallen, int *shared)
+{
+    return flight_do(f, key, keylen, fn, arg, deadline_ms, val, vallen, shared, NULL);
 }
 
 /* --- cache-aside ------------------------------------------------------------------------ */
@@ -953,6 +1007,7 @@ typedef struct {
     int store; /* GET said MISS: Redis works, so store what we load */
     tk_cache_loader_fn fn;
     void *arg;
+    flight_call_t *fc; /* the leader's call record */
 } fetch_ctx_t;
 
 /* The leader's load: the real loader, then the store, before waiters are
@@ -962,7 +1017,8 @@ static int fetch_load(void *arg, const char *key, size_t keylen, char **val, siz
     fetch_ctx_t *x = arg;
     int rc = x->fn(x->arg, key, keylen, val, vallen);
 
-    if (x->c == NULL || !x->store)
+    /* Invalidated while we loaded: what we read may predate the change. */
+    if (x->c == NULL || !x->store || (x->fc && x->fc->stale))
         return rc;
     if (rc == 0 && *vallen > 0)
         tk_cache_set(x->c, key, keylen, *val, *vallen, x->ttl_s);
@@ -974,7 +1030,7 @@ static int fetch_load(void *arg, const char *key, size_t keylen, char **val, siz
 int tk_cache_fetch(tk_cache_t *c, tk_cache_flight_t *f, const char *key, size_t keylen, int ttl_s,
                    tk_cache_loader_fn fn, void *arg, char **val, size_t *vallen, int *hit)
 {
-    fetch_ctx_t x = {c, ttl_s > 0 ? ttl_s : (c ? c->o.ttl_s : 0), 0, fn, arg};
+    fetch_ctx_t x = {c, ttl_s > 0 ? ttl_s : (c ? c->o.ttl_s : 0), 0, fn, arg, NULL};
     tk_cache_rc_t rc;
 
     if (hit)
@@ -991,5 +1047,12 @@ int tk_cache_fetch(tk_cache_t *c, tk_cache_flight_t *f, const char *key, size_t 
         return 0;
     }
     x.store = rc == TK_CACHE_MISS;
-    return tk_cache_flight_do(f, key, keylen, fetch_load, &x, -1, val, vallen, NULL);
+    return flight_do(f, key, keylen, fetch_load, &x, -1, val, vallen, NULL, &x.fc);
+}
+
+tk_cache_rc_t tk_cache_invalidate(tk_cache_t *c, tk_cache_flight_t *f, const char *key,
+                                  size_t keylen)
+{
+    tk_cache_flight_forget(f, key, keylen);
+    return tk_cache_del(c, key, keylen);
 }

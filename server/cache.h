@@ -156,6 +156,11 @@ void tk_cache_flight_free(tk_cache_flight_t *f);
  * caller's load. May yield. */
 int tk_cache_flight_do(tk_cache_flight_t *f, const char *key, size_t keylen, tk_cache_loader_fn fn,
                        void *arg, int64_t deadline_ms, char **val, size_t *vallen, int *shared);
+/* Forget the load in progress for key, if any: its callers still get its
+ * result, but later callers start a new load, and tk_cache_fetch() does not
+ * store the forgotten one's result (it may predate a change). Returns 1 if a
+ * load was in progress. Never yields. */
+int tk_cache_flight_forget(tk_cache_flight_t *f, const char *key, size_t keylen);
 /* Calls for which a leader is running now (for tests and /debug). */
 size_t tk_cache_flight_pending(const tk_cache_flight_t *f);
 
@@ -163,14 +168,25 @@ size_t tk_cache_flight_pending(const tk_cache_flight_t *f);
  *
  * tk_cache_fetch(): GET key; on a hit return it. Otherwise (miss, error or
  * bypass) load it through the flight group, so concurrent misses for the key
- * make one loader call, and the leader stores the result before the others are
- * released: found values with ttl_s (<= 0: the client's ttl_s), "not found" as
- * an empty value with the client's negative_ttl_s (an empty value in Redis
- * therefore means "not found": don't cache real empty values with this).
+ * make one loader call. When Redis answered the leader's GET with a miss, the
+ * leader stores the result before the others are released: found values with
+ * ttl_s (<= 0: the client's ttl_s), "not found" as an empty value with the
+ * client's negative_ttl_s (an empty value in Redis therefore means "not
+ * found": don't cache real empty values with this). After an error or bypass
+ * nothing is stored (Redis is unwell: don't wait on it twice).
  * Returns 0 found (*val malloc'd, free() it), 1 not found, -1 error (the
  * loader failed). *hit (may be NULL) is 1 when Redis served it. c may be NULL
  * (no cache: just the flight). May yield. */
 int tk_cache_fetch(tk_cache_t *c, tk_cache_flight_t *f, const char *key, size_t keylen, int ttl_s,
                    tk_cache_loader_fn fn, void *arg, char **val, size_t *vallen, int *hit);
+
+/* Invalidate key after the database commit that changed it: forget an
+ * in-flight load of it in this worker (so a load that read the old row
+ * doesn't store it), then DEL it. OK if it was cached, MISS if not,
+ * ERROR/BYPASS when Redis is unavailable (then the TTL bounds staleness).
+ * Another worker's load in flight can still store an old value: keep TTLs
+ * short for data that changes. May yield. */
+tk_cache_rc_t tk_cache_invalidate(tk_cache_t *c, tk_cache_flight_t *f, const char *key,
+                                  size_t keylen);
 
 #endif
