@@ -41,18 +41,18 @@ typedef struct tk_gt tk_gt_t;
 typedef void (*tk_gt_fn)(void *arg);
 
 typedef struct {
-    size_t stack_size;       /* bytes per stack incl. nothing for the guard; default 64 KiB */
-    unsigned max_threads;    /* live green threads at most; 0 = unlimited */
-    unsigned pool_max;       /* freed stacks kept for reuse; default 1024 */
+    size_t stack_size;    /* bytes per stack incl. nothing for the guard; default 64 KiB */
+    unsigned max_threads; /* live green threads at most; 0 = unlimited */
+    unsigned pool_max;    /* freed stacks kept for reuse; default 1024 */
     unsigned long long long_run_ns; /* "ran too long without yielding"; default 50 ms */
 } tk_sched_opts_t;
 
 /* Accepted ranges, checked by tk_sched_opts_check() and the configuration. */
-#define TK_SCHED_STACK_MIN (16u * 1024u)
-#define TK_SCHED_STACK_MAX (8u * 1024u * 1024u)
-#define TK_SCHED_LONG_RUN_MIN_NS 1000000ull      /* 1 ms */
-#define TK_SCHED_LONG_RUN_MAX_NS 60000000000ull  /* 60 s */
-#define TK_SCHED_THREADS_MAX 1000000u
+#define TK_SCHED_STACK_MIN       (16u * 1024u)
+#define TK_SCHED_STACK_MAX       (8u * 1024u * 1024u)
+#define TK_SCHED_LONG_RUN_MIN_NS 1000000ull     /* 1 ms */
+#define TK_SCHED_LONG_RUN_MAX_NS 60000000000ull /* 60 s */
+#define TK_SCHED_THREADS_MAX     1000000u
 
 void tk_sched_opts_default(tk_sched_opts_t *o);
 /* 0 if valid; else -1 and a message naming the setting and its range. */
@@ -63,10 +63,10 @@ typedef struct {
     uint64_t by_state[TK_GT_NSTATES]; /* current count per state */
     uint64_t created, exited;
     uint64_t switches;
-    uint64_t long_runs;       /* times a green thread ran past long_run_ns */
-    uint64_t stack_reserved;  /* bytes of address space held by live + pooled stacks */
-    uint64_t stack_resident;  /* bytes actually resident (mincore), refreshed by tk_sched_stats() */
-    uint64_t pooled_stacks;   /* stacks idle in the pool */
+    uint64_t long_runs;      /* times a green thread ran past long_run_ns */
+    uint64_t stack_reserved; /* bytes of address space held by live + pooled stacks */
+    uint64_t stack_resident; /* bytes actually resident (mincore), refreshed by tk_sched_stats() */
+    uint64_t pooled_stacks;  /* stacks idle in the pool */
 } tk_sched_stats_t;
 
 /* Create the scheduler for this thread on base; installs the guard-page
@@ -98,7 +98,10 @@ void tk_sched_foreach(tk_sched_t *s, tk_gt_visit_fn cb, void *arg);
 
 /* Monotonic clock, cached per loop iteration is NOT done: always exact. */
 uint64_t tk_now_ns(void);
-static inline int64_t tk_now_ms(void) { return (int64_t)(tk_now_ns() / 1000000u); }
+static inline int64_t tk_now_ms(void)
+{
+    return (int64_t)(tk_now_ns() / 1000000u);
+}
 
 /* --- green threads ------------------------------------------------------------ */
 
@@ -195,7 +198,8 @@ typedef struct tk_chan tk_chan_t;
 tk_chan_t *tk_chan_new(size_t capacity);
 void tk_chan_free(tk_chan_t *c);
 int tk_chan_send(tk_chan_t *c, void *v, int64_t deadline_ms); /* may yield; -1 EPIPE if closed */
-int tk_chan_recv(tk_chan_t *c, void **v, int64_t deadline_ms); /* may yield; -1 EPIPE if closed and empty */
+int tk_chan_recv(tk_chan_t *c, void **v,
+                 int64_t deadline_ms); /* may yield; -1 EPIPE if closed and empty */
 void tk_chan_close(tk_chan_t *c);
 
 #endif

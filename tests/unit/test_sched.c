@@ -18,6 +18,7 @@
 #include <event2/event.h>
 
 #include "coro.h"
+#include "log.h"
 #include "sched.h"
 
 typedef struct {
@@ -866,13 +867,54 @@ static void test_long_run(void **state)
     struct event_base *base = event_base_new();
     tk_sched_t *s = tk_sched_new(base, &o);
     tk_sched_stats_t st;
+    char path[] = "/tmp/tk-test-sched-log-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(tk_log_open(path), 0);
     assert_non_null(tk_gt_spawn(s, "hog", hog_fn, NULL));
     assert_int_equal(tk_sched_run(s), 0);
+    tk_log_open(NULL);
     tk_sched_stats(s, &st);
     /* >= : on a loaded machine a short slice may be preempted past 1 ms too */
     assert_true(st.long_runs >= 1);
+    char buf[4096];
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_non_null(strstr(buf, "green thread 1 (hog) ran "));
+    assert_non_null(strstr(buf, "without yielding"));
+    close(fd);
+    unlink(path);
     tk_sched_free(s);
     event_base_free(base);
+}
+
+/* Parking calls need a green thread; outside one they fail, never block. */
+static void test_outside_thread(void **state)
+{
+    fixture_t *f = *state;
+    tk_sem_t sem;
+    tk_sem_init(&sem, 1);
+    assert_null(tk_gt_self());
+    assert_int_equal(tk_gt_defer(count_defer, NULL), -1);
+    assert_int_equal(errno, EPERM);
+    assert_int_equal(tk_gt_sleep_ms(1), -1);
+    assert_int_equal(errno, EPERM);
+    assert_int_equal(tk_gt_park(TK_GT_WAIT_NET, -1), -1);
+    assert_int_equal(errno, EPERM);
+    assert_int_equal(tk_gt_wait_fd(0, EV_READ, TK_GT_WAIT_NET, -1), -1);
+    assert_int_equal(errno, EPERM);
+    assert_int_equal(tk_sem_wait(&sem, -1), 0); /* available: no need to park */
+    assert_int_equal(tk_sem_wait(&sem, -1), -1);
+    assert_int_equal(errno, EPERM);
+    tk_sem_post(&sem); /* posting from a callback is fine */
+    assert_int_equal(sem.count, 1);
+    assert_ptr_equal(tk_sched_current(), f->s);
+    assert_ptr_equal(tk_sched_base(f->s), f->base);
+    /* one scheduler per thread */
+    errno = 0;
+    assert_null(tk_sched_new(f->base, NULL));
+    assert_int_equal(errno, EBUSY);
 }
 
 static void test_opts_check(void **state)
@@ -979,6 +1021,7 @@ int main(void)
         cmocka_unit_test(test_max_threads),
         cmocka_unit_test(test_long_run),
         cmocka_unit_test(test_opts_check),
+        cmocka_unit_test_setup_teardown(test_outside_thread, setup, teardown),
         cmocka_unit_test(test_overflow),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
