@@ -15,6 +15,9 @@
  * A late reply to a timed-out command is read and dropped. After
  * breaker_failures consecutive failures the breaker opens for breaker_cooloff_ms,
  * then lets one probe command through: success closes it, failure reopens it.
+ * When the breaker opened on timeouts, the connection is dropped (it is stuck
+ * behind unanswered commands) and re-established with back-off; a fresh
+ * connection's handshake (AUTH, SELECT, PING) counts as a successful probe.
  *
  * Every function accepts c == NULL (no cache configured) and then returns
  * TK_CACHE_BYPASS, so handlers need no special case. */
