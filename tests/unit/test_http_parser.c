@@ -421,6 +421,38 @@ static void test_header_get_and_values(void **state)
     assert_true(req.path.p > raw && req.path.p < raw + sizeof(raw));
 }
 
+/* Every byte value at every position of a long value (the value check works
+ * eight bytes at a time): only CTLs other than HTAB, and DEL, are refused. */
+static void test_value_bytes(void **state)
+{
+    (void)state;
+    static const char pre[] = "GET / HTTP/1.1\r\nHost: a\r\nX: ";
+    char raw[128];
+    for (int c = 0; c < 256; c++) {
+        int ok = c == '\t' || (c >= 0x20 && c != 0x7f);
+        for (size_t pos = 0; pos < 24; pos++) {
+            size_t n = sizeof(pre) - 1;
+            memcpy(raw, pre, n);
+            for (size_t k = 0; k < 24; k++)
+                raw[n + k] = k == pos ? (char)c : 'v';
+            n += 24;
+            memcpy(raw + n, "\r\n\r\n", 4);
+            n += 4;
+            tk_http_request_t req;
+            tk_http_error_t err;
+            int rc = parse_str(NULL, raw, n, &req, &err);
+            if (c == '\n') {
+                assert_int_equal(rc, -1); /* a bare LF */
+                continue;
+            }
+            if (ok && rc != (int)n)
+                fail_msg("byte 0x%02x at %zu refused: %s", c, pos, err.msg);
+            if (!ok && (rc != -1 || err.status != 400))
+                fail_msg("byte 0x%02x at %zu accepted", c, pos);
+        }
+    }
+}
+
 /* --- limits ---------------------------------------------------------------------- */
 
 static char *make_request(size_t target_len, int nfields, size_t field_len, int terminate,
@@ -785,12 +817,13 @@ static void test_str_helpers(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_table),       cmocka_unit_test(test_good_table),
-        cmocka_unit_test(test_bytewise_good),   cmocka_unit_test(test_bytewise_bad),
-        cmocka_unit_test(test_two_piece_split), cmocka_unit_test(test_header_get_and_values),
-        cmocka_unit_test(test_limits),          cmocka_unit_test(test_limits_incomplete),
-        cmocka_unit_test(test_chunked_table),   cmocka_unit_test(test_chunked_sum_limit),
-        cmocka_unit_test(test_accepts_gzip),    cmocka_unit_test(test_str_helpers),
+        cmocka_unit_test(test_bad_table),         cmocka_unit_test(test_good_table),
+        cmocka_unit_test(test_bytewise_good),     cmocka_unit_test(test_bytewise_bad),
+        cmocka_unit_test(test_two_piece_split),   cmocka_unit_test(test_header_get_and_values),
+        cmocka_unit_test(test_value_bytes),       cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_limits_incomplete), cmocka_unit_test(test_chunked_table),
+        cmocka_unit_test(test_chunked_sum_limit), cmocka_unit_test(test_accepts_gzip),
+        cmocka_unit_test(test_str_helpers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
