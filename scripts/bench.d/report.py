@@ -649,15 +649,22 @@ def report(resdir):
     cpu = [r for r in runs if r["scenario"] == "cpu"]
     if cpu:
         r = cpu[0]
-        L.append("## Where tenk's CPU goes under /users load")
+        m = re.search(r"path=(\S+)", r["note"])
+        L.append("## Where tenk's CPU goes under load (%s)" % (m.group(1) if m else "/users"))
         L.append("")
         if r["status"] != "ok":
             L.append("*%s*" % (r["note"] or "failed"))
         else:
             buckets, top = cpu_buckets(r["res"]["profile"], r["tool"])
-            L.append("Self time by symbol from `%s` (%s), put in buckets by symbol and library name; "
-                     "kernel time is split into network system calls and scheduling by kernel symbol."
-                     % (r["tool"], r["note"]))
+            if r["tool"] == "perf":
+                how = ("Self time by symbol from `perf record` (%s) on every tenk process, put in buckets by "
+                       "symbol and library name; kernel time is split by kernel symbol into network system "
+                       "calls, scheduling and the rest." % r["note"])
+            else:
+                how = ("Instruction counts by function from `valgrind --tool=callgrind` (%s): user space only "
+                       "(system calls are not counted), and valgrind serialises the worker, so read it as "
+                       "the split of tenk's own work, not of wall time." % r["note"])
+            L.append(how)
             L.append("")
             L.append(md_table(["bucket", "share of tenk's CPU"],
                               [[b, "%.1f%%" % v] for b, v in sorted(buckets.items(), key=lambda x: -x[1])]))
@@ -698,7 +705,8 @@ def report(resdir):
 KERNEL_RULES = [
     ("scheduler and switches", r"schedule|switch|pick_next|dequeue_task|enqueue_task|try_to_wake_up|"
      r"futex|update_curr|update_load|idle|tick|hrtimer"),
-    ("network system calls", r"tcp|ip_|ipv4|inet|sock|skb|net|loopback|napi|softirq|epoll|ep_|syscall|"
+    ("network system calls", r"tcp|ip_|ipv4|inet|sock|sk_|skb|net|loopback|napi|softirq|epoll|ep_|syscall|"
+     r"__sys_|xfrm|bbr|eth_|backlog|bh_|"
      r"SYSCALL|copy_user|copyout|copyin|_copy_|iov|__x64_sys|ksys_|vfs_|fdget|fput|rw_verify|spin|"
      r"irqentry|entry_|__fsnotify|security_|apparmor|nf_|dev_|__wake_up|raw_"),
 ]
@@ -707,8 +715,9 @@ KERNEL_RULES = [
 CPU_RULES = [
     ("libpq", r"libpq|\bPQ|\bpq[A-Z]|pqsecure|pg_"),
     ("JSON", r"cJSON|json"),
-    ("HTTP parsing", r"tk_http_pars|http_parser|tk_http_req|tk_uri|tk_query"),
+    ("HTTP parsing", r"tk_http_pars|http_parser|tk_http_req|tk_uri|tk_query|/uri\.c:"),
     ("scheduler and switches", r"tk_sched|tk_coro|coro_switch|tk_wait|event_base|evmap|epoll_dispatch|"
+     r"libevent|/sched\.c:|/coro[_a-z0-9]*\.[cS]:|"
      r"event_process|event_active|\b__schedule|\bschedule\b|finish_task_switch|pick_next|__switch_to|"
      r"futex|swapgs|dequeue_task|enqueue_task|try_to_wake_up"),
     ("network system calls", r"__libc_(read|write|recv|send)|writev|readv|\bread\b|\bwrite\b|recv|send|"
@@ -734,15 +743,18 @@ def cpu_buckets(text, tool):
         total = 0
         for line in text.splitlines():
             m = re.match(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*\S)", line)
-            if m and "PROGRAM TOTALS" not in line:
+            if m and "PROGRAM TOTALS" not in line and not m.group(2).startswith(("=>", "<")):
                 n = int(m.group(1).replace(",", ""))
                 rest = m.group(2)
                 obj = re.search(r"\[(.*)\]\s*$", rest)
-                rows.append((n, obj.group(1) if obj else "", rest))
+                short = re.sub(r"\s*\[.*\]\s*$", "", rest).split("/")[-1]
+                rows.append((n, obj.group(1) if obj else "", rest, short))
                 total += n
-        rows = [(n * 100.0 / total, d, s) for n, d, s in rows] if total else []
+        rows = [(n * 100.0 / total, d, s, sh) for n, d, s, sh in rows] if total else []
+    if tool == "perf":
+        rows = [(p, d, s, s) for p, d, s in rows]
     buckets, top = {}, []
-    for pct, dso, sym in rows:
+    for pct, dso, sym, short in rows:
         name = "%s %s" % (dso, sym)
         b = "other"
         rules = CPU_RULES
@@ -753,7 +765,7 @@ def cpu_buckets(text, tool):
                 b = bucket
                 break
         buckets[b] = buckets.get(b, 0) + pct
-        top.append((sym[:60], pct))
+        top.append((short[:60], pct))
     top.sort(key=lambda x: -x[1])
     tot = sum(buckets.values()) or 1
     return {k: v * 100.0 / tot for k, v in buckets.items()}, top
