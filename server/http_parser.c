@@ -208,6 +208,8 @@ static int ascii_lower(int c)
     return (c >= 'A' && c <= 'Z') ? c + 32 : c;
 }
 
+static int host_valid(tk_str_t v);
+
 /* Split the target into path and query: origin-form, absolute-form (http or
  * https, no userinfo) or asterisk-form. */
 static int parse_target(tk_http_request_t *req, tk_http_error_t *err)
@@ -252,6 +254,8 @@ static int parse_target(tk_http_request_t *req, tk_http_error_t *err)
             return fail(err, 400, "userinfo in request target");
         req->host.p = a;
         req->host.len = (size_t)(ae - a);
+        if (!host_valid(req->host))
+            return fail(err, 400, "invalid authority in request target");
         p = ae;
     }
     const char *qm = memchr(p, '?', (size_t)(end - p));

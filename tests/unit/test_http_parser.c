@@ -140,6 +140,7 @@ static const bad_case_t bad_cases[] = {
     {"relative target", R("GET example.com/x HTTP/1.1\r\nHost: a\r\n\r\n"), 400},
     {"ftp scheme", R("GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400},
     {"userinfo", R("GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400},
+    {"bad authority", R("GET http://a\"b/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400},
     {"empty authority", R("GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n"), 400},
     {"scheme without slashes", R("GET http:a/x HTTP/1.1\r\nHost: a\r\n\r\n"), 400},
     {"fragment", R("GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n"), 400},
