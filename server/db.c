@@ -18,6 +18,8 @@
 #define TK_DB_BACKOFF_MIN_MS 50
 #define TK_DB_BACKOFF_MAX_MS 500  /* a restarted database is found again well within 2 s */
 #define TK_DB_DRAIN_MS       2000 /* a cancelled query gets this long to finish */
+#define TK_DB_STEAL_GRACE_MS 50   /* an idle connection is kept this long while others queue */
+#define TK_DB_TICK_MS        100  /* maintenance timer */
 
 typedef struct {
     char *sql;
@@ -59,6 +61,7 @@ static struct {
     int nidle;
     int64_t down_until_ms; /* database unreachable: fail fast until then */
     int backoff_ms;
+    uint64_t nconnects, connect_ns; /* for the exit summary */
     waiter_t *waiters[TK_BROKER_MAX_WAITERS];
 } D;
 
@@ -251,6 +254,8 @@ static tk_db_conn_t *conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st
     }
     if (PQsetnonblocking(c->pg, 1) != 0)
         goto fail;
+    D.nconnects++;
+    D.connect_ns += tk_now_ns() - c->created_ns;
     D.backoff_ms = 0;
     D.down_until_ms = 0;
     return c;
@@ -643,6 +648,26 @@ tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, con
 
 /* --- worker plumbing ------------------------------------------------------------------- */
 
+/* Others queue while we keep idle connections: give up those idle for
+ * longer than the grace (a just-released one is likely to be wanted here
+ * again soon, and moving it costs two backend starts). */
+static void give_up_idle(void)
+{
+    uint64_t now = tk_now_ns();
+    tk_db_conn_t **pp = &D.idle;
+    while (*pp && tk_broker_qlen(D.b) > 0) {
+        tk_db_conn_t *c = *pp;
+        if (now - c->idle_since_ns < (uint64_t)TK_DB_STEAL_GRACE_MS * 1000000u) {
+            pp = &c->next;
+            continue;
+        }
+        *pp = c->next;
+        D.nidle--;
+        STAT(idle, -1);
+        conn_discard(c);
+    }
+}
+
 /* Someone (another worker, the master) granted us slots, or wants our idle
  * connections because its waiters queue. */
 static void on_wake(evutil_socket_t fd, short what, void *arg)
@@ -665,17 +690,11 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
             slot_discard(slot);
         }
     }
-    /* Idle connections while others wait: give them up, oldest grants first. */
-    while (D.idle && tk_broker_qlen(D.b) > 0) {
-        tk_db_conn_t *c = D.idle;
-        D.idle = c->next;
-        D.nidle--;
-        STAT(idle, -1);
-        conn_discard(c);
-    }
+    give_up_idle();
 }
 
-/* Once a second: close idle connections past max_idle_time or max_lifetime. */
+/* Every TK_DB_TICK_MS: close idle connections past max_idle_time or
+ * max_lifetime, and give up idle ones others are waiting for. */
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     tk_db_conn_t **pp = &D.idle;
@@ -704,11 +723,12 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
             STAT(max_idle_time_closed, 1);
         conn_discard(c);
     }
+    give_up_idle();
 }
 
 int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, const tk_conf_t *conf)
 {
-    struct timeval tv = {1, 0};
+    struct timeval tv = {0, TK_DB_TICK_MS * 1000};
 
     memset(&D, 0, sizeof(D));
     D.base = base;
@@ -741,6 +761,18 @@ int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, cons
 
 void tk_db_worker_fini(void)
 {
+    if (D.enabled) {
+        tk_broker_stats_t st;
+        tk_broker_stats(D.b, D.w, &st);
+        TK_LOG(TK_LOG_INFO,
+               "db: %llu acquisitions, %llu waited (%llu ms), %llu timeouts, hand-offs %llu local "
+               "%llu remote, %llu connects (%llu ms), %llu connect errors",
+               (unsigned long long)st.acquires, (unsigned long long)st.wait_count,
+               (unsigned long long)(st.wait_ns / 1000000u), (unsigned long long)st.acquire_timeouts,
+               (unsigned long long)st.handoffs_local, (unsigned long long)st.handoffs_remote,
+               (unsigned long long)D.nconnects, (unsigned long long)(D.connect_ns / 1000000u),
+               (unsigned long long)st.connect_errors);
+    }
     D.enabled = 0;
     while (D.idle) {
         tk_db_conn_t *c = D.idle;

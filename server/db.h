@@ -35,7 +35,7 @@ typedef enum {
 /* Set up the database client of this worker: b is the shared broker (from
  * tk_shm_broker()), slot this worker's index (the eventfd of
  * tk_broker_wake_create() with that index must exist: the master creates them
- * before forking). Registers the wake eventfd and a 1 s maintenance timer on
+ * before forking). Registers the wake eventfd and a maintenance timer on
  * base. Call after tk_sched_new(). With conf->db_conninfo empty, every acquire
  * answers TK_DB_DISABLED. Returns 0 or -1 (logged). */
 int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, const tk_conf_t *conf);

@@ -13,17 +13,25 @@
 
 /* Release policy (tk_broker_release()): connections cannot move between
  * processes, so handing a slot to another worker's waiter costs closing our
- * connection and that worker opening a new one (a PostgreSQL backend fork).
- * Strict FIFO under even load would do that on (N-1)/N of all releases. So a
- * release serves the global head when it belongs to this worker (direct
- * hand-off, no reconnect); otherwise it serves this worker's own oldest waiter
- * if that one arrived at most local_bias_ns after the global head, keeping the
- * connection; only when the head has waited longer than that does the slot
- * move (close here, connect there). Order across workers is thus FIFO to
- * within local_bias_ns, nobody starves (the head always gets the next release
- * once it is local_bias_ns older than everyone local), and under even load no
- * connection churns. A slot freed without a connection (tk_broker_free_slot())
- * has nothing to keep and always goes to the head: strict FIFO. */
+ * connection and that worker opening a new one: a PostgreSQL backend start,
+ * ~10 ms of database CPU on this 2-core box. Strict FIFO would do that on
+ * (N-1)/N of all releases under even load; measured, it cut /db throughput
+ * from ~12k to under 1k requests/s. So a release with waiters queued serves:
+ *   1. the global head, directly, when it belongs to this worker;
+ *   2. else, if this worker has no waiter of its own, nobody: the connection
+ *      stays idle here (warm); db.c gives idle connections up once they have
+ *      been idle TK_DB_STEAL_GRACE_MS while others queue (it is woken when
+ *      they do), so a lightly loaded worker doesn't pay two backend starts
+ *      per request;
+ *   3. else this worker's own oldest waiter, unless the global head has waited
+ *      more than twice as long as it, plus local_bias_ns, and a move is due:
+ *      at most one per move_interval_ns across all workers (connections drift
+ *      towards the workers whose queues are longer, without ping-pong), or
+ *      at once when the head has waited starve_ns: nobody starves;
+ *   4. else the global head: the slot moves (close here, connect there).
+ * A slot freed without a connection (tk_broker_free_slot()) has nothing to
+ * keep and always goes to the head. local_bias_ns = 0 makes it strict FIFO
+ * (tests). */
 
 static int g_wake_fds[TK_BROKER_MAX_WORKERS];
 static int g_nwake;
@@ -224,6 +232,8 @@ int tk_broker_sh_init(tk_broker_sh_t *b, unsigned max_open)
     b->max_open = max_open;
     b->max_idle = max_open;
     b->local_bias_ns = TK_BROKER_LOCAL_BIAS_NS;
+    b->move_interval_ns = TK_BROKER_MOVE_INTERVAL_NS;
+    b->starve_ns = TK_BROKER_STARVE_NS;
     b->qhead = b->qtail = -1;
     b->efree = -1;
     b->sfree = -1;
@@ -608,6 +618,14 @@ tk_broker_acq_t tk_broker_acquire(tk_broker_sh_t *b, int w, uint32_t gen, int *s
     return TK_BROKER_QUEUED;
 }
 
+static void keep_idle(tk_broker_sh_t *b, int w, int s)
+{
+    b->slots[s].idle = 1;
+    b->slots[s].since_ns = now_ns();
+    b->nidle++;
+    b->workers[w].nidle++;
+}
+
 /* Hand slot s (held by w, connection kept or not) on. keep: the connection
  * is healthy and may stay in this worker. */
 static tk_broker_rel_t pass_on(tk_broker_sh_t *b, int w, int s, int keep, int *entry, int *wake)
@@ -618,11 +636,30 @@ static tk_broker_rel_t pass_on(tk_broker_sh_t *b, int w, int s, int keep, int *e
 
     if (h < 0)
         return TK_BROKER_FREED;
-    if (b->entries[h].worker == w)
+    if (b->entries[h].worker == w) {
         pick = h;
-    else if (keep && wk->whead >= 0 &&
-             b->entries[wk->whead].enq_ns <= b->entries[h].enq_ns + b->local_bias_ns)
-        pick = wk->whead;
+    } else if (keep && b->local_bias_ns > 0) {
+        if (wk->whead < 0) {
+            /* Nobody here waits: keep it warm for this worker's next
+             * request; if others still queue once it has been idle for a
+             * grace period, db.c gives it up (tk_broker_free_slot()). */
+            keep_idle(b, w, s);
+            return TK_BROKER_KEEP_IDLE;
+        }
+        /* Our oldest waiter, unless the global head has waited more than
+         * twice as long (+ local_bias_ns) and a move is due: at most one
+         * per migrate_interval_ns, or at once for a head about to starve. */
+        uint64_t now = now_ns();
+        uint64_t lenq = b->entries[wk->whead].enq_ns, henq = b->entries[h].enq_ns;
+        uint64_t age_l = now > lenq ? now - lenq : 0, age_h = now > henq ? now - henq : 0;
+        uint64_t bound = age_l > b->local_bias_ns ? age_l : b->local_bias_ns;
+        int due = age_h > age_l + bound &&
+                  (now - b->last_move_ns >= b->move_interval_ns || age_h >= b->starve_ns);
+        if (!due)
+            pick = wk->whead;
+        else
+            b->last_move_ns = now;
+    }
     if (pick >= 0) {
         /* Served inside this worker: the entry is done with at once; the
          * caller finds its waiter by the index (its own table, no yield
@@ -652,10 +689,7 @@ tk_broker_rel_t tk_broker_release(tk_broker_sh_t *b, int w, int s, int *entry, i
             s_free(b, s);
             r = TK_BROKER_CLOSE_IDLE;
         } else {
-            b->slots[s].idle = 1;
-            b->slots[s].since_ns = now_ns();
-            b->nidle++;
-            b->workers[w].nidle++;
+            keep_idle(b, w, s);
             r = TK_BROKER_KEEP_IDLE;
         }
     } else {

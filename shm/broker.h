@@ -109,24 +109,27 @@ typedef struct {
 } __attribute__((aligned(64))) tk_broker_worker_sh_t;
 
 typedef struct {
-    uint32_t magic;         /* TK_BROKER_MAGIC */
-    uint32_t version;       /* TK_BROKER_VERSION */
-    uint32_t size;          /* sizeof(tk_broker_sh_t), checked by readers */
-    uint32_t max_open;      /* db.max_open: slots [0, max_open) are in use */
-    uint32_t max_idle;      /* db.max_idle across all workers */
-    uint32_t nfree;         /* slots in state FREE */
-    uint32_t nidle;         /* slots held idle, all workers */
-    uint32_t qlen;          /* WAITING entries */
-    uint32_t qhwm;          /* high-water mark of qlen */
-    int32_t qhead, qtail;   /* global FIFO of WAITING entries, oldest first */
-    int32_t efree;          /* free-list head of entries */
-    int32_t sfree;          /* free-list head of slots */
-    uint32_t nworkers;      /* 1 + highest worker slot ever attached (bounds scans) */
-    uint64_t local_bias_ns; /* release policy bound, TK_BROKER_LOCAL_BIAS_NS */
-    uint64_t next_ticket;   /* arrival counter */
-    uint64_t repairs;       /* times the lock was recovered from a dead holder */
-    uint64_t reclaims;      /* dead processes whose slots/entries were reclaimed */
-    pthread_mutex_t lock;   /* robust, process-shared */
+    uint32_t magic;            /* TK_BROKER_MAGIC */
+    uint32_t version;          /* TK_BROKER_VERSION */
+    uint32_t size;             /* sizeof(tk_broker_sh_t), checked by readers */
+    uint32_t max_open;         /* db.max_open: slots [0, max_open) are in use */
+    uint32_t max_idle;         /* db.max_idle across all workers */
+    uint32_t nfree;            /* slots in state FREE */
+    uint32_t nidle;            /* slots held idle, all workers */
+    uint32_t qlen;             /* WAITING entries */
+    uint32_t qhwm;             /* high-water mark of qlen */
+    int32_t qhead, qtail;      /* global FIFO of WAITING entries, oldest first */
+    int32_t efree;             /* free-list head of entries */
+    int32_t sfree;             /* free-list head of slots */
+    uint32_t nworkers;         /* 1 + highest worker slot ever attached (bounds scans) */
+    uint64_t local_bias_ns;    /* release policy, see broker.c; 0 = strict FIFO */
+    uint64_t move_interval_ns; /* at most one rebalancing move per this, all workers */
+    uint64_t starve_ns;        /* a head queued this long is served at the next release */
+    uint64_t last_move_ns;     /* when the last rebalancing move happened */
+    uint64_t next_ticket;      /* arrival counter */
+    uint64_t repairs;          /* times the lock was recovered from a dead holder */
+    uint64_t reclaims;         /* dead processes whose slots/entries were reclaimed */
+    pthread_mutex_t lock;      /* robust, process-shared */
     tk_broker_slot_sh_t slots[TK_BROKER_MAX_SLOTS];
     tk_broker_worker_sh_t workers[TK_BROKER_MAX_WORKERS];
     tk_broker_entry_sh_t entries[TK_BROKER_MAX_WAITERS];
@@ -183,7 +186,9 @@ typedef enum {
 } tk_broker_rel_t;
 
 /* Fairness bound of the release policy, see broker.c. */
-#define TK_BROKER_LOCAL_BIAS_NS 2000000ull /* 2 ms */
+#define TK_BROKER_LOCAL_BIAS_NS    10000000ull  /* 10 ms; 0 = strict FIFO */
+#define TK_BROKER_MOVE_INTERVAL_NS 100000000ull /* 100 ms */
+#define TK_BROKER_STARVE_NS        400000000ull /* 400 ms */
 
 /* Release a healthy connection on slot s held by worker w. */
 tk_broker_rel_t tk_broker_release(tk_broker_sh_t *b, int w, int s, int *entry, int *wake);

@@ -181,6 +181,48 @@ static void test_release_policy(void **state)
     assert_int_equal(tk_broker_release(B, 1, gs, &e, &wake), TK_BROKER_TO_REMOTE);
     assert_int_equal(wake, 0);
     assert_consistent();
+    assert_int_equal(tk_broker_next_grant(B, 0, &ge, &gt, &s), 1);
+
+    /* Default policy. Worker 1 queues; worker 0 has nobody waiting: it keeps
+     * its connection warm (idle) instead of moving it. */
+    B->local_bias_ns = TK_BROKER_LOCAL_BIAS_NS;
+    assert_int_equal(tk_broker_acquire(B, 1, g1, &slot, &entry1, &t1, &wake), TK_BROKER_QUEUED);
+    assert_int_equal(tk_broker_release(B, 0, s, &e, &wake), TK_BROKER_KEEP_IDLE);
+    assert_int_equal(B->nidle, 1);
+    assert_consistent();
+    /* Giving it up (db.c does after a grace) serves the head. */
+    assert_int_equal(tk_broker_free_slot(B, 0, s, &e, &wake), TK_BROKER_TO_REMOTE);
+    assert_int_equal(tk_broker_next_grant(B, 1, &ge, &gt, &s), 1);
+    assert_true(gt == t1);
+
+    /* Worker 1 holds the slot. Worker 0 queues, then worker 1 queues: worker 1
+     * serves its own waiter while worker 0's wait is not much longer... */
+    assert_int_equal(tk_broker_acquire(B, 0, g0, &slot, &entry0, &t0, &wake), TK_BROKER_QUEUED);
+    assert_int_equal(tk_broker_acquire(B, 1, g1, &slot, &entry1, &t1, &wake), TK_BROKER_QUEUED);
+    assert_int_equal(tk_broker_release(B, 1, s, &e, &wake), TK_BROKER_TO_LOCAL);
+    assert_int_equal(e, entry1);
+    /* ...but once worker 0's head has waited more than twice as long (+ bias),
+     * the slot moves to it. */
+    assert_int_equal(tk_broker_acquire(B, 1, g1, &slot, &entry1, &t1, &wake), TK_BROKER_QUEUED);
+    B->entries[entry0].enq_ns -= 300000000ull; /* queued 300 ms ago */
+    B->last_move_ns = 0;
+    assert_int_equal(tk_broker_release(B, 1, s, &e, &wake), TK_BROKER_TO_REMOTE);
+    assert_int_equal(wake, 0);
+    assert_int_equal(tk_broker_next_grant(B, 0, &ge, &gt, &s), 1);
+    assert_true(gt == t0);
+    /* Moves are rate-limited: right after one, a lagging head waits... */
+    assert_int_equal(tk_broker_acquire(B, 1, g1, &slot, &entry1, &t1, &wake), TK_BROKER_QUEUED);
+    assert_int_equal(tk_broker_acquire(B, 0, g0, &slot, &entry0, &t0, &wake), TK_BROKER_QUEUED);
+    /* (queue: w1 older, w1 newer, w0) worker 0 releases: head is worker 1's */
+    B->entries[B->qhead].enq_ns -= 300000000ull;
+    assert_int_equal(tk_broker_release(B, 0, s, &e, &wake), TK_BROKER_TO_LOCAL);
+    assert_int_equal(e, entry0);
+    /* ...unless it is about to starve. */
+    assert_int_equal(tk_broker_acquire(B, 0, g0, &slot, &entry0, &t0, &wake), TK_BROKER_QUEUED);
+    B->entries[B->qhead].enq_ns -= B->starve_ns;
+    assert_int_equal(tk_broker_release(B, 0, s, &e, &wake), TK_BROKER_TO_REMOTE);
+    assert_int_equal(wake, 1);
+    assert_consistent();
 }
 
 /* One simulated worker: loops acquire/use/release for iters rounds, polling
