@@ -434,11 +434,11 @@ def report(resdir):
             flag += " (%d failed)" % g["failed"]
         r = ratio(agg, scn, v) if v not in ("tenk", "tenk-nocache") else None
         rows.append([scn, server_label(scn, v), rate + flag, f_ms(g["p50"]), f_ms(g["p99"]),
-                     f_err(g["errors"]), f_mib(g["rss_peak"]),
+                     f_err(g["errors"]), "%s / %s" % (f_mib(g["rss_peak"]), f_mib(g["rss_end"])),
                      "–" if g["cpu_s"] is None else "%.1f" % g["cpu_s"],
                      "%.2f×" % r if r else ""])
     L.append(md_table(["scenario", "server", "req/s median (min–max)", "p50", "p99", "errors (sum)",
-                       "RSS peak", "CPU s/run", "tenk ÷ this"], rows))
+                       "RSS peak / end", "CPU s/run", "tenk ÷ this"], rows))
     L.append("")
     scn_user = [s for s, _ in wrk_like]
     if ("user-by-id-cache", "tenk") in agg and ("user-by-id-nocache", "tenk-nocache") in agg:
@@ -679,12 +679,19 @@ def report(resdir):
     for r in runs:
         res = r["res"]
         e = errsum(res)
+        sd = r.get("sample_doc") or {}
+        cpu = "–"
+        if sd.get("procs"):
+            # per process: master first, workers after (pid order), e.g. "1.93 = 0.01 + 0.95 + 0.97"
+            per = [x["cpu_s"] for x in sd["procs"]]
+            cpu = "%.2f" % sd["cpu_s"] + (" = " + " + ".join("%.2f" % x for x in per) if len(per) > 1 else "")
         rows.append([r["scenario"], server_label(r["scenario"], r["server"]), r["round"], r["tool"],
                      r["status"] + (" **E**" if e else ""), f_rps(res.get("rps")), f_ms(res.get("p99")),
-                     f_err(res.get("errors", {})),
+                     f_err(res.get("errors", {})), cpu,
+                     "–" if not sd else "%s / %s" % (f_mib(sd.get("rss_peak")), f_mib(sd.get("rss_end"))),
                      "" if r["raw"] in ("", "-") else "[raw](%s)" % r["raw"], r["note"]])
-    L.append(md_table(["scenario", "server", "round", "tool", "status", "req/s", "p99", "errors", "output",
-                       "note"], rows))
+    L.append(md_table(["scenario", "server", "round", "tool", "status", "req/s", "p99", "errors",
+                       "CPU s (per process)", "RSS peak / end", "output", "note"], rows))
     L.append("")
     if charts:
         L.append("## Charts")
