@@ -24,10 +24,12 @@
 #endif
 
 struct tk_coro {
-    void *sp;             /* saved stack pointer; offset 0, the assembly relies on it */
-    tk_coro_pool_t *pool; /* NULL for a thread's main context */
-    tk_coro_t *next;      /* free list link while pooled */
-    char *map;            /* start of the mapping (the guard zone) */
+    void *sp;                 /* saved stack pointer; offset 0, the assembly relies on it */
+    tk_coro_pool_t *pool;     /* NULL for a thread's main context */
+    tk_coro_t *next;          /* free list link while pooled */
+    tk_coro_t *mnext, *mprev; /* every mapped stack of the pool, for residency scans */
+    size_t resident;          /* bytes resident at its last scan */
+    char *map;                /* start of the mapping (the guard zone) */
     tk_coro_fn fn;
     void *arg;
 #ifdef TK_CORO_UCONTEXT
@@ -46,7 +48,10 @@ struct tk_coro_pool {
     size_t udata_size; /* rounded to 16 */
     unsigned pool_max;
     unsigned idle;
-    tk_coro_t *free; /* LIFO: the most recently used stack is the warmest */
+    tk_coro_t *free;     /* LIFO: the most recently used stack is the warmest */
+    tk_coro_t *all;      /* every mapped stack, in use or idle */
+    tk_coro_t *cursor;   /* where the next residency refresh starts */
+    size_t resident_sum; /* sum of the stacks' last measured residency */
     unsigned long mapped, mmaps, munmaps;
 };
 
@@ -92,6 +97,15 @@ tk_coro_pool_t *tk_coro_pool_new(size_t stack_size, size_t udata_size, unsigned 
 
 static void stack_unmap(tk_coro_pool_t *p, tk_coro_t *c)
 {
+    if (p->cursor == c)
+        p->cursor = c->mnext;
+    p->resident_sum -= c->resident;
+    if (c->mprev)
+        c->mprev->mnext = c->mnext;
+    else
+        p->all = c->mnext;
+    if (c->mnext)
+        c->mnext->mprev = c->mprev;
     munmap(c->map, p->map_size);
     p->mapped--;
     p->munmaps++;
@@ -135,19 +149,17 @@ unsigned long tk_coro_pool_munmaps(const tk_coro_pool_t *p)
     return p->munmaps;
 }
 
-/* Resident bytes of one mapping's stack part (the guard is never resident). */
-static size_t map_resident(char *map, size_t map_size)
+/* Resident bytes in [start, start + len), both page aligned, all mapped.
+ * vec holds vlen entries (one per page) for each mincore() call. */
+static size_t range_resident(char *start, size_t len, unsigned char *vec, size_t vlen)
 {
     size_t ps = page_size();
-    size_t len = map_size - TK_CORO_GUARD;
-    unsigned char vec[256];
     size_t res = 0;
-    char *start = map + TK_CORO_GUARD;
 
     for (size_t off = 0; off < len;) {
         size_t chunk = len - off;
-        if (chunk > sizeof(vec) * ps)
-            chunk = sizeof(vec) * ps;
+        if (chunk > vlen * ps)
+            chunk = vlen * ps;
         if (mincore(start + off, chunk, vec) == 0) {
             for (size_t i = 0; i < chunk / ps; i++)
                 res += (vec[i] & 1) ? ps : 0;
@@ -155,6 +167,32 @@ static size_t map_resident(char *map, size_t map_size)
         off += chunk;
     }
     return res;
+}
+
+/* Resident bytes of one mapping's stack part (the guard is never resident). */
+static size_t map_resident(char *map, size_t map_size)
+{
+    unsigned char vec[64];
+    return range_resident(map + TK_CORO_GUARD, map_size - TK_CORO_GUARD, vec, sizeof(vec));
+}
+
+/* mincore() walks the page tables of every page it is asked about; with
+ * 10,000 stacks a full scan takes tens of milliseconds on a busy machine, too
+ * long to stall a worker's loop. So each stack remembers its last measured
+ * residency, the pool keeps their sum, and a refresh re-measures at most
+ * budget stacks, round-robin, from where the previous one stopped. */
+size_t tk_coro_pool_resident_refresh(tk_coro_pool_t *p, unsigned long budget)
+{
+    if (budget == 0 || budget > p->mapped)
+        budget = p->mapped;
+    for (unsigned long i = 0; i < budget; i++) {
+        tk_coro_t *c = p->cursor ? p->cursor : p->all;
+        size_t r = map_resident(c->map, p->map_size);
+        p->resident_sum = p->resident_sum - c->resident + r;
+        c->resident = r;
+        p->cursor = c->mnext;
+    }
+    return p->resident_sum;
 }
 
 size_t tk_coro_pool_resident(const tk_coro_pool_t *p)
@@ -184,6 +222,13 @@ static tk_coro_t *stack_map(tk_coro_pool_t *p)
     tk_coro_t *c = (tk_coro_t *)(top - p->udata_size - ALIGN16(sizeof(tk_coro_t)));
     c->map = map;
     c->pool = p;
+    c->resident = page_size(); /* until scanned: the header page, written right away */
+    p->resident_sum += c->resident;
+    c->mprev = NULL;
+    c->mnext = p->all;
+    if (p->all)
+        p->all->mprev = c;
+    p->all = c;
     p->mapped++;
     p->mmaps++;
     return c;

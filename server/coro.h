@@ -40,6 +40,10 @@ unsigned long tk_coro_pool_mapped(const tk_coro_pool_t *p);
 size_t tk_coro_pool_map_size(const tk_coro_pool_t *p);
 /* Resident bytes (mincore) of the idle stacks. */
 size_t tk_coro_pool_resident(const tk_coro_pool_t *p);
+/* Resident bytes of every mapped stack (in use or idle) as last measured,
+ * after re-measuring up to budget stacks round-robin (0 = all: exact). A
+ * stack costs one mincore() call. */
+size_t tk_coro_pool_resident_refresh(tk_coro_pool_t *p, unsigned long budget);
 /* Total stacks ever mmap'd / munmap'd (to verify that reuse happens). */
 unsigned long tk_coro_pool_mmaps(const tk_coro_pool_t *p);
 unsigned long tk_coro_pool_munmaps(const tk_coro_pool_t *p);

@@ -65,7 +65,7 @@ typedef struct {
     uint64_t switches;
     uint64_t long_runs;      /* times a green thread ran past long_run_ns */
     uint64_t stack_reserved; /* bytes of address space held by live + pooled stacks */
-    uint64_t stack_resident; /* bytes actually resident (mincore), refreshed by tk_sched_stats() */
+    uint64_t stack_resident; /* bytes actually resident (mincore), see tk_sched_stats() */
     uint64_t pooled_stacks;  /* stacks idle in the pool */
 } tk_sched_stats_t;
 
@@ -89,7 +89,12 @@ struct event_base *tk_sched_base(tk_sched_t *s);
  * iteration (after that callback returns), before the next epoll_wait. */
 int tk_sched_run(tk_sched_t *s);
 void tk_sched_stop(tk_sched_t *s);
+/* Copy the counters. stack_resident is the sum of each stack's last mincore()
+ * measurement; each call re-measures up to 512 stacks round-robin, so it stays
+ * cheap (a full scan of 10,000 stacks can take tens of ms) and is exact while
+ * there are at most 512 stacks. tk_sched_stats_exact() re-measures them all. */
 void tk_sched_stats(tk_sched_t *s, tk_sched_stats_t *out);
+void tk_sched_stats_exact(tk_sched_t *s, tk_sched_stats_t *out);
 unsigned tk_sched_live(tk_sched_t *s);
 
 /* Iterate live green threads (for /debug/threads); cb may not yield. */

@@ -163,7 +163,7 @@ static void bench_parked(struct event_base *base, double *mincore_b, double *sta
         tk_gt_spawn(s, "parked", parked_fn, NULL);
     event_base_loop(base, EVLOOP_ONCE); /* they all run and park */
     long r1 = statm_resident_pages();
-    tk_sched_stats(s, &st);
+    tk_sched_stats_exact(s, &st);
     if (st.by_state[TK_GT_WAIT_NET] != PARKED_THREADS)
         fprintf(stderr, "bench: only %llu threads parked\n",
                 (unsigned long long)st.by_state[TK_GT_WAIT_NET]);

@@ -217,6 +217,39 @@ static void test_layout_and_resident(void **state)
     tk_coro_pool_free(p);
 }
 
+/* The budgeted residency refresh converges on the full scan. */
+static void test_resident_refresh(void **state)
+{
+    size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+    tk_coro_pool_t *p = tk_coro_pool_new(64 * 1024, 0, 8);
+    g_main = tk_coro_main_new();
+    tk_coro_t *c[3];
+    for (int i = 0; i < 3; i++)
+        c[i] = tk_coro_new(p, touch_fn, NULL);
+    /* before any scan each stack counts its header page */
+    assert_int_equal(tk_coro_pool_resident_refresh(p, 1), 3 * ps);
+    for (int i = 0; i < 3; i++) {
+        g_co = c[i];
+        tk_coro_switch(g_main, c[i]); /* touches ~5 KiB more */
+    }
+    size_t exact = 0;
+    for (int i = 0; i < 3; i++)
+        exact += tk_coro_resident(c[i]);
+    assert_true(exact >= 3 * 2 * ps);
+    size_t r = 0;
+    for (int i = 0; i < 3; i++) /* one stack per call: three calls see all */
+        r = tk_coro_pool_resident_refresh(p, 1);
+    assert_int_equal(r, exact);
+    assert_int_equal(tk_coro_pool_resident_refresh(p, 0), exact);
+    for (int i = 0; i < 3; i++) {
+        g_co = c[i];
+        tk_coro_switch(g_main, c[i]);
+        tk_coro_free(c[i]);
+    }
+    tk_coro_main_free(g_main);
+    tk_coro_pool_free(p);
+}
+
 static void test_pool_args(void **state)
 {
     errno = 0;
@@ -234,6 +267,7 @@ int main(void)
         cmocka_unit_test(test_switch_pingpong),     cmocka_unit_test(test_callee_saved),
         cmocka_unit_test(test_fpu_control),         cmocka_unit_test(test_pool_reuse),
         cmocka_unit_test(test_layout_and_resident), cmocka_unit_test(test_pool_args),
+        cmocka_unit_test(test_resident_refresh),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
