@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """sample.py: sample the RSS and CPU time of server process trees once a second.
 
-Usage: sample.py --out FILE.json [--tsv FILE.tsv] [--stats-cmd CMD] [--interval S] ROOTPID...
+Usage: sample.py --out FILE.json [--tsv FILE.tsv] [--stats-cmd CMD] [--interval S] [--ready F] ROOTPID...
 
 Each second it walks the process tree under every ROOTPID (master + workers),
 sums VmRSS and records each process's utime+stime. With --stats-cmd, the
@@ -72,6 +72,7 @@ def main():
     ap.add_argument("--tsv")
     ap.add_argument("--stats-cmd")
     ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--ready", help="file created once the first sample is taken")
     ap.add_argument("pids", nargs="+", type=int)
     a = ap.parse_args()
 
@@ -116,6 +117,8 @@ def main():
             except (subprocess.TimeoutExpired, ValueError):
                 doc = None
             stats.append({"t_s": round(now, 2), "stats": doc})
+        if a.ready and len(series) == 1:
+            open(a.ready, "w").close()
         if stop[0]:
             break
         # sleep to the next tick, waking early on a signal
