@@ -443,6 +443,19 @@ def report(resdir):
     scn_user = [s for s, _ in wrk_like]
     if ("user-by-id-cache", "tenk") in agg and ("user-by-id-nocache", "tenk-nocache") in agg:
         a, b = agg[("user-by-id-cache", "tenk")], agg[("user-by-id-nocache", "tenk-nocache")]
+        hits = []
+        for r in a["runs"]:
+            if r["status"] != "ok":
+                continue
+            base = os.path.join(resdir, r["raw"][:-4])
+            b0, b1 = load_json(base + ".stats-before.json"), load_json(base + ".stats-after.json")
+            h0, h1 = pick(b0, "cache_hits", "hits"), pick(b1, "cache_hits", "hits")
+            m0, m1 = pick(b0, "cache_misses", "misses"), pick(b1, "cache_misses", "misses")
+            if None not in (h0, h1, m0, m1) and (h1 - h0) + (m1 - m0) > 0:
+                hits.append((h1 - h0) / float((h1 - h0) + (m1 - m0)))
+        if hits:
+            L.append("Measured cache hit rate (tenkctl stats): %.0f%% (median of rounds)." % (100 * med(hits)))
+            L.append("")
         if a["rps"] and b["rps"]:
             L.append("Cache effect on `/users/{id}`: %.2f× the requests/s, mean latency %s → %s "
                      "(ids drawn so that about 80%% hit a warmed key at the start; cold ids warm up during "
