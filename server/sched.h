@@ -11,7 +11,15 @@
  * the include guard on purpose: reached as "sched.h" from server/ itself, the
  * include_next finds this file again through -I server, and that copy's
  * include_next then reaches the system header. */
+#if defined(__clang__) /* it works as intended; clang merely notes the search order */
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wunknown-warning-option"
+#pragma clang diagnostic ignored "-Winclude-next-absolute-path"
+#endif
 #include_next <sched.h>
+#if defined(__clang__)
+#pragma clang diagnostic pop
+#endif
 
 #ifndef TK_SCHED_H
 #define TK_SCHED_H
