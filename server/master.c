@@ -823,8 +823,21 @@ static int write_pid_file(void)
     char *slash = strrchr(dir, '/');
     if (slash != NULL && slash != dir) {
         *slash = '\0';
-        if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-            TK_LOG_ERRNO(TK_LOG_WARN, errno, "mkdir(\"%s\") failed", dir);
+        /* mkdir -p: the run-state directory of a --prefix install may not exist yet. */
+        for (char *p = dir + 1;; p++) {
+            if (*p != '/' && *p != '\0')
+                continue;
+            char saved = *p;
+            *p = '\0';
+            if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+                TK_LOG_ERRNO(TK_LOG_WARN, errno, "mkdir(\"%s\") failed", dir);
+                *p = saved;
+                break;
+            }
+            *p = saved;
+            if (saved == '\0')
+                break;
+        }
     }
     int fd = open(M.pid_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0) {
