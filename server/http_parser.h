@@ -143,12 +143,11 @@ typedef struct {
     int nheaders;
     tk_http_header_t headers[TK_HTTP_MAX_HEADERS];
 
-    int64_t content_length;  /* -1 if no Content-Length */
-    unsigned chunked : 1;    /* Transfer-Encoding: chunked */
-    unsigned keep_alive : 1; /* from the version and Connection */
-    unsigned conn_close : 1; /* Connection: close was sent */
-    unsigned
-        expect_continue : 1; /* Expect: 100-continue on 1.1: answer 100 before reading the body */
+    int64_t content_length;       /* -1 if no Content-Length */
+    unsigned chunked : 1;         /* Transfer-Encoding: chunked */
+    unsigned keep_alive : 1;      /* from the version and Connection */
+    unsigned conn_close : 1;      /* Connection: close was sent */
+    unsigned expect_continue : 1; /* 100-continue on 1.1: send 100 before reading the body */
 
     tk_str_t host;            /* Host value, or the authority of an absolute-form target */
     tk_str_t accept_encoding; /* first Accept-Encoding field; p == NULL if none */
