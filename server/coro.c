@@ -24,7 +24,7 @@
 #endif
 
 struct tk_coro {
-    void *sp;                 /* saved stack pointer; offset 0, the assembly relies on it */
+    void *sp;                 /* saved stack pointer while switched out (tk_coro_ctx_swap) */
     tk_coro_pool_t *pool;     /* NULL for a thread's main context */
     tk_coro_t *next;          /* free list link while pooled */
     tk_coro_t *mnext, *mprev; /* every mapped stack of the pool, for residency scans */
