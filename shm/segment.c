@@ -231,7 +231,10 @@ tk_shm_t *tk_shm_create_ex(const char *name, unsigned nslots, unsigned db_max_op
                 close(fd);
                 return NULL;
             }
-            close(fd); /* drops the flock; the mapping stays */
+            /* unlock explicitly: the mapping keeps the open file description
+             * (and so its flock) alive after close() */
+            flock(fd, LOCK_UN);
+            close(fd);
             tk_shm_t *shm = calloc(1, sizeof(*shm));
             if (!shm) {
                 munmap(base, l.total);
