@@ -773,14 +773,22 @@ void tk_db_worker_fini(void)
                (unsigned long long)D.nconnects, (unsigned long long)(D.connect_ns / 1000000u),
                (unsigned long long)st.connect_errors);
     }
-    D.enabled = 0;
-    while (D.idle) {
-        tk_db_conn_t *c = D.idle;
-        D.idle = c->next;
-        D.nidle--;
-        STAT(idle, -1);
-        conn_discard(c);
+    if (D.enabled) {
+        /* Close our idle connections, then give back in one step every slot
+         * and queue entry of this process (in-use connections of threads that
+         * could not unwind die with the process a moment later). Waiters of
+         * other workers get the slots. */
+        while (D.idle) {
+            tk_db_conn_t *c = D.idle;
+            D.idle = c->next;
+            D.nidle--;
+            STAT(idle, -1);
+            conn_close(c);
+        }
+        memset(D.waiters, 0, sizeof(D.waiters));
+        tk_broker_reclaim_pid(D.b, getpid());
     }
+    D.enabled = 0;
     if (D.wake_ev)
         event_free(D.wake_ev);
     if (D.timer_ev)
