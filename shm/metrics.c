@@ -21,6 +21,7 @@ static tk_metrics_sh_t *M = &tk_metrics_private;
 static struct {
     uint64_t gt_created, gt_exited, gt_switches, gt_long_runs;
     uint64_t cpu_user_ns, cpu_sys_ns;
+    uint64_t cache_hits, cache_misses, cache_errors;
 } tk_metrics_last;
 
 static const char *const tk_metrics_err_names[TK_METRICS_ERR_N] = {
@@ -67,6 +68,7 @@ static void tk_metrics_zero_gauges(tk_metrics_sh_t *m)
     memset(m->gt_by_state, 0, sizeof(m->gt_by_state));
     m->stack_reserved = m->stack_resident = m->pooled_stacks = 0;
     m->rss_bytes = 0;
+    m->cache_connected = 0;
 }
 
 static uint64_t tk_metrics_clock_ns(clockid_t id)
@@ -256,6 +258,16 @@ void tk_metrics_sched_publish(const tk_sched_stats_t *st)
     tk_metrics_wend(M);
 }
 
+void tk_metrics_cache_publish(uint64_t hits, uint64_t misses, uint64_t errors, int connected)
+{
+    tk_metrics_wbegin(M);
+    M->cache_hits += tk_metrics_delta(hits, &tk_metrics_last.cache_hits);
+    M->cache_misses += tk_metrics_delta(misses, &tk_metrics_last.cache_misses);
+    M->cache_errors += tk_metrics_delta(errors, &tk_metrics_last.cache_errors);
+    M->cache_connected = connected ? 1 : 0;
+    tk_metrics_wend(M);
+}
+
 int tk_metrics_proc_publish(void)
 {
     char buf[1024];
@@ -404,6 +416,10 @@ void tk_metrics_merge(tk_metrics_snap_t *dst, const tk_metrics_snap_t *src)
     d->cpu_user_ns += s->cpu_user_ns;
     d->cpu_sys_ns += s->cpu_sys_ns;
     d->binds += s->binds;
+    d->cache_hits += s->cache_hits;
+    d->cache_misses += s->cache_misses;
+    d->cache_errors += s->cache_errors;
+    d->cache_connected += s->cache_connected;
     for (unsigned i = 0; i < TK_METRICS_NBUCKETS; i++)
         d->hist[i] += s->hist[i];
 

@@ -93,6 +93,10 @@ typedef struct {
     uint64_t proc_start_ns; /* CLOCK_REALTIME when the current process bound the slot */
     uint64_t binds;         /* how many processes have bound this slot */
 
+    /* Redis cache client (server/cache.h stats): counters, and a gauge */
+    uint64_t cache_hits, cache_misses, cache_errors;
+    uint64_t cache_connected; /* gauge: 1 while connected */
+
     uint64_t nroutes; /* highest registered route id + 1 */
 
     uint64_t hist[TK_METRICS_NBUCKETS]; /* latency histogram */
@@ -123,6 +127,10 @@ void tk_metrics_sched_publish(const tk_sched_stats_t *st);
 /* RSS and CPU time of this process from /proc/self/stat (this one does read a
  * file: call it about once a second, not per request). Returns 0 or -1. */
 int tk_metrics_proc_publish(void);
+/* The cache client's totals for this process (tk_cache_stats_t hits, misses,
+ * errors and connected); deltas are added, like the scheduler's. Call it about
+ * once a second. */
+void tk_metrics_cache_publish(uint64_t hits, uint64_t misses, uint64_t errors, int connected);
 /* Store CLOCK_MONOTONIC now in live.heartbeat_ns; the master's watchdog reads it. */
 void tk_metrics_heartbeat(void);
 void tk_metrics_set_accepting(int on);

@@ -236,6 +236,21 @@ static void test_respawn_and_gauges(void **state)
     assert_int_equal(s.m.requests, 2);
     assert_int_equal(s.m.binds, 2);
 
+    /* cache totals are per process too: deltas add up across a respawn */
+    tk_metrics_cache_publish(10, 5, 1, 1);
+    tk_metrics_cache_publish(12, 6, 1, 1);
+    tk_metrics_snapshot(slot, &s);
+    assert_int_equal(s.m.cache_hits, 12);
+    assert_int_equal(s.m.cache_misses, 6);
+    assert_int_equal(s.m.cache_connected, 1);
+    tk_metrics_reap(slot);
+    tk_metrics_bind(slot);
+    tk_metrics_cache_publish(3, 0, 0, 0);
+    tk_metrics_snapshot(slot, &s);
+    assert_int_equal(s.m.cache_hits, 15);
+    assert_int_equal(s.m.cache_errors, 1);
+    assert_int_equal(s.m.cache_connected, 0);
+
     /* process statistics: RSS present, CPU time grows with work */
     assert_int_equal(tk_metrics_proc_publish(), 0);
     tk_metrics_snapshot(slot, &s);
