@@ -151,6 +151,7 @@ static struct {
     pid_t pid;
     int ready_fd;
     int ready_sent;
+    int daemon; /* detached: stderr must not keep the caller's pipe open */
 
     stop_t stop;
     int64_t stop_deadline_ms;
@@ -214,6 +215,16 @@ static void describe_status(int st, char *buf, size_t len)
                  WCOREDUMP(st) ? ", core dumped" : "");
     else
         snprintf(buf, len, "wait status 0x%x", (unsigned)st);
+}
+
+/* Point fd 2 at /dev/null (a daemon with no error log file). */
+static void detach_stderr(void)
+{
+    int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        dup2(fd, 2);
+        close(fd);
+    }
 }
 
 /* --- listen sockets ----------------------------------------------------------------- */
@@ -386,6 +397,8 @@ child_main(unsigned slot, uint64_t gen, const tk_conf_t *c, const int *fds, int 
     }
     if (M.ready_fd >= 0)
         close(M.ready_fd);
+    if (M.daemon && c->error_log[0] == '\0')
+        detach_stderr(); /* else the caller of `tenkd` would wait for our EOF */
 
     if (M.drop) {
         if (setgroups(0, NULL) != 0 && errno != EPERM) {
@@ -519,6 +532,12 @@ static void announce_ready(void)
         (void)r;
         close(M.ready_fd);
         M.ready_fd = -1;
+        /* Start-up is over: a daemon lets go of the terminal's stderr. */
+        if (M.conf->error_log[0] == '\0') {
+            TK_LOG(TK_LOG_NOTICE, "daemonized without log.error_log: further log lines are "
+                                  "discarded");
+            detach_stderr();
+        }
     }
 }
 
@@ -1014,6 +1033,7 @@ int tk_master_run(const tk_conf_t *conf, tk_master_load_fn load, void *load_arg,
     memset(&M, 0, sizeof(M));
     M.pid = getpid();
     M.ready_fd = ready_fd;
+    M.daemon = ready_fd >= 0;
     M.load = load;
     M.load_arg = load_arg;
     M.conf = malloc(sizeof(*M.conf));

@@ -2,6 +2,7 @@
 after kill -9 under load, crash back-off, stops, a second master with the same
 name, `tenkd -t` errors naming the line, and the systemd unit."""
 import os
+import socket
 import re
 import shutil
 import signal
@@ -10,7 +11,8 @@ import tempfile
 import threading
 import time
 
-from tenkharness import SRCDIR, TENKD, Tenkd, build_request, recv_response, skip, wait_until
+from tenkharness import (SRCDIR, TENKD, Tenkd, build_request, free_port, recv_response, skip,
+                         wait_until)
 
 
 def _cmdline(pid):
@@ -184,7 +186,7 @@ def test_second_master_with_same_name_refuses():
         other = subprocess.run([TENKD, "--foreground", "--name", t.name, "--listen",
                                 "127.0.0.1:%d" % (t.port + 1 if t.port < 65535 else 1024),
                                 "--admin", "", "--workers", "1"],
-                               capture_output=True, text=True, timeout=10)
+                               capture_output=True, text=True, timeout=5)
         assert other.returncode == 1, other
         assert "shared memory" in other.stderr, other.stderr
         # The first one is unharmed.
@@ -274,5 +276,73 @@ def test_systemd_unit_verifies_and_is_hardened():
         m = re.search(r"Overall exposure level for tenk.service: ([0-9.]+)", r.stdout + r.stderr)
         assert m, r.stdout[-500:]
         assert float(m.group(1)) <= 2.0, m.group(0)
+    finally:
+        shutil.rmtree(d)
+
+
+def test_user_drops_privileges_in_workers_only():
+    if os.geteuid() != 0:
+        skip("needs root")
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    with Tenkd(workers=2, args=("--admin", "", "--user", "nobody")) as t:
+        wait_until(lambda: len(t.worker_pids()) == 2, 5, "2 workers")
+
+        def uid(pid):
+            with open("/proc/%d/status" % pid) as f:
+                for line in f:
+                    if line.startswith("Uid:"):
+                        return [int(x) for x in line.split()[1:]]
+        wait_until(lambda: all(uid(p) == [nobody.pw_uid] * 4 for p in t.worker_pids()), 5,
+                   "workers running as nobody")
+        assert uid(t.proc.pid)[0] == 0  # the master keeps root (binding, reload)
+        assert t.request("GET", "/health")[0] == 200
+        # The workers can still write their shared memory.
+        assert os.stat("/dev/shm/tenk-%s" % t.name).st_uid == nobody.pw_uid
+        assert "without server.user" not in t.log()
+    with Tenkd(workers=1, args=("--admin", "")) as t:
+        assert t.log().count("running as root without server.user") == 1
+
+
+def test_daemon_mode_returns_after_ready():
+    port = free_port()
+    d = tempfile.mkdtemp(prefix="tenk-daemon-")
+    name = "d%d" % os.getpid()
+    pid_file = os.path.join(d, "tenkd.pid")
+    conf = os.path.join(d, "tenk.conf")
+    with open(conf, "w") as f:
+        f.write("[server]\nname = %s\nworkers = 1\npid_file = %s\n[admin]\nlisten =\n" % (name, pid_file))
+    try:
+        r = subprocess.run([TENKD, "-c", conf, "--listen", "127.0.0.1:%d" % port],
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0, r
+        # It returned only once the workers accept: no waiting needed here.
+        with open(pid_file) as f:
+            pid = int(f.read())
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(build_request("GET", "/health", {"Connection": "close"}))
+        assert recv_response(s)[0] == 200
+        s.close()
+        # A second start on the same port fails, and says so through the exit status.
+        r2 = subprocess.run([TENKD, "-c", conf, "--name", name + "b", "--listen",
+                             "127.0.0.1:%d" % port], capture_output=True, text=True, timeout=20)
+        assert r2.returncode == 1, r2
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not os.path.exists("/proc/%d" % pid), 10, "the daemon to exit")
+    finally:
+        shutil.rmtree(d)
+
+
+def test_sigusr1_reopens_the_error_log():
+    d = tempfile.mkdtemp(prefix="tenk-log-")
+    path = os.path.join(d, "error.log")
+    try:
+        with Tenkd(workers=1, args=("--admin", ""), conf="[log]\nerror_log = %s\n" % path) as t:
+            wait_until(lambda: "ready: 1 workers accepting" in open(path).read(), 5, "log lines")
+            os.rename(path, path + ".1")  # logrotate
+            t.signal(signal.SIGUSR1)
+            wait_until(lambda: os.path.exists(path) and "logs reopened" in open(path).read(), 5,
+                       "the reopened log")
+            assert "logs reopened" not in open(path + ".1").read()
     finally:
         shutil.rmtree(d)
