@@ -162,7 +162,8 @@ static void conn_idle(tk_http_conn_t *c)
         inbuf_put(&c->in); /* an idle connection keeps no buffer */
     tk_http_buf_free(&c->out);
     c->out_off = 0;
-    event_assign(&c->ev, srv->base, c->fd, EV_READ, idle_cb, c);
+    /* the persistent event usually stays registered while a request is
+     * served, so going idle only resets its timer: no epoll_ctl per request */
     event_add(&c->ev, tvp);
     c->ev_armed = 1;
 }
@@ -175,6 +176,8 @@ static void conn_linger(tk_http_conn_t *c)
         conn_close(c);
         return;
     }
+    if (c->ev_armed)
+        event_del(&c->ev);
     c->lingering = 1;
     c->linger_bytes = 0;
     inbuf_put(&c->in);
@@ -228,7 +231,16 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg)
         conn_close(c); /* EOF, error, too much, or the bound passed */
         return;
     }
-    c->ev_armed = 0;
+    if (c->gt) {
+        /* busy: the green thread reads for itself. New bytes while its
+         * handler is parked would wake us on every loop turn: stop watching
+         * until the connection goes idle again. */
+        if (what & EV_READ) {
+            event_del(&c->ev);
+            c->ev_armed = 0;
+        }
+        return;
+    }
     if (what & EV_TIMEOUT) {
         /* idle too long, or the drain window ended: nothing arrived, so
          * nothing is lost by closing (the FIN tells the client first) */
@@ -270,6 +282,7 @@ int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *pee
     srv->conns = c;
     srv->nconns++;
     tk_metrics_conn_accepted();
+    event_assign(&c->ev, srv->base, c->fd, EV_READ | EV_PERSIST, idle_cb, c);
     conn_idle(c);
     publish_conns(srv);
     return 0;
@@ -293,8 +306,6 @@ void tk_http_server_drain(tk_http_server_t *srv, int fast, int linger_ms)
         if (c->lingering)
             continue; /* ends by itself, bounded */
         /* idle: keep listening for a last request until the window ends */
-        event_del(&c->ev);
-        c->ev_armed = 0;
         conn_idle(c);
     }
 }
@@ -622,6 +633,7 @@ static void conn_serve(void *arg)
     serve_rc_t rc = SERVE_CLOSE;
     int64_t deadline = c->req_start_ms + srv->conf->header_timeout_ms;
     tk_http_request_t req;
+    unsigned served = 0;
     for (;;) {
         tk_http_scan_t scan;
         memset(&scan, 0, sizeof(scan));
@@ -640,6 +652,12 @@ static void conn_serve(void *arg)
                 goto close;
             if (srv->stopping == 2 && avail == 0)
                 goto close;
+            if (avail == 0 && served > 0) {
+                /* a next request is rarely here already: let the loop say
+                 * when it is, instead of a read that would say EAGAIN */
+                rc = SERVE_IDLE;
+                goto out;
+            }
             ssize_t r = conn_read(c, 0);
             if (r > 0)
                 continue;
@@ -667,6 +685,7 @@ static void conn_serve(void *arg)
         rc = conn_request(c, &req, (size_t)n);
         if (rc != SERVE_NEXT)
             goto out;
+        served++;
         /* a pipelined request may be partly here: its head has its own deadline */
         deadline = tk_now_ms() + srv->conf->header_timeout_ms;
     }

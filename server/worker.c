@@ -27,14 +27,18 @@
 /* Connections taken per listener per wake-up: small, so a burst of new
  * connections is shared with the other workers instead of landing on
  * whichever woke first. */
-#define ACCEPT_BATCH 16
+#define ACCEPT_BATCH 8
 /* Back-off after EMFILE/ENFILE/ENOMEM: stop accepting instead of spinning on a
  * listen socket that stays readable. */
 #define ACCEPT_BACKOFF_MS 100
-/* Load spreading: hold back from accepting for a tick while this worker has
- * more than avg * (1 + 1/4) + slack open connections (avg = the other
- * accepting workers'). */
-#define BALANCE_SLACK 16
+/* Load spreading: hold back from accepting for half a tick while this worker
+ * has more than avg + avg/8 + slack open connections (avg = the other
+ * accepting workers'). Checked before every accept: a client that opens its
+ * connections in one burst (wrk, a pool) keeps the spread it got at first. */
+#define BALANCE_SLACK 4
+/* How long a hold-back lasts: also the longest a queued connection can wait
+ * because of one. */
+#define BALANCE_PAUSE_MS 10
 /* Fast stop: what in-flight requests get. */
 #define FAST_STOP_MS 1000
 
@@ -48,6 +52,7 @@ typedef struct {
 
     int epfd; /* private epoll holding the listen sockets with EPOLLEXCLUSIVE */
     struct event *accept_ev, *admin_ev, *tick_ev;
+    struct event *resume_ev; /* one-shot: a pause is over */
     struct event *sig_ev[4];
     int registered;         /* listen sockets are in epfd */
     int full;               /* at max_connections */
@@ -95,17 +100,20 @@ static int overloaded(worker_t *w)
     tk_shm_t *shm = w->a->shm;
     if (!shm)
         return 0;
-    uint64_t sum = 0, n = 0;
+    uint64_t sum = 0, n = 0, now = tk_now_ns();
     unsigned nslots = tk_shm_nslots(shm);
     for (unsigned i = 0; i < nslots; i++) {
         if ((int)i == w->a->slot)
             continue;
         tk_shm_worker_sh_t *ws = tk_shm_worker(shm, i);
         tk_metrics_sh_t *m = tk_shm_metrics(shm, i);
-        if (!ws || !m || ws->pid == 0 || ws->state == TK_SHM_W_DEAD ||
-            ws->state == TK_SHM_W_DRAINING)
+        /* every live, running worker counts, accepting at this instant or
+         * not: one holding back for a moment is still where connections
+         * should go next */
+        if (!ws || !m || ws->pid == 0 || ws->state != TK_SHM_W_RUNNING)
             continue;
-        if (!__atomic_load_n(&m->live.accepting, __ATOMIC_RELAXED))
+        uint64_t hb = __atomic_load_n(&m->live.heartbeat_ns, __ATOMIC_RELAXED);
+        if (hb + 1000000000ull < now)
             continue;
         sum += __atomic_load_n(&m->conns_active, __ATOMIC_RELAXED) +
                __atomic_load_n(&m->conns_idle, __ATOMIC_RELAXED);
@@ -114,12 +122,64 @@ static int overloaded(worker_t *w)
     if (n == 0)
         return 0;
     uint64_t avg = sum / n;
-    return w->http.nconns > avg + avg / 4 + BALANCE_SLACK;
+    return w->http.nconns > avg + avg / 8 + BALANCE_SLACK;
 }
 
 static void accept_update(worker_t *w)
 {
     accept_set(w, accept_wanted(w));
+}
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    accept_update(arg);
+}
+
+/* Stop accepting for ms (a back-off or a hold-back), then resume. */
+static void pause_accept(worker_t *w, int ms)
+{
+    w->pause_until_ms = tk_now_ms() + ms;
+    accept_set(w, 0);
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_add(w->resume_ev, &tv);
+}
+
+/* Accept up to max connections from lfd. Returns 1 when accepting must stop
+ * (EMFILE back-off, max_connections), else 0. */
+static int accept_some(worker_t *w, int lfd, int max)
+{
+    for (int k = 0; k < max; k++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int cfd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+                continue;
+            if (errno == EAGAIN)
+                return 0;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                int64_t now = tk_now_ms();
+                if (now - w->last_emfile_log_ms >= 1000) {
+                    TK_LOG_ERRNO(TK_LOG_WARN, errno, "accept4() failed; not accepting for %d ms",
+                                 ACCEPT_BACKOFF_MS);
+                    w->last_emfile_log_ms = now;
+                }
+                pause_accept(w, ACCEPT_BACKOFF_MS);
+                return 1;
+            }
+            TK_LOG_ERRNO(TK_LOG_ERR, errno, "accept4() failed");
+            return 0;
+        }
+        tk_http_conn_start(&w->http, cfd, (struct sockaddr *)&ss, sl, 0);
+        if (w->conf->max_connections > 0 && w->http.nconns >= (unsigned)w->conf->max_connections) {
+            w->full = 1;
+            accept_set(w, 0);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 static void accept_cb(evutil_socket_t fd, short what, void *arg)
@@ -129,44 +189,16 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct epoll_event evs[TK_CONF_MAX_LISTEN];
     int n = epoll_wait(w->epfd, evs, TK_CONF_MAX_LISTEN, 0);
-    for (int i = 0; i < n && w->registered; i++) {
-        int lfd = evs[i].data.fd;
-        for (int k = 0; k < ACCEPT_BATCH; k++) {
-            struct sockaddr_storage ss;
-            socklen_t sl = sizeof(ss);
-            int cfd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-            if (cfd < 0) {
-                if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
-                    continue;
-                if (errno == EAGAIN)
-                    break;
-                if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                    int64_t now = tk_now_ms();
-                    if (now - w->last_emfile_log_ms >= 1000) {
-                        TK_LOG_ERRNO(TK_LOG_WARN, errno,
-                                     "accept4() failed; not accepting for %d ms",
-                                     ACCEPT_BACKOFF_MS);
-                        w->last_emfile_log_ms = now;
-                    }
-                    w->pause_until_ms = now + ACCEPT_BACKOFF_MS;
-                    accept_set(w, 0);
-                    return;
-                }
-                TK_LOG_ERRNO(TK_LOG_ERR, errno, "accept4() failed");
-                break;
-            }
-            tk_http_conn_start(&w->http, cfd, (struct sockaddr *)&ss, sl, 0);
-            if (w->conf->max_connections > 0 &&
-                w->http.nconns >= (unsigned)w->conf->max_connections) {
-                w->full = 1;
-                accept_set(w, 0);
-                return;
-            }
-        }
-    }
-    if (overloaded(w)) {
-        w->pause_until_ms = tk_now_ms() + TICK_MS / 2;
-        accept_set(w, 0);
+    for (int i = 0; i < n && w->registered; i++)
+        if (accept_some(w, evs[i].data.fd, ACCEPT_BATCH))
+            return;
+    if (w->registered && overloaded(w)) {
+        /* Hold back: leave the exclusive waiters, so the next connections
+         * wake another worker, for a short pause only: connections already
+         * queued (the kernel woke only us for them) are taken by whoever is
+         * woken next, or by us when the pause ends. */
+        TK_LOG(TK_LOG_DEBUG, "holding back from accepting: %u connections open", w->http.nconns);
+        pause_accept(w, BALANCE_PAUSE_MS);
     }
 }
 
@@ -376,6 +408,9 @@ static int worker_setup(worker_t *w)
         if (!w->sig_ev[i] || event_add(w->sig_ev[i], NULL) != 0)
             return -1;
     }
+    w->resume_ev = evtimer_new(w->base, resume_cb, w);
+    if (!w->resume_ev)
+        return -1;
     struct timeval tv = {0, TICK_MS * 1000};
     w->tick_ev = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
     if (!w->tick_ev || event_add(w->tick_ev, &tv) != 0)
@@ -395,8 +430,8 @@ static void worker_teardown(worker_t *w)
         tk_metrics_conns_set(0, 0);
         tk_metrics_set_accepting(0);
     }
-    struct event **evs[] = {&w->accept_ev, &w->admin_ev,  &w->tick_ev,  &w->sig_ev[0],
-                            &w->sig_ev[1], &w->sig_ev[2], &w->sig_ev[3]};
+    struct event **evs[] = {&w->accept_ev, &w->admin_ev,  &w->tick_ev,   &w->resume_ev,
+                            &w->sig_ev[0], &w->sig_ev[1], &w->sig_ev[2], &w->sig_ev[3]};
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (*evs[i]) {
             event_free(*evs[i]);

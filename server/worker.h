@@ -1,12 +1,17 @@
 /* worker.h: one worker process: a libevent loop, the scheduler, accept, serve.
  *
  * Called by the master in the forked child. Signals (handled on the loop):
- *   SIGQUIT       graceful drain: stop accepting at once; requests already
- *                 arrived are answered (with Connection: close); idle
- *                 keep-alive connections are shut for writing, then given a
- *                 short grace (TK_WORKER_DRAIN_LINGER_MS) during which a
- *                 request that was already in flight is still answered; then
- *                 the worker exits (bounded by conf->shutdown_timeout_ms).
+ *   SIGQUIT       graceful drain: stop accepting at once; requests that
+ *                 already arrived are answered (the last one on each
+ *                 connection with Connection: close); idle keep-alive
+ *                 connections stay open for a last window
+ *                 (TK_WORKER_DRAIN_LINGER_MS) in which a request that
+ *                 arrives is still answered, with Connection: close; when
+ *                 the window ends the ones still idle get a lingering close
+ *                 (our FIN first, then their input is read and dropped until
+ *                 they close, at most 2 s), so no request that reached the
+ *                 worker goes unanswered. The worker exits when no
+ *                 connection is left (bounded by conf->shutdown_timeout_ms).
  *   SIGTERM/INT   fast stop: stop accepting, in-flight requests get 1 s.
  *   SIGUSR1       reopen the log file.
  * The worker sets its shared-memory entry's accepting flag and heartbeat every
