@@ -15,6 +15,7 @@
 
 #include <event2/event.h>
 
+#include "db.h"
 #include "handlers.h"
 #include "http_conn.h"
 #include "log.h"
@@ -61,7 +62,7 @@ typedef struct {
     int stopping;             /* 0 serving, 1 draining, 2 fast stop */
     int64_t stop_deadline_ms; /* exit by then whatever is left */
     unsigned ticks;
-    int exit_code;
+    int db_started;
 } worker_t;
 
 static void accept_set(worker_t *w, int on)
@@ -330,11 +331,13 @@ static void name_route(const char *method, const char *pattern, int route_id, vo
     tk_metrics_route_register((unsigned)route_id, name);
 }
 
-/* Every handler file registers its routes here. Files whose registration
- * function is not written yet are left out (see handlers.h). */
+/* Every handler file registers its routes here (see handlers.h). */
 static void register_routes(worker_t *w)
 {
     tk_handlers_register_health(w->router);
+    tk_handlers_register_tfb(w->router);
+    tk_handlers_register_users(w->router);
+    tk_handlers_register_heavy(w->router);
     tk_handlers_register_health(w->admin_router);
     tk_handlers_register_debug(w->admin_router);
     tk_router_foreach(w->router, name_route, NULL);
@@ -377,6 +380,12 @@ static int worker_setup(worker_t *w)
         TK_LOG_ERRNO(TK_LOG_ERR, errno, "tk_sched_new() failed");
         return -1;
     }
+    /* the database client parks green threads: after the scheduler, before
+     * any handler runs */
+    if (tk_db_worker_init(w->base, w->a->shm ? tk_shm_broker(w->a->shm) : NULL, w->a->slot, conf) !=
+        0)
+        return -1;
+    w->db_started = 1;
     w->router = tk_router_new();
     w->admin_router = tk_router_new();
     if (!w->router || !w->admin_router)
@@ -425,6 +434,8 @@ static void worker_teardown(worker_t *w)
         tk_sched_free(w->sched);
         w->sched = NULL;
     }
+    if (w->db_started)
+        tk_db_worker_fini(); /* gives this worker's broker slots back */
     if (w->base) {
         tk_http_server_fini(&w->http);
         tk_metrics_conns_set(0, 0);
