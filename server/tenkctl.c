@@ -1,4 +1,1326 @@
-/* tenkctl.c: inspects a running tenk through its shared memory (placeholder). */
+/* tenkctl.c: inspect and control a running tenkd through its shared-memory segment. */
 #include "config.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
-int main(void) { fputs("usage: tenkctl [-n NAME] status|stats|threads|db|top|reload|stop\n", stderr); return 2; }
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "metrics.h"
+#include "sched.h"
+#include "segment.h"
+
+#define CTL_DEFAULT_NAME "tenk"
+
+/* Exit codes: 0 success, 1 failure (no server, refused, timed out), 2 usage. */
+enum { CTL_OK = 0, CTL_FAIL = 1, CTL_USAGE = 2 };
+
+static struct {
+    const char *name;
+    int json;
+    int color;
+    int graceful;
+    int once;
+    double timeout_s; /* reload/stop; <0 = default */
+} opt = {CTL_DEFAULT_NAME, 0, -1, 0, 0, -1};
+
+/* One non-empty worker slot, copied out of the segment. */
+typedef struct {
+    unsigned slot;
+    tk_shm_worker_sh_t w;
+    tk_metrics_snap_t *snap;
+} ctl_worker_t;
+
+/* Everything a command shows, read in one pass. */
+typedef struct {
+    tk_shm_t *shm;
+    tk_shm_header_sh_t h;
+    unsigned nw;
+    ctl_worker_t *w;
+    tk_metrics_snap_t *total;
+    uint64_t now_sec;     /* tk_metrics_now_sec() of the read */
+    uint64_t now_real_ns; /* CLOCK_REALTIME of the read */
+    uint64_t now_mono_ns; /* CLOCK_MONOTONIC of the read */
+} ctl_view_t;
+
+/* --- small helpers ------------------------------------------------------------------ */
+
+static void die_oom(void)
+{
+    fprintf(stderr, "tenkctl: out of memory\n");
+    exit(CTL_FAIL);
+}
+
+static void *xcalloc(size_t n, size_t sz)
+{
+    void *p = calloc(n, sz);
+    if (!p)
+        die_oom();
+    return p;
+}
+
+static uint64_t clock_ns(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static const char *C(const char *code)
+{
+    return opt.color ? code : "";
+}
+#define BOLD  C("\033[1m")
+#define DIM   C("\033[2m")
+#define RED   C("\033[31m")
+#define GREEN C("\033[32m")
+#define YELL  C("\033[33m")
+#define RST   C("\033[0m")
+
+static const char *state_color(uint32_t s)
+{
+    switch (s) {
+    case TK_SHM_W_RUNNING:
+        return GREEN;
+    case TK_SHM_W_STARTING:
+    case TK_SHM_W_DRAINING:
+        return YELL;
+    case TK_SHM_W_DEAD:
+        return RED;
+    default:
+        return "";
+    }
+}
+
+static int live_state(uint32_t s)
+{
+    return s == TK_SHM_W_STARTING || s == TK_SHM_W_RUNNING || s == TK_SHM_W_DRAINING;
+}
+
+/* 950us, 12.3ms, 1.25s */
+static const char *fmt_us(double us, char *buf, size_t len)
+{
+    if (us <= 0)
+        snprintf(buf, len, "-");
+    else if (us < 1000)
+        snprintf(buf, len, "%.0fus", us);
+    else if (us < 1e6)
+        snprintf(buf, len, "%.1fms", us / 1e3);
+    else
+        snprintf(buf, len, "%.2fs", us / 1e6);
+    return buf;
+}
+
+/* 5s, 3m07s, 2h05m, 4d03h */
+static const char *fmt_dur(double s, char *buf, size_t len)
+{
+    unsigned long long t = s > 0 ? (unsigned long long)s : 0;
+    if (t < 60)
+        snprintf(buf, len, "%llus", t);
+    else if (t < 3600)
+        snprintf(buf, len, "%llum%02llus", t / 60, t % 60);
+    else if (t < 86400)
+        snprintf(buf, len, "%lluh%02llum", t / 3600, t % 3600 / 60);
+    else
+        snprintf(buf, len, "%llud%02lluh", t / 86400, t % 86400 / 3600);
+    return buf;
+}
+
+static const char *fmt_bytes(double b, char *buf, size_t len)
+{
+    static const char *const u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int i = 0;
+    while (b >= 1024 && i < 4) {
+        b /= 1024;
+        i++;
+    }
+    snprintf(buf, len, i ? "%.1f%s" : "%.0f%s", b, u[i]);
+    return buf;
+}
+
+static const char *fmt_rate(double r, char *buf, size_t len)
+{
+    snprintf(buf, len, r >= 100 || r == 0 ? "%.0f" : "%.1f", r);
+    return buf;
+}
+
+/* "exit 0", "signal 9", "-" */
+static const char *fmt_status(int st, char *buf, size_t len)
+{
+    if (st < 0)
+        snprintf(buf, len, "-");
+    else if ((st & 0x7f) == 0)
+        snprintf(buf, len, "exit %d", (st >> 8) & 0xff);
+    else
+        snprintf(buf, len, "signal %d", st & 0x7f);
+    return buf;
+}
+
+static double pct(double part, double whole)
+{
+    return whole > 0 ? 100.0 * part / whole : 0.0;
+}
+
+static uint64_t errors_total(const tk_metrics_sh_t *m)
+{
+    uint64_t t = 0;
+    for (unsigned i = 0; i < TK_METRICS_ERR_N; i++)
+        t += m->errors[i];
+    return t;
+}
+
+static uint64_t gt_total(const tk_metrics_sh_t *m)
+{
+    uint64_t t = 0;
+    for (unsigned i = 0; i < TK_GT_NSTATES; i++)
+        t += m->gt_by_state[i];
+    return t;
+}
+
+/* --- reading the segment --------------------------------------------------------------- */
+
+/* Attach read-only and require a live master. On failure print why, return NULL. */
+static tk_shm_t *ctl_attach(void)
+{
+    char err[512];
+    tk_shm_t *shm = tk_shm_attach(opt.name, 0, err, sizeof(err));
+    if (!shm) {
+        fprintf(stderr, "tenkctl: %s\n", err);
+        return NULL;
+    }
+    if (!tk_shm_master_alive(shm)) {
+        fprintf(stderr,
+                "tenkctl: no tenk server named '%s' is running (the segment left by master pid "
+                "%d is stale; the next start replaces it)\n",
+                opt.name, (int)tk_shm_header(shm)->master_pid);
+        tk_shm_detach(shm);
+        return NULL;
+    }
+    return shm;
+}
+
+static void view_free(ctl_view_t *v)
+{
+    for (unsigned i = 0; i < v->nw; i++)
+        free(v->w[i].snap);
+    free(v->w);
+    free(v->total);
+    v->w = NULL;
+    v->total = NULL;
+    v->nw = 0;
+}
+
+static void view_load(ctl_view_t *v, tk_shm_t *shm)
+{
+    unsigned n = tk_shm_nslots(shm);
+    view_free(v);
+    v->shm = shm;
+    memcpy(&v->h, tk_shm_header(shm), sizeof(v->h));
+    v->w = xcalloc(n, sizeof(*v->w));
+    v->total = xcalloc(1, sizeof(*v->total));
+    v->now_sec = tk_metrics_now_sec();
+    v->now_real_ns = clock_ns(CLOCK_REALTIME);
+    v->now_mono_ns = clock_ns(CLOCK_MONOTONIC);
+    for (unsigned i = 0; i < n; i++) {
+        tk_shm_worker_sh_t w;
+        memcpy(&w, tk_shm_worker(shm, i), sizeof(w));
+        if (w.state == TK_SHM_W_EMPTY)
+            continue;
+        ctl_worker_t *cw = &v->w[v->nw++];
+        cw->slot = i;
+        cw->w = w;
+        cw->snap = xcalloc(1, sizeof(*cw->snap));
+        tk_metrics_snapshot(tk_shm_metrics(shm, i), cw->snap);
+        /* counters of dead slots stay in the totals: they only ever grow */
+        tk_metrics_merge(v->total, cw->snap);
+    }
+}
+
+static double uptime_s(const ctl_view_t *v, uint64_t since_real_ns)
+{
+    return since_real_ns && v->now_real_ns > since_real_ns
+               ? (double)(v->now_real_ns - since_real_ns) / 1e9
+               : 0.0;
+}
+
+static unsigned count_state(const ctl_view_t *v, uint32_t state, int gen_only)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < v->nw; i++)
+        if (v->w[i].w.state == state && (!gen_only || v->w[i].w.generation == v->h.generation))
+            n++;
+    return n;
+}
+
+/* --- JSON helpers ---------------------------------------------------------------------- */
+
+static void json_print(cJSON *o)
+{
+    char *s = cJSON_Print(o);
+    if (!s)
+        die_oom();
+    puts(s);
+    free(s);
+    cJSON_Delete(o);
+}
+
+static cJSON *json_rates(const tk_metrics_snap_t *s, uint64_t now_sec, size_t field)
+{
+    static const unsigned win[] = {1, 10, 60};
+    static const char *const key[] = {"1s", "10s", "60s"};
+    cJSON *o = cJSON_CreateObject();
+    for (unsigned i = 0; i < 3; i++) {
+        tk_metrics_rate_t r;
+        tk_metrics_rate(s, now_sec, win[i], &r);
+        cJSON_AddNumberToObject(o, key[i], *(double *)((char *)&r + field));
+    }
+    return o;
+}
+
+static cJSON *json_latency(const tk_metrics_snap_t *s)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "p50", tk_metrics_percentile(s, 50));
+    cJSON_AddNumberToObject(o, "p90", tk_metrics_percentile(s, 90));
+    cJSON_AddNumberToObject(o, "p99", tk_metrics_percentile(s, 99));
+    cJSON_AddNumberToObject(o, "p999", tk_metrics_percentile(s, 99.9));
+    cJSON_AddNumberToObject(o, "mean", tk_metrics_mean_us(s));
+    return o;
+}
+
+static cJSON *json_status_classes(const uint64_t st[6])
+{
+    static const char *const k[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    cJSON *o = cJSON_CreateObject();
+    for (unsigned i = 1; i < 6; i++)
+        cJSON_AddNumberToObject(o, k[i], (double)st[i]);
+    cJSON_AddNumberToObject(o, k[0], (double)st[0]);
+    return o;
+}
+
+/* The block shared by the totals and each worker in `stats --json`. */
+static void json_stats_block(cJSON *o, const tk_metrics_snap_t *s, uint64_t now_sec)
+{
+    const tk_metrics_sh_t *m = &s->m;
+    cJSON_AddNumberToObject(o, "requests_total", (double)m->requests);
+    cJSON_AddItemToObject(o, "requests_per_second",
+                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, requests)));
+    cJSON_AddItemToObject(o, "latency_us", json_latency(s));
+    cJSON_AddNumberToObject(o, "errors_total", (double)errors_total(m));
+    cJSON_AddItemToObject(o, "errors_per_second",
+                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, errors)));
+    cJSON *e = cJSON_AddObjectToObject(o, "errors");
+    for (unsigned i = 0; i < TK_METRICS_ERR_N; i++)
+        cJSON_AddNumberToObject(e, tk_metrics_err_name((tk_metrics_err_t)i), (double)m->errors[i]);
+    cJSON_AddItemToObject(o, "status", json_status_classes(m->status));
+    cJSON_AddNumberToObject(o, "bytes_in_total", (double)m->bytes_in);
+    cJSON_AddNumberToObject(o, "bytes_out_total", (double)m->bytes_out);
+    cJSON_AddItemToObject(o, "bytes_in_per_second",
+                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, bytes_in)));
+    cJSON_AddItemToObject(o, "bytes_out_per_second",
+                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, bytes_out)));
+    cJSON *c = cJSON_AddObjectToObject(o, "connections");
+    cJSON_AddNumberToObject(c, "accepted", (double)m->conns_accepted);
+    cJSON_AddNumberToObject(c, "closed", (double)m->conns_closed);
+    cJSON_AddNumberToObject(c, "open", (double)(m->conns_active + m->conns_idle));
+    cJSON_AddNumberToObject(c, "active", (double)m->conns_active);
+    cJSON_AddNumberToObject(c, "idle", (double)m->conns_idle);
+    cJSON *k = cJSON_AddObjectToObject(o, "cache");
+    cJSON_AddNumberToObject(k, "hits", (double)m->cache_hits);
+    cJSON_AddNumberToObject(k, "misses", (double)m->cache_misses);
+    cJSON_AddNumberToObject(k, "errors", (double)m->cache_errors);
+    cJSON *p = cJSON_AddObjectToObject(o, "process");
+    cJSON_AddNumberToObject(p, "rss_bytes", (double)m->rss_bytes);
+    cJSON_AddNumberToObject(p, "cpu_user_s", (double)m->cpu_user_ns / 1e9);
+    cJSON_AddNumberToObject(p, "cpu_system_s", (double)m->cpu_sys_ns / 1e9);
+}
+
+static void json_head(cJSON *o, const ctl_view_t *v)
+{
+    cJSON_AddStringToObject(o, "name", v->h.name);
+    cJSON_AddNumberToObject(o, "master_pid", v->h.master_pid);
+    cJSON_AddNumberToObject(o, "generation", (double)v->h.generation);
+    cJSON_AddNumberToObject(o, "uptime_s", uptime_s(v, v->h.created_ns));
+}
+
+static void json_worker_head(cJSON *o, const ctl_worker_t *w)
+{
+    cJSON_AddNumberToObject(o, "slot", w->slot);
+    cJSON_AddNumberToObject(o, "pid", w->w.pid);
+    cJSON_AddNumberToObject(o, "generation", (double)w->w.generation);
+    cJSON_AddStringToObject(o, "state", tk_shm_wstate_name((tk_shm_wstate_t)w->w.state));
+}
+
+/* --- status ------------------------------------------------------------------------ */
+
+static int cmd_status(ctl_view_t *v)
+{
+    char b1[32], b2[32], b3[32];
+    if (opt.json) {
+        cJSON *o = cJSON_CreateObject();
+        json_head(o, v);
+        cJSON_AddStringToObject(o, "conf_path", v->h.conf_path);
+        cJSON_AddNumberToObject(o, "workers_configured", v->h.workers);
+        cJSON_AddNumberToObject(o, "workers_running", count_state(v, TK_SHM_W_RUNNING, 1));
+        cJSON_AddBoolToObject(o, "stopping", v->h.stopping != 0);
+        cJSON_AddNumberToObject(o, "layout_version", v->h.layout_version);
+        cJSON *a = cJSON_AddArrayToObject(o, "workers");
+        for (unsigned i = 0; i < v->nw; i++) {
+            ctl_worker_t *w = &v->w[i];
+            cJSON *x = cJSON_CreateObject();
+            json_worker_head(x, w);
+            cJSON_AddNumberToObject(x, "index", w->w.index);
+            cJSON_AddNumberToObject(x, "uptime_s",
+                                    live_state(w->w.state) ? uptime_s(v, w->w.start_ns) : 0);
+            cJSON_AddNumberToObject(x, "restarts", w->w.respawns);
+            if (w->w.last_status < 0)
+                cJSON_AddNullToObject(x, "last_exit");
+            else
+                cJSON_AddStringToObject(x, "last_exit",
+                                        fmt_status(w->w.last_status, b1, sizeof(b1)));
+            uint64_t hb = w->snap->m.live.heartbeat_ns;
+            cJSON_AddNumberToObject(x, "heartbeat_age_s",
+                                    hb && v->now_mono_ns > hb ? (double)(v->now_mono_ns - hb) / 1e9
+                                                              : 0);
+            cJSON_AddBoolToObject(x, "accepting", w->snap->m.live.accepting != 0);
+            cJSON_AddItemToArray(a, x);
+        }
+        json_print(o);
+        return CTL_OK;
+    }
+    printf("%stenk '%s'%s  master pid %d  up %s  generation %llu%s\n", BOLD, v->h.name, RST,
+           (int)v->h.master_pid, fmt_dur(uptime_s(v, v->h.created_ns), b1, sizeof(b1)),
+           (unsigned long long)v->h.generation, v->h.stopping ? "  (stopping)" : "");
+    printf("%-10s%s\n", "config", v->h.conf_path[0] ? v->h.conf_path : "(defaults)");
+    printf("%-10s%u configured, %u running\n\n", "workers", v->h.workers,
+           count_state(v, TK_SHM_W_RUNNING, 1));
+    printf("%s%-5s %-8s %-4s %-9s %-8s %-9s %-10s %-10s %s%s\n", BOLD, "SLOT", "PID", "GEN",
+           "STATE", "UPTIME", "RESTARTS", "LAST EXIT", "HEARTBEAT", "ACCEPTING", RST);
+    for (unsigned i = 0; i < v->nw; i++) {
+        ctl_worker_t *w = &v->w[i];
+        int live = live_state(w->w.state);
+        uint64_t hb = w->snap->m.live.heartbeat_ns;
+        char hbs[32] = "-";
+        if (live && hb && v->now_mono_ns >= hb)
+            snprintf(hbs, sizeof(hbs), "%.1fs ago", (double)(v->now_mono_ns - hb) / 1e9);
+        printf("%-5u %-8d %-4llu %s%-9s%s %-8s %-9u %-10s %-10s %s\n", w->slot, (int)w->w.pid,
+               (unsigned long long)w->w.generation, state_color(w->w.state),
+               tk_shm_wstate_name((tk_shm_wstate_t)w->w.state), RST,
+               live ? fmt_dur(uptime_s(v, w->w.start_ns), b2, sizeof(b2)) : "-", w->w.respawns,
+               fmt_status(w->w.last_status, b3, sizeof(b3)), hbs,
+               live ? (w->snap->m.live.accepting ? "yes" : "no") : "-");
+    }
+    return CTL_OK;
+}
+
+/* --- stats -------------------------------------------------------------------------- */
+
+static int cmd_stats(ctl_view_t *v)
+{
+    const tk_metrics_snap_t *t = v->total;
+    const tk_metrics_sh_t *m = &t->m;
+    if (opt.json) {
+        cJSON *o = cJSON_CreateObject();
+        json_head(o, v);
+        json_stats_block(o, t, v->now_sec);
+        cJSON *r = cJSON_AddArrayToObject(o, "routes");
+        for (unsigned i = 0; i < TK_METRICS_MAX_ROUTES; i++) {
+            const tk_metrics_route_sh_t *rt = &m->routes[i];
+            if (!rt->name[0])
+                continue;
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddStringToObject(x, "route", rt->name);
+            cJSON_AddNumberToObject(x, "requests", (double)rt->requests);
+            cJSON_AddNumberToObject(x, "mean_latency_us",
+                                    rt->requests ? (double)rt->latency_us_sum / rt->requests : 0);
+            cJSON_AddItemToObject(x, "status", json_status_classes(rt->status));
+            cJSON_AddItemToArray(r, x);
+        }
+        cJSON *a = cJSON_AddArrayToObject(o, "workers");
+        for (unsigned i = 0; i < v->nw; i++) {
+            cJSON *x = cJSON_CreateObject();
+            json_worker_head(x, &v->w[i]);
+            json_stats_block(x, v->w[i].snap, v->now_sec);
+            cJSON_AddItemToArray(a, x);
+        }
+        json_print(o);
+        return CTL_OK;
+    }
+
+    char b[8][32];
+    tk_metrics_rate_t r[3];
+    static const unsigned win[] = {1, 10, 60};
+    for (int i = 0; i < 3; i++)
+        tk_metrics_rate(t, v->now_sec, win[i], &r[i]);
+    printf("%stenk '%s'%s  master pid %d  up %s  generation %llu  %u workers running\n\n", BOLD,
+           v->h.name, RST, (int)v->h.master_pid, fmt_dur(uptime_s(v, v->h.created_ns), b[0], 32),
+           (unsigned long long)v->h.generation, count_state(v, TK_SHM_W_RUNNING, 0));
+    printf("%s%-14s %12s %12s %12s%s\n", BOLD, "", "1s", "10s", "60s", RST);
+    printf("%-14s %12s %12s %12s\n", "requests/s", fmt_rate(r[0].requests, b[0], 32),
+           fmt_rate(r[1].requests, b[1], 32), fmt_rate(r[2].requests, b[2], 32));
+    printf("%-14s %12s %12s %12s\n", "errors/s", fmt_rate(r[0].errors, b[0], 32),
+           fmt_rate(r[1].errors, b[1], 32), fmt_rate(r[2].errors, b[2], 32));
+    printf("%-14s %12s %12s %12s\n", "bytes in/s", fmt_bytes(r[0].bytes_in, b[0], 32),
+           fmt_bytes(r[1].bytes_in, b[1], 32), fmt_bytes(r[2].bytes_in, b[2], 32));
+    printf("%-14s %12s %12s %12s\n\n", "bytes out/s", fmt_bytes(r[0].bytes_out, b[0], 32),
+           fmt_bytes(r[1].bytes_out, b[1], 32), fmt_bytes(r[2].bytes_out, b[2], 32));
+
+    uint64_t et = errors_total(m);
+    printf("%-14s %llu  (errors %llu, %.2f%%)\n", "requests", (unsigned long long)m->requests,
+           (unsigned long long)et, pct((double)et, (double)m->requests));
+    printf("%-14s p50 %s  p90 %s  p99 %s  p99.9 %s  mean %s\n", "latency",
+           fmt_us(tk_metrics_percentile(t, 50), b[0], 32),
+           fmt_us(tk_metrics_percentile(t, 90), b[1], 32),
+           fmt_us(tk_metrics_percentile(t, 99), b[2], 32),
+           fmt_us(tk_metrics_percentile(t, 99.9), b[3], 32),
+           fmt_us(tk_metrics_mean_us(t), b[4], 32));
+    printf("%-14s 1xx %llu  2xx %llu  3xx %llu  4xx %llu  5xx %llu  other %llu\n", "status",
+           (unsigned long long)m->status[1], (unsigned long long)m->status[2],
+           (unsigned long long)m->status[3], (unsigned long long)m->status[4],
+           (unsigned long long)m->status[5], (unsigned long long)m->status[0]);
+    printf("%-14s", "errors");
+    for (unsigned i = 0; i < TK_METRICS_ERR_N; i++)
+        printf(" %s %llu%s", tk_metrics_err_name((tk_metrics_err_t)i),
+               (unsigned long long)m->errors[i], i + 1 < TK_METRICS_ERR_N ? " " : "");
+    printf("\n%-14s open %llu (active %llu, idle %llu)  accepted %llu  closed %llu\n",
+           "connections", (unsigned long long)(m->conns_active + m->conns_idle),
+           (unsigned long long)m->conns_active, (unsigned long long)m->conns_idle,
+           (unsigned long long)m->conns_accepted, (unsigned long long)m->conns_closed);
+    printf("%-14s in %s  out %s\n", "bytes", fmt_bytes((double)m->bytes_in, b[0], 32),
+           fmt_bytes((double)m->bytes_out, b[1], 32));
+    if (m->cache_hits + m->cache_misses + m->cache_errors)
+        printf("%-14s hits %llu  misses %llu  errors %llu  (hit rate %.1f%%)\n", "cache",
+               (unsigned long long)m->cache_hits, (unsigned long long)m->cache_misses,
+               (unsigned long long)m->cache_errors,
+               pct((double)m->cache_hits, (double)(m->cache_hits + m->cache_misses)));
+
+    printf("\n%s%-5s %-8s %-9s %12s %10s %9s %9s %9s %8s %6s%s\n", BOLD, "SLOT", "PID", "STATE",
+           "REQUESTS", "REQ/S 10s", "P50", "P99", "P99.9", "ERRORS", "CONNS", RST);
+    for (unsigned i = 0; i < v->nw; i++) {
+        ctl_worker_t *w = &v->w[i];
+        const tk_metrics_sh_t *wm = &w->snap->m;
+        tk_metrics_rate_t wr;
+        tk_metrics_rate(w->snap, v->now_sec, 10, &wr);
+        printf("%-5u %-8d %s%-9s%s %12llu %10s %9s %9s %9s %8llu %6llu\n", w->slot, (int)w->w.pid,
+               state_color(w->w.state), tk_shm_wstate_name((tk_shm_wstate_t)w->w.state), RST,
+               (unsigned long long)wm->requests, fmt_rate(wr.requests, b[0], 32),
+               fmt_us(tk_metrics_percentile(w->snap, 50), b[1], 32),
+               fmt_us(tk_metrics_percentile(w->snap, 99), b[2], 32),
+               fmt_us(tk_metrics_percentile(w->snap, 99.9), b[3], 32),
+               (unsigned long long)errors_total(wm),
+               (unsigned long long)(wm->conns_active + wm->conns_idle));
+    }
+
+    int any = 0;
+    for (unsigned i = 0; i < TK_METRICS_MAX_ROUTES; i++) {
+        const tk_metrics_route_sh_t *rt = &m->routes[i];
+        if (!rt->name[0] || !rt->requests) /* --json lists them all */
+            continue;
+        if (!any++)
+            printf("\n%s%-32s %12s %10s %10s %8s %8s%s\n", BOLD, "ROUTE", "REQUESTS", "MEAN", "2xx",
+                   "4xx", "5xx", RST);
+        printf("%-32.32s %12llu %10s %10llu %8llu %8llu\n", rt->name,
+               (unsigned long long)rt->requests,
+               fmt_us(rt->requests ? (double)rt->latency_us_sum / rt->requests : 0, b[0], 32),
+               (unsigned long long)rt->status[2], (unsigned long long)rt->status[4],
+               (unsigned long long)rt->status[5]);
+    }
+    return CTL_OK;
+}
+
+/* --- threads ------------------------------------------------------------------------ */
+
+static int cmd_threads(ctl_view_t *v)
+{
+    tk_metrics_snap_t *live = xcalloc(1, sizeof(*live));
+    unsigned nlive = 0;
+    ctl_worker_t **lw = xcalloc(v->nw + 1, sizeof(*lw));
+    for (unsigned i = 0; i < v->nw; i++)
+        if (live_state(v->w[i].w.state)) {
+            lw[nlive++] = &v->w[i];
+            tk_metrics_merge(live, v->w[i].snap);
+        }
+    const tk_metrics_sh_t *t = &live->m;
+    uint64_t total = gt_total(t);
+
+    if (opt.json) {
+        cJSON *o = cJSON_CreateObject();
+        json_head(o, v);
+        cJSON *tt = cJSON_AddObjectToObject(o, "total");
+        cJSON *pp = cJSON_AddObjectToObject(o, "percent");
+        for (unsigned s = 0; s < TK_GT_NSTATES; s++) {
+            const char *n = tk_gt_state_name((tk_gt_state_t)s);
+            cJSON_AddNumberToObject(tt, n, (double)t->gt_by_state[s]);
+            cJSON_AddNumberToObject(pp, n, pct((double)t->gt_by_state[s], (double)total));
+        }
+        cJSON_AddNumberToObject(o, "threads", (double)total);
+        cJSON_AddNumberToObject(o, "created", (double)t->gt_created);
+        cJSON_AddNumberToObject(o, "switches", (double)t->gt_switches);
+        cJSON_AddNumberToObject(o, "long_runs", (double)t->gt_long_runs);
+        cJSON_AddNumberToObject(o, "stack_reserved_bytes", (double)t->stack_reserved);
+        cJSON_AddNumberToObject(o, "stack_resident_bytes", (double)t->stack_resident);
+        cJSON *a = cJSON_AddArrayToObject(o, "workers");
+        for (unsigned i = 0; i < nlive; i++) {
+            const tk_metrics_sh_t *m = &lw[i]->snap->m;
+            cJSON *x = cJSON_CreateObject();
+            json_worker_head(x, lw[i]);
+            cJSON *bs = cJSON_AddObjectToObject(x, "by_state");
+            for (unsigned s = 0; s < TK_GT_NSTATES; s++)
+                cJSON_AddNumberToObject(bs, tk_gt_state_name((tk_gt_state_t)s),
+                                        (double)m->gt_by_state[s]);
+            cJSON_AddNumberToObject(x, "threads", (double)gt_total(m));
+            cJSON_AddNumberToObject(x, "created", (double)m->gt_created);
+            cJSON_AddNumberToObject(x, "switches", (double)m->gt_switches);
+            cJSON_AddNumberToObject(x, "long_runs", (double)m->gt_long_runs);
+            cJSON_AddNumberToObject(x, "stack_reserved_bytes", (double)m->stack_reserved);
+            cJSON_AddNumberToObject(x, "stack_resident_bytes", (double)m->stack_resident);
+            cJSON_AddItemToArray(a, x);
+        }
+        json_print(o);
+        free(lw);
+        free(live);
+        return CTL_OK;
+    }
+
+    char b[2][32], hdr[32];
+    printf("%sgreen threads of tenk '%s' by state%s (%u live workers)\n\n", BOLD, v->h.name, RST,
+           nlive);
+    printf("%s%-14s", BOLD, "STATE");
+    for (unsigned i = 0; i < nlive; i++) {
+        snprintf(hdr, sizeof(hdr), "w%u:%d", lw[i]->slot, (int)lw[i]->w.pid);
+        printf(" %12s", hdr);
+    }
+    printf(" %12s %8s%s\n", "TOTAL", "%", RST);
+    for (unsigned s = 0; s <= TK_GT_NSTATES; s++) {
+        int sum = s == TK_GT_NSTATES;
+        printf("%s%-14s", sum ? BOLD : "", sum ? "total" : tk_gt_state_name((tk_gt_state_t)s));
+        for (unsigned i = 0; i < nlive; i++) {
+            const tk_metrics_sh_t *m = &lw[i]->snap->m;
+            printf(" %12llu", (unsigned long long)(sum ? gt_total(m) : m->gt_by_state[s]));
+        }
+        uint64_t n = sum ? total : t->gt_by_state[s];
+        printf(" %12llu %7.1f%%%s\n", (unsigned long long)n, pct((double)n, (double)total),
+               sum ? RST : "");
+    }
+    printf("\n");
+    static const struct {
+        const char *label;
+        size_t off;
+        int bytes;
+    } rows[] = {
+        {"created", offsetof(tk_metrics_sh_t, gt_created), 0},
+        {"switches", offsetof(tk_metrics_sh_t, gt_switches), 0},
+        {"long runs", offsetof(tk_metrics_sh_t, gt_long_runs), 0},
+        {"stack reserved", offsetof(tk_metrics_sh_t, stack_reserved), 1},
+        {"stack resident", offsetof(tk_metrics_sh_t, stack_resident), 1},
+    };
+    for (unsigned k = 0; k < sizeof(rows) / sizeof(rows[0]); k++) {
+        printf("%-14s", rows[k].label);
+        for (unsigned i = 0; i < nlive; i++) {
+            uint64_t x = *(const uint64_t *)((const char *)&lw[i]->snap->m + rows[k].off);
+            if (rows[k].bytes)
+                printf(" %12s", fmt_bytes((double)x, b[0], 32));
+            else
+                printf(" %12llu", (unsigned long long)x);
+        }
+        uint64_t x = *(const uint64_t *)((const char *)t + rows[k].off);
+        if (rows[k].bytes)
+            printf(" %12s\n", fmt_bytes((double)x, b[1], 32));
+        else
+            printf(" %12llu\n", (unsigned long long)x);
+    }
+    free(lw);
+    free(live);
+    return CTL_OK;
+}
+
+/* --- db ----------------------------------------------------------------------------- */
+
+static int cmd_db(ctl_view_t *v)
+{
+    const tk_broker_sh_t *b = tk_shm_broker(v->shm);
+    if (b->magic != TK_BROKER_MAGIC || b->size != sizeof(tk_broker_sh_t)) {
+        if (opt.json) {
+            cJSON *o = cJSON_CreateObject();
+            json_head(o, v);
+            cJSON_AddBoolToObject(o, "configured", 0);
+            json_print(o);
+        } else
+            printf("database: not configured\n");
+        return CTL_OK;
+    }
+    tk_broker_stats_t st;
+    tk_broker_stats(b, -1, &st);
+    uint32_t max_open = b->max_open, nfree = b->nfree, qlen = b->qlen, qhwm = b->qhwm;
+    double avg_wait_us = st.wait_count ? (double)st.wait_ns / 1e3 / (double)st.wait_count : 0;
+
+    if (opt.json) {
+        cJSON *o = cJSON_CreateObject();
+        json_head(o, v);
+        cJSON_AddBoolToObject(o, "configured", 1);
+        cJSON_AddNumberToObject(o, "max_open", max_open);
+        cJSON_AddNumberToObject(o, "max_idle", b->max_idle);
+        cJSON_AddNumberToObject(o, "open", (double)st.open);
+        cJSON_AddNumberToObject(o, "in_use", (double)st.in_use);
+        cJSON_AddNumberToObject(o, "idle", (double)st.idle);
+        cJSON_AddNumberToObject(o, "free_slots", nfree);
+        cJSON_AddNumberToObject(o, "waiting", qlen);
+        cJSON_AddNumberToObject(o, "waiting_high_water", qhwm);
+        cJSON_AddNumberToObject(o, "wait_count", (double)st.wait_count);
+        cJSON_AddNumberToObject(o, "wait_duration_us", (double)st.wait_ns / 1e3);
+        cJSON_AddNumberToObject(o, "max_idle_closed", (double)st.max_idle_closed);
+        cJSON_AddNumberToObject(o, "max_idle_time_closed", (double)st.max_idle_time_closed);
+        cJSON_AddNumberToObject(o, "max_lifetime_closed", (double)st.max_lifetime_closed);
+        cJSON_AddNumberToObject(o, "acquires", (double)st.acquires);
+        cJSON_AddNumberToObject(o, "acquire_timeouts", (double)st.acquire_timeouts);
+        cJSON_AddNumberToObject(o, "queue_full", (double)st.queue_full);
+        cJSON_AddNumberToObject(o, "query_timeouts", (double)st.query_timeouts);
+        cJSON_AddNumberToObject(o, "connect_errors", (double)st.connect_errors);
+        cJSON_AddNumberToObject(o, "errors_closed", (double)st.errors_closed);
+        cJSON_AddNumberToObject(o, "handoffs_local", (double)st.handoffs_local);
+        cJSON_AddNumberToObject(o, "handoffs_remote", (double)st.handoffs_remote);
+        cJSON *h = cJSON_AddArrayToObject(o, "wait_histogram");
+        for (int i = 0; i < TK_BROKER_HIST_BUCKETS; i++) {
+            cJSON *x = cJSON_CreateObject();
+            uint64_t le = tk_broker_hist_bound_us(i);
+            if (le == UINT64_MAX)
+                cJSON_AddStringToObject(x, "le_us", "+Inf");
+            else
+                cJSON_AddNumberToObject(x, "le_us", (double)le);
+            cJSON_AddNumberToObject(x, "count", (double)st.wait_hist[i]);
+            cJSON_AddItemToArray(h, x);
+        }
+        cJSON *a = cJSON_AddArrayToObject(o, "workers");
+        for (unsigned i = 0; i < v->nw; i++) {
+            ctl_worker_t *w = &v->w[i];
+            if (!live_state(w->w.state) || w->slot >= TK_BROKER_MAX_WORKERS)
+                continue;
+            tk_broker_stats_t ws;
+            tk_broker_stats(b, (int)w->slot, &ws);
+            cJSON *x = cJSON_CreateObject();
+            json_worker_head(x, w);
+            cJSON_AddNumberToObject(x, "open", (double)ws.open);
+            cJSON_AddNumberToObject(x, "in_use", (double)ws.in_use);
+            cJSON_AddNumberToObject(x, "idle", (double)ws.idle);
+            cJSON_AddNumberToObject(x, "waiting", b->workers[w->slot].nwaiting);
+            cJSON_AddNumberToObject(x, "wait_count", (double)ws.wait_count);
+            cJSON_AddNumberToObject(x, "acquires", (double)ws.acquires);
+            cJSON_AddItemToArray(a, x);
+        }
+        json_print(o);
+        return CTL_OK;
+    }
+
+    char b1[32], b2[32];
+    printf("%sdatabase pool of tenk '%s'%s  (db.max_open %u, db.max_idle %u)\n\n", BOLD, v->h.name,
+           RST, max_open, b->max_idle);
+    printf("%-16s open %llu  in use %llu  idle %llu  free slots %u\n", "connections",
+           (unsigned long long)st.open, (unsigned long long)st.in_use, (unsigned long long)st.idle,
+           nfree);
+    printf("%-16s %u now (high-water %u)\n", "waiting", qlen, qhwm);
+    printf("%-16s %llu waits, %s in total, %s on average\n", "wait",
+           (unsigned long long)st.wait_count, fmt_us((double)st.wait_ns / 1e3, b1, sizeof(b1)),
+           fmt_us(avg_wait_us, b2, sizeof(b2)));
+    printf("%-16s %llu  (timeouts %llu, queue full %llu, query timeouts %llu)\n", "acquires",
+           (unsigned long long)st.acquires, (unsigned long long)st.acquire_timeouts,
+           (unsigned long long)st.queue_full, (unsigned long long)st.query_timeouts);
+    printf("%-16s max idle %llu  idle time %llu  lifetime %llu  after errors %llu\n", "closed",
+           (unsigned long long)st.max_idle_closed, (unsigned long long)st.max_idle_time_closed,
+           (unsigned long long)st.max_lifetime_closed, (unsigned long long)st.errors_closed);
+    printf("%-16s %llu  handoffs local %llu  remote %llu\n", "connect errors",
+           (unsigned long long)st.connect_errors, (unsigned long long)st.handoffs_local,
+           (unsigned long long)st.handoffs_remote);
+    printf("\n%s%-5s %-8s %8s %8s %8s %8s %10s %10s%s\n", BOLD, "SLOT", "PID", "OPEN", "IN USE",
+           "IDLE", "WAITING", "WAITS", "ACQUIRES", RST);
+    for (unsigned i = 0; i < v->nw; i++) {
+        ctl_worker_t *w = &v->w[i];
+        if (!live_state(w->w.state) || w->slot >= TK_BROKER_MAX_WORKERS)
+            continue;
+        tk_broker_stats_t ws;
+        tk_broker_stats(b, (int)w->slot, &ws);
+        printf("%-5u %-8d %8llu %8llu %8llu %8u %10llu %10llu\n", w->slot, (int)w->w.pid,
+               (unsigned long long)ws.open, (unsigned long long)ws.in_use,
+               (unsigned long long)ws.idle, b->workers[w->slot].nwaiting,
+               (unsigned long long)ws.wait_count, (unsigned long long)ws.acquires);
+    }
+    return CTL_OK;
+}
+
+/* --- top ---------------------------------------------------------------------------- */
+
+static volatile sig_atomic_t top_quit, top_resized;
+static struct termios top_saved;
+static int top_raw;
+
+static void top_on_signal(int sig)
+{
+    if (sig == SIGWINCH)
+        top_resized = 1;
+    else
+        top_quit = 1;
+}
+
+static void top_restore(void)
+{
+    if (!top_raw)
+        return;
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &top_saved);
+    /* show the cursor, leave the alternate screen */
+    fputs("\033[?25h\033[?1049l", stdout);
+    fflush(stdout);
+    top_raw = 0;
+}
+
+/* One frame, assembled as plain lines first so clipping to the width is exact;
+ * a line's first `bold` characters are drawn bold. */
+typedef struct {
+    char text[512];
+    int bold; /* leading characters to draw bold; -1 = the whole line inverse */
+    int warn; /* draw the rest in red */
+} top_line_t;
+
+typedef struct {
+    top_line_t l[128];
+    int n;
+} top_frame_t;
+
+static void top_add(top_frame_t *f, int bold, int warn, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void top_add(top_frame_t *f, int bold, int warn, const char *fmt, ...)
+{
+    if (f->n >= (int)(sizeof(f->l) / sizeof(f->l[0])))
+        return;
+    top_line_t *l = &f->l[f->n++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(l->text, sizeof(l->text), fmt, ap);
+    va_end(ap);
+    l->bold = bold;
+    l->warn = warn;
+}
+
+/* Per-slot values of the previous frame, for CPU% and recent latency. */
+typedef struct {
+    uint64_t cpu_ns[TK_SHM_MAX_SLOTS];
+    uint64_t mono_ns;
+    tk_metrics_snap_t *prev_total;
+    int have;
+} top_prev_t;
+
+static void top_build(top_frame_t *f, ctl_view_t *v, top_prev_t *p)
+{
+    char b[10][32];
+    const tk_metrics_snap_t *t = v->total;
+    const tk_metrics_sh_t *m = &t->m;
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    f->n = 0;
+
+    top_add(f, -1, 0,
+            "tenk '%s'  master %d  generation %llu  up %s  %u/%u workers running  %02d:%02d:%02d",
+            v->h.name, (int)v->h.master_pid, (unsigned long long)v->h.generation,
+            fmt_dur(uptime_s(v, v->h.created_ns), b[0], 32), count_state(v, TK_SHM_W_RUNNING, 1),
+            v->h.workers, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    top_add(f, 0, 0, "%s", "");
+
+    tk_metrics_rate_t r1, r10, r60;
+    tk_metrics_rate(t, v->now_sec, 1, &r1);
+    tk_metrics_rate(t, v->now_sec, 10, &r10);
+    tk_metrics_rate(t, v->now_sec, 60, &r60);
+    top_add(f, 12, 0, "%-12s 1s %-10s 10s %-10s 60s %-10s total %llu", "requests/s",
+            fmt_rate(r1.requests, b[0], 32), fmt_rate(r10.requests, b[1], 32),
+            fmt_rate(r60.requests, b[2], 32), (unsigned long long)m->requests);
+
+    /* latency over the last refresh interval when there is one, else since start */
+    tk_metrics_snap_t *d = xcalloc(1, sizeof(*d));
+    const char *window = "since start";
+    uint64_t dn = 0;
+    if (p->have) {
+        for (unsigned i = 0; i < TK_METRICS_NBUCKETS; i++) {
+            uint64_t a = m->hist[i], z = p->prev_total->m.hist[i];
+            d->m.hist[i] = a > z ? a - z : 0;
+            dn += d->m.hist[i];
+        }
+    }
+    const tk_metrics_snap_t *ls = t;
+    if (dn) {
+        ls = d;
+        window = "last interval";
+    }
+    top_add(f, 12, 0, "%-12s p50 %-9s p90 %-9s p99 %-9s p99.9 %-9s (%s)", "latency",
+            fmt_us(tk_metrics_percentile(ls, 50), b[0], 32),
+            fmt_us(tk_metrics_percentile(ls, 90), b[1], 32),
+            fmt_us(tk_metrics_percentile(ls, 99), b[2], 32),
+            fmt_us(tk_metrics_percentile(ls, 99.9), b[3], 32), window);
+    free(d);
+
+    uint64_t et = errors_total(m);
+    top_add(f, 12, r10.errors > 0,
+            "%-12s %s/s (%.2f%% of requests, 10s)  parse %llu  limit %llu  timeout %llu  5xx %llu",
+            "errors", fmt_rate(r10.errors, b[0], 32), pct(r10.errors, r10.requests),
+            (unsigned long long)m->errors[TK_METRICS_ERR_PARSE],
+            (unsigned long long)m->errors[TK_METRICS_ERR_LIMIT],
+            (unsigned long long)m->errors[TK_METRICS_ERR_TIMEOUT],
+            (unsigned long long)m->errors[TK_METRICS_ERR_5XX]);
+    (void)et;
+    top_add(f, 12, 0, "%-12s open %llu  active %llu  idle %llu  accepted %llu  in %s/s  out %s/s",
+            "connections", (unsigned long long)(m->conns_active + m->conns_idle),
+            (unsigned long long)m->conns_active, (unsigned long long)m->conns_idle,
+            (unsigned long long)m->conns_accepted, fmt_bytes(r10.bytes_in, b[0], 32),
+            fmt_bytes(r10.bytes_out, b[1], 32));
+
+    /* green threads of live workers */
+    uint64_t by[TK_GT_NSTATES] = {0}, gtt = 0;
+    for (unsigned i = 0; i < v->nw; i++)
+        if (live_state(v->w[i].w.state))
+            for (unsigned s = 0; s < TK_GT_NSTATES; s++)
+                by[s] += v->w[i].snap->m.gt_by_state[s];
+    char line[512];
+    int off = snprintf(line, sizeof(line), "%-12s", "threads");
+    for (unsigned s = 0; s < TK_GT_NSTATES; s++) {
+        gtt += by[s];
+        off += snprintf(line + off, sizeof(line) - (size_t)off, " %s %llu ",
+                        tk_gt_state_name((tk_gt_state_t)s), (unsigned long long)by[s]);
+    }
+    top_add(f, 12, 0, "%s", line);
+
+    const tk_broker_sh_t *br = tk_shm_broker(v->shm);
+    if (br->magic == TK_BROKER_MAGIC && br->size == sizeof(tk_broker_sh_t)) {
+        tk_broker_stats_t st;
+        tk_broker_stats(br, -1, &st);
+        top_add(f, 12, br->qlen > 0,
+                "%-12s in use %llu  idle %llu  waiting %u  open %llu/%u  timeouts %llu", "database",
+                (unsigned long long)st.in_use, (unsigned long long)st.idle, br->qlen,
+                (unsigned long long)st.open, br->max_open, (unsigned long long)st.acquire_timeouts);
+    } else
+        top_add(f, 12, 0, "%-12s not configured", "database");
+    uint64_t lookups = m->cache_hits + m->cache_misses;
+    if (lookups || m->cache_errors)
+        top_add(f, 12, 0, "%-12s hit rate %.1f%%  hits %llu  misses %llu  errors %llu", "cache",
+                pct((double)m->cache_hits, (double)lookups), (unsigned long long)m->cache_hits,
+                (unsigned long long)m->cache_misses, (unsigned long long)m->cache_errors);
+    else
+        top_add(f, 12, 0, "%-12s no lookups", "cache");
+    top_add(f, 0, 0, "%s", "");
+
+    top_add(f, -2, 0, "%-5s %-8s %-9s %10s %9s %8s %8s %6s %7s %6s %10s", "SLOT", "PID", "STATE",
+            "REQ/S", "P99", "ERRORS", "CONNS", "GT", "CPU%", "RSS", "UPTIME");
+    double dt = p->have && v->now_mono_ns > p->mono_ns ? (double)(v->now_mono_ns - p->mono_ns) : 0;
+    for (unsigned i = 0; i < v->nw; i++) {
+        ctl_worker_t *w = &v->w[i];
+        const tk_metrics_sh_t *wm = &w->snap->m;
+        if (!live_state(w->w.state))
+            continue;
+        tk_metrics_rate_t wr;
+        tk_metrics_rate(w->snap, v->now_sec, 1, &wr);
+        uint64_t cpu = wm->cpu_user_ns + wm->cpu_sys_ns;
+        char cpus[16] = "-";
+        if (dt > 0 && w->slot < TK_SHM_MAX_SLOTS && cpu >= p->cpu_ns[w->slot])
+            snprintf(cpus, sizeof(cpus), "%.1f", 100.0 * (double)(cpu - p->cpu_ns[w->slot]) / dt);
+        top_add(f, 0, 0, "%-5u %-8d %-9s %10s %9s %8llu %8llu %6llu %7s %6s %10s", w->slot,
+                (int)w->w.pid, tk_shm_wstate_name((tk_shm_wstate_t)w->w.state),
+                fmt_rate(wr.requests, b[0], 32),
+                fmt_us(tk_metrics_percentile(w->snap, 99), b[1], 32),
+                (unsigned long long)errors_total(wm),
+                (unsigned long long)(wm->conns_active + wm->conns_idle),
+                (unsigned long long)gt_total(wm), cpus, fmt_bytes((double)wm->rss_bytes, b[2], 32),
+                fmt_dur(uptime_s(v, w->w.start_ns), b[3], 32));
+    }
+
+    /* remember this frame */
+    for (unsigned i = 0; i < v->nw; i++)
+        if (v->w[i].slot < TK_SHM_MAX_SLOTS)
+            p->cpu_ns[v->w[i].slot] = v->w[i].snap->m.cpu_user_ns + v->w[i].snap->m.cpu_sys_ns;
+    p->mono_ns = v->now_mono_ns;
+    memcpy(p->prev_total, t, sizeof(*t));
+    p->have = 1;
+}
+
+/* Draw the frame at the top-left, each line clipped to cols, rest cleared. */
+static void top_draw(const top_frame_t *f, int rows, int cols, int plain)
+{
+    size_t cap = (size_t)(rows + 2) * ((size_t)cols + 32) + 64;
+    char *out = xcalloc(1, cap);
+    size_t o = 0;
+#define PUT(...) o += (size_t)snprintf(out + o, cap - o, __VA_ARGS__)
+    if (!plain)
+        PUT("\033[H");
+    int maxl = plain ? f->n : rows - 1; /* keep the last row for the key hint */
+    for (int i = 0; i < f->n && i < maxl; i++) {
+        const top_line_t *l = &f->l[i];
+        int len = (int)strlen(l->text);
+        if (len > cols)
+            len = cols;
+        if (plain) {
+            PUT("%.*s\n", len, l->text);
+            continue;
+        }
+        if (l->bold == -1) /* title: the full width in inverse video */
+            PUT("\033[7m%.*s%*s\033[0m", len, l->text, cols - len, "");
+        else if (l->bold == -2)
+            PUT("\033[1m%.*s\033[0m", len, l->text);
+        else {
+            int bl = l->bold < len ? l->bold : len;
+            PUT("\033[1m%.*s\033[0m%s%.*s\033[0m", bl, l->text, l->warn ? "\033[31m" : "", len - bl,
+                l->text + bl);
+        }
+        PUT("\033[K\r\n");
+    }
+    if (!plain) {
+        PUT("\033[J\033[%d;1H\033[2mq: quit%s\033[0m\033[K", rows,
+            cols >= 40 ? "   refresh: 1 s" : "");
+    }
+#undef PUT
+    fwrite(out, 1, o, stdout);
+    fflush(stdout);
+    free(out);
+}
+
+static int cmd_top(tk_shm_t *shm)
+{
+    ctl_view_t v = {0};
+    top_prev_t *p = xcalloc(1, sizeof(*p));
+    p->prev_total = xcalloc(1, sizeof(*p->prev_total));
+    top_frame_t *f = xcalloc(1, sizeof(*f));
+    int rc = CTL_OK;
+
+    if (opt.once || !isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) {
+        if (!opt.once) {
+            fprintf(stderr, "tenkctl: top needs a terminal (use 'top --once' for one frame)\n");
+            rc = CTL_USAGE;
+        } else {
+            view_load(&v, shm);
+            top_build(f, &v, p);
+            top_draw(f, 0, 511, 1);
+        }
+        goto out;
+    }
+
+    if (tcgetattr(STDIN_FILENO, &top_saved) < 0) {
+        fprintf(stderr, "tenkctl: tcgetattr() failed: %s\n", strerror(errno));
+        rc = CTL_FAIL;
+        goto out;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = top_on_signal; /* no SA_RESTART: poll() wakes up with EINTR */
+    sigaction(SIGWINCH, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    struct termios raw = top_saved;
+    raw.c_lflag &= (tcflag_t) ~(ICANON | ECHO);
+    raw.c_cc[VMIN] = 0;
+    raw.c_cc[VTIME] = 0;
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &raw);
+    top_raw = 1;
+    atexit(top_restore);
+    fputs("\033[?1049h\033[?25l\033[2J", stdout); /* alternate screen, hide the cursor */
+
+    uint64_t next = 0;
+    while (!top_quit) {
+        uint64_t now = clock_ns(CLOCK_MONOTONIC);
+        if (now >= next || top_resized) {
+            struct winsize ws;
+            int rows = 24, cols = 80;
+            if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0) {
+                rows = ws.ws_row;
+                cols = ws.ws_col;
+            }
+            if (top_resized)
+                fputs("\033[2J", stdout);
+            if (now >= next) {
+                if (!tk_shm_master_alive(shm)) {
+                    top_restore();
+                    fprintf(stderr, "tenkctl: tenk '%s' stopped\n", opt.name);
+                    rc = CTL_FAIL;
+                    goto out;
+                }
+                view_load(&v, shm);
+                top_build(f, &v, p);
+                next = now + 1000000000ull;
+            }
+            top_resized = 0;
+            top_draw(f, rows, cols, 0);
+        }
+        uint64_t wait_ms = next > now ? (next - now) / 1000000u + 1 : 0;
+        struct pollfd pfd = {.fd = STDIN_FILENO, .events = POLLIN};
+        int n = poll(&pfd, 1, (int)wait_ms);
+        if (n > 0) {
+            char buf[64];
+            ssize_t k = read(STDIN_FILENO, buf, sizeof(buf));
+            if (k == 0)
+                top_quit = 1; /* the terminal went away */
+            for (ssize_t i = 0; i < k; i++)
+                if (buf[i] == 'q' || buf[i] == 'Q' || buf[i] == 3 /* ^C */)
+                    top_quit = 1;
+        }
+    }
+    top_restore();
+out:
+    view_free(&v);
+    free(p->prev_total);
+    free(p);
+    free(f);
+    return rc;
+}
+
+/* --- reload / stop ------------------------------------------------------------------ */
+
+static int ctl_signal_master(tk_shm_t *shm, int sig)
+{
+    pid_t pid = tk_shm_header(shm)->master_pid;
+    if (kill(pid, sig) < 0) {
+        if (errno == EPERM)
+            fprintf(stderr,
+                    "tenkctl: permission denied signalling master pid %d: run as its user or "
+                    "root\n",
+                    (int)pid);
+        else
+            fprintf(stderr, "tenkctl: kill(%d, %s) failed: %s\n", (int)pid, strsignal(sig),
+                    strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* SIGHUP, then wait for the master's verdict (reload_seq moves) and for the new
+ * generation's workers to accept. */
+static int cmd_reload(tk_shm_t *shm)
+{
+    tk_shm_header_sh_t *h = tk_shm_header(shm);
+    uint64_t seq0 = __atomic_load_n(&h->reload_seq, __ATOMIC_ACQUIRE);
+    uint64_t gen0 = __atomic_load_n(&h->generation, __ATOMIC_ACQUIRE);
+    double timeout = opt.timeout_s >= 0 ? opt.timeout_s : 60;
+    uint64_t deadline = clock_ns(CLOCK_MONOTONIC) + (uint64_t)(timeout * 1e9);
+
+    if (ctl_signal_master(shm, SIGHUP) < 0)
+        return CTL_FAIL;
+    for (;;) {
+        if (__atomic_load_n(&h->reload_seq, __ATOMIC_ACQUIRE) != seq0)
+            break;
+        if (!tk_shm_master_alive(shm)) {
+            fprintf(stderr, "tenkctl: the master (pid %d) exited during the reload\n",
+                    (int)h->master_pid);
+            return CTL_FAIL;
+        }
+        if (clock_ns(CLOCK_MONOTONIC) >= deadline) {
+            fprintf(stderr, "tenkctl: no reload outcome after %.0f s (still generation %llu)\n",
+                    timeout, (unsigned long long)gen0);
+            return CTL_FAIL;
+        }
+        sleep_ms(20);
+    }
+    if (!__atomic_load_n(&h->reload_ok, __ATOMIC_ACQUIRE)) {
+        char why[TK_SHM_ERROR_MAX];
+        memcpy(why, h->reload_error, sizeof(why));
+        why[sizeof(why) - 1] = '\0';
+        if (opt.json) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddBoolToObject(o, "ok", 0);
+            cJSON_AddStringToObject(o, "error", why);
+            cJSON_AddNumberToObject(o, "generation", (double)h->generation);
+            json_print(o);
+        }
+        fprintf(stderr, "tenkctl: reload of '%s' failed, still running generation %llu: %s\n",
+                opt.name, (unsigned long long)h->generation, why);
+        return CTL_FAIL;
+    }
+    uint64_t gen = __atomic_load_n(&h->generation, __ATOMIC_ACQUIRE);
+    unsigned want = h->workers, running = 0;
+    /* the master reports success once the new generation accepts; confirm it */
+    for (;;) {
+        running = 0;
+        for (unsigned i = 0; i < tk_shm_nslots(shm); i++) {
+            tk_shm_worker_sh_t *w = tk_shm_worker(shm, i);
+            if (__atomic_load_n(&w->state, __ATOMIC_ACQUIRE) == TK_SHM_W_RUNNING &&
+                w->generation == gen)
+                running++;
+        }
+        if (running >= want || clock_ns(CLOCK_MONOTONIC) >= deadline)
+            break;
+        sleep_ms(20);
+    }
+    if (opt.json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddBoolToObject(o, "ok", running >= want);
+        cJSON_AddNumberToObject(o, "generation", (double)gen);
+        cJSON_AddNumberToObject(o, "workers_running", running);
+        cJSON_AddNumberToObject(o, "workers_configured", want);
+        json_print(o);
+    } else if (running >= want)
+        printf("reloaded '%s': generation %llu, %u workers running\n", opt.name,
+               (unsigned long long)gen, running);
+    if (running < want) {
+        fprintf(stderr, "tenkctl: generation %llu has only %u of %u workers running\n",
+                (unsigned long long)gen, running, want);
+        return CTL_FAIL;
+    }
+    return CTL_OK;
+}
+
+/* SIGTERM (fast) or SIGQUIT (graceful), then wait for the master to be gone. */
+static int cmd_stop(tk_shm_t *shm)
+{
+    pid_t pid = tk_shm_header(shm)->master_pid;
+    double timeout = opt.timeout_s >= 0 ? opt.timeout_s : (opt.graceful ? 90 : 30);
+    uint64_t t0 = clock_ns(CLOCK_MONOTONIC);
+    uint64_t deadline = t0 + (uint64_t)(timeout * 1e9);
+    if (ctl_signal_master(shm, opt.graceful ? SIGQUIT : SIGTERM) < 0)
+        return CTL_FAIL;
+    while (tk_shm_master_alive(shm)) {
+        if (clock_ns(CLOCK_MONOTONIC) >= deadline) {
+            fprintf(stderr, "tenkctl: master pid %d still running %.0f s after %s\n", (int)pid,
+                    timeout, opt.graceful ? "SIGQUIT" : "SIGTERM");
+            return CTL_FAIL;
+        }
+        sleep_ms(20);
+    }
+    double took = (double)(clock_ns(CLOCK_MONOTONIC) - t0) / 1e9;
+    if (opt.json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddBoolToObject(o, "ok", 1);
+        cJSON_AddNumberToObject(o, "master_pid", pid);
+        cJSON_AddNumberToObject(o, "seconds", took);
+        json_print(o);
+    } else
+        printf("stopped '%s' (master pid %d) in %.1f s\n", opt.name, (int)pid, took);
+    return CTL_OK;
+}
+
+/* --- main --------------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: tenkctl [-n NAME] [--color|--no-color] COMMAND [--json]\n"
+            "\n"
+            "Reads the shared memory of the tenkd instance NAME (default '%s'; also $TENK_NAME);\n"
+            "needs no HTTP port.\n"
+            "\n"
+            "commands:\n"
+            "  status              master pid, uptime, generation, config, workers\n"
+            "  stats               requests/s (1/10/60 s), latency percentiles, errors, bytes,\n"
+            "                      connections, per worker and per route\n"
+            "  threads             green threads by scheduler state, per worker and in total\n"
+            "  db                  database connection pool (broker) statistics\n"
+            "  top [--once]        live view refreshing every second; q quits\n"
+            "  reload [--timeout S]          SIGHUP; waits for the new generation or the error\n"
+            "  stop [--graceful] [--timeout S]  SIGTERM (SIGQUIT with --graceful); waits for exit\n"
+            "\n"
+            "--json prints one JSON object. Exit status: 0 ok, 1 failure (no such server,\n"
+            "permission denied, layout version mismatch, reload refused, timeout), 2 usage.\n",
+            CTL_DEFAULT_NAME);
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = NULL;
+    const char *env = getenv("TENK_NAME");
+    if (env && *env)
+        opt.name = env;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-n") || !strcmp(a, "--name")) {
+            if (++i >= argc) {
+                fprintf(stderr, "tenkctl: %s needs a name\n", a);
+                return CTL_USAGE;
+            }
+            opt.name = argv[i];
+        } else if (!strncmp(a, "--name=", 7))
+            opt.name = a + 7;
+        else if (!strcmp(a, "--json"))
+            opt.json = 1;
+        else if (!strcmp(a, "--color"))
+            opt.color = 1;
+        else if (!strcmp(a, "--no-color"))
+            opt.color = 0;
+        else if (!strcmp(a, "--graceful"))
+            opt.graceful = 1;
+        else if (!strcmp(a, "--once"))
+            opt.once = 1;
+        else if (!strcmp(a, "--timeout") || !strncmp(a, "--timeout=", 10)) {
+            const char *s = a[9] == '=' ? a + 10 : (++i < argc ? argv[i] : NULL);
+            char *end;
+            if (!s || (opt.timeout_s = strtod(s, &end), *end || opt.timeout_s < 0)) {
+                fprintf(stderr, "tenkctl: --timeout needs a number of seconds\n");
+                return CTL_USAGE;
+            }
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help") || !strcmp(a, "help")) {
+            usage(stdout);
+            return CTL_OK;
+        } else if (!strcmp(a, "-V") || !strcmp(a, "--version")) {
+            printf("tenkctl %s (shared-memory layout %u)\n", PACKAGE_VERSION,
+                   TK_SHM_LAYOUT_VERSION);
+            return CTL_OK;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "tenkctl: unknown option %s\n", a);
+            usage(stderr);
+            return CTL_USAGE;
+        } else if (!cmd)
+            cmd = a;
+        else {
+            fprintf(stderr, "tenkctl: unexpected argument '%s'\n", a);
+            return CTL_USAGE;
+        }
+    }
+    if (!cmd) {
+        usage(stderr);
+        return CTL_USAGE;
+    }
+    static const char *const cmds[] = {"status", "stats", "threads", "db", "top", "reload", "stop"};
+    int known = 0;
+    for (unsigned i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+        known |= !strcmp(cmd, cmds[i]);
+    if (!known) {
+        fprintf(stderr, "tenkctl: unknown command '%s'\n", cmd);
+        usage(stderr);
+        return CTL_USAGE;
+    }
+    if (opt.color < 0)
+        opt.color = isatty(STDOUT_FILENO) && !getenv("NO_COLOR") && !opt.json;
+
+    tk_shm_t *shm = ctl_attach();
+    if (!shm)
+        return CTL_FAIL;
+    int rc;
+    if (!strcmp(cmd, "top"))
+        rc = cmd_top(shm);
+    else if (!strcmp(cmd, "reload"))
+        rc = cmd_reload(shm);
+    else if (!strcmp(cmd, "stop"))
+        rc = cmd_stop(shm);
+    else {
+        ctl_view_t v = {0};
+        view_load(&v, shm);
+        if (!strcmp(cmd, "status"))
+            rc = cmd_status(&v);
+        else if (!strcmp(cmd, "stats"))
+            rc = cmd_stats(&v);
+        else if (!strcmp(cmd, "threads"))
+            rc = cmd_threads(&v);
+        else
+            rc = cmd_db(&v);
+        view_free(&v);
+    }
+    tk_shm_detach(shm);
+    return rc;
+}
