@@ -19,6 +19,7 @@
 #define TK_DB_BACKOFF_MAX_MS 500  /* a restarted database is found again well within 2 s */
 #define TK_DB_DRAIN_MS       2000 /* a cancelled query gets this long to finish */
 #define TK_DB_STEAL_GRACE_MS 50   /* an idle connection is kept this long while others queue */
+#define TK_DB_CONNECT_MS     5000 /* a connect left to the background gets this long */
 #define TK_DB_TICK_MS        100  /* maintenance timer */
 
 typedef struct {
@@ -35,6 +36,7 @@ struct tk_db_conn {
     int in_flight;          /* a query was sent and its results not all read */
     int broken;             /* unusable: close on release */
     int fresh;              /* reused from idle, no query run yet (may retry once) */
+    int poll;               /* PostgresPollingStatusType while connecting */
     char sqlstate[6];
     char errmsg[160];
     struct tk_db_conn *next; /* idle list */
@@ -215,11 +217,72 @@ static void note_error(tk_db_conn_t *c, const PGresult *r)
         c->errmsg[--n] = '\0';
 }
 
-/* Open a connection on slot, parking on its socket. NULL on failure (the
- * slot is still the caller's). */
-static tk_db_conn_t *conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st)
+/* A failed connection attempt: count it, back off (the database is
+ * probably down: later requests fail fast instead of piling up on it). */
+static void connect_failed(tk_db_conn_t *c)
+{
+    STAT(connect_errors, 1);
+    if (D.backoff_ms == 0) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "%s", c->pg ? PQerrorMessage(c->pg) : "out of memory");
+        for (char *p = msg; *p; p++)
+            if (*p == '\n')
+                *p = ' ';
+        TK_LOG(TK_LOG_WARN, "db: connect failed: %s", msg);
+    }
+    D.backoff_ms = D.backoff_ms ? D.backoff_ms * 2 : TK_DB_BACKOFF_MIN_MS;
+    if (D.backoff_ms > TK_DB_BACKOFF_MAX_MS)
+        D.backoff_ms = TK_DB_BACKOFF_MAX_MS;
+    D.down_until_ms = tk_now_ms() + D.backoff_ms;
+}
+
+/* Drive PQconnectPoll() from c->poll until done: 0 connected, -1 failed
+ * (libpq said so), -2 our deadline passed, -3 cancelled. */
+static int connect_poll(tk_db_conn_t *c, int64_t deadline_ms)
+{
+    while (c->poll != PGRES_POLLING_OK) {
+        if (c->poll == PGRES_POLLING_FAILED)
+            return -1;
+        short ev = c->poll == PGRES_POLLING_READING ? EV_READ : EV_WRITE;
+        if (tk_gt_wait_fd(PQsocket(c->pg), ev, TK_GT_WAIT_DB, deadline_ms) != 0)
+            return errno == ECANCELED ? -3 : -2;
+        c->poll = PQconnectPoll(c->pg);
+    }
+    if (PQsetnonblocking(c->pg, 1) != 0)
+        return -1;
+    D.nconnects++;
+    D.connect_ns += tk_now_ns() - c->created_ns;
+    D.backoff_ms = 0;
+    D.down_until_ms = 0;
+    return 0;
+}
+
+/* Green thread: finish a connection its requester stopped waiting for, then
+ * release it like any other (it serves the next waiter or idles). */
+static void finish_main(void *arg)
+{
+    tk_db_conn_t *c = arg;
+    int r = connect_poll(c, tk_now_ms() + TK_DB_CONNECT_MS);
+    if (r != 0) {
+        if (r == -1)
+            connect_failed(c);
+        conn_discard(c);
+        return;
+    }
+    STAT(in_use, 1); /* tk_db_release() counts it off */
+    tk_db_release(c);
+}
+
+/* Open a connection on slot, parking on its socket until deadline_ms. NULL
+ * on failure: then the slot is still the caller's, unless *kept says a
+ * background green thread took it over to finish a slow connect (the
+ * requester's deadline passed, not the database's: the work is not wasted).
+ * kept NULL: never hand over. */
+static tk_db_conn_t *conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st, int *kept)
 {
     int64_t now = tk_now_ms();
+    if (kept)
+        *kept = 0;
     if (now < D.down_until_ms) {
         *st = TK_DB_UNAVAILABLE; /* known down: don't hammer it, fail fast */
         return NULL;
@@ -235,41 +298,24 @@ static tk_db_conn_t *conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st
     /* PQconnectStart does not block on the network; host names are resolved
      * synchronously (use an address or a local socket path in db.conninfo). */
     c->pg = PQconnectStart(D.conf->db_conninfo);
-    if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD)
-        goto fail;
-    PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
-    while (ps != PGRES_POLLING_OK) {
-        if (ps == PGRES_POLLING_FAILED)
-            goto fail;
-        short ev = ps == PGRES_POLLING_READING ? EV_READ : EV_WRITE;
-        if (tk_gt_wait_fd(PQsocket(c->pg), ev, TK_GT_WAIT_DB, deadline_ms) != 0) {
-            if (errno == ECANCELED) {
-                conn_close(c);
-                *st = TK_DB_CANCELLED;
-                return NULL;
-            }
-            goto fail;
-        }
-        ps = PQconnectPoll(c->pg);
+    c->poll = PGRES_POLLING_WRITING;
+    if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
+        connect_failed(c);
+        conn_close(c);
+        *st = TK_DB_UNAVAILABLE;
+        return NULL;
     }
-    if (PQsetnonblocking(c->pg, 1) != 0)
-        goto fail;
-    D.nconnects++;
-    D.connect_ns += tk_now_ns() - c->created_ns;
-    D.backoff_ms = 0;
-    D.down_until_ms = 0;
-    return c;
-fail:
-    STAT(connect_errors, 1);
-    if (D.backoff_ms == 0)
-        TK_LOG(TK_LOG_WARN, "db: connect failed: %s",
-               c->pg ? PQerrorMessage(c->pg) : "out of memory");
-    D.backoff_ms = D.backoff_ms ? D.backoff_ms * 2 : TK_DB_BACKOFF_MIN_MS;
-    if (D.backoff_ms > TK_DB_BACKOFF_MAX_MS)
-        D.backoff_ms = TK_DB_BACKOFF_MAX_MS;
-    D.down_until_ms = tk_now_ms() + D.backoff_ms;
+    int r = connect_poll(c, deadline_ms);
+    if (r == 0)
+        return c;
+    *st = r == -3 ? TK_DB_CANCELLED : TK_DB_UNAVAILABLE;
+    if (r == -1) {
+        connect_failed(c);
+    } else if (kept && tk_gt_spawn(tk_sched_current(), "db-connect", finish_main, c) != NULL) {
+        *kept = 1;
+        return NULL;
+    }
     conn_close(c);
-    *st = TK_DB_UNAVAILABLE;
     return NULL;
 }
 
@@ -376,9 +422,11 @@ tk_db_conn_t *tk_db_acquire(tk_db_status_t *st)
         *st = TK_DB_UNAVAILABLE;
         return NULL;
     }
-    tk_db_conn_t *c = conn_open(slot, deadline, st);
+    int kept;
+    tk_db_conn_t *c = conn_open(slot, deadline, st, &kept);
     if (c == NULL) {
-        slot_discard(slot);
+        if (!kept)
+            slot_discard(slot);
         return NULL;
     }
     STAT(in_use, 1);
@@ -492,7 +540,8 @@ static int reconnect_in_place(tk_db_conn_t *c, int64_t deadline)
     PQfinish(c->pg);
     c->pg = NULL;
     STAT(open, -1);
-    tk_db_conn_t *n = conn_open(c->slot, deadline, &st);
+    /* (no background finish here: c keeps the slot) */
+    tk_db_conn_t *n = conn_open(c->slot, deadline, &st, NULL);
     if (n == NULL) {
         STAT(open, 1); /* c still counts until it is discarded */
         c->broken = 1;
@@ -747,6 +796,7 @@ int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, cons
         return -1;
     }
     D.gen = tk_broker_worker_attach(b, slot, getpid());
+    tk_broker_set_starve(b, (uint64_t)conf->db_acquire_timeout_ms * 750000u);
     D.wake_ev = event_new(base, fd, EV_READ | EV_PERSIST, on_wake, NULL);
     D.timer_ev = event_new(base, -1, EV_PERSIST, on_timer, NULL);
     if (D.wake_ev == NULL || D.timer_ev == NULL || event_add(D.wake_ev, NULL) != 0 ||

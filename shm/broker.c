@@ -277,6 +277,14 @@ void tk_broker_set_max_idle(tk_broker_sh_t *b, unsigned max_idle)
     tk_broker_unlock(b);
 }
 
+void tk_broker_set_starve(tk_broker_sh_t *b, uint64_t starve_ns)
+{
+    if (tk_broker_lock(b) != 0)
+        return;
+    b->starve_ns = starve_ns;
+    tk_broker_unlock(b);
+}
+
 static int cmp_ticket(const void *a, const void *c, void *arg)
 {
     const tk_broker_sh_t *b = arg;

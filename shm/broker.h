@@ -138,6 +138,9 @@ typedef struct {
 /* Initialise in shared memory (master, before forking). max_open is clamped to
  * 1..TK_BROKER_MAX_SLOTS. Returns 0, or -1 with errno if the mutex can't be made. */
 int tk_broker_sh_init(tk_broker_sh_t *b, unsigned max_open);
+/* The waiting time after which a queue head is served by the next release
+ * anywhere, whatever it costs (db.c sets 3/4 of db.acquire_timeout). */
+void tk_broker_set_starve(tk_broker_sh_t *b, uint64_t starve_ns);
 /* Change db.max_idle (0 = max_open). */
 void tk_broker_set_max_idle(tk_broker_sh_t *b, unsigned max_idle);
 
