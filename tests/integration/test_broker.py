@@ -324,3 +324,24 @@ def test_database_restart_fast_503_then_recovery():
         # and under load, all good again
         assert all(s == 200 for s in load(t.port, "/db", 8, 5))
     proxy.down()
+
+
+def test_tenkctl_db_agrees_with_pg_stat_activity():
+    need_db()
+    db, app = app_conninfo()
+    conf = NO_ADMIN + "[db]\nmax_open = 6\nmax_idle = 6\nacquire_timeout = 5s\n"
+    with Tenkd(workers=2, db=db, conf=conf) as t:
+        statuses = load(t.port, "/queries?queries=2", 40, 5)
+        assert all(s == 200 for s in statuses), statuses[:5]
+
+        def agree():
+            r = t.ctl("db")
+            assert r.returncode == 0, r.stderr
+            m = re.search(r"connections\s+open (\d+)\s+in use (\d+)\s+idle (\d+)", r.stdout)
+            assert m, r.stdout
+            opened, in_use, idle = map(int, m.groups())
+            return opened == backends(app) and in_use == 0 and opened == idle and 1 <= opened <= 6
+        wait_until(agree, 5, "tenkctl db to match pg_stat_activity")
+        out = t.ctl("db").stdout
+        assert "db.max_open 6" in out, out
+        assert re.search(r"acquires\s+(\d+)", out) and int(re.search(r"acquires\s+(\d+)", out).group(1)) >= 200, out
