@@ -107,14 +107,14 @@ def parse_h2load(text, logpath, per_second=False):
     r = {"errors": {}}
     m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                   r"(\d+) errored, (\d+) timeout", text)
+    failed = timeout = status = 0
     if m:
         total, started, done, ok, failed, errored, timeout = map(int, m.groups())
-        r["errors"]["failed"] = failed
-        r["errors"]["errored"] = errored
-        r["errors"]["timeout"] = timeout
     m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
     if m:
-        r["errors"]["status"] = int(m.group(3)) + int(m.group(4))
+        status = int(m.group(3)) + int(m.group(4))
+    # h2load's "failed" already counts 4xx/5xx answers and timeouts: split it, don't add it twice
+    r["errors"] = {"status": status, "timeout": timeout, "other": max(0, failed - status - timeout)}
     m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
     if m:
         r["rps"] = float(m.group(3))
