@@ -215,7 +215,10 @@ class Tenkd:
     def start(self):
         self.write_conf()
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([TENKD, "-c", self.conf_path, "--foreground"] + self.args,
+        args = list(self.args)
+        if not self.admin_port and "--admin" not in args:
+            args = ["--admin", ""] + args  # the default 127.0.0.1:6060 would collide between instances
+        self.proc = subprocess.Popen([TENKD, "-c", self.conf_path, "--foreground"] + args,
                                      stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
                                      start_new_session=True)
         if self.wait:
