@@ -111,8 +111,9 @@ static int overloaded(worker_t *w)
         /* every live, running worker counts, accepting at this instant or
          * not: one holding back for a moment is still where connections
          * should go next */
-        if (!ws || !m || ws->pid == 0 || ws->state != TK_SHM_W_RUNNING)
-            continue;
+        if (!ws || !m || ws->pid == 0 ||
+            (ws->state != TK_SHM_W_RUNNING && ws->state != TK_SHM_W_STARTING))
+            continue; /* a STARTING one counts once its heartbeat says it runs */
         uint64_t hb = __atomic_load_n(&m->live.heartbeat_ns, __ATOMIC_RELAXED);
         if (hb + 1000000000ull < now)
             continue;

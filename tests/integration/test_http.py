@@ -358,3 +358,34 @@ def test_idle_keepalive_memory():
         assert per_conn <= 1024, per_conn
         for s in socks:
             s.close()
+
+
+def test_connections_spread_across_workers():
+    """A burst of 100 connections lands on both workers, not on whichever
+    woke first: the busier one holds back (shared-memory connection counts)."""
+    with Tenkd(workers=2) as t:
+        wait_until(lambda: len(t.worker_pids()) == 2, 5, "two workers")
+        pids = t.worker_pids()
+
+        def sockets(pid):
+            n = 0
+            for fd in os.listdir("/proc/%d/fd" % pid):
+                try:
+                    if os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("socket:"):
+                        n += 1
+                except OSError:
+                    pass
+            return n
+        base = {p: sockets(p) for p in pids}
+        socks = [t.connect() for _ in range(100)]
+        for s in socks:
+            s.sendall(build_request("GET", "/plaintext"))
+        for s in socks:
+            assert Reader(s).response()[0] == 200
+        held = {p: sockets(p) - base[p] for p in pids}
+        print("connections per worker: %s" % sorted(held.values()))
+        # (a connection of the harness's readiness check may close meanwhile)
+        assert 97 <= sum(held.values()) <= 100, held
+        assert min(held.values()) >= 25, held
+        for s in socks:
+            s.close()
