@@ -1,4 +1,33 @@
-/* tenkctl.c: inspect and control a running tenkd through its shared-memory segment. */
+/* tenkctl.c: inspect and control a running tenkd through its shared-memory segment.
+ *
+ * Everything is read from /dev/shm/tenk-NAME (read-only mapping, lock-free
+ * snapshots), so it works on a server too busy to answer HTTP. reload and stop
+ * signal the master whose pid the segment records and wait for the outcome.
+ *
+ * --json output (stable: fields are only ever added). Rates are per second over
+ * the last 1/10/60 complete seconds; latencies in microseconds, from the
+ * cumulative histogram (log-linear buckets, about 3% resolution).
+ *   stats:   name, master_pid, generation, uptime_s, consistent, requests_total,
+ *            requests_per_second{1s,10s,60s}, latency_us{p50,p90,p99,p999,mean},
+ *            errors_total, errors_per_second{..}, errors{parse,limit,timeout,5xx},
+ *            status{1xx..5xx,other}, bytes_in_total, bytes_out_total,
+ *            bytes_in_per_second{..}, bytes_out_per_second{..},
+ *            connections{accepted,closed,open,active,idle}, cache{hits,misses,errors},
+ *            process{rss_bytes,cpu_user_s,cpu_system_s},
+ *            routes[{route,requests,mean_latency_us,status}],
+ *            workers[{slot,pid,generation,state, + the same fields as the totals}]
+ *   status:  name, master_pid, generation, uptime_s, conf_path, workers_configured,
+ *            workers_running, stopping, layout_version, workers[{slot,pid,generation,
+ *            state,index,uptime_s,restarts,last_exit,heartbeat_age_s,accepting}]
+ *   threads: total{STATE:n}, percent{STATE:%}, threads, created, switches, long_runs,
+ *            stack_reserved_bytes, stack_resident_bytes, workers[{.., by_state{..}}]
+ *   db:      configured, max_open, max_idle, open, in_use, idle, free_slots, waiting,
+ *            waiting_high_water, wait_count, wait_duration_us, *_closed, acquires,
+ *            acquire_timeouts, queue_full, query_timeouts, connect_errors,
+ *            handoffs_local, handoffs_remote, wait_histogram[{le_us,count}], workers[..]
+ *   reload:  ok, generation, workers_running, workers_configured (or ok=false, error)
+ *   stop:    ok, master_pid, seconds
+ * Totals include the counters of dead worker slots, so they never go down. */
 #include "config.h"
 
 #include <cjson/cJSON.h>
@@ -432,6 +461,8 @@ static int cmd_stats(ctl_view_t *v)
     if (opt.json) {
         cJSON *o = cJSON_CreateObject();
         json_head(o, v);
+        /* false if a worker died mid-update: its slot may be off by one request */
+        cJSON_AddBoolToObject(o, "consistent", !t->torn);
         json_stats_block(o, t, v->now_sec);
         cJSON *r = cJSON_AddArrayToObject(o, "routes");
         for (unsigned i = 0; i < TK_METRICS_MAX_ROUTES; i++) {

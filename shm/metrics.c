@@ -371,8 +371,7 @@ int tk_metrics_snapshot(const tk_metrics_sh_t *slot, tk_metrics_snap_t *out)
             last = s1;
             if (now - stuck_since >= 50000000ull || now - start >= 1000000000ull)
                 break;
-            /* let a preempted writer run (not sched_yield: <sched.h> is shadowed
-             * by server/sched.h on the include path) */
+            /* let a preempted writer run */
             struct timespec ts = {0, 20000};
             nanosleep(&ts, NULL);
         }
