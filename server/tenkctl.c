@@ -677,10 +677,22 @@ static int cmd_threads(ctl_view_t *v)
 
 /* --- db ----------------------------------------------------------------------------- */
 
+/* A worker attaches to the broker only when db.conninfo is set: a table no
+ * worker ever attached to means the database is not configured. */
+static int db_configured(const tk_broker_sh_t *b)
+{
+    if (b->magic != TK_BROKER_MAGIC || b->size != sizeof(tk_broker_sh_t))
+        return 0;
+    for (unsigned i = 0; i < TK_BROKER_MAX_WORKERS; i++)
+        if (__atomic_load_n(&b->workers[i].gen, __ATOMIC_RELAXED) != 0)
+            return 1;
+    return 0;
+}
+
 static int cmd_db(ctl_view_t *v)
 {
     const tk_broker_sh_t *b = tk_shm_broker(v->shm);
-    if (b->magic != TK_BROKER_MAGIC || b->size != sizeof(tk_broker_sh_t)) {
+    if (!db_configured(b)) {
         if (opt.json) {
             cJSON *o = cJSON_CreateObject();
             json_head(o, v);
@@ -927,7 +939,7 @@ static void top_build(top_frame_t *f, ctl_view_t *v, top_prev_t *p)
     top_add(f, 12, 0, "%s", line);
 
     const tk_broker_sh_t *br = tk_shm_broker(v->shm);
-    if (br->magic == TK_BROKER_MAGIC && br->size == sizeof(tk_broker_sh_t)) {
+    if (db_configured(br)) {
         tk_broker_stats_t st;
         tk_broker_stats(br, -1, &st);
         top_add(f, 12, br->qlen > 0,

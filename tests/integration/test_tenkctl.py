@@ -12,7 +12,8 @@ import subprocess
 import threading
 import time
 
-from tenkharness import TENKCTL, Tenkd, build_request, recv_response, skip, wait_until
+from tenkharness import (TENKCTL, Tenkd, build_request, need_db, recv_response, skip,
+                         wait_until)
 
 
 def _ctl_json(t, *args):
@@ -175,11 +176,27 @@ def test_status_json_agrees_with_server():
         assert abs(sum(th["percent"].values()) - (100 if th["threads"] else 0)) < 0.01
         assert t.ctl("threads").returncode == 0
 
+        # started without [db]: said plainly
+        assert _ctl_json(t, "db")["configured"] is False
+        r = t.ctl("db")
+        assert r.returncode == 0 and "database: not configured" in r.stdout, r
+
+
+def test_db_pool_view():
+    need_db()
+    with _plain(workers=2, db=None, conf="[db]\nmax_open = 7\nmax_idle = 7") as t:
+        for _ in range(20):
+            st, _, _ = t.request("GET", "/db")
+            assert st == 200, st
         db = _ctl_json(t, "db")
-        assert db.get("configured") in (True, False)
-        if db["configured"]:
-            assert db["max_open"] >= 1 and db["in_use"] <= db["open"]
-        assert t.ctl("db").returncode == 0
+        assert db["configured"] is True
+        assert db["max_open"] == 7
+        assert 1 <= db["open"] <= 7 and db["in_use"] == 0, db
+        assert db["idle"] == db["open"], db
+        assert db["acquires"] >= 1 and db["waiting"] == 0, db
+        assert sum(w["open"] for w in db["workers"]) == db["open"], db
+        r = t.ctl("db")
+        assert r.returncode == 0 and "db.max_open 7" in r.stdout, r
 
 
 def test_two_instances_never_mix():
