@@ -219,19 +219,45 @@ def test_counters_survive_a_killed_worker():
             assert t.request("GET", "/health")[0] == 200
         s0 = _stats(t)
         victim = s0["workers"][0]
-        os.kill(victim["pid"], signal.SIGKILL)
 
-        def respawned():
-            st = _ctl_json(t, "status")
-            w = [x for x in st["workers"] if x["slot"] == victim["slot"]][0]
-            return w["state"] == "running" and w["pid"] != victim["pid"] and w
-        wait_until(respawned, 5, "slot %d respawned" % victim["slot"])
-        w = respawned()
-        assert w["restarts"] == 1 and w["last_exit"] == "signal 9", w
-        s1 = _stats(t)
-        assert s1["requests_total"] >= s0["requests_total"]
-        w1 = [x for x in s1["workers"] if x["slot"] == victim["slot"]][0]
-        assert w1["requests_total"] >= victim["requests_total"]  # the slot kept its counts
+        # keep requests flowing while the worker dies (bounded: 5000 or until told)
+        stop = threading.Event()
+        done = [0]
+
+        def load():
+            n = 0
+            while not stop.is_set() and n < 5000:
+                try:
+                    if t.request("GET", "/health", timeout=2.0)[0] == 200:
+                        done[0] += 1
+                except OSError:
+                    pass  # a request in flight on the killed worker
+                n += 1
+        th = threading.Thread(target=load)
+        th.start()
+        try:
+            wait_until(lambda: done[0] >= 20, 5, "load running")
+            os.kill(victim["pid"], signal.SIGKILL)
+
+            def respawned():
+                st = _ctl_json(t, "status")
+                w = [x for x in st["workers"] if x["slot"] == victim["slot"]][0]
+                return w["state"] == "running" and w["pid"] != victim["pid"] and w
+            wait_until(respawned, 5, "slot %d respawned" % victim["slot"])
+            w = respawned()
+            assert w["restarts"] == 1 and w["last_exit"] == "signal 9", w
+            # the segment reads cleanly after a worker died at an arbitrary point
+            s1 = _stats(t)
+            assert s1["consistent"] is True
+            assert s1["requests_total"] >= s0["requests_total"] + 20
+            w1 = [x for x in s1["workers"] if x["slot"] == victim["slot"]][0]
+            assert w1["requests_total"] >= victim["requests_total"]  # the slot kept its counts
+        finally:
+            stop.set()
+            th.join(30)
+        # totals never went down and include everything answered
+        wait_until(lambda: _stats(t)["requests_total"] >= s0["requests_total"] + done[0], 5,
+                   "every answered request counted")
 
 
 def test_reload_and_stop_report_outcomes():
