@@ -772,7 +772,9 @@ def cpu_buckets(text, tool):
                 total += n
         rows = [(n * 100.0 / total, d, s, sh) for n, d, s, sh in rows] if total else []
     if tool == "perf":
-        rows = [(p, d, s, s) for p, d, s in rows]
+        # an unresolved address says little without its library
+        rows = [(p, d, s, "%s:%s" % (os.path.basename(d.split()[-1]), s) if s.startswith("0x") else s)
+                for p, d, s in rows]
     buckets, top = {}, []
     for pct, dso, sym, short in rows:
         name = "%s %s" % (dso, sym)
