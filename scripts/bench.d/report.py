@@ -188,7 +188,17 @@ def pick(doc, *names):
             return tot[0]
         vals = [v for p, v in leaves if p.split(".")[-1] == n]
         if vals:
-            return sum(vals) if "max" not in n and "high" not in n else max(vals)
+            return max(vals) if any(w in n for w in ("max", "high", "hwm")) else sum(vals)
+    return None
+
+
+def wait_ms_of(doc):
+    """The broker's total queued time in ms, whatever unit tenkctl names it in (shm: wait_ns)."""
+    for names, div in ((("wait_ns", "wait_duration_ns"), 1e6), (("wait_us", "wait_duration_us"), 1e3),
+                       (("wait_ms", "wait_duration_ms"), 1.0), (("wait_s", "wait_duration_s"), 1e-3)):
+        v = pick(doc, *names)
+        if v is not None:
+            return v / div
     return None
 
 
@@ -577,13 +587,13 @@ def report(resdir):
                 g = agg[("pool-sizing", sz)]
                 after = [load_json(os.path.join(resdir, r["raw"][:-4] + ".db-after.json")) for r in g["runs"]
                          if r["status"] == "ok"]
-                wait_ms = med([pick(d, "wait_duration_ms", "wait_duration_us", "wait_duration") for d in after])
+                wait_ms = med([wait_ms_of(d) for d in after])
                 waits = med([pick(d, "wait_count") for d in after])
-                hw = med([pick(d, "queue_high_water", "queue_max", "high_water", "queue_hwm") for d in after])
+                hw = med([pick(d, "qhwm", "queue_high_water", "queue_hwm", "high_water") for d in after])
                 n = sz.split("-")[-1]
                 rows.append([n, "%s (%s–%s)" % (f_rps(g["rps"]), f_rps(g["rps_min"]), f_rps(g["rps_max"])) +
                              (" **E**" if g["err_runs"] else ""), f_ms(g["p50"]), f_ms(g["p99"]),
-                             "–" if waits is None else "%d" % waits, "–" if wait_ms is None else "%s" % wait_ms,
+                             "–" if waits is None else "%d" % waits, "–" if wait_ms is None else f_ms(wait_ms),
                              "–" if hw is None else "%d" % hw, f_err(g["errors"])])
                 if g["rps"]:
                     data += "%s\t%.1f\t%.3f\n" % (n, g["rps"], g["p99"] or 0)
