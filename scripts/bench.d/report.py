@@ -634,17 +634,24 @@ def report(resdir):
                                               "all processes)'\nset xlabel 's'\nset ylabel 'MiB'\nset yrange "
                                               "[0:*]\nplot DATA using 1:2 with lines title 'RSS'\n", mem):
                 charts.append(("ts-memory.png", "Memory over time"))
-            # green threads: every numeric tenkctl-stats field whose name mentions threads
+            # green threads by state (tk_gt_state_name's names), added over workers; failing
+            # those, any numeric tenkctl-stats field whose path mentions threads
             thr_rows, names = [], []
+            states = ("running", "runnable", "wait_net", "wait_db", "wait_broker", "wait_cache", "sleeping",
+                      "wait_gt")
             for st in sdoc.get("stats", []):
                 doc = st.get("stats")
                 if doc is None:
                     continue
+                leaves = [(p, v) for p, v in flatten(doc) if "total" not in p.split(".")]
+                by_state = [(p, v) for p, v in leaves if p.split(".")[-1] in states]
+                if not by_state:
+                    by_state = [(p, v) for p, v in leaves
+                                if "thread" in p.lower() and not p.split(".")[-1].isdigit()]
                 vals = {}
-                for p, v in flatten(doc):
+                for p, v in by_state:
                     leaf = p.split(".")[-1]
-                    if "thread" in p.lower() and not leaf.isdigit():
-                        vals[leaf] = vals.get(leaf, 0) + v
+                    vals[leaf] = vals.get(leaf, 0) + v
                 for k in vals:
                     if k not in names:
                         names.append(k)
