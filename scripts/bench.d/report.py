@@ -10,6 +10,7 @@ the raw outputs under raw/. Standard library only; charts are drawn by gnuplot.
 """
 import csv
 import glob
+import gzip
 import json
 import os
 import re
@@ -43,8 +44,14 @@ TARGETS = [
 # ------------------------------------------------------------------ parsing
 
 def read(path):
+    """A file's text, or that of PATH.gz (scripts/bench compresses the per-request logs), or ""."""
     try:
         with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        pass
+    try:
+        with gzip.open(path + ".gz", "rt", errors="replace") as f:
             return f.read()
     except OSError:
         return ""
