@@ -836,7 +836,7 @@ def readme(root):
     agg, order = aggregate(runs)
     L = ["## Performance", ""]
     L.append("Measured by `%s` on %s: %s cores (%s), %s, Linux %s, tenk and its peers on loopback with "
-             "%s workers each, %s rounds alternated; %s. Full report: `bench/results/%s/report.md`; how to "
+             "%s workers each, %s round(s) per server, alternated; %s. Full report: `bench/results/%s/report.md`; how to "
              "read it: [bench/README.md](bench/README.md)."
              % (meta.get("command", "").strip(), meta.get("date"), meta.get("cores"), meta.get("cpu"),
                 meta.get("mem"), meta.get("kernel"), meta.get("workers"), meta.get("rounds"),
