@@ -413,7 +413,7 @@ def report(resdir):
     mode = meta.get("mode", "?")
     L.append("# tenk benchmark report — %s (%s mode)" % (meta.get("date", "?"), mode))
     L.append("")
-    L.append("Command: `%s` · %s rounds per server, alternated A B A B · %s s per closed-loop run "
+    L.append("Command: `%s` · %s round(s) per server, alternated A B A B · %s s per closed-loop run "
              "(the /users load test: %s s) · %s workers for every server"
              % (meta.get("command", "").strip(), meta.get("rounds"), meta.get("dur"), meta.get("load_dur"),
                 meta.get("workers")))
