@@ -1,0 +1,1422 @@
+/* admin.c: the admin listener's endpoints: /metrics, /debug/stats, /debug/threads, /debug/config,
+ * /dashboard. */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "broker.h"
+#include "conf.h"
+#include "handlers.h"
+#include "http_conn.h"
+#include "http_parser.h"
+#include "http_response.h"
+#include "metrics.h"
+#include "sched.h"
+#include "segment.h"
+
+/* The page, generated at build time from handlers/dashboard.html by
+ * scripts/lib/embed.sh (handlers/dashboard_html.c). */
+extern const unsigned char tk_admin_dashboard_html[];
+extern const size_t tk_admin_dashboard_html_len;
+
+enum {
+    ROUTE_METRICS = TK_ROUTE_ADMIN_FIRST,
+    ROUTE_STATS,
+    ROUTE_THREADS,
+    ROUTE_CONFIG,
+    ROUTE_DASHBOARD,
+};
+
+/* How long /debug/threads waits for the other workers' tables. */
+#define THREADS_TIMEOUT_MS 2000
+/* Threads listed per worker at most. */
+#define THREADS_LIMIT 100000
+
+/* --- the segment ---------------------------------------------------------------------- */
+
+/* The worker's own attachment is private to worker.c, so the admin side maps
+ * the segment a second time, read-only, by instance name, once per process. */
+static tk_shm_t *g_shm;
+
+static tk_shm_t *segment(const tk_http_ctx_t *ctx)
+{
+    if (!g_shm && ctx->srv && ctx->srv->conf) {
+        char err[256];
+        g_shm = tk_shm_attach(ctx->srv->conf->name, 0, err, sizeof(err));
+    }
+    return g_shm;
+}
+
+static int live_state(uint32_t s)
+{
+    return s == TK_SHM_W_STARTING || s == TK_SHM_W_RUNNING || s == TK_SHM_W_DRAINING;
+}
+
+static uint64_t clock_ns(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* A consistent copy of everything the endpoints show: the header, the worker
+ * table, one metrics snapshot per used slot and their merge. On the heap:
+ * snapshots are ~16 KiB each and green-thread stacks are small. */
+typedef struct {
+    unsigned slot;
+    tk_shm_worker_sh_t w;
+    tk_metrics_snap_t *snap;
+} view_worker_t;
+
+typedef struct {
+    tk_shm_t *shm;
+    tk_shm_header_sh_t h;
+    unsigned nw;
+    view_worker_t *w;
+    tk_metrics_snap_t *total;
+    uint64_t now_sec, now_real_ns, now_mono_ns;
+} view_t;
+
+static void view_free(view_t *v)
+{
+    for (unsigned i = 0; i < v->nw; i++)
+        free(v->w[i].snap);
+    free(v->w);
+    free(v->total);
+    memset(v, 0, sizeof(*v));
+}
+
+static int view_load(view_t *v, tk_shm_t *shm)
+{
+    memset(v, 0, sizeof(*v));
+    unsigned n = tk_shm_nslots(shm);
+    v->shm = shm;
+    memcpy(&v->h, tk_shm_header(shm), sizeof(v->h));
+    v->w = calloc(n ? n : 1, sizeof(*v->w));
+    v->total = calloc(1, sizeof(*v->total));
+    if (!v->w || !v->total) {
+        view_free(v);
+        return -1;
+    }
+    v->now_sec = tk_metrics_now_sec();
+    v->now_real_ns = clock_ns(CLOCK_REALTIME);
+    v->now_mono_ns = clock_ns(CLOCK_MONOTONIC);
+    for (unsigned i = 0; i < n; i++) {
+        tk_shm_worker_sh_t w;
+        memcpy(&w, tk_shm_worker(shm, i), sizeof(w));
+        if (w.state == TK_SHM_W_EMPTY)
+            continue;
+        view_worker_t *vw = &v->w[v->nw];
+        vw->snap = calloc(1, sizeof(*vw->snap));
+        if (!vw->snap) {
+            view_free(v);
+            return -1;
+        }
+        vw->slot = i;
+        vw->w = w;
+        v->nw++;
+        tk_metrics_snapshot(tk_shm_metrics(shm, i), vw->snap);
+        /* a dead slot's counters stay in the totals: they only ever grow */
+        tk_metrics_merge(v->total, vw->snap);
+    }
+    return 0;
+}
+
+static const tk_broker_sh_t *broker(tk_shm_t *shm)
+{
+    const tk_broker_sh_t *b = tk_shm_broker(shm);
+    return b && b->magic == TK_BROKER_MAGIC && b->size == sizeof(tk_broker_sh_t) ? b : NULL;
+}
+
+/* RSS and CPU of another process (the master) from /proc. 0 or -1. */
+static int proc_usage(pid_t pid, uint64_t *rss, double *user_s, double *sys_s)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    /* fields after the parenthesised command name, which may hold spaces */
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return -1;
+    unsigned long long ut = 0, st = 0;
+    long long rss_pages = 0;
+    /* state(3) ... utime(14) stime(15) ... rss(24) */
+    if (sscanf(p + 2,
+               "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d %*d "
+               "%*u %*u %lld",
+               &ut, &st, &rss_pages) != 3)
+        return -1;
+    double hz = (double)sysconf(_SC_CLK_TCK);
+    *user_s = (double)ut / hz;
+    *sys_s = (double)st / hz;
+    *rss = (uint64_t)(rss_pages > 0 ? rss_pages : 0) * (uint64_t)sysconf(_SC_PAGESIZE);
+    return 0;
+}
+
+/* --- authentication ---------------------------------------------------------------------- */
+
+/* Compare in time that depends only on the lengths, never on where the first
+ * difference is. */
+static int token_equal(const char *want, size_t wlen, const char *got, size_t glen)
+{
+    unsigned char d = (unsigned char)(wlen != glen);
+    for (size_t i = 0; i < wlen; i++)
+        d |= (unsigned char)want[i] ^ (unsigned char)(i < glen ? got[i] : 0);
+    return d == 0;
+}
+
+/* admin.token set: require "Authorization: Bearer TOKEN". */
+static int authorized(tk_http_ctx_t *ctx)
+{
+    const char *tok = ctx->srv && ctx->srv->conf ? ctx->srv->conf->admin_token : "";
+    if (!tok[0])
+        return 1;
+    tk_str_t h = tk_http_header(ctx, "Authorization");
+    static const char scheme[] = "Bearer ";
+    int ok = 0;
+    if (h.p && h.len > sizeof(scheme) - 1 && strncasecmp(h.p, scheme, sizeof(scheme) - 1) == 0) {
+        const char *g = h.p + sizeof(scheme) - 1;
+        size_t glen = h.len - (sizeof(scheme) - 1);
+        while (glen && *g == ' ')
+            g++, glen--;
+        ok = token_equal(tok, strlen(tok), g, glen);
+    }
+    if (!ok) {
+        tk_http_add_header(ctx, "WWW-Authenticate", "Bearer realm=\"tenk admin\"");
+        tk_http_respond_error(ctx, 401, "a valid admin token is required");
+    }
+    return ok;
+}
+
+static int get_segment(tk_http_ctx_t *ctx, view_t *v)
+{
+    tk_shm_t *shm = segment(ctx);
+    if (!shm) {
+        tk_http_respond_error(ctx, 503, "shared memory not available");
+        return -1;
+    }
+    if (view_load(v, shm) != 0) {
+        tk_http_respond_error(ctx, 500, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* --- /metrics ------------------------------------------------------------------------------ */
+
+/* Prometheus buckets (seconds) cut from the fine log-linear histogram. */
+static const double prom_le[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                 0.1,    0.25,    0.5,    1,     2.5,    5,     10,   30,    60};
+#define PROM_NLE (sizeof(prom_le) / sizeof(prom_le[0]))
+
+static void family(tk_http_buf_t *b, const char *name, const char *type, const char *help)
+{
+    tk_http_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* A label value with \, " and newline escaped. */
+static void put_label(tk_http_buf_t *b, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"')
+            tk_http_buf_printf(b, "\\%c", *s);
+        else if (*s == '\n')
+            tk_http_buf_append(b, "\\n", 2);
+        else
+            tk_http_buf_append(b, s, 1);
+    }
+}
+
+static void sample_u(tk_http_buf_t *b, const char *name, unsigned worker, uint64_t v)
+{
+    tk_http_buf_printf(b, "%s{worker=\"%u\"} %llu\n", name, worker, (unsigned long long)v);
+}
+
+static void sample_d(tk_http_buf_t *b, const char *name, unsigned worker, double v)
+{
+    tk_http_buf_printf(b, "%s{worker=\"%u\"} %.9g\n", name, worker, v);
+}
+
+/* Per-worker counter: every used slot (a dead slot's counters keep counting
+ * in its respawned successor, so each series stays monotonic). */
+static void counter_w(tk_http_buf_t *b, const view_t *v, const char *name, const char *help,
+                      size_t off)
+{
+    family(b, name, "counter", help);
+    for (unsigned i = 0; i < v->nw; i++)
+        sample_u(b, name, v->w[i].slot, *(const uint64_t *)((const char *)&v->w[i].snap->m + off));
+}
+
+/* Per-worker gauge: live workers only. */
+static void gauge_w(tk_http_buf_t *b, const view_t *v, const char *name, const char *help,
+                    size_t off)
+{
+    family(b, name, "gauge", help);
+    for (unsigned i = 0; i < v->nw; i++)
+        if (live_state(v->w[i].w.state))
+            sample_u(b, name, v->w[i].slot,
+                     *(const uint64_t *)((const char *)&v->w[i].snap->m + off));
+}
+
+static const char *const class_label[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
+
+/* "GET /users/{id}" -> method and pattern labels. */
+static void route_labels(tk_http_buf_t *b, const char *name)
+{
+    const char *sp = strchr(name, ' ');
+    char method[16] = "";
+    const char *pattern = name;
+    if (sp && (size_t)(sp - name) < sizeof(method)) {
+        memcpy(method, name, (size_t)(sp - name));
+        method[sp - name] = '\0';
+        pattern = sp + 1;
+    }
+    tk_http_buf_append_str(b, "method=\"");
+    put_label(b, method);
+    tk_http_buf_append_str(b, "\",route=\"");
+    put_label(b, pattern);
+    tk_http_buf_append_str(b, "\"");
+}
+
+static void metrics_http(tk_http_buf_t *b, const view_t *v)
+{
+    family(b, "tenk_http_requests_total", "counter",
+           "HTTP responses sent, by worker, route and status class (route \"unmatched\": no "
+           "route, e.g. 404).");
+    for (unsigned i = 0; i < v->nw; i++) {
+        const tk_metrics_sh_t *m = &v->w[i].snap->m;
+        uint64_t rest[6];
+        memcpy(rest, m->status, sizeof(rest));
+        for (unsigned r = 0; r < TK_METRICS_MAX_ROUTES; r++) {
+            const tk_metrics_route_sh_t *rt = &m->routes[r];
+            if (!rt->name[0] || !rt->requests)
+                continue;
+            for (int c = 0; c < 6; c++) {
+                if (!rt->status[c])
+                    continue;
+                rest[c] -= rt->status[c] <= rest[c] ? rt->status[c] : rest[c];
+                tk_http_buf_printf(b, "tenk_http_requests_total{worker=\"%u\",", v->w[i].slot);
+                route_labels(b, rt->name);
+                tk_http_buf_printf(b, ",code=\"%s\"} %llu\n", class_label[c],
+                                   (unsigned long long)rt->status[c]);
+            }
+        }
+        for (int c = 0; c < 6; c++)
+            if (rest[c])
+                tk_http_buf_printf(b,
+                                   "tenk_http_requests_total{worker=\"%u\",method=\"\",route="
+                                   "\"unmatched\",code=\"%s\"} %llu\n",
+                                   v->w[i].slot, class_label[c], (unsigned long long)rest[c]);
+    }
+
+    family(b, "tenk_http_route_latency_seconds_total", "counter",
+           "Sum of response times per route (divide by tenk_http_requests_total for the mean).");
+    for (unsigned i = 0; i < v->nw; i++) {
+        const tk_metrics_sh_t *m = &v->w[i].snap->m;
+        for (unsigned r = 0; r < TK_METRICS_MAX_ROUTES; r++) {
+            const tk_metrics_route_sh_t *rt = &m->routes[r];
+            if (!rt->name[0] || !rt->requests)
+                continue;
+            tk_http_buf_printf(b, "tenk_http_route_latency_seconds_total{worker=\"%u\",",
+                               v->w[i].slot);
+            route_labels(b, rt->name);
+            tk_http_buf_printf(b, "} %.6f\n", (double)rt->latency_us_sum / 1e6);
+        }
+    }
+
+    family(b, "tenk_http_request_duration_seconds", "histogram",
+           "Time from a request's first byte to its response being queued.");
+    for (unsigned i = 0; i < v->nw; i++) {
+        const tk_metrics_sh_t *m = &v->w[i].snap->m;
+        unsigned fb = 0;
+        uint64_t cum = 0;
+        for (unsigned k = 0; k < PROM_NLE; k++) {
+            /* integer µs values: bucket [lo, hi) lies at or under le when hi-1 <= le */
+            uint64_t le_us = (uint64_t)(prom_le[k] * 1e6 + 0.5);
+            for (; fb < TK_METRICS_NBUCKETS; fb++) {
+                uint64_t lo, hi;
+                tk_metrics_bucket_bounds(fb, &lo, &hi);
+                if (hi == UINT64_MAX || hi - 1 > le_us)
+                    break;
+                cum += m->hist[fb];
+            }
+            tk_http_buf_printf(
+                b, "tenk_http_request_duration_seconds_bucket{worker=\"%u\",le=\"%g\"} %llu\n",
+                v->w[i].slot, prom_le[k], (unsigned long long)cum);
+        }
+        for (; fb < TK_METRICS_NBUCKETS; fb++)
+            cum += m->hist[fb];
+        tk_http_buf_printf(b,
+                           "tenk_http_request_duration_seconds_bucket{worker=\"%u\",le=\"+Inf\"} "
+                           "%llu\n",
+                           v->w[i].slot, (unsigned long long)cum);
+        tk_http_buf_printf(b, "tenk_http_request_duration_seconds_sum{worker=\"%u\"} %.6f\n",
+                           v->w[i].slot, (double)m->latency_us_sum / 1e6);
+        tk_http_buf_printf(b, "tenk_http_request_duration_seconds_count{worker=\"%u\"} %llu\n",
+                           v->w[i].slot, (unsigned long long)cum);
+    }
+
+    counter_w(b, v, "tenk_http_request_bytes_total", "Request bytes read from clients.",
+              offsetof(tk_metrics_sh_t, bytes_in));
+    counter_w(b, v, "tenk_http_response_bytes_total", "Response bytes queued to clients.",
+              offsetof(tk_metrics_sh_t, bytes_out));
+    family(b, "tenk_http_errors_total", "counter",
+           "Requests that ended in an error, by kind (parse, limit, timeout, 5xx).");
+    for (unsigned i = 0; i < v->nw; i++)
+        for (int k = 0; k < TK_METRICS_ERR_N; k++)
+            tk_http_buf_printf(b, "tenk_http_errors_total{worker=\"%u\",kind=\"%s\"} %llu\n",
+                               v->w[i].slot, tk_metrics_err_name((tk_metrics_err_t)k),
+                               (unsigned long long)v->w[i].snap->m.errors[k]);
+
+    family(b, "tenk_connections", "gauge",
+           "Open client connections: active (a request in progress) or idle (keep-alive).");
+    for (unsigned i = 0; i < v->nw; i++) {
+        if (!live_state(v->w[i].w.state))
+            continue;
+        const tk_metrics_sh_t *m = &v->w[i].snap->m;
+        tk_http_buf_printf(b, "tenk_connections{worker=\"%u\",state=\"active\"} %llu\n",
+                           v->w[i].slot, (unsigned long long)m->conns_active);
+        tk_http_buf_printf(b, "tenk_connections{worker=\"%u\",state=\"idle\"} %llu\n", v->w[i].slot,
+                           (unsigned long long)m->conns_idle);
+    }
+    counter_w(b, v, "tenk_connections_accepted_total", "Connections accepted.",
+              offsetof(tk_metrics_sh_t, conns_accepted));
+    counter_w(b, v, "tenk_connections_closed_total", "Connections closed.",
+              offsetof(tk_metrics_sh_t, conns_closed));
+}
+
+static void metrics_sched(tk_http_buf_t *b, const view_t *v)
+{
+    family(b, "tenk_green_threads", "gauge", "Live green threads by state.");
+    for (unsigned i = 0; i < v->nw; i++) {
+        if (!live_state(v->w[i].w.state))
+            continue;
+        for (unsigned s = 0; s < TK_GT_NSTATES; s++)
+            tk_http_buf_printf(b, "tenk_green_threads{worker=\"%u\",state=\"%s\"} %llu\n",
+                               v->w[i].slot, tk_gt_state_name((tk_gt_state_t)s),
+                               (unsigned long long)v->w[i].snap->m.gt_by_state[s]);
+    }
+    counter_w(b, v, "tenk_green_threads_created_total", "Green threads created.",
+              offsetof(tk_metrics_sh_t, gt_created));
+    counter_w(b, v, "tenk_green_threads_exited_total", "Green threads that ended.",
+              offsetof(tk_metrics_sh_t, gt_exited));
+    counter_w(b, v, "tenk_green_thread_switches_total", "Context switches between green threads.",
+              offsetof(tk_metrics_sh_t, gt_switches));
+    counter_w(b, v, "tenk_green_thread_long_runs_total",
+              "Times a green thread ran longer than runtime.long_run without yielding.",
+              offsetof(tk_metrics_sh_t, gt_long_runs));
+    gauge_w(b, v, "tenk_green_thread_stack_reserved_bytes",
+            "Address space held by live and pooled green-thread stacks.",
+            offsetof(tk_metrics_sh_t, stack_reserved));
+    gauge_w(b, v, "tenk_green_thread_stack_resident_bytes",
+            "Resident memory of green-thread stacks.", offsetof(tk_metrics_sh_t, stack_resident));
+    gauge_w(b, v, "tenk_green_thread_pooled_stacks", "Stacks kept for reuse.",
+            offsetof(tk_metrics_sh_t, pooled_stacks));
+}
+
+static void metrics_process(tk_http_buf_t *b, const view_t *v)
+{
+    gauge_w(b, v, "tenk_process_resident_memory_bytes", "Resident memory of each worker process.",
+            offsetof(tk_metrics_sh_t, rss_bytes));
+    family(b, "tenk_process_cpu_seconds_total", "counter",
+           "CPU time of the processes that ran in each worker slot, by mode.");
+    for (unsigned i = 0; i < v->nw; i++) {
+        const tk_metrics_sh_t *m = &v->w[i].snap->m;
+        tk_http_buf_printf(b, "tenk_process_cpu_seconds_total{worker=\"%u\",mode=\"user\"} %.6f\n",
+                           v->w[i].slot, (double)m->cpu_user_ns / 1e9);
+        tk_http_buf_printf(b,
+                           "tenk_process_cpu_seconds_total{worker=\"%u\",mode=\"system\"} %.6f\n",
+                           v->w[i].slot, (double)m->cpu_sys_ns / 1e9);
+    }
+    family(b, "tenk_process_start_time_seconds", "gauge",
+           "Start of each live worker process since the Unix epoch.");
+    for (unsigned i = 0; i < v->nw; i++)
+        if (live_state(v->w[i].w.state))
+            sample_d(b, "tenk_process_start_time_seconds", v->w[i].slot,
+                     (double)v->w[i].snap->m.proc_start_ns / 1e9);
+    family(b, "tenk_worker_heartbeat_age_seconds", "gauge",
+           "Time since each live worker's event loop last ticked.");
+    for (unsigned i = 0; i < v->nw; i++) {
+        if (!live_state(v->w[i].w.state))
+            continue;
+        uint64_t hb = v->w[i].snap->m.live.heartbeat_ns;
+        sample_d(b, "tenk_worker_heartbeat_age_seconds", v->w[i].slot,
+                 hb && v->now_mono_ns > hb ? (double)(v->now_mono_ns - hb) / 1e9 : 0.0);
+    }
+    family(b, "tenk_worker_accepting", "gauge", "1 while the worker accepts new connections.");
+    for (unsigned i = 0; i < v->nw; i++)
+        if (live_state(v->w[i].w.state))
+            sample_u(b, "tenk_worker_accepting", v->w[i].slot, v->w[i].snap->m.live.accepting);
+    family(b, "tenk_worker_restarts_total", "counter",
+           "Times a dead worker was replaced in this slot.");
+    for (unsigned i = 0; i < v->nw; i++)
+        sample_u(b, "tenk_worker_restarts_total", v->w[i].slot, v->w[i].w.respawns);
+    family(b, "tenk_workers", "gauge", "Worker slots by state.");
+    static const tk_shm_wstate_t states[] = {TK_SHM_W_STARTING, TK_SHM_W_RUNNING, TK_SHM_W_DRAINING,
+                                             TK_SHM_W_DEAD};
+    for (size_t k = 0; k < sizeof(states) / sizeof(states[0]); k++) {
+        unsigned n = 0;
+        for (unsigned i = 0; i < v->nw; i++)
+            n += v->w[i].w.state == (uint32_t)states[k];
+        tk_http_buf_printf(b, "tenk_workers{state=\"%s\"} %u\n", tk_shm_wstate_name(states[k]), n);
+    }
+
+    uint64_t rss;
+    double us, ss;
+    if (v->h.master_pid > 0 && proc_usage(v->h.master_pid, &rss, &us, &ss) == 0) {
+        family(b, "tenk_master_resident_memory_bytes", "gauge",
+               "Resident memory of the master process.");
+        tk_http_buf_printf(b, "tenk_master_resident_memory_bytes %llu\n", (unsigned long long)rss);
+        family(b, "tenk_master_cpu_seconds_total", "counter",
+               "CPU time of the master process, by mode.");
+        tk_http_buf_printf(b, "tenk_master_cpu_seconds_total{mode=\"user\"} %.6f\n", us);
+        tk_http_buf_printf(b, "tenk_master_cpu_seconds_total{mode=\"system\"} %.6f\n", ss);
+    }
+    family(b, "tenk_start_time_seconds", "gauge", "When the master created the instance.");
+    tk_http_buf_printf(b, "tenk_start_time_seconds %.3f\n", (double)v->h.created_ns / 1e9);
+    family(b, "tenk_generation", "gauge", "Current worker generation (1 at start, +1 per reload).");
+    tk_http_buf_printf(b, "tenk_generation %llu\n", (unsigned long long)v->h.generation);
+    family(b, "tenk_reloads_total", "counter", "Reload requests (SIGHUP) handled.");
+    tk_http_buf_printf(b, "tenk_reloads_total %llu\n", (unsigned long long)v->h.reload_seq);
+}
+
+static void db_counter(tk_http_buf_t *b, const view_t *v, const tk_broker_sh_t *br,
+                       const char *name, const char *help, size_t off, double scale)
+{
+    family(b, name, "counter", help);
+    for (unsigned i = 0; i < v->nw; i++) {
+        if (v->w[i].slot >= TK_BROKER_MAX_WORKERS)
+            continue;
+        tk_broker_stats_t st;
+        tk_broker_stats(br, (int)v->w[i].slot, &st);
+        uint64_t x = *(const uint64_t *)((const char *)&st + off);
+        if (scale == 1.0)
+            sample_u(b, name, v->w[i].slot, x);
+        else
+            sample_d(b, name, v->w[i].slot, (double)x * scale);
+    }
+}
+
+/* The database pool, mirroring Go's sql.DBStats. */
+static void metrics_db(tk_http_buf_t *b, const view_t *v, const tk_broker_sh_t *br)
+{
+    family(b, "tenk_db_max_open_connections", "gauge",
+           "Connection budget shared by all workers (db.max_open).");
+    tk_http_buf_printf(b, "tenk_db_max_open_connections %u\n", br->max_open);
+    family(b, "tenk_db_max_idle_connections", "gauge",
+           "Idle connections kept at most (db.max_idle).");
+    tk_http_buf_printf(b, "tenk_db_max_idle_connections %u\n", br->max_idle);
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } gauges[] = {
+        {"tenk_db_open_connections", "Connections established or being established.",
+         offsetof(tk_broker_stats_t, open)},
+        {"tenk_db_in_use_connections", "Connections handed to a request.",
+         offsetof(tk_broker_stats_t, in_use)},
+        {"tenk_db_idle_connections", "Open connections not in use.",
+         offsetof(tk_broker_stats_t, idle)},
+    };
+    for (size_t k = 0; k < sizeof(gauges) / sizeof(gauges[0]); k++) {
+        family(b, gauges[k].name, "gauge", gauges[k].help);
+        for (unsigned i = 0; i < v->nw; i++) {
+            if (!live_state(v->w[i].w.state) || v->w[i].slot >= TK_BROKER_MAX_WORKERS)
+                continue;
+            tk_broker_stats_t st;
+            tk_broker_stats(br, (int)v->w[i].slot, &st);
+            sample_u(b, gauges[k].name, v->w[i].slot,
+                     *(const uint64_t *)((const char *)&st + gauges[k].off));
+        }
+    }
+    family(b, "tenk_db_waiting", "gauge", "Green threads queued for a connection slot.");
+    for (unsigned i = 0; i < v->nw; i++)
+        if (live_state(v->w[i].w.state) && v->w[i].slot < TK_BROKER_MAX_WORKERS)
+            sample_u(b, "tenk_db_waiting", v->w[i].slot,
+                     __atomic_load_n(&br->workers[v->w[i].slot].nwaiting, __ATOMIC_RELAXED));
+    family(b, "tenk_db_waiting_high_water", "gauge", "Longest the wait queue has been.");
+    tk_http_buf_printf(b, "tenk_db_waiting_high_water %u\n",
+                       __atomic_load_n(&br->qhwm, __ATOMIC_RELAXED));
+    db_counter(b, v, br, "tenk_db_wait_count_total", "Acquisitions that had to queue.",
+               offsetof(tk_broker_stats_t, wait_count), 1.0);
+    db_counter(b, v, br, "tenk_db_wait_duration_seconds_total", "Total time spent queued.",
+               offsetof(tk_broker_stats_t, wait_ns), 1e-9);
+    db_counter(b, v, br, "tenk_db_max_idle_closed_total",
+               "Connections closed because db.max_idle idle ones existed.",
+               offsetof(tk_broker_stats_t, max_idle_closed), 1.0);
+    db_counter(b, v, br, "tenk_db_max_idle_time_closed_total",
+               "Connections closed after db.max_idle_time unused.",
+               offsetof(tk_broker_stats_t, max_idle_time_closed), 1.0);
+    db_counter(b, v, br, "tenk_db_max_lifetime_closed_total",
+               "Connections closed after db.max_lifetime.",
+               offsetof(tk_broker_stats_t, max_lifetime_closed), 1.0);
+    db_counter(b, v, br, "tenk_db_errors_closed_total",
+               "Connections closed after an error or a dirty state.",
+               offsetof(tk_broker_stats_t, errors_closed), 1.0);
+    db_counter(b, v, br, "tenk_db_acquires_total", "Successful connection acquisitions.",
+               offsetof(tk_broker_stats_t, acquires), 1.0);
+    db_counter(b, v, br, "tenk_db_acquire_timeouts_total", "db.acquire_timeout expiries (503).",
+               offsetof(tk_broker_stats_t, acquire_timeouts), 1.0);
+    db_counter(b, v, br, "tenk_db_queue_full_total", "Acquisitions refused: wait queue full (503).",
+               offsetof(tk_broker_stats_t, queue_full), 1.0);
+    db_counter(b, v, br, "tenk_db_query_timeouts_total", "db.query_timeout expiries (504).",
+               offsetof(tk_broker_stats_t, query_timeouts), 1.0);
+    db_counter(b, v, br, "tenk_db_connect_errors_total", "Failed connection attempts.",
+               offsetof(tk_broker_stats_t, connect_errors), 1.0);
+    db_counter(b, v, br, "tenk_db_handoffs_local_total",
+               "Connections released straight to a waiter of the same worker.",
+               offsetof(tk_broker_stats_t, handoffs_local), 1.0);
+    db_counter(b, v, br, "tenk_db_handoffs_remote_total",
+               "Slots handed over to another worker's waiter.",
+               offsetof(tk_broker_stats_t, handoffs_remote), 1.0);
+
+    tk_broker_stats_t all;
+    tk_broker_stats(br, -1, &all);
+    family(b, "tenk_db_wait_seconds", "histogram", "Time green threads spent queued for a slot.");
+    uint64_t cum = 0;
+    for (int i = 0; i < TK_BROKER_HIST_BUCKETS; i++) {
+        cum += all.wait_hist[i];
+        uint64_t le = tk_broker_hist_bound_us(i);
+        if (le == UINT64_MAX)
+            tk_http_buf_printf(b, "tenk_db_wait_seconds_bucket{le=\"+Inf\"} %llu\n",
+                               (unsigned long long)cum);
+        else
+            tk_http_buf_printf(b, "tenk_db_wait_seconds_bucket{le=\"%g\"} %llu\n", (double)le / 1e6,
+                               (unsigned long long)cum);
+    }
+    if (tk_broker_hist_bound_us(TK_BROKER_HIST_BUCKETS - 1) != UINT64_MAX)
+        tk_http_buf_printf(b, "tenk_db_wait_seconds_bucket{le=\"+Inf\"} %llu\n",
+                           (unsigned long long)cum);
+    tk_http_buf_printf(b, "tenk_db_wait_seconds_sum %.6f\n", (double)all.wait_ns / 1e9);
+    tk_http_buf_printf(b, "tenk_db_wait_seconds_count %llu\n", (unsigned long long)cum);
+}
+
+static void metrics_cache(tk_http_buf_t *b, const view_t *v)
+{
+    counter_w(b, v, "tenk_cache_hits_total", "Redis cache lookups that found the value.",
+              offsetof(tk_metrics_sh_t, cache_hits));
+    counter_w(b, v, "tenk_cache_misses_total", "Redis cache lookups that did not.",
+              offsetof(tk_metrics_sh_t, cache_misses));
+    counter_w(b, v, "tenk_cache_errors_total", "Redis cache operations that failed.",
+              offsetof(tk_metrics_sh_t, cache_errors));
+    gauge_w(b, v, "tenk_cache_connected", "1 while the worker's Redis connection is up.",
+            offsetof(tk_metrics_sh_t, cache_connected));
+}
+
+static void h_metrics(tk_http_ctx_t *ctx)
+{
+    if (!authorized(ctx))
+        return;
+    view_t v;
+    if (get_segment(ctx, &v) != 0)
+        return;
+    tk_http_buf_t *b = tk_http_body_buf(ctx);
+    family(b, "tenk_info", "gauge", "Constant 1, labelled with the instance name and version.");
+    tk_http_buf_append_str(b, "tenk_info{name=\"");
+    put_label(b, v.h.name);
+    tk_http_buf_printf(b, "\",version=\"%s\"} 1\n", PACKAGE_VERSION);
+    metrics_http(b, &v);
+    metrics_sched(b, &v);
+    metrics_process(b, &v);
+    const tk_broker_sh_t *br = broker(v.shm);
+    if (br && ctx->srv->conf->db_conninfo[0])
+        metrics_db(b, &v, br);
+    if (ctx->srv->conf->redis_addr[0])
+        metrics_cache(b, &v);
+    view_free(&v);
+    tk_http_respond_buf(ctx, 200, "text/plain; version=0.0.4; charset=utf-8");
+}
+
+/* --- /debug/stats ------------------------------------------------------------------------ */
+
+static uint64_t errors_total(const tk_metrics_sh_t *m)
+{
+    uint64_t t = 0;
+    for (int i = 0; i < TK_METRICS_ERR_N; i++)
+        t += m->errors[i];
+    return t;
+}
+
+static cJSON *json_rates(const tk_metrics_snap_t *s, uint64_t now_sec, size_t field)
+{
+    static const unsigned win[] = {1, 10, 60};
+    static const char *const key[] = {"1s", "10s", "60s"};
+    cJSON *o = cJSON_CreateObject();
+    for (int i = 0; i < 3; i++) {
+        tk_metrics_rate_t r;
+        tk_metrics_rate(s, now_sec, win[i], &r);
+        cJSON_AddNumberToObject(o, key[i], *(double *)((char *)&r + field));
+    }
+    return o;
+}
+
+static cJSON *json_status(const uint64_t st[6])
+{
+    cJSON *o = cJSON_CreateObject();
+    for (int i = 1; i < 6; i++)
+        cJSON_AddNumberToObject(o, class_label[i], (double)st[i]);
+    cJSON_AddNumberToObject(o, class_label[0], (double)st[0]);
+    return o;
+}
+
+/* The block `tenkctl stats --json` shows for the totals and for each worker,
+ * plus what the dashboard needs (threads by state, the raw histogram). */
+static void json_stats_block(cJSON *o, const tk_metrics_snap_t *s, uint64_t now_sec, int hist)
+{
+    const tk_metrics_sh_t *m = &s->m;
+    cJSON_AddNumberToObject(o, "requests_total", (double)m->requests);
+    cJSON_AddItemToObject(o, "requests_per_second",
+                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, requests)));
+    cJSON *l = cJSON_AddObjectToObject(o, "latency_us");
+    cJSON_AddNumberToObject(l, "p50", tk_metrics_percentile(s, 50));
+    cJSON_AddNumberToObject(l, "p90", tk_metrics_percentile(s, 90));
+    cJSON_AddNumberToObject(l, "p95", tk_metrics_percentile(s, 95));
+    cJSON_AddNumberToObject(l, "p99", tk_metrics_percentile(s, 99));
+    cJSON_AddNumberToObject(l, "p999", tk_metrics_percentile(s, 99.9));
+    cJSON_AddNumberToObject(l, "mean", tk_metrics_mean_us(s));
+    cJSON_AddNumberToObject(o, "errors_total", (double)errors_total(m));
+    cJSON_AddItemToObject(o, "errors_per_second",
+                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, errors)));
+    cJSON *e = cJSON_AddObjectToObject(o, "errors");
+    for (int i = 0; i < TK_METRICS_ERR_N; i++)
+        cJSON_AddNumberToObject(e, tk_metrics_err_name((tk_metrics_err_t)i), (double)m->errors[i]);
+    cJSON_AddItemToObject(o, "status", json_status(m->status));
+    cJSON_AddNumberToObject(o, "bytes_in_total", (double)m->bytes_in);
+    cJSON_AddNumberToObject(o, "bytes_out_total", (double)m->bytes_out);
+    cJSON_AddItemToObject(o, "bytes_in_per_second",
+                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, bytes_in)));
+    cJSON_AddItemToObject(o, "bytes_out_per_second",
+                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, bytes_out)));
+    cJSON *c = cJSON_AddObjectToObject(o, "connections");
+    cJSON_AddNumberToObject(c, "accepted", (double)m->conns_accepted);
+    cJSON_AddNumberToObject(c, "closed", (double)m->conns_closed);
+    cJSON_AddNumberToObject(c, "open", (double)(m->conns_active + m->conns_idle));
+    cJSON_AddNumberToObject(c, "active", (double)m->conns_active);
+    cJSON_AddNumberToObject(c, "idle", (double)m->conns_idle);
+    cJSON *k = cJSON_AddObjectToObject(o, "cache");
+    cJSON_AddNumberToObject(k, "hits", (double)m->cache_hits);
+    cJSON_AddNumberToObject(k, "misses", (double)m->cache_misses);
+    cJSON_AddNumberToObject(k, "errors", (double)m->cache_errors);
+    cJSON_AddNumberToObject(k, "connected", (double)m->cache_connected);
+    cJSON *p = cJSON_AddObjectToObject(o, "process");
+    cJSON_AddNumberToObject(p, "rss_bytes", (double)m->rss_bytes);
+    cJSON_AddNumberToObject(p, "cpu_user_s", (double)m->cpu_user_ns / 1e9);
+    cJSON_AddNumberToObject(p, "cpu_system_s", (double)m->cpu_sys_ns / 1e9);
+    cJSON *t = cJSON_AddObjectToObject(o, "threads");
+    cJSON *bs = cJSON_AddObjectToObject(t, "by_state");
+    uint64_t total = 0;
+    for (unsigned i = 0; i < TK_GT_NSTATES; i++) {
+        cJSON_AddNumberToObject(bs, tk_gt_state_name((tk_gt_state_t)i), (double)m->gt_by_state[i]);
+        total += m->gt_by_state[i];
+    }
+    cJSON_AddNumberToObject(t, "threads", (double)total);
+    cJSON_AddNumberToObject(t, "created", (double)m->gt_created);
+    cJSON_AddNumberToObject(t, "switches", (double)m->gt_switches);
+    cJSON_AddNumberToObject(t, "long_runs", (double)m->gt_long_runs);
+    cJSON_AddNumberToObject(t, "stack_reserved_bytes", (double)m->stack_reserved);
+    cJSON_AddNumberToObject(t, "stack_resident_bytes", (double)m->stack_resident);
+    if (hist) {
+        /* non-empty buckets as [upper bound µs (exclusive), count]: the dashboard
+         * subtracts two polls to get the percentiles of the last second */
+        cJSON *h = cJSON_AddArrayToObject(o, "latency_histogram");
+        for (unsigned i = 0; i < TK_METRICS_NBUCKETS; i++) {
+            if (!m->hist[i])
+                continue;
+            uint64_t lo, hi;
+            tk_metrics_bucket_bounds(i, &lo, &hi);
+            double pair[2] = {hi == UINT64_MAX ? (double)lo * 2 : (double)hi, (double)m->hist[i]};
+            cJSON_AddItemToArray(h, cJSON_CreateDoubleArray(pair, 2));
+        }
+    }
+}
+
+static cJSON *json_db(const view_t *v, const tk_broker_sh_t *b)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!b) {
+        cJSON_AddBoolToObject(o, "configured", 0);
+        return o;
+    }
+    tk_broker_stats_t st;
+    tk_broker_stats(b, -1, &st);
+    cJSON_AddBoolToObject(o, "configured", 1);
+    cJSON_AddNumberToObject(o, "max_open", b->max_open);
+    cJSON_AddNumberToObject(o, "max_idle", b->max_idle);
+    cJSON_AddNumberToObject(o, "open", (double)st.open);
+    cJSON_AddNumberToObject(o, "in_use", (double)st.in_use);
+    cJSON_AddNumberToObject(o, "idle", (double)st.idle);
+    cJSON_AddNumberToObject(o, "free_slots", __atomic_load_n(&b->nfree, __ATOMIC_RELAXED));
+    cJSON_AddNumberToObject(o, "waiting", __atomic_load_n(&b->qlen, __ATOMIC_RELAXED));
+    cJSON_AddNumberToObject(o, "waiting_high_water", __atomic_load_n(&b->qhwm, __ATOMIC_RELAXED));
+    cJSON_AddNumberToObject(o, "wait_count", (double)st.wait_count);
+    cJSON_AddNumberToObject(o, "wait_duration_us", (double)st.wait_ns / 1e3);
+    cJSON_AddNumberToObject(o, "max_idle_closed", (double)st.max_idle_closed);
+    cJSON_AddNumberToObject(o, "max_idle_time_closed", (double)st.max_idle_time_closed);
+    cJSON_AddNumberToObject(o, "max_lifetime_closed", (double)st.max_lifetime_closed);
+    cJSON_AddNumberToObject(o, "acquires", (double)st.acquires);
+    cJSON_AddNumberToObject(o, "acquire_timeouts", (double)st.acquire_timeouts);
+    cJSON_AddNumberToObject(o, "queue_full", (double)st.queue_full);
+    cJSON_AddNumberToObject(o, "query_timeouts", (double)st.query_timeouts);
+    cJSON_AddNumberToObject(o, "connect_errors", (double)st.connect_errors);
+    cJSON_AddNumberToObject(o, "errors_closed", (double)st.errors_closed);
+    cJSON_AddNumberToObject(o, "handoffs_local", (double)st.handoffs_local);
+    cJSON_AddNumberToObject(o, "handoffs_remote", (double)st.handoffs_remote);
+    cJSON *h = cJSON_AddArrayToObject(o, "wait_histogram");
+    for (int i = 0; i < TK_BROKER_HIST_BUCKETS; i++) {
+        cJSON *x = cJSON_CreateObject();
+        uint64_t le = tk_broker_hist_bound_us(i);
+        if (le == UINT64_MAX)
+            cJSON_AddStringToObject(x, "le_us", "+Inf");
+        else
+            cJSON_AddNumberToObject(x, "le_us", (double)le);
+        cJSON_AddNumberToObject(x, "count", (double)st.wait_hist[i]);
+        cJSON_AddItemToArray(h, x);
+    }
+    cJSON *a = cJSON_AddArrayToObject(o, "workers");
+    for (unsigned i = 0; i < v->nw; i++) {
+        const view_worker_t *w = &v->w[i];
+        if (!live_state(w->w.state) || w->slot >= TK_BROKER_MAX_WORKERS)
+            continue;
+        tk_broker_stats_t ws;
+        tk_broker_stats(b, (int)w->slot, &ws);
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddNumberToObject(x, "slot", w->slot);
+        cJSON_AddNumberToObject(x, "pid", w->w.pid);
+        cJSON_AddNumberToObject(x, "open", (double)ws.open);
+        cJSON_AddNumberToObject(x, "in_use", (double)ws.in_use);
+        cJSON_AddNumberToObject(x, "idle", (double)ws.idle);
+        cJSON_AddNumberToObject(x, "waiting", b->workers[w->slot].nwaiting);
+        cJSON_AddNumberToObject(x, "wait_count", (double)ws.wait_count);
+        cJSON_AddNumberToObject(x, "acquires", (double)ws.acquires);
+        cJSON_AddItemToArray(a, x);
+    }
+    return o;
+}
+
+static void last_exit(char *buf, size_t len, int status)
+{
+    if (status < 0)
+        snprintf(buf, len, "none");
+    else if ((status & 0x7f) == 0)
+        snprintf(buf, len, "exit %d", (status >> 8) & 0xff);
+    else
+        snprintf(buf, len, "signal %d", status & 0x7f);
+}
+
+static void h_stats(tk_http_ctx_t *ctx)
+{
+    if (!authorized(ctx))
+        return;
+    view_t v;
+    if (get_segment(ctx, &v) != 0)
+        return;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", v.h.name);
+    cJSON_AddNumberToObject(o, "master_pid", v.h.master_pid);
+    cJSON_AddNumberToObject(o, "generation", (double)v.h.generation);
+    cJSON_AddNumberToObject(o, "uptime_s",
+                            v.h.created_ns && v.now_real_ns > v.h.created_ns
+                                ? (double)(v.now_real_ns - v.h.created_ns) / 1e9
+                                : 0.0);
+    cJSON_AddNumberToObject(o, "time_ms", (double)(v.now_real_ns / 1000000ull));
+    cJSON_AddStringToObject(o, "conf_path", v.h.conf_path);
+    cJSON_AddNumberToObject(o, "workers_configured", v.h.workers);
+    unsigned running = 0;
+    for (unsigned i = 0; i < v.nw; i++)
+        running += v.w[i].w.state == TK_SHM_W_RUNNING && v.w[i].w.generation == v.h.generation;
+    cJSON_AddNumberToObject(o, "workers_running", running);
+    cJSON_AddBoolToObject(o, "stopping", v.h.stopping != 0);
+    cJSON_AddNumberToObject(o, "reloads", (double)v.h.reload_seq);
+    cJSON_AddNumberToObject(o, "cpu_count", (double)sysconf(_SC_NPROCESSORS_ONLN));
+    json_stats_block(o, v.total, v.now_sec, 1);
+
+    cJSON *ms = cJSON_AddObjectToObject(o, "master");
+    uint64_t rss = 0;
+    double us = 0, ss = 0;
+    proc_usage(v.h.master_pid, &rss, &us, &ss);
+    cJSON_AddNumberToObject(ms, "pid", v.h.master_pid);
+    cJSON_AddNumberToObject(ms, "rss_bytes", (double)rss);
+    cJSON_AddNumberToObject(ms, "cpu_user_s", us);
+    cJSON_AddNumberToObject(ms, "cpu_system_s", ss);
+
+    cJSON *r = cJSON_AddArrayToObject(o, "routes");
+    for (unsigned i = 0; i < TK_METRICS_MAX_ROUTES; i++) {
+        const tk_metrics_route_sh_t *rt = &v.total->m.routes[i];
+        if (!rt->name[0])
+            continue;
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "route", rt->name);
+        cJSON_AddNumberToObject(x, "requests", (double)rt->requests);
+        cJSON_AddNumberToObject(x, "mean_latency_us",
+                                rt->requests ? (double)rt->latency_us_sum / (double)rt->requests
+                                             : 0.0);
+        cJSON_AddItemToObject(x, "status", json_status(rt->status));
+        cJSON_AddItemToArray(r, x);
+    }
+    cJSON *a = cJSON_AddArrayToObject(o, "workers");
+    for (unsigned i = 0; i < v.nw; i++) {
+        const view_worker_t *w = &v.w[i];
+        cJSON *x = cJSON_CreateObject();
+        char le[32];
+        cJSON_AddNumberToObject(x, "slot", w->slot);
+        cJSON_AddNumberToObject(x, "pid", w->w.pid);
+        cJSON_AddNumberToObject(x, "generation", (double)w->w.generation);
+        cJSON_AddStringToObject(x, "state", tk_shm_wstate_name((tk_shm_wstate_t)w->w.state));
+        cJSON_AddNumberToObject(x, "index", w->w.index);
+        cJSON_AddNumberToObject(x, "restarts", w->w.respawns);
+        last_exit(le, sizeof(le), w->w.last_status);
+        cJSON_AddStringToObject(x, "last_exit", le);
+        uint64_t hb = w->snap->m.live.heartbeat_ns;
+        cJSON_AddNumberToObject(x, "heartbeat_age_s",
+                                hb && v.now_mono_ns > hb ? (double)(v.now_mono_ns - hb) / 1e9 : 0);
+        cJSON_AddBoolToObject(x, "accepting", w->snap->m.live.accepting != 0);
+        cJSON_AddBoolToObject(x, "live", live_state(w->w.state));
+        json_stats_block(x, w->snap, v.now_sec, 0);
+        cJSON_AddItemToArray(a, x);
+    }
+    cJSON_AddItemToObject(o, "db",
+                          json_db(&v, ctx->srv->conf->db_conninfo[0] ? broker(v.shm) : NULL));
+    view_free(&v);
+    tk_http_add_header(ctx, "Cache-Control", "no-store");
+    tk_http_respond_json(ctx, 200, o);
+    cJSON_Delete(o);
+}
+
+/* --- /debug/threads ---------------------------------------------------------------------- */
+
+/* Each worker answers for its own green threads: it listens on an abstract
+ * Unix socket named after its pid; the worker serving /debug/threads asks the
+ * others there (their pids are in the worker table) while its own request
+ * thread is parked, so no worker stops for another. A worker's reply is its
+ * threads as comma-separated JSON objects, spliced into the response as is. */
+static struct {
+    int fd;
+    struct event *ev;
+    tk_sched_t *sched;
+    int slot;
+} R = {.fd = -1, .slot = -1};
+
+static socklen_t gt_addr(pid_t pid, struct sockaddr_un *sa)
+{
+    memset(sa, 0, sizeof(*sa));
+    sa->sun_family = AF_UNIX;
+    int n = snprintf(sa->sun_path + 1, sizeof(sa->sun_path) - 1, "tenk-gt-%d", (int)pid);
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+static const char *wait_reason(tk_gt_state_t s)
+{
+    switch (s) {
+    case TK_GT_RUNNING:
+        return "running";
+    case TK_GT_RUNNABLE:
+        return "ready to run";
+    case TK_GT_WAIT_NET:
+        return "client socket";
+    case TK_GT_WAIT_DB:
+        return "PostgreSQL reply";
+    case TK_GT_WAIT_BROKER:
+        return "database connection slot";
+    case TK_GT_WAIT_CACHE:
+        return "Redis reply";
+    case TK_GT_SLEEPING:
+        return "sleep";
+    case TK_GT_WAIT_GT:
+        return "another green thread";
+    default:
+        return "unknown";
+    }
+}
+
+/* JSON string of s (len bytes); bytes outside printable ASCII as \u00XX. */
+static void put_json_str(tk_http_buf_t *b, const char *s, size_t len)
+{
+    tk_http_buf_append(b, "\"", 1);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            tk_http_buf_printf(b, "\\%c", c);
+        else if (c < 0x20 || c >= 0x7f)
+            tk_http_buf_printf(b, "\\u%04x", c);
+        else
+            tk_http_buf_append(b, s + i, 1);
+    }
+    tk_http_buf_append(b, "\"", 1);
+}
+
+typedef struct {
+    tk_http_buf_t *b;
+    unsigned n, limit;
+    int slot;
+    uint64_t now;
+} dump_t;
+
+static void dump_one(tk_gt_t *gt, void *arg)
+{
+    dump_t *d = arg;
+    if (d->n >= d->limit)
+        return;
+    tk_gt_state_t st = tk_gt_state(gt);
+    uint64_t started = tk_gt_started_ns(gt);
+    tk_http_buf_t *b = d->b;
+    const char *name = tk_gt_name(gt);
+    tk_http_buf_printf(b, "%s{\"id\":%llu,\"worker\":%d,\"pid\":%d,\"name\":", d->n ? "," : "",
+                       (unsigned long long)tk_gt_id(gt), d->slot, (int)getpid());
+    put_json_str(b, name ? name : "", name ? strlen(name) : 0);
+    tk_http_buf_printf(b, ",\"state\":\"%s\",\"wait\":\"%s\",\"age_s\":%.6f", tk_gt_state_name(st),
+                       wait_reason(st),
+                       started && d->now > started ? (double)(d->now - started) / 1e9 : 0.0);
+    /* the HTTP engine points a thread's data at its request context while
+     * the handler runs (the context lives on that thread's stack, which stays
+     * put while it is parked) */
+    const tk_http_ctx_t *ctx = tk_gt_data(gt);
+    if (ctx && ctx->req) {
+        tk_http_buf_printf(b, ",\"conn\":%llu,\"method\":", (unsigned long long)ctx->conn_id);
+        put_json_str(b, ctx->req->method.p, ctx->req->method.len);
+        tk_http_buf_append_str(b, ",\"path\":");
+        put_json_str(b, ctx->req->path.p, ctx->req->path.len);
+        if (ctx->peer) {
+            tk_http_buf_append_str(b, ",\"peer\":");
+            put_json_str(b, ctx->peer, strlen(ctx->peer));
+        }
+    } else {
+        tk_http_buf_append_str(b, ",\"method\":null,\"path\":null");
+    }
+    tk_http_buf_append(b, "}", 1);
+    d->n++;
+}
+
+static int own_slot(void)
+{
+    if (R.slot < 0 && g_shm) {
+        pid_t me = getpid();
+        for (unsigned i = 0; i < tk_shm_nslots(g_shm); i++)
+            if (tk_shm_worker(g_shm, i)->pid == me) {
+                R.slot = (int)i;
+                break;
+            }
+    }
+    return R.slot;
+}
+
+static unsigned dump_threads(tk_http_buf_t *b, unsigned limit)
+{
+    dump_t d = {b, 0, limit, own_slot(), tk_now_ns()};
+    if (R.sched)
+        tk_sched_foreach(R.sched, dump_one, &d);
+    return d.n;
+}
+
+static void reply_done(struct bufferevent *bev, void *arg)
+{
+    (void)arg;
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        bufferevent_free(bev);
+}
+
+static void reply_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)what;
+    (void)arg;
+    bufferevent_free(bev);
+}
+
+/* Another worker asks for this worker's table: write it and close. */
+static void responder_cb(evutil_socket_t lfd, short what, void *arg)
+{
+    (void)what;
+    (void)arg;
+    for (int k = 0; k < 16; k++) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        /* abstract sockets have no file permissions: answer our own user only */
+        struct ucred cr;
+        socklen_t cl = sizeof(cr);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 ||
+            (cr.uid != geteuid() && cr.uid != 0)) {
+            close(fd);
+            continue;
+        }
+        tk_http_buf_t b;
+        tk_http_buf_init(&b);
+        dump_threads(&b, THREADS_LIMIT);
+        struct bufferevent *bev =
+            bufferevent_socket_new(tk_sched_base(R.sched), fd, BEV_OPT_CLOSE_ON_FREE);
+        if (!bev) {
+            close(fd);
+            tk_http_buf_free(&b);
+            continue;
+        }
+        struct timeval tv = {5, 0};
+        bufferevent_set_timeouts(bev, NULL, &tv);
+        bufferevent_setcb(bev, NULL, reply_done, reply_event, NULL);
+        if (b.len == 0 || bufferevent_write(bev, b.data, b.len) != 0 ||
+            bufferevent_enable(bev, EV_WRITE) != 0)
+            bufferevent_free(bev);
+        tk_http_buf_free(&b);
+    }
+}
+
+/* Called at registration, in each worker once its scheduler exists. */
+static void responder_start(void)
+{
+    tk_sched_t *s = tk_sched_current();
+    if (!s || R.fd >= 0)
+        return;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    struct sockaddr_un sa;
+    socklen_t len = gt_addr(getpid(), &sa);
+    if (bind(fd, (struct sockaddr *)&sa, len) != 0 || listen(fd, 64) != 0) {
+        close(fd);
+        return;
+    }
+    R.ev = event_new(tk_sched_base(s), fd, EV_READ | EV_PERSIST, responder_cb, NULL);
+    if (!R.ev || event_add(R.ev, NULL) != 0) {
+        if (R.ev)
+            event_free(R.ev);
+        R.ev = NULL;
+        close(fd);
+        return;
+    }
+    R.fd = fd;
+    R.sched = s;
+}
+
+/* Ask worker pid for its table; append it to b (with a leading comma when
+ * *first is 0). Returns 0, or -1 with a reason in err. May yield. */
+static int ask_worker(pid_t pid, tk_http_buf_t *b, int *first, int64_t deadline, char *err,
+                      size_t errlen)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket(): %s", strerror(errno));
+        return -1;
+    }
+    struct sockaddr_un sa;
+    socklen_t len = gt_addr(pid, &sa);
+    if (connect(fd, (struct sockaddr *)&sa, len) != 0 && errno != EINPROGRESS) {
+        snprintf(err, errlen, "connect(): %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    size_t start = b->len;
+    if (!*first)
+        tk_http_buf_append(b, ",", 1);
+    size_t body = b->len;
+    int rc = 0;
+    for (;;) {
+        char *w = tk_http_buf_reserve(b, 65536);
+        if (!w) {
+            snprintf(err, errlen, "out of memory");
+            rc = -1;
+            break;
+        }
+        ssize_t n = read(fd, w, 65536);
+        if (n > 0) {
+            tk_http_buf_commit(b, (size_t)n);
+            continue;
+        }
+        if (n == 0)
+            break;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN) {
+            snprintf(err, errlen, "read(): %s", strerror(errno));
+            rc = -1;
+            break;
+        }
+        if (tk_gt_wait_fd(fd, EV_READ, TK_GT_WAIT_NET, deadline) != 0) {
+            snprintf(err, errlen, "%s", errno == ETIMEDOUT ? "no answer in time" : "cancelled");
+            rc = -1;
+            break;
+        }
+    }
+    close(fd);
+    if (rc != 0 || b->len == body) /* failed, or no threads at all: keep nothing */
+        b->len = start;
+    else
+        *first = 0;
+    return rc;
+}
+
+static void h_threads(tk_http_ctx_t *ctx)
+{
+    if (!authorized(ctx))
+        return;
+    tk_shm_t *shm = segment(ctx);
+    if (!shm) {
+        tk_http_respond_error(ctx, 503, "shared memory not available");
+        return;
+    }
+    tk_http_buf_t *b = tk_http_body_buf(ctx);
+    tk_http_buf_t workers;
+    tk_http_buf_init(&workers);
+    tk_http_buf_append_str(b, "{\"threads\":[");
+    int first = 1;
+    unsigned nslots = tk_shm_nslots(shm);
+    int64_t deadline = tk_now_ms() + THREADS_TIMEOUT_MS;
+    pid_t me = getpid();
+    /* copy the table first: a worker may come or go while we wait */
+    tk_shm_worker_sh_t *tab = calloc(nslots ? nslots : 1, sizeof(*tab));
+    if (!tab) {
+        tk_http_buf_free(&workers);
+        tk_http_respond_error(ctx, 500, "out of memory");
+        return;
+    }
+    for (unsigned i = 0; i < nslots; i++)
+        memcpy(&tab[i], tk_shm_worker(shm, i), sizeof(tab[i]));
+    for (unsigned i = 0; i < nslots; i++) {
+        if (!live_state(tab[i].state) || tab[i].pid <= 0)
+            continue;
+        char err[128] = "";
+        size_t before = b->len;
+        int rc;
+        if (tab[i].pid == me) {
+            if (!first)
+                tk_http_buf_append(b, ",", 1);
+            rc = 0;
+            if (dump_threads(b, THREADS_LIMIT) == 0)
+                b->len = before;
+            else
+                first = 0;
+        } else {
+            rc = ask_worker(tab[i].pid, b, &first, deadline, err, sizeof(err));
+        }
+        /* count what this worker contributed (objects start with {"id":) */
+        unsigned n = 0;
+        for (const char *p = b->data + before; p && p < b->data + b->len;) {
+            p = memmem(p, (size_t)(b->data + b->len - p), "{\"id\":", 6);
+            if (!p)
+                break;
+            n++;
+            p += 6;
+        }
+        tk_http_buf_printf(&workers, "%s{\"slot\":%u,\"pid\":%d,\"threads\":%u",
+                           workers.len ? "," : "", i, (int)tab[i].pid, n);
+        if (rc != 0) {
+            tk_http_buf_append_str(&workers, ",\"error\":");
+            put_json_str(&workers, err, strlen(err));
+        }
+        tk_http_buf_append(&workers, "}", 1);
+    }
+    free(tab);
+    tk_http_buf_append_str(b, "],\"workers\":[");
+    tk_http_buf_append(b, workers.data ? workers.data : "", workers.len);
+    tk_http_buf_append_str(b, "]}");
+    tk_http_buf_free(&workers);
+    tk_http_add_header(ctx, "Cache-Control", "no-store");
+    tk_http_respond_buf(ctx, 200, "application/json");
+}
+
+/* --- /debug/config --------------------------------------------------------------------- */
+
+#define MASK "********"
+
+/* conninfo with every password replaced: key=value form ("password=x",
+ * "password = 'a b'") and URI form ("postgresql://user:x@host",
+ * "?password=x"). */
+static void mask_conninfo(const char *in, char *out, size_t outlen)
+{
+    size_t o = 0;
+    const char *p = in;
+#define PUT(c)                                                                                     \
+    do {                                                                                           \
+        if (o + 1 < outlen)                                                                        \
+            out[o++] = (c);                                                                        \
+    } while (0)
+    int uri = strncmp(in, "postgresql://", 13) == 0 || strncmp(in, "postgres://", 11) == 0;
+    if (uri) {
+        const char *auth = strstr(in, "://") + 3;
+        const char *end = auth + strcspn(auth, "/?");
+        const char *at = NULL;
+        for (const char *q = auth; q < end; q++)
+            if (*q == '@')
+                at = q;
+        const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        while (*p) {
+            if (colon && p == colon + 1) {
+                for (const char *m = MASK; *m; m++)
+                    PUT(*m);
+                p = at;
+                continue;
+            }
+            if ((*p == '?' || *p == '&') && strncasecmp(p + 1, "password=", 9) == 0) {
+                PUT(*p);
+                for (const char *m = "password=" MASK; *m; m++)
+                    PUT(*m);
+                p += 10;
+                p += strcspn(p, "&");
+                continue;
+            }
+            PUT(*p);
+            p++;
+        }
+        out[o] = '\0';
+        return;
+    }
+    while (*p) {
+        /* at the start of a keyword? */
+        if ((p == in || p[-1] == ' ' || p[-1] == '\t') && strncasecmp(p, "password", 8) == 0) {
+            const char *q = p + 8;
+            while (*q == ' ' || *q == '\t')
+                q++;
+            if (*q == '=') {
+                q++;
+                while (*q == ' ' || *q == '\t')
+                    q++;
+                for (const char *m = "password=" MASK; *m; m++)
+                    PUT(*m);
+                if (*q == '\'') { /* quoted, with \' and \\ escapes */
+                    q++;
+                    while (*q && *q != '\'') {
+                        if (*q == '\\' && q[1])
+                            q++;
+                        q++;
+                    }
+                    if (*q)
+                        q++;
+                } else {
+                    while (*q && *q != ' ' && *q != '\t')
+                        q++;
+                }
+                p = q;
+                continue;
+            }
+        }
+        PUT(*p);
+        p++;
+    }
+    out[o] = '\0';
+#undef PUT
+}
+
+static void h_config(tk_http_ctx_t *ctx)
+{
+    if (!authorized(ctx))
+        return;
+    const tk_conf_t *c = ctx->srv->conf;
+    char buf[1024];
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "conf_file", c->conf_file);
+    cJSON *s = cJSON_AddObjectToObject(o, "server");
+    cJSON_AddStringToObject(s, "name", c->name);
+    cJSON *l = cJSON_AddArrayToObject(s, "listen");
+    for (int i = 0; i < c->nlisten; i++)
+        cJSON_AddItemToArray(l, cJSON_CreateString(c->listen[i]));
+    cJSON_AddNumberToObject(s, "workers", c->workers);
+    cJSON_AddNumberToObject(s, "workers_effective", tk_conf_workers(c));
+    cJSON_AddNumberToObject(s, "backlog", c->backlog);
+    cJSON_AddStringToObject(s, "user", c->user);
+    tk_conf_pid_path(c, buf, sizeof(buf));
+    cJSON_AddStringToObject(s, "pid_file", buf);
+    cJSON_AddNumberToObject(s, "max_connections", c->max_connections);
+    cJSON_AddNumberToObject(s, "shutdown_timeout_ms", c->shutdown_timeout_ms);
+    cJSON *rt = cJSON_AddObjectToObject(o, "runtime");
+    cJSON_AddNumberToObject(rt, "stack_size", (double)c->stack_size);
+    cJSON_AddNumberToObject(rt, "max_threads", c->max_threads);
+    cJSON_AddNumberToObject(rt, "long_run_ms", (double)c->long_run_ms);
+    cJSON *li = cJSON_AddObjectToObject(o, "limits");
+    cJSON_AddNumberToObject(li, "max_request_line", (double)c->max_request_line);
+    cJSON_AddNumberToObject(li, "max_header_size", (double)c->max_header_size);
+    cJSON_AddNumberToObject(li, "max_headers", c->max_headers);
+    cJSON_AddNumberToObject(li, "max_body_size", (double)c->max_body_size);
+    cJSON_AddNumberToObject(li, "max_requests_per_conn", c->max_requests_per_conn);
+    cJSON *to = cJSON_AddObjectToObject(o, "timeouts");
+    cJSON_AddNumberToObject(to, "header_ms", c->header_timeout_ms);
+    cJSON_AddNumberToObject(to, "body_ms", c->body_timeout_ms);
+    cJSON_AddNumberToObject(to, "write_ms", c->write_timeout_ms);
+    cJSON_AddNumberToObject(to, "keepalive_ms", c->keepalive_timeout_ms);
+    cJSON *h = cJSON_AddObjectToObject(o, "http");
+    cJSON_AddBoolToObject(h, "gzip", c->gzip);
+    cJSON_AddNumberToObject(h, "gzip_min_size", (double)c->gzip_min_size);
+    cJSON_AddNumberToObject(h, "gzip_level", c->gzip_level);
+    cJSON *d = cJSON_AddObjectToObject(o, "db");
+    mask_conninfo(c->db_conninfo, buf, sizeof(buf));
+    cJSON_AddStringToObject(d, "conninfo", buf);
+    cJSON_AddNumberToObject(d, "max_open", c->db_max_open);
+    cJSON_AddNumberToObject(d, "max_idle", c->db_max_idle);
+    cJSON_AddNumberToObject(d, "max_lifetime_ms", c->db_max_lifetime_ms);
+    cJSON_AddNumberToObject(d, "max_idle_time_ms", c->db_max_idle_time_ms);
+    cJSON_AddNumberToObject(d, "acquire_timeout_ms", c->db_acquire_timeout_ms);
+    cJSON_AddNumberToObject(d, "query_timeout_ms", c->db_query_timeout_ms);
+    cJSON *r = cJSON_AddObjectToObject(o, "redis");
+    cJSON_AddStringToObject(r, "addr", c->redis_addr);
+    cJSON_AddStringToObject(r, "password", c->redis_password[0] ? MASK : "");
+    cJSON_AddNumberToObject(r, "db", c->redis_db);
+    cJSON_AddNumberToObject(r, "timeout_ms", c->redis_timeout_ms);
+    cJSON *ca = cJSON_AddObjectToObject(o, "cache");
+    cJSON_AddNumberToObject(ca, "ttl_s", c->cache_ttl_s);
+    cJSON_AddNumberToObject(ca, "negative_ttl_s", c->cache_negative_ttl_s);
+    cJSON *ad = cJSON_AddObjectToObject(o, "admin");
+    cJSON_AddStringToObject(ad, "listen", c->admin_listen);
+    cJSON_AddStringToObject(ad, "token", c->admin_token[0] ? MASK : "");
+    cJSON *lg = cJSON_AddObjectToObject(o, "log");
+    cJSON_AddStringToObject(lg, "level", c->log_level);
+    cJSON_AddStringToObject(lg, "error_log", c->error_log);
+    cJSON_AddStringToObject(lg, "access_log", c->access_log);
+    cJSON_AddStringToObject(lg, "access_log_format", c->access_log_format);
+    tk_http_add_header(ctx, "Cache-Control", "no-store");
+    tk_http_respond_json(ctx, 200, o);
+    cJSON_Delete(o);
+}
+
+/* --- /dashboard -------------------------------------------------------------------------- */
+
+/* The page itself holds no data, so it is served without the token (a browser
+ * can't send a bearer header on navigation); it reads the token from the URL
+ * fragment (#token=..., never sent to the server) and sends it with each poll
+ * of /debug/stats, which does require it. */
+static void h_dashboard(tk_http_ctx_t *ctx)
+{
+    tk_http_add_header(ctx, "Cache-Control", "no-store");
+    /* nothing from elsewhere: scripts and styles are inline, fetches same-origin */
+    tk_http_add_header(ctx, "Content-Security-Policy",
+                       "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                       "'unsafe-inline'; connect-src 'self'; img-src data:");
+    tk_http_add_header(ctx, "X-Content-Type-Options", "nosniff");
+    tk_http_respond(ctx, 200, "text/html; charset=utf-8", tk_admin_dashboard_html,
+                    tk_admin_dashboard_html_len);
+}
+
+void tk_handlers_register_admin(tk_router_t *r)
+{
+    static const struct {
+        const char *pattern;
+        tk_http_handler_fn fn;
+        int id;
+    } routes[] = {
+        {"/metrics", h_metrics, ROUTE_METRICS},       {"/debug/stats", h_stats, ROUTE_STATS},
+        {"/debug/threads", h_threads, ROUTE_THREADS}, {"/debug/config", h_config, ROUTE_CONFIG},
+        {"/dashboard", h_dashboard, ROUTE_DASHBOARD},
+    };
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        tk_router_add(r, "GET", routes[i].pattern, routes[i].fn, routes[i].id);
+        char name[TK_METRICS_ROUTE_NAME];
+        snprintf(name, sizeof(name), "GET %s", routes[i].pattern);
+        tk_metrics_route_register((unsigned)routes[i].id, name);
+    }
+    responder_start();
+}
