@@ -848,6 +848,8 @@ static void h_stats(tk_http_ctx_t *ctx)
     cJSON_AddBoolToObject(o, "stopping", v.h.stopping != 0);
     cJSON_AddNumberToObject(o, "reloads", (double)v.h.reload_seq);
     cJSON_AddNumberToObject(o, "cpu_count", (double)sysconf(_SC_NPROCESSORS_ONLN));
+    /* false when a worker died in the middle of an update (its slot may be torn) */
+    cJSON_AddBoolToObject(o, "consistent", !v.total->torn);
     json_stats_block(o, v.total, v.now_sec, 1);
 
     cJSON *ms = cJSON_AddObjectToObject(o, "master");

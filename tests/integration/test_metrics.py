@@ -5,7 +5,15 @@ import shutil
 import signal
 import subprocess
 
-from tenkharness import TENK_DB, TENK_REDIS, Tenkd, wait_until
+from tenkharness import TENK_DB, TENK_REDIS, Tenkd as _Tenkd, free_port, wait_until
+
+
+def Tenkd(**kw):
+    """The harness's Tenkd with an admin port that never equals the public one."""
+    t = _Tenkd(**kw)
+    while t.admin_port is not None and t.admin_port == t.port:
+        t.admin_port = free_port()
+    return t
 
 PROMTOOL = os.environ.get("PROMTOOL") or shutil.which("promtool") or "/usr/bin/promtool"
 
