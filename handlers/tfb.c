@@ -1,15 +1,19 @@
-/* tfb.c: TechEmpower's database tests: /db, /queries, /fortunes, /updates. */
+/* tfb.c: TechEmpower's database tests: /db, /queries, /fortunes, /updates, /cached-queries. */
 #include "config.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "cache.h"
 #include "db.h"
 #include "handlers.h"
 #include "http_response.h"
+#include "log.h"
 #include "sched.h"
+#include "worker.h"
 
 #define TFB_ROWS        10000
 #define TFB_MAX_QUERIES 500
@@ -19,9 +23,15 @@ enum {
     ROUTE_QUERIES,
     ROUTE_FORTUNES,
     ROUTE_UPDATES,
+    ROUTE_CACHED_QUERIES,
 };
 
-static int st_world = -1, st_fortune = -1, st_update = -1;
+/* Background refills of cachedworld keys found missing, per worker: bounded so
+ * that a flushed Redis under load costs a few green threads, not one each. */
+#define TFB_MAX_REFILLS 4
+
+static int st_world = -1, st_fortune = -1, st_update = -1, st_cworld = -1, st_cworld_all = -1;
+static int refills_running;
 
 /* Per-worker PRNG (xorshift64*): no locks, no syscalls. */
 static uint64_t rng_state;
@@ -47,11 +57,12 @@ static void db_fail(tk_http_ctx_t *ctx, tk_db_status_t st)
     tk_http_respond_error(ctx, status, tk_db_status_name(st));
 }
 
-/* TechEmpower's rule for ?queries=: missing, non-numeric or < 1 is 1; > 500 is 500. */
-static int queries_param(tk_http_ctx_t *ctx)
+/* TechEmpower's rule for ?queries= (and ?count=): missing, non-numeric or < 1
+ * is 1; > 500 is 500. */
+static int count_param(tk_http_ctx_t *ctx, const char *name)
 {
     char buf[64];
-    int n = tk_http_query(ctx, "queries", buf, sizeof(buf));
+    int n = tk_http_query(ctx, name, buf, sizeof(buf));
     if (n <= 0)
         return 1;
     char *end;
@@ -63,6 +74,11 @@ static int queries_param(tk_http_ctx_t *ctx)
     if (v > TFB_MAX_QUERIES)
         return TFB_MAX_QUERIES;
     return (int)v;
+}
+
+static int queries_param(tk_http_ctx_t *ctx)
+{
+    return count_param(ctx, "queries");
 }
 
 /* Fetch one world row by id on c; 0 and *rn, or a status. */
@@ -324,6 +340,242 @@ static void h_fortunes(tk_http_ctx_t *ctx)
     tk_http_respond_buf(ctx, 200, "text/html; charset=utf-8");
 }
 
+/* --- /cached-queries: cachedworld rows from Redis ------------------------------------ */
+
+/* "cachedworld:{id}" holds the row's randomNumber as decimal text, without a
+ * TTL (the table never changes). One worker loads all of them at start
+ * (warm_main below); keys found missing later (Redis restarted or
+ * flushed) are put back by a refill in the background. */
+#define CWORLD_KEY_MAX 24
+
+typedef struct {
+    int n;
+    int ids[TFB_MAX_QUERIES], rns[TFB_MAX_QUERIES];
+} refill_t;
+
+static void refill_main(void *arg)
+{
+    refill_t *f = arg;
+    tk_cache_t *c = tk_worker_cache();
+    char key[CWORLD_KEY_MAX], val[16];
+    for (int i = 0; i < f->n; i++) {
+        int kl = snprintf(key, sizeof(key), "cachedworld:%d", f->ids[i]);
+        int vl = snprintf(val, sizeof(val), "%d", f->rns[i]);
+        if (tk_cache_set(c, key, (size_t)kl, val, (size_t)vl, 0) != TK_CACHE_OK)
+            break; /* Redis unwell again: the next miss will try */
+    }
+    free(f);
+    refills_running--;
+}
+
+/* Put n (id, randomNumber) pairs back into Redis without making the request
+ * wait for it; skipped when enough refills are running already. */
+static void refill_spawn(const int *ids, const int *rns, int n)
+{
+    tk_sched_t *s = tk_sched_current();
+    if (n == 0 || s == NULL || refills_running >= TFB_MAX_REFILLS)
+        return;
+    refill_t *f = malloc(sizeof(*f));
+    if (f == NULL)
+        return;
+    f->n = n;
+    memcpy(f->ids, ids, sizeof(int) * (size_t)n);
+    memcpy(f->rns, rns, sizeof(int) * (size_t)n);
+    if (tk_gt_spawn(s, "cachedworld-refill", refill_main, f) == NULL) {
+        free(f);
+        return;
+    }
+    refills_running++;
+}
+
+/* The randomNumber of a cached value; -1 if it is not a number. */
+static int parse_rn(const char *v, size_t len)
+{
+    int x = 0;
+    if (v == NULL || len == 0 || len > 9)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        x = x * 10 + (v[i] - '0');
+    }
+    return x;
+}
+
+/* Rows the cache could not give (miss[0..nmiss-1] index ids/rns) from the
+ * database, in one query. Returns 0, or answers the failure itself. */
+static int cworld_from_db(tk_http_ctx_t *ctx, const int *ids, int *rns, const int *miss, int nmiss)
+{
+    char *arr = malloc((size_t)nmiss * 12 + 3);
+    size_t la = 0;
+    if (arr == NULL) {
+        tk_http_respond_error(ctx, 500, "out of memory");
+        return -1;
+    }
+    arr[la++] = '{';
+    for (int i = 0; i < nmiss; i++)
+        la += (size_t)sprintf(arr + la, "%s%d", i ? "," : "", ids[miss[i]]);
+    arr[la++] = '}';
+    arr[la] = '\0';
+    const char *v[1] = {arr};
+    PGresult *r;
+    tk_db_status_t st = tk_db_query(st_cworld, 1, v, NULL, &r, NULL);
+    free(arr);
+    if (st != TK_DB_OK) {
+        db_fail(ctx, st);
+        return -1;
+    }
+    for (int i = 0; i < nmiss; i++)
+        rns[miss[i]] = -1;
+    /* at most 500 x 500 comparisons: cheaper than building an index */
+    for (int row = 0, rows = PQntuples(r); row < rows; row++) {
+        int id = atoi(PQgetvalue(r, row, 0)), rn = atoi(PQgetvalue(r, row, 1));
+        for (int i = 0; i < nmiss; i++)
+            if (ids[miss[i]] == id)
+                rns[miss[i]] = rn;
+    }
+    PQclear(r);
+    for (int i = 0; i < nmiss; i++)
+        if (rns[miss[i]] < 0) {
+            tk_http_respond_error(ctx, 500, "cachedworld row missing");
+            return -1;
+        }
+    return 0;
+}
+
+typedef struct {
+    int ids[TFB_MAX_QUERIES], rns[TFB_MAX_QUERIES], miss[TFB_MAX_QUERIES];
+    char keys[TFB_MAX_QUERIES][CWORLD_KEY_MAX];
+    const char *keyp[TFB_MAX_QUERIES];
+    size_t keylen[TFB_MAX_QUERIES];
+    tk_cache_item_t items[TFB_MAX_QUERIES];
+    int refill_ids[TFB_MAX_QUERIES], refill_rns[TFB_MAX_QUERIES];
+} cq_t;
+
+/* GET /cached-queries?count=N: N random cachedworld rows with one MGET; what
+ * Redis lacks (or all of it, when Redis is down, slow or skipped) comes from
+ * the database, and real misses are put back in the background. */
+static void h_cached_queries(tk_http_ctx_t *ctx)
+{
+    int n = count_param(ctx, "count"), nmiss = 0;
+    cq_t *q = malloc(sizeof(*q)); /* ~50 KiB: too much for a green thread's stack */
+    if (q == NULL) {
+        tk_http_respond_error(ctx, 500, "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        q->ids[i] = random_id();
+        q->keylen[i] = (size_t)snprintf(q->keys[i], CWORLD_KEY_MAX, "cachedworld:%d", q->ids[i]);
+        q->keyp[i] = q->keys[i];
+    }
+    tk_cache_rc_t rc = tk_cache_mget(tk_worker_cache(), q->keyp, q->keylen, (size_t)n, q->items);
+    for (int i = 0; i < n; i++) {
+        q->rns[i] =
+            q->items[i].rc == TK_CACHE_HIT ? parse_rn(q->items[i].val, q->items[i].len) : -1;
+        if (q->rns[i] < 0)
+            q->miss[nmiss++] = i;
+    }
+    tk_cache_items_free(q->items, (size_t)n);
+    if (nmiss > 0) {
+        if (cworld_from_db(ctx, q->ids, q->rns, q->miss, nmiss) != 0) {
+            free(q);
+            return;
+        }
+        /* only when Redis answered: after an error or a bypass it is unwell,
+         * and the next request will find out whether it is back */
+        if (rc == TK_CACHE_OK) {
+            for (int i = 0; i < nmiss; i++) {
+                q->refill_ids[i] = q->ids[q->miss[i]];
+                q->refill_rns[i] = q->rns[q->miss[i]];
+            }
+            refill_spawn(q->refill_ids, q->refill_rns, nmiss);
+        }
+    }
+    write_worlds(ctx, n, q->ids, q->rns);
+    free(q);
+}
+
+/* Start-up load of every cachedworld row into Redis, by one worker
+ * (tk_worker_first()): one query, then SETs from a few green threads so that
+ * they pipeline on the connection instead of paying a round trip each. */
+#define WARM_THREADS 8
+#define WARM_WAIT_MS 10000 /* for the connection to Redis */
+
+typedef struct {
+    PGresult *r;
+    int next, rows;
+    int left; /* setter threads still running; the last one frees */
+    int stored, failed;
+    int64_t start_ms;
+} warm_t;
+
+static void warm_setter(void *arg)
+{
+    warm_t *w = arg;
+    tk_cache_t *c = tk_worker_cache();
+    char key[CWORLD_KEY_MAX];
+    while (!w->failed && w->next < w->rows) {
+        int i = w->next++;
+        int kl = snprintf(key, sizeof(key), "cachedworld:%s", PQgetvalue(w->r, i, 0));
+        if (tk_cache_set(c, key, (size_t)kl, PQgetvalue(w->r, i, 1),
+                         (size_t)PQgetlength(w->r, i, 1), 0) != TK_CACHE_OK) {
+            w->failed = 1; /* the misses will refill what is left */
+            break;
+        }
+        w->stored++;
+    }
+    if (--w->left > 0)
+        return;
+    if (w->failed)
+        TK_LOG(TK_LOG_WARN, "cachedworld: %d of %d keys loaded into Redis: %s", w->stored, w->rows,
+               tk_cache_last_error(c));
+    else
+        TK_LOG(TK_LOG_INFO, "cachedworld: %d keys loaded into Redis in %lld ms", w->stored,
+               (long long)(tk_now_ms() - w->start_ms));
+    PQclear(w->r);
+    free(w);
+}
+
+static void warm_main(void *arg)
+{
+    tk_cache_t *c = tk_worker_cache();
+    int64_t deadline = tk_now_ms() + WARM_WAIT_MS;
+    (void)arg;
+    while (!tk_cache_ready(c)) {
+        if (tk_now_ms() >= deadline) {
+            TK_LOG(TK_LOG_WARN, "cachedworld not loaded: no Redis connection (%s)",
+                   tk_cache_last_error(c));
+            return;
+        }
+        if (tk_gt_sleep_ms(20) != 0)
+            return;
+    }
+    if (!tk_worker_first()) {
+        TK_LOG(TK_LOG_DEBUG, "cachedworld: another worker loads it");
+        return;
+    }
+    warm_t *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return;
+    w->start_ms = tk_now_ms();
+    tk_db_status_t st = tk_db_query(st_cworld_all, 0, NULL, NULL, &w->r, NULL);
+    if (st != TK_DB_OK) {
+        TK_LOG(TK_LOG_WARN, "cachedworld not loaded: %s", tk_db_status_name(st));
+        free(w);
+        return;
+    }
+    w->rows = PQntuples(w->r);
+    /* setters first run on a later turn, so counting them as they are
+     * spawned cannot race with one finishing */
+    for (int i = 0; i < WARM_THREADS; i++)
+        if (tk_gt_spawn(tk_sched_current(), "cachedworld-load", warm_setter, w) != NULL)
+            w->left++;
+    if (w->left == 0) {
+        PQclear(w->r);
+        free(w);
+    }
+}
+
 void tk_handlers_register_tfb(tk_router_t *r)
 {
     st_world = tk_db_stmt("SELECT id, randomnumber FROM world WHERE id = $1", 1);
@@ -331,8 +583,14 @@ void tk_handlers_register_tfb(tk_router_t *r)
     st_update = tk_db_stmt("UPDATE world SET randomnumber = u.rn "
                            "FROM unnest($1::int[], $2::int[]) AS u(id, rn) WHERE world.id = u.id",
                            2);
+    st_cworld = tk_db_stmt("SELECT id, randomnumber FROM cachedworld WHERE id = ANY($1::int[])", 1);
     tk_router_add(r, "GET", "/db", h_db, ROUTE_DB);
     tk_router_add(r, "GET", "/queries", h_queries, ROUTE_QUERIES);
     tk_router_add(r, "GET", "/fortunes", h_fortunes, ROUTE_FORTUNES);
     tk_router_add(r, "GET", "/updates", h_updates, ROUTE_UPDATES);
+    st_cworld_all = tk_db_stmt("SELECT id, randomnumber FROM cachedworld", 0);
+    tk_router_add(r, "GET", "/cached-queries", h_cached_queries, ROUTE_CACHED_QUERIES);
+    /* runs once the worker's loop turns */
+    if (tk_worker_cache() != NULL && tk_sched_current() != NULL)
+        tk_gt_spawn(tk_sched_current(), "cachedworld-load", warm_main, NULL);
 }

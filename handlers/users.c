@@ -1,4 +1,5 @@
-/* users.c: the users API: list (keyset pagination), get, create, replace, delete. */
+/* users.c: the users API: list (keyset pagination), get (cache-aside in Redis), create, replace,
+ * delete. */
 #include "config.h"
 
 #include <ctype.h>
@@ -10,9 +11,12 @@
 
 #include <cjson/cJSON.h>
 
+#include "cache.h"
 #include "db.h"
 #include "handlers.h"
 #include "http_response.h"
+#include "sched.h"
+#include "worker.h"
 
 #define USERS_DEFAULT_LIMIT 10
 #define USERS_MAX_LIMIT     100
@@ -171,8 +175,32 @@ static int path_id(tk_http_ctx_t *ctx, char out[24])
     return 0;
 }
 
-/* Run a statement that returns one user row and answer with it. */
-static void answer_row(tk_http_ctx_t *ctx, int stmt, int nparams, const char *const *v, int created)
+/* The cache key of a user: "user:{id}". Returns its length. */
+static size_t user_key(char key[32], const char *id)
+{
+    return (size_t)snprintf(key, 32, "user:%s", id);
+}
+
+/* Drop the cached copy of a user after a committed change (a negative entry
+ * too: a created id may have been looked up before it existed). Runs before
+ * the response is built, so a client that sees the response and reads again,
+ * on any connection, misses the old value. Redis being unwell is no error
+ * here: the TTL bounds the staleness. */
+static void user_invalidate(const char *id, size_t idlen)
+{
+    char key[32], idz[24];
+    if (idlen >= sizeof(idz))
+        return;
+    memcpy(idz, id, idlen);
+    idz[idlen] = '\0';
+    size_t kl = user_key(key, idz);
+    tk_cache_invalidate(tk_worker_cache(), tk_worker_cache_flight(), key, kl);
+}
+
+/* Run a statement that returns one user row and answer with it; with
+ * invalidate, the row's cache entry is dropped before answering. */
+static void answer_row(tk_http_ctx_t *ctx, int stmt, int nparams, const char *const *v, int created,
+                       int invalidate)
 {
     PGresult *r;
     char sqlstate[6];
@@ -194,6 +222,8 @@ static void answer_row(tk_http_ctx_t *ctx, int stmt, int nparams, const char *co
         tk_http_respond_error(ctx, 404, "no such user");
         return;
     }
+    if (invalidate)
+        user_invalidate(PQgetvalue(r, 0, 0), (size_t)PQgetlength(r, 0, 0));
     tk_http_buf_t *b = tk_http_body_buf(ctx);
     user_json(b, r, 0);
     if (created)
@@ -202,14 +232,71 @@ static void answer_row(tk_http_ctx_t *ctx, int stmt, int nparams, const char *co
     tk_http_respond_buf(ctx, created ? 201 : 200, "application/json");
 }
 
-/* GET /users/{id} */
+/* The database side of GET /users/{id} for tk_cache_fetch(). */
+typedef struct {
+    const char *id;
+    tk_db_status_t st; /* why the load failed (only the leader's own call sets it) */
+} user_load_t;
+
+/* Loader: the user's JSON (exactly the response body), 1 when there is no
+ * such id (cached as "not found"), -1 when the database failed. */
+static int user_load(void *arg, const char *key, size_t keylen, char **val, size_t *vallen)
+{
+    user_load_t *l = arg;
+    const char *v[1] = {l->id};
+    PGresult *r;
+    (void)key;
+    (void)keylen;
+    l->st = tk_db_query(st_get, 1, v, NULL, &r, NULL);
+    if (l->st != TK_DB_OK)
+        return -1;
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        return 1;
+    }
+    tk_http_buf_t b;
+    tk_http_buf_init(&b);
+    user_json(&b, r, 0);
+    PQclear(r);
+    if (b.data == NULL || b.len == 0) {
+        tk_http_buf_free(&b);
+        l->st = TK_DB_ERROR;
+        return -1;
+    }
+    *val = b.data; /* malloc'd by the buffer: the caller frees it */
+    *vallen = b.len;
+    return 0;
+}
+
+/* GET /users/{id}: cache-aside on "user:{id}" (redis.addr empty: straight
+ * to the database). Concurrent misses for one id in this worker make one
+ * query; Redis failing or slow costs at most redis.timeout, never an error. */
 static void h_get(tk_http_ctx_t *ctx)
 {
-    char id[24];
+    char id[24], key[32];
     if (path_id(ctx, id) != 0)
         return;
-    const char *v[1] = {id};
-    answer_row(ctx, st_get, 1, v, 0);
+    tk_cache_t *c = tk_worker_cache();
+    size_t kl = user_key(key, id);
+    user_load_t l = {id, TK_DB_UNAVAILABLE};
+    char *val;
+    size_t len;
+    int hit;
+    int rc =
+        tk_cache_fetch(c, tk_worker_cache_flight(), key, kl, 0, user_load, &l, &val, &len, &hit);
+    if (rc < 0) {
+        /* a waiter of a failed single-flight load has no status of its own */
+        db_fail(ctx, tk_gt_cancelled(tk_gt_self()) ? TK_DB_CANCELLED : l.st);
+        return;
+    }
+    if (c != NULL)
+        tk_http_add_header(ctx, "X-Cache", hit ? "hit" : "miss");
+    if (rc == 1) {
+        tk_http_respond_error(ctx, 404, "no such user");
+        return;
+    }
+    tk_http_respond(ctx, 200, "application/json", val, len);
+    free(val);
 }
 
 /* Whether the JSON text holds a NUL in a string (raw or \u0000): cJSON
@@ -319,7 +406,7 @@ static void h_create(tk_http_ctx_t *ctx)
     if (read_user(ctx, &doc, &name, &email) != 0)
         return;
     const char *v[2] = {name, email};
-    answer_row(ctx, st_insert, 2, v, 1);
+    answer_row(ctx, st_insert, 2, v, 1, 1);
     cJSON_Delete(doc);
 }
 
@@ -332,7 +419,7 @@ static void h_replace(tk_http_ctx_t *ctx)
     if (path_id(ctx, id) != 0 || read_user(ctx, &doc, &name, &email) != 0)
         return;
     const char *v[3] = {id, name, email};
-    answer_row(ctx, st_update, 3, v, 0);
+    answer_row(ctx, st_update, 3, v, 0, 1);
     cJSON_Delete(doc);
 }
 
@@ -351,6 +438,9 @@ static void h_delete(tk_http_ctx_t *ctx)
     }
     int gone = strcmp(PQcmdTuples(r), "1") == 0;
     PQclear(r);
+    /* even when nothing was deleted: another worker's racing load may have
+     * stored a row an earlier DELETE removed */
+    user_invalidate(id, strlen(id));
     if (gone)
         tk_http_respond(ctx, 204, NULL, NULL, 0);
     else
