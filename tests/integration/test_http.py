@@ -321,6 +321,44 @@ def test_graceful_drain_answers_arrived_requests():
         assert _is_closed(s)
 
 
+def test_graceful_drain_finishes_a_request_in_flight():
+    """SIGQUIT while a request's body is still arriving: it is read and
+    answered (Connection: close), not cut."""
+    with Tenkd(workers=1, admin=True, args=("-v",)) as t:
+        s = t.connect(port=t.admin_port)
+        r = Reader(s)
+        s.sendall(b"POST /debug/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        assert r.response()[0] == 100  # the worker is reading this request now
+        s.sendall(b"hello")
+        pid = t.worker_pids()[0]
+        os.kill(pid, signal.SIGQUIT)
+        wait_until(lambda: "draining:" in t.log(), 5, "the worker to drain")
+        s.sendall(b"world")
+        st, h, body = r.response()
+        assert st == 200 and body == b"helloworld"
+        assert h["connection"].lower() == "close"
+        assert _is_closed(s)
+        # the worker exits once its last connection is gone; the master replaces it
+        wait_until(lambda: pid not in t.worker_pids(), 10, "the drained worker to exit")
+
+
+def test_fast_stop_bounds_a_request_in_flight():
+    """SIGTERM: a request still in flight gets about a second, then the
+    worker goes away."""
+    with Tenkd(workers=1, admin=True) as t:
+        s = t.connect(port=t.admin_port)
+        s.sendall(b"POST /debug/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        assert Reader(s).response()[0] == 100  # the worker is reading this request now
+        pid = t.worker_pids()[0]
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        assert _is_closed(s, timeout=5)
+        elapsed = time.monotonic() - t0
+        assert 0.5 <= elapsed <= 3.0, elapsed
+
+
 def test_idle_keepalive_memory():
     """2,000 idle keep-alive connections cost <= 1 KiB each of worker RSS."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
