@@ -51,6 +51,13 @@ struct tk_http_conn {
     char peer[INET6_ADDRSTRLEN];
 };
 
+static tk_http_done_fn done_hook;
+
+void tk_http_set_done_hook(tk_http_done_fn fn)
+{
+    done_hook = fn;
+}
+
 static char *buf_pool[CONN_BUF_POOL];
 static int buf_npool;
 
@@ -612,8 +619,11 @@ static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t
     } else {
         tk_http_respond_error(&ctx, 404, "not found");
     }
+    uint64_t latency = tk_now_ns() - t0;
     tk_metrics_request(ctx.route_id >= 0 ? (unsigned)ctx.route_id : (unsigned)-1, ctx.status,
-                       tk_now_ns() - t0, consumed, ctx.bytes_out);
+                       latency, consumed, ctx.bytes_out);
+    if (done_hook)
+        done_hook(&ctx, latency);
     tk_http_buf_free(&ctx.hdrs);
     tk_http_buf_free(&ctx.body);
     c->in_off += consumed;

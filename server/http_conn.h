@@ -81,6 +81,16 @@ struct tk_http_ctx {
     size_t bytes_out; /* bytes of this response queued so far */
 };
 
+/* Called after every response to a parsed request (the access log hangs
+ * here): ctx is complete (req, status, bytes_out); latency from the end of
+ * the head to the response queued. Not called for requests the parser
+ * rejected. NULL removes it. */
+typedef void (*tk_http_done_fn)(const tk_http_ctx_t *ctx, uint64_t latency_ns);
+void tk_http_set_done_hook(tk_http_done_fn fn);
+
+/* While a handler runs, tk_gt_data() of its green thread is its
+ * tk_http_ctx_t (for /debug/threads: method, path, route). */
+
 /* Write everything queued in ctx's connection output buffer, waiting for the
  * socket (write timeout). 0, or -1 when the client is gone. May yield. */
 int tk_http_conn_flush_ctx(tk_http_ctx_t *ctx);
