@@ -216,7 +216,10 @@ static void conn_wake(tk_http_conn_t *c)
         return;
     }
     srv->nactive++;
-    c->req_start_ms = tk_now_ms();
+    /* the first request's head is due header_timeout after the accept,
+     * later ones after their first byte arrived */
+    if (c->nreq > 0)
+        c->req_start_ms = tk_now_ms();
 }
 
 static void idle_cb(evutil_socket_t fd, short what, void *arg)
@@ -290,6 +293,7 @@ int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *pee
     srv->nconns++;
     tk_metrics_conn_accepted();
     event_assign(&c->ev, srv->base, c->fd, EV_READ | EV_PERSIST, idle_cb, c);
+    c->req_start_ms = tk_now_ms();
     conn_idle(c);
     publish_conns(srv);
     return 0;

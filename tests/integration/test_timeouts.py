@@ -60,6 +60,42 @@ def test_header_deadline_cuts_a_trickling_client():
         s.close()
 
 
+def test_header_deadline_of_a_first_request_counts_from_accept():
+    """A connection that waits, then trickles, is still cut 1.5 s after the
+    accept, not 1.5 s after its first byte."""
+    with Tenkd(workers=1, conf=CONF) as t:
+        s = t.connect()
+        t0 = time.monotonic()
+        s.settimeout(0.1)
+        data = b""
+        # silence first, then one byte every 100 ms
+        first_byte_at = t0 + 1.0
+        raw = build_request("GET", "/health", {"X-Pad": "p" * 200})
+        i = 0
+        while time.monotonic() - t0 < 6 and i < len(raw) - 4:
+            if time.monotonic() >= first_byte_at:
+                try:
+                    s.sendall(raw[i:i + 1])
+                except OSError:
+                    break
+                i += 1
+            try:
+                c = s.recv(65536)
+                if not c:
+                    break
+                data += c
+                if b"\r\n\r\n" in data:
+                    break
+            except socket.timeout:
+                pass
+            except OSError:
+                break
+        elapsed = time.monotonic() - t0
+        assert data.startswith(b"HTTP/1.1 408 "), data[:100]
+        assert 1.3 <= elapsed <= 2.4, elapsed
+        s.close()
+
+
 def test_body_deadline_408():
     with Tenkd(workers=1, admin=True, conf=CONF) as t:
         s = t.connect(port=t.admin_port)
