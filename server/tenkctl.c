@@ -12,7 +12,8 @@
  *            errors_total, errors_per_second{..}, errors{parse,limit,timeout,5xx},
  *            status{1xx..5xx,other}, bytes_in_total, bytes_out_total,
  *            bytes_in_per_second{..}, bytes_out_per_second{..},
- *            connections{accepted,closed,open,active,idle}, cache{hits,misses,errors},
+ *            connections{accepted,closed,open,active,idle},
+ *            cache{hits,misses,errors,bypasses,timeouts,hit_ratio,connected,latency_us_mean},
  *            process{rss_bytes,cpu_user_s,cpu_system_s},
  *            routes[{route,requests,mean_latency_us,status}],
  *            workers[{slot,pid,generation,state, + the same fields as the totals}]
@@ -368,6 +369,16 @@ static void json_stats_block(cJSON *o, const tk_metrics_snap_t *s, uint64_t now_
     cJSON_AddNumberToObject(k, "hits", (double)m->cache_hits);
     cJSON_AddNumberToObject(k, "misses", (double)m->cache_misses);
     cJSON_AddNumberToObject(k, "errors", (double)m->cache_errors);
+    cJSON_AddNumberToObject(k, "bypasses", (double)m->cache_bypasses);
+    cJSON_AddNumberToObject(k, "timeouts", (double)m->cache_timeouts);
+    cJSON_AddNumberToObject(k, "hit_ratio",
+                            m->cache_hits + m->cache_misses
+                                ? (double)m->cache_hits / (double)(m->cache_hits + m->cache_misses)
+                                : 0.0);
+    cJSON_AddNumberToObject(k, "connected", (double)m->cache_connected);
+    cJSON_AddNumberToObject(k, "latency_us_mean",
+                            m->cache_lat_count ? (double)m->cache_lat_sum_us / m->cache_lat_count
+                                               : 0.0);
     cJSON *p = cJSON_AddObjectToObject(o, "process");
     cJSON_AddNumberToObject(p, "rss_bytes", (double)m->rss_bytes);
     cJSON_AddNumberToObject(p, "cpu_user_s", (double)m->cpu_user_ns / 1e9);
@@ -529,11 +540,13 @@ static int cmd_stats(ctl_view_t *v)
            (unsigned long long)m->conns_accepted, (unsigned long long)m->conns_closed);
     printf("%-14s in %s  out %s\n", "bytes", fmt_bytes((double)m->bytes_in, b[0], 32),
            fmt_bytes((double)m->bytes_out, b[1], 32));
-    if (m->cache_hits + m->cache_misses + m->cache_errors)
-        printf("%-14s hits %llu  misses %llu  errors %llu  (hit rate %.1f%%)\n", "cache",
-               (unsigned long long)m->cache_hits, (unsigned long long)m->cache_misses,
-               (unsigned long long)m->cache_errors,
-               pct((double)m->cache_hits, (double)(m->cache_hits + m->cache_misses)));
+    if (m->cache_hits + m->cache_misses + m->cache_errors + m->cache_bypasses)
+        printf("%-14s hits %llu  misses %llu  errors %llu  bypasses %llu  (hit rate %.1f%%, "
+               "redis %.0f us mean)\n",
+               "cache", (unsigned long long)m->cache_hits, (unsigned long long)m->cache_misses,
+               (unsigned long long)m->cache_errors, (unsigned long long)m->cache_bypasses,
+               pct((double)m->cache_hits, (double)(m->cache_hits + m->cache_misses)),
+               m->cache_lat_count ? (double)m->cache_lat_sum_us / m->cache_lat_count : 0.0);
 
     printf("\n%s%-5s %-8s %-9s %12s %10s %9s %9s %9s %8s %6s%s\n", BOLD, "SLOT", "PID", "STATE",
            "REQUESTS", "REQ/S 10s", "P50", "P99", "P99.9", "ERRORS", "CONNS", RST);

@@ -22,6 +22,8 @@ static struct {
     uint64_t gt_created, gt_exited, gt_switches, gt_long_runs;
     uint64_t cpu_user_ns, cpu_sys_ns;
     uint64_t cache_hits, cache_misses, cache_errors;
+    uint64_t cache_bypasses, cache_timeouts, cache_lat_sum_us, cache_lat_count;
+    uint64_t cache_lat[TK_CACHE_LAT_NBUCKETS];
 } tk_metrics_last;
 
 static const char *const tk_metrics_err_names[TK_METRICS_ERR_N] = {
@@ -268,6 +270,22 @@ void tk_metrics_cache_publish(uint64_t hits, uint64_t misses, uint64_t errors, i
     tk_metrics_wend(M);
 }
 
+void tk_metrics_cache_stats_publish(const tk_cache_stats_t *st)
+{
+    tk_metrics_wbegin(M);
+    M->cache_hits += tk_metrics_delta(st->hits, &tk_metrics_last.cache_hits);
+    M->cache_misses += tk_metrics_delta(st->misses, &tk_metrics_last.cache_misses);
+    M->cache_errors += tk_metrics_delta(st->errors + st->timeouts, &tk_metrics_last.cache_errors);
+    M->cache_bypasses += tk_metrics_delta(st->bypasses, &tk_metrics_last.cache_bypasses);
+    M->cache_timeouts += tk_metrics_delta(st->timeouts, &tk_metrics_last.cache_timeouts);
+    M->cache_lat_sum_us += tk_metrics_delta(st->lat_sum_us, &tk_metrics_last.cache_lat_sum_us);
+    M->cache_lat_count += tk_metrics_delta(st->lat_count, &tk_metrics_last.cache_lat_count);
+    for (unsigned i = 0; i < TK_CACHE_LAT_NBUCKETS; i++)
+        M->cache_lat[i] += tk_metrics_delta(st->lat_buckets[i], &tk_metrics_last.cache_lat[i]);
+    M->cache_connected = st->connected ? 1 : 0;
+    tk_metrics_wend(M);
+}
+
 int tk_metrics_proc_publish(void)
 {
     char buf[1024];
@@ -419,6 +437,12 @@ void tk_metrics_merge(tk_metrics_snap_t *dst, const tk_metrics_snap_t *src)
     d->cache_misses += s->cache_misses;
     d->cache_errors += s->cache_errors;
     d->cache_connected += s->cache_connected;
+    d->cache_bypasses += s->cache_bypasses;
+    d->cache_timeouts += s->cache_timeouts;
+    d->cache_lat_sum_us += s->cache_lat_sum_us;
+    d->cache_lat_count += s->cache_lat_count;
+    for (unsigned i = 0; i < TK_CACHE_LAT_NBUCKETS; i++)
+        d->cache_lat[i] += s->cache_lat[i];
     for (unsigned i = 0; i < TK_METRICS_NBUCKETS; i++)
         d->hist[i] += s->hist[i];
 

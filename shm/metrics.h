@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cache.h"
 #include "sched.h"
 
 /* --- layout constants ------------------------------------------------------------ */
@@ -95,7 +96,11 @@ typedef struct {
 
     /* Redis cache client (server/cache.h stats): counters, and a gauge */
     uint64_t cache_hits, cache_misses, cache_errors;
-    uint64_t cache_connected; /* gauge: 1 while connected */
+    uint64_t cache_connected;                   /* gauge: 1 while connected */
+    uint64_t cache_bypasses;                    /* calls that skipped Redis (down, breaker open) */
+    uint64_t cache_timeouts;                    /* commands past redis.timeout (also in errors) */
+    uint64_t cache_lat_sum_us, cache_lat_count; /* Redis reply latency (mean = sum/count) */
+    uint64_t cache_lat[TK_CACHE_LAT_NBUCKETS];  /* buckets of TK_CACHE_LAT_BOUNDS_US */
 
     uint64_t nroutes; /* highest registered route id + 1 */
 
@@ -131,6 +136,10 @@ int tk_metrics_proc_publish(void);
  * errors and connected); deltas are added, like the scheduler's. Call it about
  * once a second. */
 void tk_metrics_cache_publish(uint64_t hits, uint64_t misses, uint64_t errors, int connected);
+/* All of a tk_cache_stats() (what the worker calls, once a second): as above,
+ * with errors = errors + timeouts, plus bypasses, timeouts and the latency
+ * histogram. Use one of the two per process: they share the deltas. */
+void tk_metrics_cache_stats_publish(const tk_cache_stats_t *st);
 /* Store CLOCK_MONOTONIC now in live.heartbeat_ns; the master's watchdog reads it. */
 void tk_metrics_heartbeat(void);
 void tk_metrics_set_accepting(int on);
