@@ -84,6 +84,9 @@ static void inbuf_put(tk_http_buf_t *b)
 
 static void idle_cb(evutil_socket_t fd, short what, void *arg);
 
+/* Open connections, for the workers' load spreading: published when the
+ * count changes; the active/idle split is refreshed by the worker's tick, not
+ * per request. */
 static void publish_conns(tk_http_server_t *srv)
 {
     tk_metrics_conns_set(srv->nactive, srv->nconns - srv->nactive);
@@ -261,7 +264,6 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     conn_wake(c);
-    publish_conns(c->srv);
 }
 
 int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *peer,
@@ -725,5 +727,4 @@ out:
         conn_close(c);
         break;
     }
-    publish_conns(srv);
 }
