@@ -3,6 +3,7 @@
 Python 3 standard library only. Every wait is a poll on a condition with a
 deadline; nothing sleeps in place of waiting for a condition.
 """
+import glob
 import os
 import signal
 import socket
@@ -18,6 +19,9 @@ TENK_REDIS = os.environ.get("TENK_REDIS", "")
 SRCDIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _counter = [0]
+
+# Lines an ASan/UBSan/LSan build prints; any of them in a server log fails the test.
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 
 
 class Skip(Exception):
@@ -259,6 +263,14 @@ class Tenkd:
             pass
         self._log.close()
         rc = self.proc.returncode
+        for f in glob.glob("/dev/shm/tenk-%s" % self.name) + glob.glob("/dev/shm/tenk-%s.*" % self.name):
+            try:
+                os.unlink(f)  # left behind only if the master was killed
+            except OSError:
+                pass
+        reports = [m for m in SANITIZER_MARKS if m in self.log()]
+        if reports:
+            raise AssertionError("sanitizer report(s) %s in the tenkd log:\n%s" % (reports, self.log()[-6000:]))
         return rc
 
     def log(self):
