@@ -97,6 +97,7 @@ int tk_access_log_open(struct event_base *base, const tk_conf_t *conf, int worke
     L.fd = fd;
     L.worker = worker;
     L.ts_sec = -1;
+    tk_http_set_done_hook(tk_access_log_hook);
     return 0;
 }
 
@@ -154,6 +155,7 @@ void tk_access_log_close(void)
 {
     if (L.fd < 0)
         return;
+    tk_http_set_done_hook(NULL);
     tk_access_log_flush();
     if (L.timer) {
         event_free(L.timer);
@@ -289,11 +291,12 @@ int tk_access_log_format_line(tk_http_buf_t *b, tk_access_log_format_t fmt,
         rc |= tk_http_buf_printf(b, ",\"protocol\":\"HTTP/1.%d\"", req->version_minor);
     else
         rc |= tk_http_buf_append_str(b, ",\"protocol\":null");
-    rc |= tk_http_buf_printf(b,
-                             ",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%zu,"
-                             "\"duration_s\":%.6f,\"referer\":",
-                             ctx->status, (unsigned long long)bytes_in, ctx->bytes_out,
-                             (double)duration_ns / 1e9);
+    rc |= tk_http_buf_printf(b, ",\"status\":%d", ctx->status);
+    if (bytes_in != TK_ACCESS_LOG_UNKNOWN)
+        rc |= tk_http_buf_printf(b, ",\"bytes_in\":%llu", (unsigned long long)bytes_in);
+    rc |=
+        tk_http_buf_printf(b, ",\"bytes_out\":%zu,\"duration_s\":%.6f,\"referer\":", ctx->bytes_out,
+                           (double)duration_ns / 1e9);
     rc |= put_json(b, header(ctx, "Referer"));
     rc |= tk_http_buf_append_str(b, ",\"user_agent\":");
     rc |= put_json(b, header(ctx, "User-Agent"));
@@ -317,4 +320,9 @@ void tk_access_log_request(const tk_http_ctx_t *ctx, uint64_t bytes_in, uint64_t
     }
     if (L.buf.len >= TK_ACCESS_LOG_BUF / 2)
         tk_access_log_flush();
+}
+
+void tk_access_log_hook(const tk_http_ctx_t *ctx, uint64_t latency_ns)
+{
+    tk_access_log_request(ctx, TK_ACCESS_LOG_UNKNOWN, latency_ns);
 }

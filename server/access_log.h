@@ -32,9 +32,10 @@ typedef enum {
 int tk_access_log_format_parse(const char *s, tk_access_log_format_t *out);
 
 /* In the worker, after the event base exists: open conf->access_log (nothing
- * to do when it is ""), with conf->access_log_format, and start the flush
- * timer on base. worker is the worker's slot (written into JSON lines).
- * Returns 0, or -1 with a message in err. */
+ * to do when it is ""), with conf->access_log_format, start the flush timer on
+ * base and install tk_access_log_hook() as the HTTP engine's per-response hook
+ * (tk_http_set_done_hook). worker is the worker's slot (written into JSON
+ * lines). Returns 0, or -1 with a message in err. */
 int tk_access_log_open(struct event_base *base, const tk_conf_t *conf, int worker, char *err,
                        size_t errlen);
 /* Flush, then reopen the same path (SIGUSR1). 0, or -1 with errno (the old
@@ -50,11 +51,16 @@ int tk_access_log_enabled(void);
 /* Lines dropped because a write failed. */
 uint64_t tk_access_log_dropped(void);
 
+/* bytes_in when the caller doesn't know it (the JSON line leaves it out). */
+#define TK_ACCESS_LOG_UNKNOWN UINT64_MAX
+
 /* One finished response: ctx after the handler (or the engine) answered,
- * bytes_in the request's bytes on the wire, duration_ns from the first byte of
- * the request to the response being queued. ctx->req may be NULL (a request
- * the parser refused): the request line is then logged as "-". */
+ * bytes_in the request's bytes on the wire (or TK_ACCESS_LOG_UNKNOWN),
+ * duration_ns the time to answer. ctx->req may be NULL (a request the parser
+ * refused): the request line is then logged as "-". */
 void tk_access_log_request(const tk_http_ctx_t *ctx, uint64_t bytes_in, uint64_t duration_ns);
+/* The same with the HTTP engine's tk_http_done_fn signature. */
+void tk_access_log_hook(const tk_http_ctx_t *ctx, uint64_t latency_ns);
 
 /* Format one line into out (exposed for tests): the same text
  * tk_access_log_request() buffers, ending in '\n'. unix_ms is the wall-clock
