@@ -19,6 +19,7 @@
 #include <event2/event.h>
 
 #include "broker.h"
+#include "cache.h"
 #include "conf.h"
 #include "handlers.h"
 #include "http_conn.h"
@@ -619,8 +620,36 @@ static void metrics_cache(tk_http_buf_t *b, const view_t *v)
               offsetof(tk_metrics_sh_t, cache_misses));
     counter_w(b, v, "tenk_cache_errors_total", "Redis cache operations that failed.",
               offsetof(tk_metrics_sh_t, cache_errors));
+    counter_w(b, v, "tenk_cache_bypasses_total",
+              "Cache calls that skipped Redis (down, or the breaker open).",
+              offsetof(tk_metrics_sh_t, cache_bypasses));
+    counter_w(b, v, "tenk_cache_timeouts_total", "Redis commands past redis.timeout.",
+              offsetof(tk_metrics_sh_t, cache_timeouts));
     gauge_w(b, v, "tenk_cache_connected", "1 while the worker's Redis connection is up.",
             offsetof(tk_metrics_sh_t, cache_connected));
+    static const uint64_t bounds[TK_CACHE_LAT_NBUCKETS] = TK_CACHE_LAT_BOUNDS_US;
+    family(b, "tenk_cache_reply_duration_seconds", "histogram", "Time Redis took to reply.");
+    for (unsigned i = 0; i < v->nw; i++) {
+        const tk_metrics_sh_t *m = &v->w[i].snap->m;
+        uint64_t cum = 0;
+        for (unsigned k = 0; k < TK_CACHE_LAT_NBUCKETS; k++) {
+            cum += m->cache_lat[k];
+            if (bounds[k] == UINT64_MAX)
+                continue; /* the "more" bucket is +Inf below */
+            tk_http_buf_printf(b,
+                               "tenk_cache_reply_duration_seconds_bucket{worker=\"%u\",le=\"%g\"} "
+                               "%llu\n",
+                               v->w[i].slot, (double)bounds[k] / 1e6, (unsigned long long)cum);
+        }
+        tk_http_buf_printf(b,
+                           "tenk_cache_reply_duration_seconds_bucket{worker=\"%u\",le=\"+Inf\"} "
+                           "%llu\n",
+                           v->w[i].slot, (unsigned long long)cum);
+        tk_http_buf_printf(b, "tenk_cache_reply_duration_seconds_sum{worker=\"%u\"} %.6f\n",
+                           v->w[i].slot, (double)m->cache_lat_sum_us / 1e6);
+        tk_http_buf_printf(b, "tenk_cache_reply_duration_seconds_count{worker=\"%u\"} %llu\n",
+                           v->w[i].slot, (unsigned long long)cum);
+    }
 }
 
 static void h_metrics(tk_http_ctx_t *ctx)
@@ -717,7 +746,16 @@ static void json_stats_block(cJSON *o, const tk_metrics_snap_t *s, uint64_t now_
     cJSON_AddNumberToObject(k, "hits", (double)m->cache_hits);
     cJSON_AddNumberToObject(k, "misses", (double)m->cache_misses);
     cJSON_AddNumberToObject(k, "errors", (double)m->cache_errors);
+    cJSON_AddNumberToObject(k, "bypasses", (double)m->cache_bypasses);
+    cJSON_AddNumberToObject(k, "timeouts", (double)m->cache_timeouts);
+    cJSON_AddNumberToObject(k, "hit_ratio",
+                            m->cache_hits + m->cache_misses
+                                ? (double)m->cache_hits / (double)(m->cache_hits + m->cache_misses)
+                                : 0.0);
     cJSON_AddNumberToObject(k, "connected", (double)m->cache_connected);
+    cJSON_AddNumberToObject(
+        k, "latency_us_mean",
+        m->cache_lat_count ? (double)m->cache_lat_sum_us / (double)m->cache_lat_count : 0.0);
     cJSON *p = cJSON_AddObjectToObject(o, "process");
     cJSON_AddNumberToObject(p, "rss_bytes", (double)m->rss_bytes);
     cJSON_AddNumberToObject(p, "cpu_user_s", (double)m->cpu_user_ns / 1e9);

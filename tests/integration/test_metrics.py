@@ -204,3 +204,23 @@ def test_worker_restart_is_counted():
                 total(s, "tenk_workers", state="running") == 2
         wait_until(restarted, 10, "the respawn to show in tenk_worker_restarts_total")
         assert victim not in t.worker_pids()
+
+
+def test_cache_metrics_follow_lookups():
+    from tenkharness import need_db, need_redis
+    need_db()
+    need_redis()
+    with Tenkd(workers=1, admin=True) as t:
+        _, _, before = parse(scrape(t))
+        for _ in range(6):  # the first may miss and fill the cache; the others hit
+            assert t.request("GET", "/users/1")[0] == 200
+        h0 = total(before, "tenk_cache_hits_total")
+        l0 = total(before, "tenk_cache_reply_duration_seconds_count")
+
+        def published():  # the worker publishes its cache counters once a second
+            _, _, s = parse(scrape(t))
+            return s if total(s, "tenk_cache_hits_total") >= h0 + 5 else None
+        after = wait_until(published, 5, "cache hits in /metrics")
+        assert total(after, "tenk_cache_connected") == 1
+        assert total(after, "tenk_cache_reply_duration_seconds_count") >= l0 + 6
+        promtool_check(scrape(t))
