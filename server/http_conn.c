@@ -208,12 +208,22 @@ static void conn_wake(tk_http_conn_t *c)
     c->gt = tk_gt_spawn(srv->sched, "http", conn_serve, c);
     if (!c->gt) {
         /* no green thread to spare (max_threads): say so and close */
-        static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nServer: tenk\r\n"
-                                   "Content-Type: application/json\r\nContent-Length: 28\r\n"
-                                   "Connection: close\r\nRetry-After: 1\r\n\r\n"
-                                   "{\"error\":\"server overloaded\"}";
-        ssize_t w = send(c->fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-        (void)w;
+        static const char body[] = "{\"error\":\"server overloaded\"}";
+        tk_http_resp_t r;
+        memset(&r, 0, sizeof(r));
+        r.status = 503;
+        r.content_type = "application/json";
+        r.extra_headers = "Retry-After: 1\r\n";
+        r.extra_len = strlen(r.extra_headers);
+        r.body = body;
+        r.body_len = sizeof(body) - 1;
+        tk_http_buf_t b;
+        tk_http_buf_init(&b);
+        if (tk_http_response_write(&b, &r) == 0) {
+            ssize_t w = send(c->fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)w;
+        }
+        tk_http_buf_free(&b);
         tk_metrics_error(TK_METRICS_ERR_LIMIT);
         conn_close(c);
         return;

@@ -180,3 +180,31 @@ def test_max_connections_per_worker():
         for s, _ in held[1:]:
             s.close()
         extra.close()
+
+
+def test_no_green_thread_left_503():
+    """At runtime.max_threads every green thread is busy: a new request gets
+    503 with a JSON error and Retry-After, and the others still finish."""
+    with Tenkd(workers=1, admin=True, conf="[runtime]\nmax_threads = 2\n") as t:
+        busy = []
+        for _ in range(2):
+            s = t.connect(port=t.admin_port)
+            r = Reader(s)
+            s.sendall(b"POST /debug/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                      b"Expect: 100-continue\r\n\r\n")
+            assert r.response()[0] == 100  # its green thread now waits for the body
+            busy.append((s, r))
+        s = t.connect()
+        s.sendall(build_request("GET", "/health"))
+        st, h, body = Reader(s).response()
+        assert st == 503 and h["retry-after"] == "1", (st, h)
+        assert json.loads(body)["error"]
+        assert int(h["content-length"]) == len(body)
+        assert _closed(s)
+        for s, r in busy:
+            s.sendall(b"ok")
+            st, _, body = r.response()
+            assert st == 200 and body == b"ok"
+            s.close()
+        st, _, _ = t.request("GET", "/health")
+        assert st == 200
