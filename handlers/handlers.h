@@ -23,7 +23,7 @@ void tk_handlers_register_users(tk_router_t *r);  /* /users */
 void tk_handlers_register_heavy(tk_router_t *r);  /* /heavy */
 /* Admin listener (/metrics, /debug/..., /dashboard). */
 void tk_handlers_register_admin(tk_router_t *r);
-/* Admin listener: POST /debug/echo (handlers/health.c), for tests. */
+/* Admin listener: POST /debug/echo, GET /debug/stream (handlers/health.c), for tests. */
 void tk_handlers_register_debug(tk_router_t *r);
 
 #endif

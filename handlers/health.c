@@ -1,12 +1,15 @@
 /* health.c: the endpoints with nothing behind them: /health, /json, /plaintext. */
 #include "config.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
 
 #include "handlers.h"
 #include "http_response.h"
+#include "sched.h"
 
 /* GET /health: liveness, cheap enough to poll under any load. */
 static void health(tk_http_ctx_t *ctx)
@@ -59,9 +62,35 @@ static void echo(tk_http_ctx_t *ctx)
     tk_http_respond(ctx, 200, ct, body.p, body.len);
 }
 
+/* GET /debug/stream?n=N (admin listener only): N lines sent as separate
+ * chunks, a yield between them; exercises chunked (1.1) and close-delimited
+ * (1.0) responses. */
+static void stream(tk_http_ctx_t *ctx)
+{
+    char v[16];
+    int n = 3;
+    if (tk_http_query(ctx, "n", v, sizeof(v)) > 0)
+        n = atoi(v);
+    if (n < 0 || n > 1000) {
+        tk_http_respond_error(ctx, 400, "n must be 0..1000");
+        return;
+    }
+    if (tk_http_stream_begin(ctx, 200, "text/plain") != 0)
+        return;
+    for (int i = 0; i < n; i++) {
+        char line[32];
+        int len = snprintf(line, sizeof(line), "line %d\n", i);
+        if (tk_http_stream_write(ctx, line, (size_t)len) != 0)
+            return;
+        tk_gt_yield();
+    }
+    tk_http_stream_end(ctx);
+}
+
 void tk_handlers_register_debug(tk_router_t *r)
 {
     tk_router_add(r, "POST", "/debug/echo", echo, TK_ROUTE_ADMIN_FIRST + 31);
+    tk_router_add(r, "GET", "/debug/stream", stream, TK_ROUTE_ADMIN_FIRST + 30);
 }
 
 void tk_handlers_register_health(tk_router_t *r)

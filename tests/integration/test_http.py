@@ -241,6 +241,35 @@ def test_body_content_length_chunked_and_100_continue():
         s.close()
 
 
+def test_streamed_responses_chunked_and_close_delimited():
+    with Tenkd(workers=1, admin=True) as t:
+        expect = b"".join(b"line %d\n" % i for i in range(5))
+        s = t.connect(port=t.admin_port)
+        r = Reader(s)
+        s.sendall(build_request("GET", "/debug/stream?n=5"))
+        st, h, body = r.response()
+        assert st == 200 and h["transfer-encoding"] == "chunked" and body == expect, (h, body)
+        assert "content-length" not in h
+        # the connection stays usable after the last chunk
+        s.sendall(build_request("GET", "/debug/stream?n=0"))
+        st, h, body = r.response()
+        assert st == 200 and body == b""
+        s.sendall(build_request("HEAD", "/debug/stream?n=5"))
+        st, h, _ = r.response(head=True)
+        assert st == 200
+        s.sendall(build_request("GET", "/health"))
+        st, _, body = r.response()
+        assert json.loads(body) == {"status": "ok"}
+        s.close()
+        # HTTP/1.0 has no chunked coding: the body ends with the connection
+        s = t.connect(port=t.admin_port)
+        s.sendall(b"GET /debug/stream?n=5 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        st, h, body = Reader(s).response()
+        assert st == 200 and "transfer-encoding" not in h and body == expect
+        assert h["connection"].lower() == "close"
+        s.close()
+
+
 def test_gzip_roundtrip_and_vary():
     with Tenkd(workers=1, admin=True, conf="[http]\ngzip_min_size = 16\n") as t:
         st, h, body = t.request("GET", "/json", {"Accept-Encoding": "gzip, deflate"})
