@@ -1,6 +1,7 @@
 """test_limits.py: every request limit and rejection, each with its status, a
 JSON error body and (for a broken request) the connection closed."""
 import json
+import os
 import socket
 import time
 
@@ -208,3 +209,37 @@ def test_no_green_thread_left_503():
             s.close()
         st, _, _ = t.request("GET", "/health")
         assert st == 200
+
+
+def test_emfile_backs_off_without_spinning():
+    """Out of file descriptors: the worker stops accepting for a moment
+    instead of spinning on a readable listen socket, logs it at most once a
+    second, and serves the waiting connections once descriptors are back."""
+    import resource
+    with Tenkd(workers=1) as t:
+        pid = t.worker_pids()[0]
+        nfd = len(os.listdir("/proc/%d/fd" % pid))
+        old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (nfd + 3, old[1]))
+        socks = []
+        for _ in range(12):
+            s = t.connect()
+            s.sendall(build_request("GET", "/health"))
+            socks.append(s)
+        wait_until(lambda: "accept4() failed" in t.log(), 5, "the EMFILE warning")
+
+        def cpu_ticks():
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])
+        c0, t0 = cpu_ticks(), time.monotonic()
+        wait_until(lambda: time.monotonic() - t0 >= 1.0, 2, "a second of back-off")
+        used = cpu_ticks() - c0
+        assert used < 30, "worker used %d ticks in 1 s while out of descriptors" % used
+        warnings = t.log().count("accept4() failed")
+        assert warnings <= 3, warnings
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
+        for s in socks:
+            st, _, _ = Reader(s).response()
+            assert st == 200
+            s.close()
