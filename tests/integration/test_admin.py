@@ -125,34 +125,43 @@ def test_debug_stats_mirrors_tenkctl():
 def test_debug_threads_shows_a_parked_request():
     need_db()
     with Tenkd(workers=2, admin=True, conf="[db]\nquery_timeout = 10s\n") as t:
-        assert t.request("GET", "/db")[0] == 200  # prepared and warm
-        # hold a lock that /db's SELECT must wait for, in a session of our own
-        locker = subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", TENK_DB],
+        assert admin_get(t, "/debug/threads")[0] == 200  # fail before taking any lock
+        # a user of our own, whose row we lock: nobody else's queries wait on it
+        email = "it-threads-%d-%d@example.com" % (os.getpid(), int(time.time() * 1e6))
+        st, _, body = t.request("POST", "/users", headers={"Content-Type": "application/json"},
+                                body=json.dumps({"name": "Parked", "email": email}))
+        assert st == 201, (st, body)
+        uid = json.loads(body)["id"]
+        locker = subprocess.Popen(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", TENK_DB],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True)
-        socks = []
+        s = None
         try:
-            locker.stdin.write("BEGIN;\nLOCK TABLE world IN ACCESS EXCLUSIVE MODE;\n\\echo locked\n")
+            locker.stdin.write("BEGIN;\nSELECT 1 FROM users WHERE id = %d FOR UPDATE;\n\\echo locked\n" % uid)
             locker.stdin.flush()
+            assert locker.stdout.readline().strip() == "1"
             assert locker.stdout.readline().strip() == "locked"
+            # the UPDATE behind PUT waits for our row lock: its green thread parks on PostgreSQL
             s = t.connect()
-            s.sendall(build_request("GET", "/db?parked=1"))
-            socks.append(s)
+            s.sendall(build_request("PUT", "/users/%d" % uid, {"Content-Type": "application/json"},
+                                    json.dumps({"name": "Parked 2", "email": email})))
+            path = "/users/%d" % uid
 
             def parked():
                 d = admin_json(t, "/debug/threads")
-                hits = [x for x in d["threads"] if x.get("path") == "/db"]
+                hits = [x for x in d["threads"] if x.get("path") == path]
                 return (d, hits[0]) if hits and hits[0]["state"] == "wait_db" else None
-            d, th = wait_until(parked, 10, "the /db request to show as parked on PostgreSQL")
-            assert th["method"] == "GET"
+            d, th = wait_until(parked, 10, "the PUT to show as parked on PostgreSQL")
+            assert th["method"] == "PUT"
             assert th["wait"] == "PostgreSQL reply"
             assert isinstance(th["id"], int) and th["id"] > 0
             assert th["pid"] in t.worker_pids()
             # its age grows while it waits
-            time.sleep(0.05)
-            age1 = [x for x in admin_json(t, "/debug/threads")["threads"]
-                    if x.get("path") == "/db" and x["pid"] == th["pid"] and x["id"] == th["id"]]
-            assert age1 and age1[0]["age_s"] > th["age_s"], (age1, th)
+            age0 = th["age_s"]
+            again = wait_until(lambda: [x for x in admin_json(t, "/debug/threads")["threads"]
+                                        if x.get("path") == path and x["age_s"] > age0], 5,
+                               "the parked thread's age to grow")
+            assert again[0]["id"] == th["id"] and again[0]["pid"] == th["pid"]
             # every live worker answered, and the one serving us shows itself running
             pids = sorted(w["pid"] for w in d["workers"])
             assert pids == sorted(t.worker_pids()), (pids, t.worker_pids())
@@ -166,12 +175,13 @@ def test_debug_threads_shows_a_parked_request():
             locker.stdin.write("ROLLBACK;\n")
             locker.stdin.close()
             locker.wait(10)
-        st, _, body = recv_response(socks[0])
+        st, _, body = recv_response(s)
         assert st == 200, (st, body)
-        socks[0].close()
-        # and once answered it is gone
+        s.close()
+        # once answered it is gone
         wait_until(lambda: not [x for x in admin_json(t, "/debug/threads")["threads"]
-                                if x.get("path") == "/db"], 5, "the /db thread to end")
+                                if x.get("path") == path], 5, "the PUT's thread to end")
+        assert t.request("DELETE", "/users/%d" % uid)[0] in (200, 204)
 
 
 def test_debug_config_masks_secrets():
