@@ -18,6 +18,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "admin.h"
 #include "broker.h"
 #include "cache.h"
 #include "conf.h"
@@ -1459,4 +1460,22 @@ void tk_handlers_register_admin(tk_router_t *r)
         tk_metrics_route_register((unsigned)routes[i].id, name);
     }
     responder_start();
+}
+
+void tk_admin_fini(void)
+{
+    if (R.ev) {
+        event_free(R.ev);
+        R.ev = NULL;
+    }
+    if (R.fd >= 0) {
+        close(R.fd);
+        R.fd = -1;
+    }
+    R.sched = NULL;
+    R.slot = -1;
+    if (g_shm) {
+        tk_shm_detach(g_shm);
+        g_shm = NULL;
+    }
 }
