@@ -15,6 +15,7 @@
 
 #include <event2/event.h>
 
+#include "access_log.h"
 #include "db.h"
 #include "handlers.h"
 #include "http_conn.h"
@@ -308,6 +309,9 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
         if (tk_log_open(w->conf->error_log) != 0)
             TK_LOG_ERRNO(TK_LOG_ERR, errno, "reopening the error log \"%s\" failed",
                          w->conf->error_log);
+        if (tk_access_log_enabled() && tk_access_log_reopen() != 0)
+            TK_LOG_ERRNO(TK_LOG_ERR, errno, "reopening the access log \"%s\" failed",
+                         w->conf->access_log);
         break;
     default:
         break;
@@ -341,6 +345,7 @@ static void register_routes(worker_t *w)
     tk_handlers_register_heavy(w->router);
     tk_handlers_register_health(w->admin_router);
     tk_handlers_register_debug(w->admin_router);
+    tk_handlers_register_admin(w->admin_router);
     tk_router_foreach(w->router, name_route, NULL);
 }
 
@@ -387,6 +392,11 @@ static int worker_setup(worker_t *w)
         0)
         return -1;
     w->db_started = 1;
+    char err[256];
+    if (tk_access_log_open(w->base, conf, w->a->slot, err, sizeof(err)) != 0) {
+        TK_LOG(TK_LOG_ERR, "access log: %s", err);
+        return -1;
+    }
     w->router = tk_router_new();
     w->admin_router = tk_router_new();
     if (!w->router || !w->admin_router)
@@ -437,6 +447,7 @@ static void worker_teardown(worker_t *w)
     }
     if (w->db_started)
         tk_db_worker_fini(); /* gives this worker's broker slots back */
+    tk_access_log_close();
     if (w->base) {
         tk_http_server_fini(&w->http);
         tk_metrics_conns_set(0, 0);
