@@ -954,8 +954,7 @@ static struct {
     int fd;
     struct event *ev;
     tk_sched_t *sched;
-    int slot;
-} R = {.fd = -1, .slot = -1};
+} R = {.fd = -1};
 
 static socklen_t gt_addr(pid_t pid, struct sockaddr_un *sa)
 {
@@ -1047,22 +1046,9 @@ static void dump_one(tk_gt_t *gt, void *arg)
     d->n++;
 }
 
-static int own_slot(void)
+static unsigned dump_threads(tk_http_buf_t *b, int slot, unsigned limit)
 {
-    if (R.slot < 0 && g_shm) {
-        pid_t me = getpid();
-        for (unsigned i = 0; i < tk_shm_nslots(g_shm); i++)
-            if (tk_shm_worker(g_shm, i)->pid == me) {
-                R.slot = (int)i;
-                break;
-            }
-    }
-    return R.slot;
-}
-
-static unsigned dump_threads(tk_http_buf_t *b, unsigned limit)
-{
-    dump_t d = {b, 0, limit, own_slot(), tk_now_ns()};
+    dump_t d = {b, 0, limit, slot, tk_now_ns()};
     if (R.sched)
         tk_sched_foreach(R.sched, dump_one, &d);
     return d.n;
@@ -1082,7 +1068,37 @@ static void reply_event(struct bufferevent *bev, short what, void *arg)
     bufferevent_free(bev);
 }
 
-/* Another worker asks for this worker's table: write it and close. */
+/* The request line "threads SLOT\n" (the asker knows our slot from the
+ * worker table) has arrived: answer with the table, then close. */
+static void request_read(struct bufferevent *bev, void *arg)
+{
+    (void)arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    char *line = evbuffer_readln(in, NULL, EVBUFFER_EOL_LF);
+    if (!line) {
+        if (evbuffer_get_length(in) > 64) /* not ours */
+            bufferevent_free(bev);
+        return;
+    }
+    int slot = -1;
+    int ok = sscanf(line, "threads %d", &slot) == 1;
+    free(line);
+    if (!ok) {
+        bufferevent_free(bev);
+        return;
+    }
+    bufferevent_disable(bev, EV_READ);
+    tk_http_buf_t b;
+    tk_http_buf_init(&b);
+    dump_threads(&b, slot, THREADS_LIMIT);
+    bufferevent_setcb(bev, NULL, reply_done, reply_event, NULL);
+    if (b.len == 0 || bufferevent_write(bev, b.data, b.len) != 0 ||
+        bufferevent_enable(bev, EV_WRITE) != 0)
+        bufferevent_free(bev); /* nothing to say: EOF is the empty answer */
+    tk_http_buf_free(&b);
+}
+
+/* Another worker connects to ask for this worker's threads. */
 static void responder_cb(evutil_socket_t lfd, short what, void *arg)
 {
     (void)what;
@@ -1099,27 +1115,23 @@ static void responder_cb(evutil_socket_t lfd, short what, void *arg)
             close(fd);
             continue;
         }
-        tk_http_buf_t b;
-        tk_http_buf_init(&b);
-        dump_threads(&b, THREADS_LIMIT);
         struct bufferevent *bev =
             bufferevent_socket_new(tk_sched_base(R.sched), fd, BEV_OPT_CLOSE_ON_FREE);
         if (!bev) {
             close(fd);
-            tk_http_buf_free(&b);
             continue;
         }
-        struct timeval tv = {5, 0};
-        bufferevent_set_timeouts(bev, NULL, &tv);
-        bufferevent_setcb(bev, NULL, reply_done, reply_event, NULL);
-        if (b.len == 0 || bufferevent_write(bev, b.data, b.len) != 0 ||
-            bufferevent_enable(bev, EV_WRITE) != 0)
+        struct timeval tv = {THREADS_TIMEOUT_MS / 1000, (THREADS_TIMEOUT_MS % 1000) * 1000};
+        bufferevent_set_timeouts(bev, &tv, &tv);
+        bufferevent_setcb(bev, request_read, NULL, reply_event, NULL);
+        if (bufferevent_enable(bev, EV_READ) != 0)
             bufferevent_free(bev);
-        tk_http_buf_free(&b);
     }
 }
 
-/* Called at registration, in each worker once its scheduler exists. */
+/* Called at registration, in each worker: the worker must have created its
+ * scheduler (tk_sched_new) before registering the admin routes, or this worker
+ * can't answer the others (they then report it with an error). */
 static void responder_start(void)
 {
     tk_sched_t *s = tk_sched_current();
@@ -1146,10 +1158,10 @@ static void responder_start(void)
     R.sched = s;
 }
 
-/* Ask worker pid for its table; append it to b (with a leading comma when
+/* Ask worker pid (in slot) for its table; append it to b (with a leading comma when
  * *first is 0). Returns 0, or -1 with a reason in err. May yield. */
-static int ask_worker(pid_t pid, tk_http_buf_t *b, int *first, int64_t deadline, char *err,
-                      size_t errlen)
+static int ask_worker(pid_t pid, int slot, tk_http_buf_t *b, int *first, int64_t deadline,
+                      char *err, size_t errlen)
 {
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -1158,8 +1170,12 @@ static int ask_worker(pid_t pid, tk_http_buf_t *b, int *first, int64_t deadline,
     }
     struct sockaddr_un sa;
     socklen_t len = gt_addr(pid, &sa);
-    if (connect(fd, (struct sockaddr *)&sa, len) != 0 && errno != EINPROGRESS) {
-        snprintf(err, errlen, "connect(): %s", strerror(errno));
+    char req[32];
+    int rl = snprintf(req, sizeof(req), "threads %d\n", slot);
+    /* a Unix stream connect completes at once (EAGAIN: its backlog is full) and
+     * the line fits in the socket buffer */
+    if (connect(fd, (struct sockaddr *)&sa, len) != 0 || write(fd, req, (size_t)rl) != rl) {
+        snprintf(err, errlen, "asking it failed: %s", strerror(errno));
         close(fd);
         return -1;
     }
@@ -1239,12 +1255,12 @@ static void h_threads(tk_http_ctx_t *ctx)
             if (!first)
                 tk_http_buf_append(b, ",", 1);
             rc = 0;
-            if (dump_threads(b, THREADS_LIMIT) == 0)
+            if (dump_threads(b, (int)i, THREADS_LIMIT) == 0)
                 b->len = before;
             else
                 first = 0;
         } else {
-            rc = ask_worker(tab[i].pid, b, &first, deadline, err, sizeof(err));
+            rc = ask_worker(tab[i].pid, (int)i, b, &first, deadline, err, sizeof(err));
         }
         /* count what this worker contributed (objects start with {"id":) */
         unsigned n = 0;
@@ -1473,7 +1489,6 @@ void tk_admin_fini(void)
         R.fd = -1;
     }
     R.sched = NULL;
-    R.slot = -1;
     if (g_shm) {
         tk_shm_detach(g_shm);
         g_shm = NULL;

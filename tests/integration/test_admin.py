@@ -168,6 +168,11 @@ def test_debug_threads_shows_a_parked_request():
             assert all("error" not in w for w in d["workers"]), d["workers"]
             me = [x for x in d["threads"] if x.get("path") == "/debug/threads"]
             assert len(me) == 1 and me[0]["state"] == "running", me
+            # each thread names its worker's slot, the same as tenkctl's
+            slot_of = {w["pid"]: w["slot"] for w in d["workers"]}
+            assert all(x["worker"] == slot_of[x["pid"]] for x in d["threads"]), d["threads"]
+            ctl = json.loads(t.ctl("status", "--json").stdout)
+            assert {w["pid"]: w["slot"] for w in ctl["workers"] if w["pid"] in slot_of} == slot_of
             # the per-worker counts agree with the list
             for w in d["workers"]:
                 assert w["threads"] == sum(1 for x in d["threads"] if x["pid"] == w["pid"])
@@ -182,6 +187,28 @@ def test_debug_threads_shows_a_parked_request():
         wait_until(lambda: not [x for x in admin_json(t, "/debug/threads")["threads"]
                                 if x.get("path") == path], 5, "the PUT's thread to end")
         assert t.request("DELETE", "/users/%d" % uid)[0] in (200, 204)
+
+
+def test_debug_threads_survives_a_stopped_worker():
+    """A worker that can't answer costs the others a bounded wait, not the answer."""
+    with Tenkd(workers=2, admin=True, db="", redis="") as t:
+        a, b = t.worker_pids()
+        os.kill(b, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            st, _, body = admin_get(t, "/debug/threads")  # only a can accept it
+            took = time.monotonic() - t0
+            assert st == 200, (st, body)
+            d = json.loads(body)
+            ws = {w["pid"]: w for w in d["workers"]}
+            assert set(ws) == {a, b}, ws
+            assert "error" in ws[b] and ws[b]["threads"] == 0, ws[b]
+            assert "error" not in ws[a] and ws[a]["threads"] >= 1, ws[a]
+            assert 1.5 <= took < 5, took
+        finally:
+            os.kill(b, signal.SIGCONT)
+        d = wait_until(lambda: admin_json(t, "/debug/threads"), 5, "/debug/threads after SIGCONT")
+        assert all("error" not in w for w in d["workers"]), d["workers"]
 
 
 def test_debug_config_masks_secrets():
