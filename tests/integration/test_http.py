@@ -430,7 +430,8 @@ def test_idle_keepalive_memory():
 def test_connections_spread_across_workers():
     """A burst of 100 connections lands on both workers, not on whichever
     woke first: the busier one holds back (shared-memory connection counts)."""
-    with Tenkd(workers=2, args=("-v",)) as t:
+    # no database or cache: their sockets would count as connections here
+    with Tenkd(workers=2, args=("-v",), db="", redis="") as t:
         wait_until(lambda: len(t.worker_pids()) == 2, 5, "two workers")
         wait_until(lambda: t.log().count(") accepting on ") == 2, 5, "both workers accepting")
         pids = t.worker_pids()

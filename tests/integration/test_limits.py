@@ -186,7 +186,8 @@ def test_max_connections_per_worker():
 def test_no_green_thread_left_503():
     """At runtime.max_threads every green thread is busy: a new request gets
     503 with a JSON error and Retry-After, and the others still finish."""
-    with Tenkd(workers=1, admin=True, conf="[runtime]\nmax_threads = 2\n") as t:
+    # no database or cache: their clients' green threads would count too
+    with Tenkd(workers=1, admin=True, conf="[runtime]\nmax_threads = 2\n", db="", redis="") as t:
         busy = []
         for _ in range(2):
             s = t.connect(port=t.admin_port)
