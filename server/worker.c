@@ -26,10 +26,11 @@
 #include "segment.h"
 
 #define TICK_MS 100
-/* Connections taken per listener per wake-up: small, so a burst of new
- * connections is shared with the other workers instead of landing on
- * whichever woke first. */
-#define ACCEPT_BATCH 8
+/* Connections taken per listener per wake-up: enough that a burst of new
+ * connections does not wait in the kernel's queue behind whole loop turns
+ * of requests (each turn may serve thousands), few enough that the load
+ * check between batches still spreads the burst over the workers. */
+#define ACCEPT_BATCH 64
 /* Back-off after EMFILE/ENFILE/ENOMEM: stop accepting instead of spinning on a
  * listen socket that stays readable. */
 #define ACCEPT_BACKOFF_MS 100
