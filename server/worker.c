@@ -331,7 +331,8 @@ static void raise_nofile(void)
 
 static void name_route(const char *method, const char *pattern, int route_id, void *arg)
 {
-    (void)arg;
+    if (route_id < *(const int *)arg)
+        return; /* shared with the public router, named there */
     char name[TK_METRICS_ROUTE_NAME];
     snprintf(name, sizeof(name), "%s %s", method, pattern);
     tk_metrics_route_register((unsigned)route_id, name);
@@ -347,7 +348,9 @@ static void register_routes(worker_t *w)
     tk_handlers_register_health(w->admin_router);
     tk_handlers_register_debug(w->admin_router);
     tk_handlers_register_admin(w->admin_router);
-    tk_router_foreach(w->router, name_route, NULL);
+    static const int all = 0, admin_only = TK_ROUTE_ADMIN_FIRST;
+    tk_router_foreach(w->router, name_route, (void *)&all);
+    tk_router_foreach(w->admin_router, name_route, (void *)&admin_only);
 }
 
 static int worker_setup(worker_t *w)
