@@ -182,7 +182,9 @@ class Tenkd:
         _counter[0] += 1
         self.name = name or "t%d-%d" % (os.getpid(), _counter[0])
         self.port = port or free_port()
-        self.admin_port = free_port() if admin else None
+        self.admin_port = None
+        while admin and self.admin_port in (None, self.port):
+            self.admin_port = free_port()
         self.workers = workers
         self.extra_conf = conf
         self.args = list(args)
