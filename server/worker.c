@@ -65,7 +65,12 @@ typedef struct {
     int64_t stop_deadline_ms; /* exit by then whatever is left */
     unsigned ticks;
     int db_started;
+    tk_cache_t *cache;         /* NULL: no redis.addr */
+    tk_cache_flight_t *flight; /* single flight for cache-aside loads */
 } worker_t;
+
+/* This process's worker, for the getters handlers call. */
+static worker_t *self;
 
 static void accept_set(worker_t *w, int on)
 {
@@ -253,6 +258,11 @@ static void publish(worker_t *w, int full)
         tk_sched_stats(w->sched, &st);
         tk_metrics_sched_publish(&st);
         tk_metrics_proc_publish();
+        if (w->cache) {
+            tk_cache_stats_t cs;
+            tk_cache_stats(w->cache, &cs);
+            tk_metrics_cache_stats_publish(&cs);
+        }
     }
 }
 
@@ -353,6 +363,33 @@ static void register_routes(worker_t *w)
     tk_router_foreach(w->admin_router, name_route, (void *)&admin_only);
 }
 
+/* The Redis client, when redis.addr is set. Redis being down is no error here
+ * (the client reconnects, requests use the database meanwhile); a malformed
+ * address is. */
+static int cache_setup(worker_t *w)
+{
+    const tk_conf_t *conf = w->conf;
+    if (!conf->redis_addr[0])
+        return 0;
+    tk_cache_opts_t o;
+    tk_cache_opts_default(&o);
+    o.addr = conf->redis_addr;
+    o.password = conf->redis_password;
+    o.db = conf->redis_db;
+    if (conf->redis_timeout_ms > 0)
+        o.timeout_ms = conf->redis_timeout_ms;
+    o.ttl_s = conf->cache_ttl_s;
+    o.negative_ttl_s = conf->cache_negative_ttl_s;
+    char err[256];
+    w->cache = tk_cache_new(w->base, &o, err, sizeof(err));
+    if (!w->cache) {
+        TK_LOG(TK_LOG_ERR, "redis: %s", err);
+        return -1;
+    }
+    w->flight = tk_cache_flight_new(w->cache);
+    return w->flight ? 0 : -1;
+}
+
 static int worker_setup(worker_t *w)
 {
     const tk_conf_t *conf = w->conf;
@@ -401,6 +438,8 @@ static int worker_setup(worker_t *w)
         TK_LOG(TK_LOG_ERR, "access log: %s", err);
         return -1;
     }
+    if (cache_setup(w) != 0) /* before the routes: tfb's start-up load uses it */
+        return -1;
     w->router = tk_router_new();
     w->admin_router = tk_router_new();
     if (!w->router || !w->admin_router)
@@ -452,6 +491,10 @@ static void worker_teardown(worker_t *w)
     if (w->db_started)
         tk_db_worker_fini(); /* gives this worker's broker slots back */
     tk_access_log_close();
+    tk_cache_flight_free(w->flight);
+    tk_cache_free(w->cache);
+    w->flight = NULL;
+    w->cache = NULL;
     if (w->base) {
         tk_http_server_fini(&w->http);
         tk_metrics_conns_set(0, 0);
@@ -479,6 +522,7 @@ int tk_worker_main(const tk_worker_args_t *a)
     w.a = a;
     w.conf = a->conf;
     w.epfd = -1;
+    self = &w;
     tk_log_set_worker(a->slot);
     int rc = 1;
     if (worker_setup(&w) == 0) {
@@ -494,5 +538,32 @@ int tk_worker_main(const tk_worker_args_t *a)
             TK_LOG(TK_LOG_WARN, "exiting with %u connections still open", w.http.nconns);
     }
     worker_teardown(&w);
+    self = NULL;
     return rc;
+}
+
+tk_cache_t *tk_worker_cache(void)
+{
+    return self ? self->cache : NULL;
+}
+
+tk_cache_flight_t *tk_worker_cache_flight(void)
+{
+    return self ? self->flight : NULL;
+}
+
+int tk_worker_first(void)
+{
+    if (!self)
+        return 0;
+    if (!self->a->shm)
+        return 1;
+    tk_shm_worker_sh_t *ws = tk_shm_worker(self->a->shm, (unsigned)self->a->slot);
+    if (!ws)
+        return 0;
+    /* the master fills the entry just after fork: trust the index once the
+     * entry names this process (the state is stored last, with release) */
+    uint32_t st = __atomic_load_n(&ws->state, __ATOMIC_ACQUIRE);
+    return (st == TK_SHM_W_STARTING || st == TK_SHM_W_RUNNING) &&
+           __atomic_load_n(&ws->pid, __ATOMIC_RELAXED) == (int32_t)getpid() && ws->index == 0;
 }
