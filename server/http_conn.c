@@ -435,7 +435,6 @@ static tk_metrics_err_t err_kind(int status)
     case 413:
     case 414:
     case 431:
-    case 503:
         return TK_METRICS_ERR_LIMIT;
     default:
         return TK_METRICS_ERR_PARSE;
@@ -455,7 +454,8 @@ static void conn_error(tk_http_conn_t *c, int status, const char *msg, uint64_t 
     ctx.keep_alive = 0;
     uint64_t t0 = tk_now_ns();
     tk_http_respond_error(&ctx, status, msg);
-    tk_metrics_error(err_kind(status));
+    if (status < 500) /* tk_metrics_request() below counts every 5xx already */
+        tk_metrics_error(err_kind(status));
     tk_metrics_request((unsigned)-1, status, tk_now_ns() - t0, bytes_in, ctx.bytes_out);
 }
 

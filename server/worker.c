@@ -16,6 +16,7 @@
 #include <event2/event.h>
 
 #include "access_log.h"
+#include "admin.h"
 #include "db.h"
 #include "handlers.h"
 #include "http_conn.h"
@@ -491,6 +492,7 @@ static void worker_teardown(worker_t *w)
     if (w->db_started)
         tk_db_worker_fini(); /* gives this worker's broker slots back */
     tk_access_log_close();
+    tk_admin_fini(); /* the /debug/threads listener and the read-only segment map */
     tk_cache_flight_free(w->flight);
     tk_cache_free(w->cache);
     w->flight = NULL;
