@@ -103,19 +103,23 @@ static tk_db_status_t world_get(tk_db_conn_t *c, int id, int *rn)
 /* GET /db: one random World row as {"id":N,"randomNumber":N}. */
 static void h_db(tk_http_ctx_t *ctx)
 {
-    tk_db_status_t st;
+    char idbuf[12];
+    const char *v[1] = {idbuf};
     int id = random_id(), rn;
-    tk_db_conn_t *c = tk_db_acquire(&st);
-    if (c == NULL) {
-        db_fail(ctx, st);
-        return;
+    PGresult *r;
+    snprintf(idbuf, sizeof(idbuf), "%d", id);
+    /* tk_db_query(): a plain SELECT shares a pipelined connection */
+    tk_db_status_t st = tk_db_query(st_world, 1, v, NULL, &r, NULL);
+    if (st == TK_DB_OK && PQntuples(r) != 1) {
+        PQclear(r);
+        st = TK_DB_ERROR;
     }
-    st = world_get(c, id, &rn);
-    tk_db_release(c);
     if (st != TK_DB_OK) {
         db_fail(ctx, st);
         return;
     }
+    rn = atoi(PQgetvalue(r, 0, 1));
+    PQclear(r);
     tk_http_buf_t *b = tk_http_body_buf(ctx);
     tk_http_buf_printf(b, "{\"id\":%d,\"randomNumber\":%d}", id, rn);
     tk_http_respond_buf(ctx, 200, "application/json");

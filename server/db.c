@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -21,11 +22,40 @@
 #define TK_DB_STEAL_GRACE_MS 50   /* an idle connection is kept this long while others queue */
 #define TK_DB_CONNECT_MS     5000 /* a connect left to the background gets this long */
 #define TK_DB_TICK_MS        100  /* maintenance timer */
+#define TK_DB_PIPE_DEPTH     32   /* queries in flight on one shared connection */
+#define TK_DB_PIPE_OPEN_AT   8    /* open another when every one has this many */
+#define TK_DB_PIPE_MAX       32   /* shared connections per worker (db.max_open caps) */
+#define TK_DB_PIPE_STALL_MS  100  /* a query running this long: send elsewhere if possible */
+#define TK_DB_PIPE_IDLE_MS   100  /* an unused shared connection goes back to the pool */
 
 typedef struct {
     char *sql;
     int nparams;
+    int readonly; /* a plain SELECT: may share a pipelined connection (and be re-run) */
 } stmt_t;
+
+/* One query sent (or to be sent) on a shared pipelined connection, or an
+ * internal pipeline entry (PREPARE, Sync). Pooled: a waiter that gives up
+ * leaves it behind (orphan) for the reader to free when its result comes. */
+typedef struct pipe_item {
+    struct pipe_item *next;
+    int kind;      /* PI_QUERY, PI_PREP, PI_SYNC */
+    int state;     /* PI_QUEUED (worker FIFO), PI_SENT, PI_DONE */
+    tk_gt_t *gt;   /* the waiter, NULL once it gave up */
+    int cancelled; /* QUEUED and its waiter gave up: drop at dispatch */
+    int stmt, nparams;
+    const char *const *values; /* the waiter's, valid while it waits */
+    const int *lengths;
+    int retried;
+    int aborted;        /* PGRES_PIPELINE_ABORTED: an earlier query of its batch failed */
+    int64_t started_ms; /* when everything sent before it had finished (0: not yet) */
+    tk_db_status_t st;
+    PGresult *res;
+    char sqlstate[6];
+} pipe_item_t;
+
+enum { PI_QUERY, PI_PREP, PI_SYNC };
+enum { PI_QUEUED, PI_SENT, PI_DONE };
 
 struct tk_db_conn {
     PGconn *pg;
@@ -40,6 +70,15 @@ struct tk_db_conn {
     char sqlstate[6];
     char errmsg[160];
     struct tk_db_conn *next; /* idle list */
+    /* Shared (pipeline mode) connections: many green threads' queries at once. */
+    int pipe;                   /* in pipeline mode, on D.pipes */
+    int retiring;               /* takes no new queries; released once empty */
+    int dirty;                  /* queries sent since the last Sync */
+    int inflight;               /* PI_QUERY items on the list */
+    pipe_item_t *phead, *ptail; /* everything sent, in result order */
+    struct event *rev, *wev;
+    uint64_t last_ns;         /* last time a query was sent or answered */
+    struct tk_db_conn *pnext; /* D.pipes list */
 };
 
 /* A green thread queued in the broker, found by its entry index. */
@@ -65,6 +104,16 @@ static struct {
     int backoff_ms;
     uint64_t nconnects, connect_ns; /* for the exit summary */
     waiter_t *waiters[TK_BROKER_MAX_WAITERS];
+    /* pipelined shared connections */
+    tk_db_conn_t *pipes; /* connections in pipeline mode */
+    int npipes;
+    int opening;                /* a green thread is getting one more */
+    pipe_item_t *qhead, *qtail; /* queries waiting for room, FIFO */
+    int qlen;
+    pipe_item_t *ifree; /* item pool */
+    struct event *flush_ev;
+    int flush_pending;
+    int pipe_depth, pipe_open_at, pipe_max, pipe_off;
 } D;
 
 static stmt_t g_stmts[TK_DB_MAX_STMTS];
@@ -88,6 +137,16 @@ int tk_db_stmt(const char *sql, int nparams)
     if (g_stmts[g_nstmts].sql == NULL)
         return -1;
     g_stmts[g_nstmts].nparams = nparams;
+    {
+        /* Plain SELECTs may share a pipelined connection: they are safe to
+         * run in one implicit transaction with others and to re-run. */
+        const char *p = sql;
+        while (*p == ' ' || *p == '\n' || *p == '\t')
+            p++;
+        g_stmts[g_nstmts].readonly =
+            strncasecmp(p, "SELECT", 6) == 0 && strcasestr(p, " FOR UPDATE") == NULL &&
+            strcasestr(p, " FOR SHARE") == NULL && strcasestr(p, "nextval") == NULL;
+    }
     return g_nstmts++;
 }
 
@@ -678,14 +737,573 @@ void tk_db_release(tk_db_conn_t *c)
     dispose(r, entry, wake, c, c->slot);
 }
 
+/* --- shared pipelined connections ------------------------------------------------------- */
+
+/* Plain SELECTs (tk_db_query() on a read-only statement) don't take a
+ * connection for themselves: they are sent on one of this worker's shared
+ * connections in libpq pipeline mode, behind the queries of other green
+ * threads, and everything sent in one loop iteration ends with one Sync.
+ * One write and one read carry many queries each way, and the backend goes
+ * from one to the next without sleeping: fewer system calls and context
+ * switches on both sides, and a backend start plus a transaction per batch
+ * instead of per query. A connection takes at most pipe_depth queries at a
+ * time; the rest wait here in FIFO order (the broker's queue only sees a
+ * worker that has no connection at all). "Acquired" for a pipelined query
+ * means: everything sent before it on its connection has finished; a query
+ * that isn't there within db.acquire_timeout answers 503 like a queued
+ * acquire (a sent one is left to finish, its result dropped: a plain SELECT
+ * has no effect), and db.query_timeout counts from that moment. */
+
+static pipe_item_t *item_get(void)
+{
+    pipe_item_t *it = D.ifree;
+    if (it)
+        D.ifree = it->next;
+    else if ((it = malloc(sizeof(*it))) == NULL)
+        return NULL;
+    memset(it, 0, sizeof(*it));
+    return it;
+}
+
+static void item_put(pipe_item_t *it)
+{
+    if (it->res)
+        PQclear(it->res);
+    it->res = NULL;
+    it->next = D.ifree;
+    D.ifree = it;
+}
+
+static void item_finish(pipe_item_t *it, tk_db_status_t st)
+{
+    it->state = PI_DONE;
+    if (it->st == TK_DB_OK)
+        it->st = st;
+    if (it->gt)
+        tk_gt_unpark(it->gt);
+    else
+        item_put(it); /* orphan */
+}
+
+static void schedule_flush(void)
+{
+    if (!D.flush_pending) {
+        D.flush_pending = 1;
+        event_active(D.flush_ev, EV_TIMEOUT, 1);
+    }
+}
+
+/* Queue it (again) at the front of the worker's FIFO. */
+static void q_push_front(pipe_item_t *it)
+{
+    it->state = PI_QUEUED;
+    it->next = D.qhead;
+    D.qhead = it;
+    if (D.qtail == NULL)
+        D.qtail = it;
+    D.qlen++;
+}
+
+static void pipe_release_if_done(tk_db_conn_t *c);
+
+/* The connection failed: everything on it fails (a plain SELECT that was
+ * only queued behind a failed batch goes back to the FIFO), and it is closed. */
+static void pipe_fail(tk_db_conn_t *c)
+{
+    pipe_item_t *it;
+    note_error(c, NULL);
+    c->broken = 1;
+    c->retiring = 1;
+    while ((it = c->phead) != NULL) {
+        c->phead = it->next;
+        if (it->kind != PI_QUERY) {
+            item_put(it);
+            continue;
+        }
+        c->inflight--;
+        item_finish(it, TK_DB_UNAVAILABLE);
+    }
+    c->ptail = NULL;
+    pipe_release_if_done(c);
+}
+
+static void on_pipe_write(evutil_socket_t fd, short what, void *arg)
+{
+    tk_db_conn_t *c = arg;
+    (void)fd;
+    (void)what;
+    int f = PQflush(c->pg);
+    if (f < 0)
+        pipe_fail(c);
+    else if (f == 0)
+        event_del(c->wev);
+}
+
+static void pipe_dispatch(void);
+
+/* Read what arrived and hand results to their waiters. */
+static void on_pipe_read(evutil_socket_t fd, short what, void *arg)
+{
+    tk_db_conn_t *c = arg;
+    int done = 0;
+    (void)fd;
+    (void)what;
+    if (!PQconsumeInput(c->pg)) {
+        pipe_fail(c);
+        return;
+    }
+    while (c->phead && !PQisBusy(c->pg)) {
+        pipe_item_t *it = c->phead;
+        PGresult *r = PQgetResult(c->pg);
+        if (it->kind == PI_SYNC) {
+            if (r == NULL)
+                break; /* not there yet */
+            if (PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
+                PQclear(r);
+                pipe_fail(c);
+                return;
+            }
+            PQclear(r);
+        } else if (r != NULL) {
+            ExecStatusType es = PQresultStatus(r);
+            if (es == PGRES_PIPELINE_SYNC) {
+                PQclear(r);
+                pipe_fail(c);
+                return;
+            }
+            if (it->kind == PI_QUERY && (es == PGRES_TUPLES_OK || es == PGRES_COMMAND_OK) &&
+                it->res == NULL && it->st == TK_DB_OK) {
+                it->res = r;
+                continue;
+            }
+            if (es == PGRES_PIPELINE_ABORTED) {
+                it->aborted = 1;
+            } else if (es != PGRES_TUPLES_OK && es != PGRES_COMMAND_OK && it->st == TK_DB_OK) {
+                const char *ss = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+                snprintf(it->sqlstate, sizeof(it->sqlstate), "%s", ss ? ss : "");
+                if (it->kind == PI_PREP)
+                    c->prepared = 0; /* re-prepare on the next query */
+                it->st = TK_DB_ERROR;
+            }
+            PQclear(r);
+            continue;
+        }
+        /* it is complete */
+        c->phead = it->next;
+        if (c->phead == NULL)
+            c->ptail = NULL;
+        if (it->kind != PI_QUERY) {
+            item_put(it);
+            continue;
+        }
+        c->inflight--;
+        done++;
+        if (it->aborted && it->gt && !it->retried && !c->retiring) {
+            /* Not run: an earlier query of its batch failed. Run it again. */
+            PQclear(it->res);
+            it->res = NULL;
+            it->aborted = 0;
+            it->retried = 1;
+            it->started_ms = 0;
+            q_push_front(it);
+        } else {
+            item_finish(it, it->aborted ? TK_DB_ERROR : TK_DB_OK);
+        }
+    }
+    if (done) {
+        int64_t now = tk_now_ms();
+        c->last_ns = tk_now_ns();
+        for (pipe_item_t *it = c->phead; it; it = it->next)
+            if (it->kind == PI_QUERY) {
+                if (it->started_ms == 0)
+                    it->started_ms = now;
+                break;
+            }
+    }
+    if (done && D.qhead)
+        pipe_dispatch();
+    if (!c->retiring && c->phead == NULL && D.qhead == NULL && tk_broker_qlen(D.b) > 0)
+        c->retiring = 1; /* unused here and others queue: give it back now */
+    if (c->retiring)
+        pipe_release_if_done(c);
+}
+
+/* A retiring connection with nothing in flight leaves pipeline mode and is
+ * released like an exclusive one (idle here, or to the broker's queue). */
+static void pipe_release_if_done(tk_db_conn_t *c)
+{
+    if (c->phead != NULL || c->dirty)
+        return;
+    for (tk_db_conn_t **pp = &D.pipes; *pp; pp = &(*pp)->pnext)
+        if (*pp == c) {
+            *pp = c->pnext;
+            D.npipes--;
+            break;
+        }
+    event_free(c->rev);
+    event_free(c->wev);
+    c->rev = c->wev = NULL;
+    c->pipe = 0;
+    c->inflight = 0;
+    if (!c->broken) {
+        PGresult *r;
+        while ((r = PQgetResult(c->pg)) != NULL)
+            PQclear(r);
+        if (PQexitPipelineMode(c->pg) != 1)
+            c->broken = 1;
+    }
+    c->in_flight = 0;
+    tk_db_release(c); /* closes it if broken or dirty */
+}
+
+/* Stop sending to c; it is released once its queries are answered. */
+static void pipe_retire(tk_db_conn_t *c)
+{
+    c->retiring = 1;
+    pipe_release_if_done(c);
+}
+
+/* Adopt a fresh or idle exclusive connection as a shared one. */
+static int pipe_adopt(tk_db_conn_t *c)
+{
+    int fd = PQsocket(c->pg);
+    if (PQenterPipelineMode(c->pg) != 1)
+        return -1;
+    c->rev = event_new(D.base, fd, EV_READ | EV_PERSIST, on_pipe_read, c);
+    c->wev = event_new(D.base, fd, EV_WRITE | EV_PERSIST, on_pipe_write, c);
+    if (c->rev == NULL || c->wev == NULL || event_add(c->rev, NULL) != 0) {
+        if (c->rev)
+            event_free(c->rev);
+        if (c->wev)
+            event_free(c->wev);
+        c->rev = c->wev = NULL;
+        PQexitPipelineMode(c->pg);
+        return -1;
+    }
+    c->pipe = 1;
+    c->retiring = 0;
+    c->dirty = 0;
+    c->inflight = 0;
+    c->phead = c->ptail = NULL;
+    c->last_ns = tk_now_ns();
+    c->pnext = D.pipes;
+    D.pipes = c;
+    D.npipes++;
+    return 0;
+}
+
+static void pipe_append(tk_db_conn_t *c, pipe_item_t *it)
+{
+    it->next = NULL;
+    if (c->ptail)
+        c->ptail->next = it;
+    else
+        c->phead = it;
+    c->ptail = it;
+}
+
+/* Whether c's current query has been running for a while (a slow query or
+ * a lock: what is sent behind it waits). */
+static int pipe_stalled(const tk_db_conn_t *c, int64_t now)
+{
+    for (const pipe_item_t *it = c->phead; it; it = it->next)
+        if (it->kind == PI_QUERY)
+            return it->started_ms > 0 && now - it->started_ms > TK_DB_PIPE_STALL_MS;
+    return 0;
+}
+
+/* Send queued queries while a connection has room. */
+static void pipe_dispatch(void)
+{
+    while (D.qhead) {
+        pipe_item_t *it = D.qhead;
+        if (it->cancelled) {
+            D.qhead = it->next;
+            if (D.qhead == NULL)
+                D.qtail = NULL;
+            D.qlen--;
+            item_put(it);
+            continue;
+        }
+        /* The least loaded connection, one whose current query isn't
+         * running long (head-of-line blocking) if there is one. */
+        tk_db_conn_t *best = NULL;
+        int best_stalled = 0;
+        int64_t now = tk_now_ms();
+        for (tk_db_conn_t *c = D.pipes; c; c = c->pnext) {
+            if (c->retiring || c->inflight >= D.pipe_depth)
+                continue;
+            int st = pipe_stalled(c, now);
+            if (best == NULL || st < best_stalled ||
+                (st == best_stalled && c->inflight < best->inflight)) {
+                best = c;
+                best_stalled = st;
+            }
+        }
+        if (best == NULL)
+            return;
+        tk_db_conn_t *c = best;
+        char name[16];
+        snprintf(name, sizeof(name), "tk%d", it->stmt);
+        if (!(c->prepared & (1ull << it->stmt))) {
+            pipe_item_t *p = item_get();
+            if (p == NULL || !PQsendPrepare(c->pg, name, g_stmts[it->stmt].sql,
+                                            g_stmts[it->stmt].nparams, NULL)) {
+                if (p)
+                    item_put(p);
+                pipe_fail(c);
+                continue;
+            }
+            p->kind = PI_PREP;
+            p->state = PI_SENT;
+            pipe_append(c, p);
+            c->prepared |= 1ull << it->stmt;
+        }
+        if (!PQsendQueryPrepared(c->pg, name, it->nparams, it->values, it->lengths, NULL, 0)) {
+            pipe_fail(c);
+            continue;
+        }
+        D.qhead = it->next;
+        if (D.qhead == NULL)
+            D.qtail = NULL;
+        D.qlen--;
+        it->state = PI_SENT;
+        it->started_ms = c->inflight == 0 ? tk_now_ms() : 0;
+        pipe_append(c, it);
+        c->inflight++;
+        c->last_ns = tk_now_ns();
+        if (!c->dirty) {
+            c->dirty = 1;
+            schedule_flush();
+        }
+    }
+}
+
+/* End of a loop iteration: one Sync (and one write) per connection for
+ * everything sent on it since the last. */
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    D.flush_pending = 0;
+    for (tk_db_conn_t *c = D.pipes, *n; c; c = n) {
+        n = c->pnext;
+        if (!c->dirty)
+            continue;
+        c->dirty = 0;
+        pipe_item_t *it = item_get();
+        if (it == NULL || !PQpipelineSync(c->pg)) {
+            if (it)
+                item_put(it);
+            pipe_fail(c);
+            continue;
+        }
+        it->kind = PI_SYNC;
+        it->state = PI_SENT;
+        pipe_append(c, it);
+        if (PQisnonblocking(c->pg) && PQflush(c->pg) == 1)
+            event_add(c->wev, NULL);
+    }
+}
+
+/* One more shared connection, without queueing when this worker already has
+ * some (own idle one, or a free slot nobody waits for); with none, a normal
+ * acquire (may queue in the broker). May yield. */
+static int pipe_grow(int64_t deadline, tk_db_status_t *st)
+{
+    tk_db_conn_t *c = NULL;
+    D.opening++;
+    if (D.npipes == 0) {
+        c = tk_db_acquire(st);
+    } else if (D.idle) {
+        c = tk_db_acquire(st); /* takes the idle one, never queues */
+    } else {
+        int slot, kept;
+        if (tk_now_ms() >= D.down_until_ms && tk_broker_try_acquire(D.b, D.w, &slot) == 0) {
+            c = conn_open(slot, deadline, st, &kept);
+            if (c == NULL) {
+                if (!kept)
+                    slot_discard(slot);
+            } else {
+                STAT(in_use, 1);
+                STAT(acquires, 1);
+            }
+        }
+    }
+    D.opening--;
+    if (c == NULL)
+        return -1;
+    if (pipe_adopt(c) != 0) {
+        c->broken = 1;
+        tk_db_release(c);
+        *st = TK_DB_UNAVAILABLE;
+        return -1;
+    }
+    pipe_dispatch();
+    return 0;
+}
+
+/* Whether the calling waiter should open one more connection. */
+static int pipe_want_more(void)
+{
+    if (D.opening || D.qhead == NULL)
+        return 0;
+    if (D.npipes == 0)
+        return 1;
+    if (D.npipes >= D.pipe_max)
+        return 0;
+    int64_t now = tk_now_ms();
+    for (tk_db_conn_t *c = D.pipes; c; c = c->pnext)
+        if (!c->retiring && c->inflight < D.pipe_open_at && !pipe_stalled(c, now))
+            return 0;
+    return D.idle != NULL ||
+           (tk_now_ms() >= D.down_until_ms && __atomic_load_n(&D.b->nfree, __ATOMIC_RELAXED) > 0 &&
+            tk_broker_qlen(D.b) == 0);
+}
+
+/* Someone queues in the broker (another worker with no connection, or an
+ * exclusive acquire): give one shared connection back, the least loaded; the
+ * last one only when it is unused or the queue's head is getting old. */
+static void pipe_share(void)
+{
+    if (D.npipes == 0 || tk_broker_qlen(D.b) == 0)
+        return;
+    tk_db_conn_t *least = NULL;
+    for (tk_db_conn_t *c = D.pipes; c; c = c->pnext) {
+        if (c->retiring)
+            return; /* one at a time */
+        if (least == NULL || c->inflight < least->inflight)
+            least = c;
+    }
+    if (D.npipes == 1 && (least->phead != NULL || D.qhead != NULL) &&
+        tk_broker_head_age_ns(D.b) < (uint64_t)D.conf->db_acquire_timeout_ms * 250000u)
+        return;
+    pipe_retire(least);
+}
+
+static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *values,
+                                 const int *lengths, PGresult **res, char sqlstate[6])
+{
+    int64_t t0 = tk_now_ms();
+    int64_t acq_deadline = t0 + D.conf->db_acquire_timeout_ms;
+    tk_db_status_t st = TK_DB_UNAVAILABLE;
+    int waited = 0;
+    pipe_item_t *it = item_get();
+
+    if (it == NULL)
+        return TK_DB_UNAVAILABLE;
+    it->kind = PI_QUERY;
+    it->gt = tk_gt_self();
+    it->stmt = stmt;
+    it->nparams = nparams;
+    it->values = values;
+    it->lengths = lengths;
+    it->state = PI_QUEUED;
+    if (D.qtail)
+        D.qtail->next = it;
+    else
+        D.qhead = it;
+    D.qtail = it;
+    D.qlen++;
+    pipe_dispatch();
+    pipe_share();
+    for (;;) {
+        if (it->state == PI_DONE)
+            break;
+        if (it->state == PI_QUEUED) {
+            if (pipe_want_more()) {
+                tk_db_status_t gst;
+                if (pipe_grow(acq_deadline, &gst) != 0 && D.npipes == 0 && it->state == PI_QUEUED) {
+                    /* Nothing to send it on. */
+                    it->cancelled = 1;
+                    it->gt = NULL;
+                    if (gst == TK_DB_UNAVAILABLE && tk_now_ms() >= acq_deadline)
+                        STAT(acquire_timeouts, 1);
+                    /* let the next one try (or fail fast while it is down) */
+                    for (pipe_item_t *q = D.qhead; q; q = q->next)
+                        if (!q->cancelled && q->gt) {
+                            tk_gt_unpark(q->gt);
+                            break;
+                        }
+                    return gst;
+                }
+                continue;
+            }
+            waited = 1;
+        }
+        int64_t deadline =
+            it->started_ms ? it->started_ms + D.conf->db_query_timeout_ms : acq_deadline;
+        if (D.npipes == 0 && it->state == PI_QUEUED && deadline > tk_now_ms() + 50)
+            deadline = tk_now_ms() + 50; /* nobody to send it: look again soon */
+        int r = tk_gt_park(it->state == PI_QUEUED ? TK_GT_WAIT_BROKER : TK_GT_WAIT_DB, deadline);
+        if (r == 0 || it->state == PI_DONE)
+            continue;
+        int err = errno;
+        if (err == ETIMEDOUT &&
+            tk_now_ms() <
+                (it->started_ms ? it->started_ms + D.conf->db_query_timeout_ms : acq_deadline))
+            continue;
+        /* Give up: cancelled, not started in time, or the query timed out. */
+        if (it->state == PI_QUEUED) {
+            it->cancelled = 1;
+            st = err == ECANCELED ? TK_DB_CANCELLED : TK_DB_UNAVAILABLE;
+            if (st == TK_DB_UNAVAILABLE)
+                STAT(acquire_timeouts, 1);
+        } else if (err == ECANCELED) {
+            st = TK_DB_CANCELLED;
+        } else if (it->started_ms == 0) {
+            STAT(acquire_timeouts, 1);
+            st = TK_DB_UNAVAILABLE;
+        } else {
+            /* This one runs too long: stop it on the server; the connection
+             * takes nothing new and is recycled once the rest is answered. */
+            STAT(query_timeouts, 1);
+            st = TK_DB_TIMEOUT;
+            for (tk_db_conn_t *c = D.pipes; c; c = c->pnext)
+                for (pipe_item_t *p = c->phead; p; p = p->next)
+                    if (p == it) {
+                        if (!c->retiring) {
+                            send_cancel(c);
+                            c->retiring = 1;
+                        }
+                        goto found;
+                    }
+        found:;
+        }
+        it->gt = NULL; /* orphan: freed when its result comes (or at dispatch) */
+        if (waited)
+            tk_broker_stats_wait(D.b, D.w, (uint64_t)(tk_now_ms() - t0) * 1000000u);
+        return st;
+    }
+    if (waited)
+        tk_broker_stats_wait(D.b, D.w, (uint64_t)(tk_now_ms() - t0) * 1000000u);
+    STAT(acquires, 1);
+    st = it->st;
+    if (sqlstate)
+        memcpy(sqlstate, it->sqlstate, 6);
+    if (st == TK_DB_OK && it->res == NULL)
+        st = TK_DB_ERROR;
+    if (st == TK_DB_OK) {
+        *res = it->res;
+        it->res = NULL;
+    }
+    item_put(it);
+    return st;
+}
+
 tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, const int *lengths,
                            PGresult **res, char sqlstate[6])
 {
     tk_db_status_t st;
-    tk_db_conn_t *c = tk_db_acquire(&st);
     *res = NULL;
     if (sqlstate)
         sqlstate[0] = '\0';
+    if (!D.enabled)
+        return TK_DB_DISABLED;
+    if (stmt >= 0 && stmt < g_nstmts && g_stmts[stmt].readonly && !D.pipe_off)
+        return pipe_query(stmt, nparams, values, lengths, res, sqlstate);
+    tk_db_conn_t *c = tk_db_acquire(&st);
     if (c == NULL)
         return st;
     st = tk_db_exec(c, stmt, nparams, values, lengths, res);
@@ -740,6 +1358,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         }
     }
     give_up_idle();
+    pipe_share();
 }
 
 /* Every TK_DB_TICK_MS: close idle connections past max_idle_time or
@@ -773,6 +1392,25 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         conn_discard(c);
     }
     give_up_idle();
+    /* Shared connections unused for a while go back to the idle list (and
+     * from there to db.max_idle_time); one goes back when others queue. */
+    for (tk_db_conn_t *c = D.pipes, *n; c; c = n) {
+        n = c->pnext;
+        if (!c->retiring && c->phead == NULL && D.qhead == NULL &&
+            now - c->last_ns > (uint64_t)TK_DB_PIPE_IDLE_MS * 1000000u)
+            pipe_retire(c);
+    }
+    pipe_share();
+}
+
+/* A tunable from the environment (for measurements), within [lo, hi]. */
+static int env_int(const char *name, int def, int lo, int hi)
+{
+    const char *v = getenv(name);
+    if (v == NULL || *v == '\0')
+        return def;
+    int x = atoi(v);
+    return x < lo ? lo : x > hi ? hi : x;
 }
 
 int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, const tk_conf_t *conf)
@@ -799,8 +1437,13 @@ int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, cons
     tk_broker_set_starve(b, (uint64_t)conf->db_acquire_timeout_ms * 750000u);
     D.wake_ev = event_new(base, fd, EV_READ | EV_PERSIST, on_wake, NULL);
     D.timer_ev = event_new(base, -1, EV_PERSIST, on_timer, NULL);
-    if (D.wake_ev == NULL || D.timer_ev == NULL || event_add(D.wake_ev, NULL) != 0 ||
-        event_add(D.timer_ev, &tv) != 0) {
+    D.flush_ev = event_new(base, -1, 0, on_flush, NULL);
+    D.pipe_depth = env_int("TK_DB_PIPE_DEPTH", TK_DB_PIPE_DEPTH, 1, 1000);
+    D.pipe_open_at = env_int("TK_DB_PIPE_OPEN_AT", TK_DB_PIPE_OPEN_AT, 1, 1000);
+    D.pipe_max = env_int("TK_DB_PIPE_MAX", TK_DB_PIPE_MAX, 1, TK_BROKER_MAX_SLOTS);
+    D.pipe_off = env_int("TK_DB_PIPE_OFF", 0, 0, 1);
+    if (D.wake_ev == NULL || D.timer_ev == NULL || D.flush_ev == NULL ||
+        event_add(D.wake_ev, NULL) != 0 || event_add(D.timer_ev, &tv) != 0) {
         TK_LOG(TK_LOG_ERR, "db: event_new() failed");
         tk_db_worker_fini();
         return -1;
@@ -835,6 +1478,27 @@ void tk_db_worker_fini(void)
             STAT(idle, -1);
             conn_close(c);
         }
+        while (D.pipes) {
+            tk_db_conn_t *c = D.pipes;
+            D.pipes = c->pnext;
+            D.npipes--;
+            event_free(c->rev);
+            event_free(c->wev);
+            while (c->phead) {
+                pipe_item_t *it = c->phead;
+                c->phead = it->next;
+                if (it->kind != PI_QUERY || it->gt == NULL)
+                    item_put(it);
+                else
+                    it->state = PI_DONE, it->st = TK_DB_UNAVAILABLE;
+            }
+            conn_close(c);
+        }
+        while (D.ifree) {
+            pipe_item_t *it = D.ifree;
+            D.ifree = it->next;
+            free(it);
+        }
         memset(D.waiters, 0, sizeof(D.waiters));
         tk_broker_reclaim_pid(D.b, getpid());
     }
@@ -843,5 +1507,7 @@ void tk_db_worker_fini(void)
         event_free(D.wake_ev);
     if (D.timer_ev)
         event_free(D.timer_ev);
-    D.wake_ev = D.timer_ev = NULL;
+    if (D.flush_ev)
+        event_free(D.flush_ev);
+    D.wake_ev = D.timer_ev = D.flush_ev = NULL;
 }

@@ -611,19 +611,42 @@ tk_broker_acq_t tk_broker_acquire(tk_broker_sh_t *b, int w, uint32_t gen, int *s
     w_push(b, wk, e);
     if (++b->qlen > b->qhwm)
         b->qhwm = b->qlen;
-    if (b->nidle > 0) {
-        /* Someone sits on an idle connection while we queue: ask them to
-         * give it up (bounded scan, only when idle ones exist). */
+    /* Ask another worker to give a connection up: one that sits on an idle
+     * one, else one that holds any (its shared pipelined connections don't
+     * count as idle, but it gives one up when it learns that others queue). */
+    for (int i = 0; i < (int)b->nworkers; i++)
+        if (i != w && b->workers[i].nidle > 0) {
+            *wake = i;
+            break;
+        }
+    if (*wake < 0 && b->nidle == 0)
         for (int i = 0; i < (int)b->nworkers; i++)
-            if (i != w && b->workers[i].nidle > 0) {
+            if (i != w && b->workers[i].nheld > 0) {
                 *wake = i;
                 break;
             }
-    }
     *entry = e;
     *ticket = x->ticket;
     tk_broker_unlock(b);
     return TK_BROKER_QUEUED;
+}
+
+int tk_broker_try_acquire(tk_broker_sh_t *b, int w, int *slot)
+{
+    int s = -1;
+
+    /* Unlocked hint first: under load the answer is usually "none", and the
+     * lock is shared by every worker. */
+    if (__atomic_load_n(&b->nfree, __ATOMIC_RELAXED) == 0 || tk_broker_lock(b) != 0)
+        return -1;
+    if (b->qlen == 0 && b->sfree >= 0) {
+        s = s_pop(b);
+        s_hold(b, s, w);
+        b->workers[w].nheld++;
+    }
+    tk_broker_unlock(b);
+    *slot = s;
+    return s >= 0 ? 0 : -1;
 }
 
 static void keep_idle(tk_broker_sh_t *b, int w, int s)
@@ -787,6 +810,17 @@ int tk_broker_cancel(tk_broker_sh_t *b, int w, int entry, uint64_t ticket, int *
     }
     tk_broker_unlock(b);
     return r;
+}
+
+uint64_t tk_broker_head_age_ns(tk_broker_sh_t *b)
+{
+    uint64_t age = 0, now = now_ns();
+    if (tk_broker_lock(b) != 0)
+        return 0;
+    if (b->qhead >= 0 && now > b->entries[b->qhead].enq_ns)
+        age = now - b->entries[b->qhead].enq_ns;
+    tk_broker_unlock(b);
+    return age;
 }
 
 unsigned tk_broker_qlen(const tk_broker_sh_t *b)

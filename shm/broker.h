@@ -177,6 +177,11 @@ typedef enum {
 tk_broker_acq_t tk_broker_acquire(tk_broker_sh_t *b, int w, uint32_t gen, int *slot, int *entry,
                                   uint64_t *ticket, int *wake);
 
+/* Take a free slot for worker w only if one is free and nobody queues (never
+ * queues itself: for opportunistic extra connections). Returns 0 with *slot
+ * (HELD by w), -1 if none. */
+int tk_broker_try_acquire(tk_broker_sh_t *b, int w, int *slot);
+
 /* What to do with a connection being released (outcome of tk_broker_release()
  * and tk_broker_free_slot()). */
 typedef enum {
@@ -210,6 +215,8 @@ int tk_broker_next_grant(tk_broker_sh_t *b, int w, int *entry, uint64_t *ticket,
  * entry is gone), 1 if it had been granted in the meantime (*slot is now HELD
  * by w and the caller must use or free it). */
 int tk_broker_cancel(tk_broker_sh_t *b, int w, int entry, uint64_t ticket, int *slot);
+/* How long the queue's head has waited (0 if nobody waits). */
+uint64_t tk_broker_head_age_ns(tk_broker_sh_t *b);
 /* Queue length without the lock (a hint). */
 unsigned tk_broker_qlen(const tk_broker_sh_t *b);
 

@@ -187,7 +187,10 @@ def test_kill_9_worker_holding_connections_gives_slots_back():
     with Tenkd(workers=2, db=db, conf=conf) as t:
         locker = lock_world(30)
         try:
-            threads = [threading.Thread(target=lambda: _quiet(t.request, "GET", "/db")) for _ in range(12)]
+            # /updates takes a connection for itself (a plain SELECT like /db
+            # shares a pipelined one: 12 of them may sit on fewer backends)
+            threads = [threading.Thread(target=lambda: _quiet(t.request, "GET", "/updates?queries=1"))
+                       for _ in range(12)]
             for th in threads:
                 th.start()
             wait_until(lambda: backends(app, "and wait_event_type = 'Lock'") == 4, 10, "4 queries blocked")
@@ -204,7 +207,8 @@ def test_kill_9_worker_holding_connections_gives_slots_back():
             # all 4 slots are usable again within 1 s: lock again and see 4 waiters
             wait_until(lambda: backends(app) <= 4 and victim not in t.worker_pids(), 2, "the dead worker's backends")
             locker = lock_world(30)
-            more = [threading.Thread(target=lambda: _quiet(t.request, "GET", "/db")) for _ in range(8)]
+            more = [threading.Thread(target=lambda: _quiet(t.request, "GET", "/updates?queries=1"))
+                    for _ in range(8)]
             for th in more:
                 th.start()
             wait_until(lambda: backends(app, "and wait_event_type = 'Lock'") == 4, 3, "4 slots in use again")
