@@ -860,6 +860,13 @@ static int same_addr(const char *a, const char *b)
     return la == lb && memcmp(&sa, &sb, la) == 0;
 }
 
+void tk_conf_derive(tk_conf_t *c)
+{
+    const setting_t *st = find_setting("db", "max_idle");
+    if (c->src_line[st - settings] == 0 && c->db_max_idle > c->db_max_open)
+        c->db_max_idle = c->db_max_open;
+}
+
 int tk_conf_validate(const tk_conf_t *c, char *err, size_t errlen)
 {
     char at[300];

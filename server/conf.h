@@ -95,6 +95,9 @@ int tk_conf_load_buffer(tk_conf_t *c, const char *name, const char *buf, size_t 
  * server.listen takes a comma- or space-separated list and replaces the list. */
 int tk_conf_set(tk_conf_t *c, const char *section, const char *key, const char *value, char *err,
                 size_t errlen);
+/* Defaults that follow other settings, once everything is loaded: db.max_idle,
+ * when not set, follows db.max_open (as Go's SetMaxOpenConns lowers MaxIdleConns). */
+void tk_conf_derive(tk_conf_t *c);
 /* Cross-field checks once everything is loaded (also tk_sched_opts_check). */
 int tk_conf_validate(const tk_conf_t *c, char *err, size_t errlen);
 

@@ -86,6 +86,7 @@ static int load_conf(tk_conf_t *c, char *err, size_t errlen, void *arg)
     if (cl->verbose > 0)
         snprintf(c->log_level, sizeof(c->log_level), "%s", cl->verbose > 1 ? "debug" : "info");
     c->foreground = cl->foreground;
+    tk_conf_derive(c);
     return tk_conf_validate(c, err, errlen);
 }
 
