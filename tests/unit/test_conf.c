@@ -258,6 +258,25 @@ static void test_cross_field_errors_name_the_line(void **state)
     assert_non_null(strstr(err, "t.conf:2: server.user: no such user"));
 }
 
+static void test_derived_max_idle(void **state)
+{
+    (void)state;
+    tk_conf_t c;
+    /* unset max_idle follows a smaller max_open */
+    assert_int_equal(load(&c, "[db]\nmax_open = 10\n"), 0);
+    tk_conf_derive(&c);
+    assert_int_equal(c.db_max_idle, 10);
+    assert_int_equal(tk_conf_validate(&c, err, sizeof(err)), 0);
+    /* an explicit max_idle is kept, and checked */
+    assert_int_equal(load(&c, "[db]\nmax_open = 10\nmax_idle = 20\n"), 0);
+    tk_conf_derive(&c);
+    assert_int_equal(c.db_max_idle, 20);
+    assert_int_equal(tk_conf_validate(&c, err, sizeof(err)), -1);
+    assert_int_equal(load(&c, "[db]\nmax_open = 50\n"), 0);
+    tk_conf_derive(&c);
+    assert_int_equal(c.db_max_idle, 25);
+}
+
 static void test_set_overrides(void **state)
 {
     (void)state;
@@ -388,6 +407,7 @@ int main(void)
         cmocka_unit_test(test_crlf_bom_reopened_section),
         cmocka_unit_test(test_errors_name_file_and_line),
         cmocka_unit_test(test_cross_field_errors_name_the_line),
+        cmocka_unit_test(test_derived_max_idle),
         cmocka_unit_test(test_set_overrides),
         cmocka_unit_test(test_parse_addr),
         cmocka_unit_test(test_load_file),
