@@ -387,7 +387,8 @@ tk_cache_t *tk_cache_new(struct event_base *base, const tk_cache_opts_t *opts, c
     c->o.f = d.f
     DEF(timeout_ms);
     DEF(ttl_s);
-    DEF(negative_ttl_s);
+    if (c->o.negative_ttl_s < 0) /* 0 is meaningful: no negative caching */
+        c->o.negative_ttl_s = d.negative_ttl_s;
     DEF(reconnect_min_ms);
     DEF(reconnect_max_ms);
     DEF(breaker_failures);
@@ -1022,7 +1023,7 @@ static int fetch_load(void *arg, const char *key, size_t keylen, char **val, siz
         return rc;
     if (rc == 0 && *vallen > 0)
         tk_cache_set(x->c, key, keylen, *val, *vallen, x->ttl_s);
-    else if (rc == 1)
+    else if (rc == 1 && x->c->o.negative_ttl_s > 0)
         tk_cache_set(x->c, key, keylen, "", 0, x->c->o.negative_ttl_s);
     return rc;
 }

@@ -45,7 +45,7 @@ typedef struct {
     int db;                 /* SELECT db when != 0 */
     int timeout_ms;         /* bound on connect+handshake and on every command; default 50 */
     int ttl_s;              /* default TTL of tk_cache_fetch(); 300 */
-    int negative_ttl_s;     /* TTL of a cached "not found"; 10 */
+    int negative_ttl_s;     /* TTL of a cached "not found"; 10; 0 = not cached */
     int reconnect_min_ms;   /* first back-off after a failed or lost connection; 100 */
     int reconnect_max_ms;   /* back-off doubles up to this; 2000 */
     int breaker_failures;   /* consecutive failures that open the breaker; 5 */
