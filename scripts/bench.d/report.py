@@ -596,7 +596,7 @@ def report(resdir):
                          if r["status"] == "ok"]
                 wait_ms = med([wait_ms_of(d) for d in after])
                 waits = med([pick(d, "wait_count") for d in after])
-                hw = med([pick(d, "qhwm", "queue_high_water", "queue_hwm", "high_water") for d in after])
+                hw = med([pick(d, "waiting_high_water", "qhwm") for d in after])
                 n = sz.split("-")[-1]
                 rows.append([n, "%s (%s–%s)" % (f_rps(g["rps"]), f_rps(g["rps_min"]), f_rps(g["rps_max"])) +
                              (" **E**" if g["err_runs"] else ""), f_ms(g["p50"]), f_ms(g["p99"]),
