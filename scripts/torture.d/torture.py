@@ -171,6 +171,20 @@ def healthy(t, workers=None, db=True):
     return out
 
 
+_SANITIZED = {}
+
+
+def sanitized():
+    """Whether tenkd is an ASan build (its quarantine keeps freed memory resident: RSS says nothing)."""
+    if th.TENKD not in _SANITIZED:
+        try:
+            with open(th.TENKD, "rb") as f:
+                _SANITIZED[th.TENKD] = b"__asan_init" in f.read()
+        except OSError:
+            _SANITIZED[th.TENKD] = False
+    return _SANITIZED[th.TENKD]
+
+
 def back_to_baseline(t, base, rss_slack=0.25, rss_abs_kb=4096):
     """fds, green threads and broker use back to base (polled); RSS within slack."""
     def same():
@@ -190,7 +204,7 @@ def back_to_baseline(t, base, rss_slack=0.25, rss_abs_kb=4096):
         now = wait_until(same, 15, "fds/threads/broker back to baseline", interval=0.2)
     except AssertionError:
         raise AssertionError("not back to baseline: base %s now %s" % (base, snapshot(t)))
-    for p in base["pids"]:
+    for p in base["pids"] if not sanitized() else []:
         b, n = base["rss_kb"][p], now["rss_kb"][p]
         assert n <= b * (1 + rss_slack) + rss_abs_kb, "worker %d RSS %d kB -> %d kB" % (p, b, n)
     return now
@@ -212,12 +226,16 @@ def pct(vals, p):
 class Ctx:
     """Run-wide settings: quick or full, the devenv services, our own services."""
 
-    def __init__(self, quick=True, keep_services=False):
-        self.quick = quick
+    def __init__(self, quick=True, keep_services=False, short=False):
+        self.quick = quick or short
+        self.short = short  # the integration suite's form: shorter still
         self.db = th.TENK_DB
         self.redis = th.TENK_REDIS
         self._services = None
         self.keep_services = keep_services
+
+    def pick(self, full, quick, short):
+        return short if self.short else quick if self.quick else full
 
     def services(self):
         """Our own PostgreSQL + Redis (for cases that stop them)."""
@@ -236,7 +254,7 @@ class Ctx:
 
 def case_kill9(ctx):
     """kill -9 of a random worker every 2 s under load; only in-flight requests may fail."""
-    dur = 10 if ctx.quick else 30
+    dur = ctx.pick(30, 10, 6)
     conns = 8
     paths = ["/json", "/health", "/db", "/users/{id}"] if ctx.db else ["/json", "/health"]
     with Tenkd(workers=2, db=ctx.db, redis=ctx.redis) as t:
@@ -277,7 +295,7 @@ def case_reload(ctx):
     with Tenkd(workers=2, db=ctx.db, redis=ctx.redis) as t:
         healthy(t)
         good = t.extra_conf
-        gap = 1.0 if ctx.quick else 2.5  # one reload every gap seconds, all under load
+        gap = ctx.pick(2.5, 1.0, 0.5)  # one reload every gap seconds, all under load
         dur = n * gap + 4
         lps = [load(t.port, dur, conns=4, mode="keepalive", paths=["/json", "/health"], seed=1),
                load(t.port, dur, conns=4, mode="close", paths=["/json", "/plaintext"], seed=2)]
@@ -380,7 +398,7 @@ def case_redis(ctx):
 
 
 def slowhttptest(mode, port, conns, secs, path, out):
-    args = ["slowhttptest", "-c", str(conns), "-r", str(max(200, conns // 2)), "-l", str(secs), "-g",
+    args = ["slowhttptest", "-c", str(conns), "-r", str(conns), "-l", str(secs), "-g",
             "-o", out, "-p", "2", "-u", "http://127.0.0.1:%d%s" % (port, path)]
     if mode == "H":
         args += ["-H", "-i", "1", "-x", "24"]
@@ -412,9 +430,12 @@ def case_slow(ctx, modes=("H", "B", "X")):
     if not shutil.which("slowhttptest"):
         raise AssertionError("slowhttptest is not installed (apt-get install slowhttptest)")
     conns = 1000
-    secs = 12 if ctx.quick else 30
+    secs = ctx.pick(30, 15, 12)
     res = {}
-    conf = short_timeouts(ctx.quick)
+    # timeouts long enough for the attack to hold all its connections at once (it opens
+    # them at up to 1,000/s), short enough to see them cut well before it ends
+    conf = ("[timeouts]\nheader = 5s\nbody = 5s\nwrite = 5s\nkeepalive = 5s\n" if ctx.quick
+            else short_timeouts(False))
     with Tenkd(workers=2, db=ctx.db, redis=ctx.redis, conf=conf) as t:
         healthy(t)
         base = snapshot(t)
@@ -455,7 +476,9 @@ def case_slow(ctx, modes=("H", "B", "X")):
             say("slow -%s: %s" % (m, json.dumps(res[m])))
             assert pr["failures"] == 0, "probe failures during -%s: %s" % (m, pr["samples"])
             assert pr["p99_ms"] < 50, "/health p99 %.1f ms during -%s" % (pr["p99_ms"], m)
-            assert peak["open"] >= 500 or max_connected >= 500, \
+            # (on a busy 2-core box the attack may need longer than a timeout to open them all)
+            held = ctx.pick(0.8, 0.8, 0.6) * conns
+            assert peak["open"] >= held or max_connected >= held, \
                 "the -%s attack never held many connections (%s)" % (m, res[m])
             assert cut_s is not None, "the -%s attack's connections were not cut (%s)" % (m, res[m])
         healthy(t)
@@ -552,7 +575,7 @@ def case_flood(ctx):
 def case_malformed(ctx):
     """A malformed-request barrage from several processes: workers stay up, nothing leaks."""
     procs = 4
-    dur = 10 if ctx.quick else 60
+    dur = ctx.pick(60, 10, 6)
     with Tenkd(workers=2, db=ctx.db, redis=ctx.redis, conf=short_timeouts(True)) as t:
         healthy(t)
         # warm up so that the baseline includes pooled stacks and buffers
@@ -591,6 +614,8 @@ def case_malformed(ctx):
 
 def case_memory(ctx):
     """10 minutes of mixed load: RSS ends within 10% of its post-warm-up value (full mode only)."""
+    if sanitized():
+        return {"skipped": "an ASan build's quarantine keeps freed memory resident: RSS is not comparable"}
     total = 600 if not ctx.quick else 60
     warm = 60 if not ctx.quick else 15
     paths = ["/json", "/plaintext", "/health", "/db", "/queries?queries=5", "/fortunes", "/users/{id}",
