@@ -48,12 +48,17 @@ static void db_fail(tk_http_ctx_t *ctx, tk_db_status_t st)
 static void json_str(tk_http_buf_t *b, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
-    char *w = tk_http_buf_reserve(b, len * 6 + 2);
-    size_t o = 0;
+    size_t i = 0, o = 0;
+    /* Most strings need no escaping: find the first byte that does. */
+    while (i < len && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\')
+        i++;
+    char *w = tk_http_buf_reserve(b, i + (len - i) * 6 + 2);
     if (w == NULL)
         return;
     w[o++] = '"';
-    for (size_t i = 0; i < len; i++) {
+    memcpy(w + o, s, i);
+    o += i;
+    for (; i < len; i++) {
         unsigned char ch = (unsigned char)s[i];
         if (ch == '"' || ch == '\\') {
             w[o++] = '\\';
@@ -101,6 +106,20 @@ static void user_json(tk_http_buf_t *b, const PGresult *r, int row)
     tk_http_buf_append(b, "}", 1);
 }
 
+/* v >= 0 as decimal text into out (at least 21 bytes). */
+static void fmt_i64(char *out, int64_t v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    while (n > 0)
+        *out++ = tmp[--n];
+    *out = '\0';
+}
+
 /* A non-negative decimal int64 from text; -1 if not one. */
 static int parse_id(const char *s, size_t len, int64_t *out)
 {
@@ -120,7 +139,7 @@ static int parse_id(const char *s, size_t len, int64_t *out)
  * page starts after the last id returned). */
 static void h_list(tk_http_ctx_t *ctx)
 {
-    char buf[32], lim[8], after[24];
+    char buf[32], lim[24], after[24];
     int64_t limit = USERS_DEFAULT_LIMIT, after_id = 0;
     int n;
 
@@ -137,8 +156,8 @@ static void h_list(tk_http_ctx_t *ctx)
             return;
         }
     }
-    snprintf(lim, sizeof(lim), "%d", (int)limit);
-    snprintf(after, sizeof(after), "%lld", (long long)after_id);
+    fmt_i64(lim, limit);
+    fmt_i64(after, after_id);
     const char *v[2] = {after, lim};
     PGresult *r;
     tk_db_status_t st = tk_db_query(st_list, 2, v, NULL, &r, NULL);
@@ -155,9 +174,16 @@ static void h_list(tk_http_ctx_t *ctx)
         user_json(b, r, i);
     }
     tk_http_buf_append(b, "]", 1);
-    if (rows == limit)
-        tk_http_add_headerf(ctx, "Link", "</users?limit=%d&after_id=%s>; rel=\"next\"", (int)limit,
-                            PQgetvalue(r, rows - 1, 0));
+    if (rows == limit && PQgetlength(r, rows - 1, 0) < 24) {
+        /* </users?limit=N&after_id=ID>; rel="next" (no printf: hot path) */
+        char link[80], *e = link;
+        e = stpcpy(e, "</users?limit=");
+        e = stpcpy(e, lim);
+        e = stpcpy(e, "&after_id=");
+        e = stpcpy(e, PQgetvalue(r, rows - 1, 0));
+        stpcpy(e, ">; rel=\"next\"");
+        tk_http_add_header(ctx, "Link", link);
+    }
     PQclear(r);
     tk_http_respond_buf(ctx, 200, "application/json");
 }

@@ -32,6 +32,7 @@ typedef struct {
     char *sql;
     int nparams;
     int readonly; /* a plain SELECT: may share a pipelined connection (and be re-run) */
+    char name[8]; /* prepared statement name: "tk<i>" */
 } stmt_t;
 
 /* One query sent (or to be sent) on a shared pipelined connection, or an
@@ -137,6 +138,7 @@ int tk_db_stmt(const char *sql, int nparams)
     if (g_stmts[g_nstmts].sql == NULL)
         return -1;
     g_stmts[g_nstmts].nparams = nparams;
+    snprintf(g_stmts[g_nstmts].name, sizeof(g_stmts[g_nstmts].name), "tk%d", g_nstmts);
     {
         /* Plain SELECTs may share a pipelined connection: they are safe to
          * run in one implicit transaction with others and to re-run. */
@@ -356,7 +358,15 @@ static tk_db_conn_t *conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st
     STAT(open, 1);
     /* PQconnectStart does not block on the network; host names are resolved
      * synchronously (use an address or a local socket path in db.conninfo). */
-    c->pg = PQconnectStart(D.conf->db_conninfo);
+    /* Generic plans for our prepared statements: with the default
+     * plan_cache_mode, a statement like "... WHERE id > $1 ORDER BY id
+     * LIMIT $2" is re-planned on every execution (the generic plan's
+     * estimate looks worse than the custom plans'), which more than halves
+     * the database's throughput (pgbench: 7.9k -> 17.5k per second here).
+     * Placed before the conninfo, so an "options" there overrides it. */
+    static const char *const kw[] = {"options", "dbname", NULL};
+    const char *const val[] = {"-c plan_cache_mode=force_generic_plan", D.conf->db_conninfo, NULL};
+    c->pg = PQconnectStartParams(kw, val, 1);
     c->poll = PGRES_POLLING_WRITING;
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
         connect_failed(c);
@@ -617,10 +627,9 @@ static int reconnect_in_place(tk_db_conn_t *c, int64_t deadline)
 static tk_db_status_t exec_once(tk_db_conn_t *c, int stmt, int nparams, const char *const *values,
                                 const int *lengths, PGresult **res, int64_t deadline)
 {
-    char name[16];
+    const char *name = g_stmts[stmt].name;
     tk_db_status_t st;
 
-    snprintf(name, sizeof(name), "tk%d", stmt);
     if (!(c->prepared & (1ull << stmt))) {
         if (!PQsendPrepare(c->pg, name, g_stmts[stmt].sql, g_stmts[stmt].nparams, NULL))
             goto broken;
@@ -1043,8 +1052,7 @@ static void pipe_dispatch(void)
         if (best == NULL)
             return;
         tk_db_conn_t *c = best;
-        char name[16];
-        snprintf(name, sizeof(name), "tk%d", it->stmt);
+        const char *name = g_stmts[it->stmt].name;
         if (!(c->prepared & (1ull << it->stmt))) {
             pipe_item_t *p = item_get();
             if (p == NULL || !PQsendPrepare(c->pg, name, g_stmts[it->stmt].sql,
