@@ -44,6 +44,10 @@ extern char **environ;
 
 static char *title_base;
 static size_t title_size;
+/* The moved environment: kept here too, because a later setenv() may replace
+ * environ with an array of its own and would leave ours unreferenced (valgrind
+ * then reports it as lost); "used" keeps the otherwise write-only store. */
+static char **title_environ __attribute__((used));
 
 void tk_master_title_init(int argc, char **argv)
 {
@@ -75,7 +79,7 @@ void tk_master_title_init(int argc, char **argv)
             return;
         argv[i] = copy;
     }
-    environ = env;
+    environ = title_environ = env;
     title_base = base;
     title_size = (size_t)(end - base);
 }
