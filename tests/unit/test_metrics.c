@@ -362,7 +362,13 @@ static void test_seqlock_concurrent(void **state)
     tk_metrics_snap_t *s = malloc(sizeof(*s));
     assert_non_null(s);
     while ((snaps < 2000 || changed < 200) && now_ns() < deadline) {
-        assert_int_equal(tk_metrics_snapshot(slot, s), 0);
+        /* A writer preempted mid-update for 50 ms (a loaded box, an ASan
+         * build) is reported as torn rather than waited for: that is the
+         * snapshot's contract, so only consistent copies are checked here. */
+        if (tk_metrics_snapshot(slot, s) != 0) {
+            assert_true(s->torn);
+            continue;
+        }
         const tk_metrics_sh_t *m = &s->m;
         /* fields written in different places of one update agree */
         assert_int_equal(hist_total(m), m->requests);
