@@ -20,6 +20,18 @@ SRCDIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 
 _counter = [0]
 
+
+def _sanitized():
+    try:
+        with open(os.path.join(_BUILD, "config.h")) as f:
+            return "#define TK_SANITIZERS 1" in f.read()
+    except OSError:
+        return False
+
+
+# True for an --enable-sanitizers build: timing bounds that ASan slows down get more room.
+SANITIZED = _sanitized()
+
 # Lines an ASan/UBSan/LSan build prints; any of them in a server log fails the test.
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 

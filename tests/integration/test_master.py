@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 
-from tenkharness import (SRCDIR, TENKD, Tenkd, build_request, free_port, recv_response, skip,
+from tenkharness import (SANITIZED, SRCDIR, TENKD, Tenkd, build_request, free_port, recv_response, skip,
                          wait_until)
 
 
@@ -117,7 +117,9 @@ def test_kill9_respawns_within_100ms_under_load():
             elapsed = time.monotonic() - t0
             n = load.count()
             wait_until(lambda: load.count() > n + 50, 10, "requests after the respawn")
-        assert elapsed < 0.100, "replacement took %.1f ms" % (elapsed * 1000)
+        # 100 ms is the bar; an ASan build forks and starts up more slowly
+        bound = 0.250 if SANITIZED else 0.100
+        assert elapsed < bound, "replacement took %.1f ms" % (elapsed * 1000)
         # Only requests in flight on the killed worker may fail: at most one per client.
         assert len(load.failed) <= 3, load.failed[:5]
         assert load.ok > 100
