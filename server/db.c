@@ -380,11 +380,7 @@ static tk_db_conn_t *conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st
     *st = r == -3 ? TK_DB_CANCELLED : TK_DB_UNAVAILABLE;
     if (r == -1) {
         connect_failed(c);
-    } else if (r == -2 && kept &&
-               tk_gt_spawn(tk_sched_current(), "db-connect", finish_main, c) != NULL) {
-        /* Only a deadline hands the connect to the background: a cancelled
-         * requester may be the scheduler shutting down, where a new green
-         * thread would never run and the connection would leak. */
+    } else if (kept && tk_gt_spawn(tk_sched_current(), "db-connect", finish_main, c) != NULL) {
         *kept = 1;
         return NULL;
     }
