@@ -522,11 +522,17 @@ void tk_sched_free(tk_sched_t *s)
     if (s == NULL)
         return;
     assert(s->cur == NULL); /* not from inside a green thread */
-    for (tk_gt_t *g = s->all; g; g = g->all_next)
-        tk_gt_cancel(g);
-    /* Cancelled threads unwind on their own: every parking call now fails. */
-    for (int round = 0; s->live > 0 && round < 1000 && (s->rq_head || s->yq_head); round++)
+    /* Cancelled threads unwind on their own: every parking call now fails.
+     * The cancel pass is repeated each round: a thread spawned while the
+     * others unwind must not park for real and then be released from under
+     * whoever holds its handle (a pending Redis reply, a connecting PGconn). */
+    for (int round = 0; s->live > 0 && round < 1000; round++) {
+        for (tk_gt_t *g = s->all; g; g = g->all_next)
+            tk_gt_cancel(g);
+        if (!s->rq_head && !s->yq_head)
+            break;
         run_queue(s);
+    }
     /* Whatever is left ignores cancellation; its stack cannot be unwound, but
      * its cleanups still run (on this stack). */
     while (s->all) {

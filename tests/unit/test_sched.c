@@ -421,6 +421,43 @@ static void test_free_cancels(void **state)
     event_base_free(base);
 }
 
+/* A thread spawned by a cancelled thread while tk_sched_free unwinds (a
+ * start-up job that spawns helpers) is cancelled too: it must not park for
+ * real and then be released from under whatever holds its handle (the Redis
+ * client's pending reply did that: SEGV at worker exit). */
+static int child_park_rc, child_park_err, children_done;
+static void late_child_fn(void *arg)
+{
+    errno = 0;
+    child_park_rc = tk_gt_park(TK_GT_WAIT_CACHE, -1);
+    child_park_err = errno;
+    children_done++;
+}
+
+static void late_spawner_fn(void *arg)
+{
+    tk_gt_park(TK_GT_WAIT_DB, -1); /* woken by the cancel of tk_sched_free */
+    assert_non_null(tk_gt_spawn(tk_sched_current(), "late", late_child_fn, NULL));
+}
+
+static void test_free_cancels_threads_spawned_while_freeing(void **state)
+{
+    struct event_base *base = event_base_new();
+    tk_sched_t *s = tk_sched_new(base, NULL);
+    assert_non_null(s);
+    child_park_rc = 0;
+    child_park_err = 0;
+    children_done = 0;
+    assert_non_null(tk_gt_spawn(s, "spawner", late_spawner_fn, NULL));
+    assert_int_equal(event_base_loop(base, EVLOOP_ONCE), 0);
+    assert_int_equal(tk_sched_live(s), 1);
+    tk_sched_free(s);
+    assert_int_equal(children_done, 1); /* it ran to its end, not force-released */
+    assert_int_equal(child_park_rc, -1);
+    assert_int_equal(child_park_err, ECANCELED);
+    event_base_free(base);
+}
+
 /* --- join ---------------------------------------------------------------------------- */
 
 typedef struct {
@@ -1017,6 +1054,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_park_unpark, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test(test_free_cancels),
+        cmocka_unit_test(test_free_cancels_threads_spawned_while_freeing),
         cmocka_unit_test_setup_teardown(test_join, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mutex_fifo, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sem_fifo, setup, teardown),
