@@ -475,7 +475,9 @@ def case_slow(ctx, modes=("H", "B", "X")):
                       "attack_max_connected": max_connected}
             say("slow -%s: %s" % (m, json.dumps(res[m])))
             assert pr["failures"] == 0, "probe failures during -%s: %s" % (m, pr["samples"])
-            assert pr["p99_ms"] < 50, "/health p99 %.1f ms during -%s" % (pr["p99_ms"], m)
+            # the bar is 50 ms; an ASan build runs two to three times slower
+            bar = 150 if sanitized() else 50
+            assert pr["p99_ms"] < bar, "/health p99 %.1f ms during -%s" % (pr["p99_ms"], m)
             # (on a busy 2-core box the attack may need longer than a timeout to open them all)
             held = ctx.pick(0.8, 0.8, 0.6) * conns
             assert peak["open"] >= held or max_connected >= held, \

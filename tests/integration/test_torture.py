@@ -61,7 +61,8 @@ def test_slow_clients_are_cut_and_health_stays_fast():
         skip("slowhttptest not installed (apt-get install slowhttptest)")
     res = torture.case_slow(_ctx())
     for m in ("H", "B", "X"):
-        assert res[m]["health_p99_ms"] < 50 and res[m]["cut_after_peak_s"] is not None, res
+        assert res[m]["health_p99_ms"] < (150 if torture.sanitized() else 50), res
+        assert res[m]["cut_after_peak_s"] is not None, res
     _show("slow", res)
 
 
