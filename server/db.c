@@ -26,6 +26,9 @@
 #define TK_DB_PIPE_OPEN_AT   8    /* open another when every one has this many */
 #define TK_DB_PIPE_MAX       32   /* shared connections per worker (db.max_open caps) */
 #define TK_DB_PIPE_STALL_MS  100  /* a query running this long: send elsewhere if possible */
+#define TK_DB_PIPE_MAXP      8    /* parameters of a joinable query ... */
+#define TK_DB_PIPE_PBUF      120  /* ... and their total size */
+#define TK_DB_PIPE_BUCKETS   64   /* joinable queued queries, by hash */
 #define TK_DB_PIPE_IDLE_MS   100  /* an unused shared connection goes back to the pool */
 
 typedef struct {
@@ -38,15 +41,20 @@ typedef struct {
 /* One query sent (or to be sent) on a shared pipelined connection, or an
  * internal pipeline entry (PREPARE, Sync). Pooled: a waiter that gives up
  * leaves it behind (orphan) for the reader to free when its result comes. */
+typedef struct pipe_waiter pipe_waiter_t;
+
 typedef struct pipe_item {
     struct pipe_item *next;
-    int kind;      /* PI_QUERY, PI_PREP, PI_SYNC */
-    int state;     /* PI_QUEUED (worker FIFO), PI_SENT, PI_DONE */
-    tk_gt_t *gt;   /* the waiter, NULL once it gave up */
-    int cancelled; /* QUEUED and its waiter gave up: drop at dispatch */
+    int kind;         /* PI_QUERY, PI_PREP, PI_SYNC */
+    int state;        /* PI_QUEUED (worker FIFO), PI_SENT, PI_DONE */
+    pipe_waiter_t *w; /* green threads waiting for it; none: dropped or orphaned */
+    uint32_t hash;    /* of stmt and parameters, when they were copied (joinable) */
     int stmt, nparams;
-    const char *const *values; /* the waiter's, valid while it waits */
+    const char *const *values; /* own copy (pv) or the only waiter's */
     const int *lengths;
+    const char *pv[TK_DB_PIPE_MAXP];
+    int plens[TK_DB_PIPE_MAXP];
+    char pbuf[TK_DB_PIPE_PBUF];
     int retried;
     int aborted;        /* PGRES_PIPELINE_ABORTED: an earlier query of its batch failed */
     int64_t started_ms; /* when everything sent before it had finished (0: not yet) */
@@ -54,6 +62,17 @@ typedef struct pipe_item {
     PGresult *res;
     char sqlstate[6];
 } pipe_item_t;
+
+/* One green thread waiting for a pipelined query (on its stack). */
+struct pipe_waiter {
+    pipe_waiter_t *next;
+    tk_gt_t *gt;
+    pipe_item_t *item; /* until done */
+    int done;
+    tk_db_status_t st;
+    PGresult *res;
+    char sqlstate[6];
+};
 
 enum { PI_QUERY, PI_PREP, PI_SYNC };
 enum { PI_QUEUED, PI_SENT, PI_DONE };
@@ -76,6 +95,7 @@ struct tk_db_conn {
     int retiring;               /* takes no new queries; released once empty */
     int dirty;                  /* queries sent since the last Sync */
     int inflight;               /* PI_QUERY items on the list */
+    int busy_g;                 /* counted as in_use (else idle) in the statistics */
     pipe_item_t *phead, *ptail; /* everything sent, in result order */
     struct event *rev, *wev;
     uint64_t last_ns;         /* last time a query was sent or answered */
@@ -104,6 +124,7 @@ static struct {
     int64_t down_until_ms; /* database unreachable: fail fast until then */
     int backoff_ms;
     uint64_t nconnects, connect_ns; /* for the exit summary */
+    uint64_t npiped, nsyncs;        /* pipelined queries, and the batches they went in */
     waiter_t *waiters[TK_BROKER_MAX_WAITERS];
     /* pipelined shared connections */
     tk_db_conn_t *pipes; /* connections in pipeline mode */
@@ -114,7 +135,9 @@ static struct {
     pipe_item_t *ifree; /* item pool */
     struct event *flush_ev;
     int flush_pending;
-    int pipe_depth, pipe_open_at, pipe_max, pipe_off;
+    int pipe_depth, pipe_open_at, pipe_max, pipe_off, pipe_join;
+    pipe_item_t *joinable[TK_DB_PIPE_BUCKETS]; /* queued, not sent yet: may be joined */
+    uint64_t njoined;
 } D;
 
 static stmt_t g_stmts[TK_DB_MAX_STMTS];
@@ -783,15 +806,40 @@ static void item_put(pipe_item_t *it)
     D.ifree = it;
 }
 
+/* The query is answered (or failed): every waiter gets its own result
+ * (copies for those who joined), and the item goes back to the pool. */
 static void item_finish(pipe_item_t *it, tk_db_status_t st)
 {
     it->state = PI_DONE;
     if (it->st == TK_DB_OK)
         it->st = st;
-    if (it->gt)
-        tk_gt_unpark(it->gt);
-    else
-        item_put(it); /* orphan */
+    for (pipe_waiter_t *w = it->w, *n; w; w = n) {
+        n = w->next;
+        w->st = it->st;
+        memcpy(w->sqlstate, it->sqlstate, sizeof(w->sqlstate));
+        if (it->st == TK_DB_OK && it->res) {
+            if (n == NULL) {
+                w->res = it->res; /* the last one takes the original */
+                it->res = NULL;
+            } else if ((w->res = PQcopyResult(it->res, PG_COPYRES_ATTRS | PG_COPYRES_TUPLES)) ==
+                       NULL) {
+                w->st = TK_DB_UNAVAILABLE;
+            }
+        }
+        w->done = 1;
+        w->item = NULL;
+        tk_gt_unpark(w->gt);
+    }
+    it->w = NULL;
+    item_put(it);
+}
+
+/* Forget a joinable queued item (it is being sent or dropped). */
+static void unjoinable(pipe_item_t *it)
+{
+    pipe_item_t **slot = &D.joinable[it->hash % TK_DB_PIPE_BUCKETS];
+    if (*slot == it)
+        *slot = NULL;
 }
 
 static void schedule_flush(void)
@@ -815,14 +863,28 @@ static void q_push_front(pipe_item_t *it)
 
 static void pipe_release_if_done(tk_db_conn_t *c);
 
+/* The in_use/idle gauges of a shared connection follow whether it has
+ * queries in flight (force: count it in use, as an exclusive one is). */
+static void pipe_gauge(tk_db_conn_t *c, int force)
+{
+    int busy = force || c->inflight > 0;
+    if (busy == c->busy_g)
+        return;
+    STAT(in_use, busy ? 1 : -1);
+    STAT(idle, busy ? -1 : 1);
+    c->busy_g = busy;
+}
+
 /* The connection failed: everything on it fails (a plain SELECT that was
  * only queued behind a failed batch goes back to the FIFO), and it is closed. */
 static void pipe_fail(tk_db_conn_t *c)
 {
-    pipe_item_t *it;
+    pipe_item_t *it, *rhead = NULL, *rtail = NULL;
+    int n = 0;
     note_error(c, NULL);
     c->broken = 1;
     c->retiring = 1;
+    c->dirty = 0;
     while ((it = c->phead) != NULL) {
         c->phead = it->next;
         if (it->kind != PI_QUERY) {
@@ -830,9 +892,39 @@ static void pipe_fail(tk_db_conn_t *c)
             continue;
         }
         c->inflight--;
+        if (it->w && !it->retried) {
+            /* A plain SELECT: run it again on another connection (the
+             * database restarted under an idle connection, say). */
+            PQclear(it->res);
+            it->res = NULL;
+            it->st = TK_DB_OK;
+            it->aborted = 0;
+            it->retried = 1;
+            it->started_ms = 0;
+            it->state = PI_QUEUED;
+            it->next = NULL;
+            if (rtail)
+                rtail->next = it;
+            else
+                rhead = it;
+            rtail = it;
+            n++;
+            continue;
+        }
         item_finish(it, TK_DB_UNAVAILABLE);
     }
     c->ptail = NULL;
+    if (rhead) {
+        /* Back at the front, in order; wake the first so that it finds (or
+         * opens) a connection for them. */
+        rtail->next = D.qhead;
+        if (D.qhead == NULL)
+            D.qtail = rtail;
+        D.qhead = rhead;
+        D.qlen += n;
+        tk_gt_unpark(rhead->w->gt);
+    }
+    pipe_gauge(c, 0);
     pipe_release_if_done(c);
 }
 
@@ -907,7 +999,7 @@ static void on_pipe_read(evutil_socket_t fd, short what, void *arg)
         }
         c->inflight--;
         done++;
-        if (it->aborted && it->gt && !it->retried && !c->retiring) {
+        if (it->aborted && it->w && !it->retried && !c->retiring) {
             /* Not run: an earlier query of its batch failed. Run it again. */
             PQclear(it->res);
             it->res = NULL;
@@ -921,6 +1013,7 @@ static void on_pipe_read(evutil_socket_t fd, short what, void *arg)
     }
     if (done) {
         int64_t now = tk_now_ms();
+        pipe_gauge(c, 0);
         c->last_ns = tk_now_ns();
         for (pipe_item_t *it = c->phead; it; it = it->next)
             if (it->kind == PI_QUERY) {
@@ -954,6 +1047,7 @@ static void pipe_release_if_done(tk_db_conn_t *c)
     c->rev = c->wev = NULL;
     c->pipe = 0;
     c->inflight = 0;
+    pipe_gauge(c, 1); /* tk_db_release() counts it off in_use */
     if (!c->broken) {
         PGresult *r;
         while ((r = PQgetResult(c->pg)) != NULL)
@@ -994,6 +1088,8 @@ static int pipe_adopt(tk_db_conn_t *c)
     c->dirty = 0;
     c->inflight = 0;
     c->phead = c->ptail = NULL;
+    c->busy_g = 1; /* as acquired */
+    pipe_gauge(c, 0);
     c->last_ns = tk_now_ns();
     c->pnext = D.pipes;
     D.pipes = c;
@@ -1026,7 +1122,8 @@ static void pipe_dispatch(void)
 {
     while (D.qhead) {
         pipe_item_t *it = D.qhead;
-        if (it->cancelled) {
+        if (it->w == NULL) { /* its waiters gave up */
+            unjoinable(it);
             D.qhead = it->next;
             if (D.qhead == NULL)
                 D.qtail = NULL;
@@ -1075,10 +1172,13 @@ static void pipe_dispatch(void)
         if (D.qhead == NULL)
             D.qtail = NULL;
         D.qlen--;
+        unjoinable(it);
         it->state = PI_SENT;
         it->started_ms = c->inflight == 0 ? tk_now_ms() : 0;
         pipe_append(c, it);
         c->inflight++;
+        D.npiped++;
+        pipe_gauge(c, 0);
         c->last_ns = tk_now_ns();
         if (!c->dirty) {
             c->dirty = 1;
@@ -1109,6 +1209,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
         }
         it->kind = PI_SYNC;
         it->state = PI_SENT;
+        D.nsyncs++;
         pipe_append(c, it);
         if (PQisnonblocking(c->pg) && PQflush(c->pg) == 1)
             event_add(c->wev, NULL);
@@ -1190,48 +1291,145 @@ static void pipe_share(void)
     pipe_retire(least);
 }
 
+/* FNV-1a of the statement and its parameters. */
+static uint32_t params_hash(int stmt, int nparams, const char *const *values, const int *lens)
+{
+    uint32_t h = 2166136261u ^ (uint32_t)stmt;
+    for (int i = 0; i < nparams; i++) {
+        const unsigned char *p = (const unsigned char *)values[i];
+        size_t n = p ? (size_t)lens[i] : 0;
+        h = (h ^ (p ? 0x5a : 0xa5)) * 16777619u;
+        for (size_t k = 0; k < n; k++)
+            h = (h ^ p[k]) * 16777619u;
+    }
+    return h;
+}
+
+/* A queued (not yet sent) identical query to join, or NULL. Joining one
+ * that has not been sent is safe for a plain SELECT: it runs after every
+ * joiner arrived, so each sees what a query of its own would have seen
+ * (its own earlier writes included). */
+static pipe_item_t *find_joinable(uint32_t h, int stmt, int nparams, const char *const *values,
+                                  const int *lens)
+{
+    pipe_item_t *it = D.joinable[h % TK_DB_PIPE_BUCKETS];
+    if (it == NULL || it->hash != h || it->stmt != stmt || it->nparams != nparams ||
+        it->state != PI_QUEUED || it->w == NULL)
+        return NULL;
+    for (int i = 0; i < nparams; i++) {
+        if ((values[i] == NULL) != (it->values[i] == NULL))
+            return NULL;
+        if (values[i] && (lens[i] != it->lengths[i] || memcmp(values[i], it->values[i], lens[i])))
+            return NULL;
+    }
+    return it;
+}
+
+/* Take waiter w off its item (it gives up). An item left without waiters
+ * is dropped at dispatch (queued) or orphaned (sent: its result is freed
+ * when it comes). */
+static void waiter_leave(pipe_waiter_t *w)
+{
+    pipe_item_t *it = w->item;
+    if (it == NULL)
+        return;
+    for (pipe_waiter_t **pp = &it->w; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    w->item = NULL;
+}
+
 static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *values,
                                  const int *lengths, PGresult **res, char sqlstate[6])
 {
     int64_t t0 = tk_now_ms();
     int64_t acq_deadline = t0 + D.conf->db_acquire_timeout_ms;
     tk_db_status_t st = TK_DB_UNAVAILABLE;
-    int waited = 0;
-    pipe_item_t *it = item_get();
+    int waited = 0, lens[TK_DB_PIPE_MAXP];
+    size_t total = 0;
+    pipe_waiter_t me = {.gt = tk_gt_self()};
+    pipe_item_t *it = NULL;
+    uint32_t h = 0;
+    int joinable = D.pipe_join && nparams <= TK_DB_PIPE_MAXP;
 
-    if (it == NULL)
-        return TK_DB_UNAVAILABLE;
-    it->kind = PI_QUERY;
-    it->gt = tk_gt_self();
-    it->stmt = stmt;
-    it->nparams = nparams;
-    it->values = values;
-    it->lengths = lengths;
-    it->state = PI_QUEUED;
-    if (D.qtail)
-        D.qtail->next = it;
-    else
-        D.qhead = it;
-    D.qtail = it;
-    D.qlen++;
-    pipe_dispatch();
-    pipe_share();
+    for (int i = 0; joinable && i < nparams; i++) {
+        lens[i] = values[i] == NULL ? 0 : lengths ? lengths[i] : (int)strlen(values[i]);
+        total += (size_t)lens[i] + 1;
+    }
+    if (joinable && total <= TK_DB_PIPE_PBUF) {
+        h = params_hash(stmt, nparams, values, lens);
+        it = find_joinable(h, stmt, nparams, values, lens);
+        if (it) {
+            D.njoined++;
+            me.next = it->w;
+            it->w = &me;
+            me.item = it;
+        }
+    } else {
+        joinable = 0;
+    }
+    if (it == NULL) {
+        if ((it = item_get()) == NULL)
+            return TK_DB_UNAVAILABLE;
+        it->kind = PI_QUERY;
+        it->stmt = stmt;
+        it->nparams = nparams;
+        if (joinable) {
+            /* Own copy of the parameters: whoever joins may outlive us. */
+            char *p = it->pbuf;
+            for (int i = 0; i < nparams; i++) {
+                it->pv[i] = values[i] ? p : NULL;
+                if (values[i]) {
+                    memcpy(p, values[i], (size_t)lens[i]);
+                    p[lens[i]] = '\0';
+                    p += lens[i] + 1;
+                }
+            }
+            memcpy(it->plens, lens, sizeof(int) * (size_t)nparams);
+            it->values = it->pv;
+            it->lengths = it->plens;
+            it->hash = h;
+            D.joinable[h % TK_DB_PIPE_BUCKETS] = it;
+        } else {
+            it->values = values;
+            it->lengths = lengths;
+        }
+        it->state = PI_QUEUED;
+        it->w = &me;
+        me.item = it;
+        if (D.qtail)
+            D.qtail->next = it;
+        else
+            D.qhead = it;
+        D.qtail = it;
+        D.qlen++;
+        pipe_dispatch();
+        pipe_share();
+    }
     for (;;) {
-        if (it->state == PI_DONE)
+        if (me.done)
             break;
+        if (me.item->state == PI_QUEUED) {
+            pipe_dispatch(); /* room may have appeared (a retry put it back) */
+            if (me.done)
+                break;
+        }
+        it = me.item;
         if (it->state == PI_QUEUED) {
             if (pipe_want_more()) {
                 tk_db_status_t gst;
-                if (pipe_grow(acq_deadline, &gst) != 0 && D.npipes == 0 && it->state == PI_QUEUED) {
+                if (pipe_grow(acq_deadline, &gst) != 0 && D.npipes == 0 && !me.done &&
+                    me.item->state == PI_QUEUED) {
                     /* Nothing to send it on. */
-                    it->cancelled = 1;
-                    it->gt = NULL;
+                    waiter_leave(&me);
                     if (gst == TK_DB_UNAVAILABLE && tk_now_ms() >= acq_deadline)
                         STAT(acquire_timeouts, 1);
                     /* let the next one try (or fail fast while it is down) */
                     for (pipe_item_t *q = D.qhead; q; q = q->next)
-                        if (!q->cancelled && q->gt) {
-                            tk_gt_unpark(q->gt);
+                        if (q->w) {
+                            tk_gt_unpark(q->w->gt);
                             break;
                         }
                     return gst;
@@ -1245,16 +1443,16 @@ static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *value
         if (D.npipes == 0 && it->state == PI_QUEUED && deadline > tk_now_ms() + 50)
             deadline = tk_now_ms() + 50; /* nobody to send it: look again soon */
         int r = tk_gt_park(it->state == PI_QUEUED ? TK_GT_WAIT_BROKER : TK_GT_WAIT_DB, deadline);
-        if (r == 0 || it->state == PI_DONE)
+        if (r == 0 || me.done)
             continue;
         int err = errno;
+        it = me.item;
         if (err == ETIMEDOUT &&
             tk_now_ms() <
                 (it->started_ms ? it->started_ms + D.conf->db_query_timeout_ms : acq_deadline))
             continue;
         /* Give up: cancelled, not started in time, or the query timed out. */
         if (it->state == PI_QUEUED) {
-            it->cancelled = 1;
             st = err == ECANCELED ? TK_DB_CANCELLED : TK_DB_UNAVAILABLE;
             if (st == TK_DB_UNAVAILABLE)
                 STAT(acquire_timeouts, 1);
@@ -1279,7 +1477,7 @@ static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *value
                     }
         found:;
         }
-        it->gt = NULL; /* orphan: freed when its result comes (or at dispatch) */
+        waiter_leave(&me);
         if (waited)
             tk_broker_stats_wait(D.b, D.w, (uint64_t)(tk_now_ms() - t0) * 1000000u);
         return st;
@@ -1287,16 +1485,15 @@ static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *value
     if (waited)
         tk_broker_stats_wait(D.b, D.w, (uint64_t)(tk_now_ms() - t0) * 1000000u);
     STAT(acquires, 1);
-    st = it->st;
+    st = me.st;
     if (sqlstate)
-        memcpy(sqlstate, it->sqlstate, 6);
-    if (st == TK_DB_OK && it->res == NULL)
+        memcpy(sqlstate, me.sqlstate, 6);
+    if (st == TK_DB_OK && me.res == NULL)
         st = TK_DB_ERROR;
-    if (st == TK_DB_OK) {
-        *res = it->res;
-        it->res = NULL;
-    }
-    item_put(it);
+    if (st == TK_DB_OK)
+        *res = me.res;
+    else
+        PQclear(me.res);
     return st;
 }
 
@@ -1450,6 +1647,7 @@ int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, cons
     D.pipe_open_at = env_int("TK_DB_PIPE_OPEN_AT", TK_DB_PIPE_OPEN_AT, 1, 1000);
     D.pipe_max = env_int("TK_DB_PIPE_MAX", TK_DB_PIPE_MAX, 1, TK_BROKER_MAX_SLOTS);
     D.pipe_off = env_int("TK_DB_PIPE_OFF", 0, 0, 1);
+    D.pipe_join = env_int("TK_DB_PIPE_JOIN", 1, 0, 1);
     if (D.wake_ev == NULL || D.timer_ev == NULL || D.flush_ev == NULL ||
         event_add(D.wake_ev, NULL) != 0 || event_add(D.timer_ev, &tv) != 0) {
         TK_LOG(TK_LOG_ERR, "db: event_new() failed");
@@ -1465,14 +1663,17 @@ void tk_db_worker_fini(void)
     if (D.enabled) {
         tk_broker_stats_t st;
         tk_broker_stats(D.b, D.w, &st);
-        TK_LOG(TK_LOG_INFO,
-               "db: %llu acquisitions, %llu waited (%llu ms), %llu timeouts, hand-offs %llu local "
-               "%llu remote, %llu connects (%llu ms), %llu connect errors",
-               (unsigned long long)st.acquires, (unsigned long long)st.wait_count,
-               (unsigned long long)(st.wait_ns / 1000000u), (unsigned long long)st.acquire_timeouts,
-               (unsigned long long)st.handoffs_local, (unsigned long long)st.handoffs_remote,
-               (unsigned long long)D.nconnects, (unsigned long long)(D.connect_ns / 1000000u),
-               (unsigned long long)st.connect_errors);
+        TK_LOG(
+            TK_LOG_INFO,
+            "db: %llu acquisitions, %llu waited (%llu ms), %llu timeouts, hand-offs %llu local "
+            "%llu remote, %llu connects (%llu ms), %llu connect errors, %llu pipelined queries in "
+            "%llu batches, %llu joined",
+            (unsigned long long)st.acquires, (unsigned long long)st.wait_count,
+            (unsigned long long)(st.wait_ns / 1000000u), (unsigned long long)st.acquire_timeouts,
+            (unsigned long long)st.handoffs_local, (unsigned long long)st.handoffs_remote,
+            (unsigned long long)D.nconnects, (unsigned long long)(D.connect_ns / 1000000u),
+            (unsigned long long)st.connect_errors, (unsigned long long)D.npiped,
+            (unsigned long long)D.nsyncs, (unsigned long long)D.njoined);
     }
     if (D.enabled) {
         /* Close our idle connections, then give back in one step every slot
@@ -1495,13 +1696,20 @@ void tk_db_worker_fini(void)
             while (c->phead) {
                 pipe_item_t *it = c->phead;
                 c->phead = it->next;
-                if (it->kind != PI_QUERY || it->gt == NULL)
-                    item_put(it);
-                else
-                    it->state = PI_DONE, it->st = TK_DB_UNAVAILABLE;
+                it->w = NULL; /* the scheduler is gone: nobody to wake */
+                item_put(it);
             }
             conn_close(c);
         }
+        while (D.qhead) {
+            pipe_item_t *it = D.qhead;
+            D.qhead = it->next;
+            it->w = NULL;
+            item_put(it);
+        }
+        D.qtail = NULL;
+        D.qlen = 0;
+        memset(D.joinable, 0, sizeof(D.joinable));
         while (D.ifree) {
             pipe_item_t *it = D.ifree;
             D.ifree = it->next;

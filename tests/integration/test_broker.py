@@ -312,7 +312,8 @@ def test_database_restart_fast_503_then_recovery():
     db = "host=127.0.0.1 port=%d %s" % (proxy.port, rest)
     conf = NO_ADMIN + "[db]\nmax_open = 4\nmax_idle = 4\nacquire_timeout = 1s\n"
     with Tenkd(workers=2, db=db, conf=conf) as t:
-        assert all(s == 200 for s in load(t.port, "/db", 8, 5))
+        statuses = load(t.port, "/db", 8, 5)
+        assert all(s == 200 for s in statuses), (statuses, t.log()[-3000:])
         proxy.down()
         # down: every request fails fast with 503, never hangs
         for _ in range(10):
