@@ -148,6 +148,52 @@ static void test_basic(void **state)
     assert_consistent();
 }
 
+/* tk_broker_try_acquire() never queues and never overtakes a waiter; a
+ * waiter queued while nobody is idle wakes a worker that holds slots (its
+ * shared connections give one up); the head's age is reported. */
+static void test_try_acquire_and_wake_holder(void **state)
+{
+    int s0, s1, slot, entry, wake, e2;
+    uint64_t ticket;
+    (void)state;
+    assert_int_equal(tk_broker_sh_init(B, 2), 0);
+    uint32_t g0 = tk_broker_worker_attach(B, 0, getpid());
+    uint32_t g1 = tk_broker_worker_attach(B, 1, getpid());
+
+    assert_int_equal(tk_broker_head_age_ns(B), 0);
+    assert_int_equal(tk_broker_try_acquire(B, 0, &s0), 0);
+    assert_int_equal(tk_broker_try_acquire(B, 0, &s1), 0);
+    assert_int_not_equal(s0, s1);
+    assert_int_equal(tk_broker_try_acquire(B, 1, &slot), -1); /* cap: no slot, no queue entry */
+    assert_int_equal(tk_broker_qlen(B), 0);
+    assert_int_equal(B->workers[0].nheld, 2);
+    assert_consistent();
+
+    /* Worker 1 queues; nobody is idle, so the holder (worker 0) is woken. */
+    assert_int_equal(tk_broker_acquire(B, 1, g1, &slot, &entry, &ticket, &wake), TK_BROKER_QUEUED);
+    assert_int_equal(wake, 0);
+    usleep(2000);
+    assert_true(tk_broker_head_age_ns(B) >= 1000000u);
+
+    /* A freed slot goes to the waiter, not to a try_acquire. */
+    assert_int_equal(tk_broker_free_slot(B, 0, s0, &e2, &wake), TK_BROKER_TO_REMOTE);
+    assert_int_equal(wake, 1);
+    assert_int_equal(tk_broker_try_acquire(B, 0, &slot), -1);
+    int ge, gs;
+    uint64_t gt;
+    assert_int_equal(tk_broker_next_grant(B, 1, &ge, &gt, &gs), 1);
+    assert_int_equal(gs, s0);
+    assert_int_equal(tk_broker_head_age_ns(B), 0);
+    assert_consistent();
+
+    /* With the queue empty and a slot free, try_acquire gets it. */
+    assert_int_equal(tk_broker_free_slot(B, 1, s0, &e2, &wake), TK_BROKER_FREED);
+    assert_int_equal(tk_broker_try_acquire(B, 1, &slot), 0);
+    assert_int_equal(slot, s0);
+    assert_consistent();
+    (void)g0;
+}
+
 static void test_release_policy(void **state)
 {
     int s, entry1, entry0, e, wake, slot;
@@ -530,6 +576,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_basic),
+        cmocka_unit_test(test_try_acquire_and_wake_holder),
         cmocka_unit_test(test_release_policy),
         cmocka_unit_test(test_cap_across_processes),
         cmocka_unit_test(test_fifo_across_processes),
