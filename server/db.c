@@ -1341,6 +1341,9 @@ static void waiter_leave(pipe_waiter_t *w)
     w->item = NULL;
 }
 
+static int pipe_enqueue(pipe_waiter_t *w, int stmt, int nparams, const char *const *values,
+                        const int *lens);
+
 static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *values,
                                  const int *lengths, PGresult **res, char sqlstate[6])
 {
@@ -1348,63 +1351,18 @@ static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *value
     int64_t acq_deadline = t0 + D.conf->db_acquire_timeout_ms;
     tk_db_status_t st = TK_DB_UNAVAILABLE;
     int waited = 0, lens[TK_DB_PIPE_MAXP];
-    size_t total = 0;
     pipe_waiter_t me = {.gt = tk_gt_self()};
-    pipe_item_t *it = NULL;
-    uint32_t h = 0;
-    int joinable = D.pipe_join && nparams <= TK_DB_PIPE_MAXP;
+    pipe_item_t *it;
 
-    for (int i = 0; joinable && i < nparams; i++) {
-        lens[i] = values[i] == NULL ? 0 : lengths ? lengths[i] : (int)strlen(values[i]);
-        total += (size_t)lens[i] + 1;
+    if (nparams <= TK_DB_PIPE_MAXP) {
+        for (int i = 0; i < nparams; i++)
+            lens[i] = values[i] == NULL ? 0 : lengths ? lengths[i] : (int)strlen(values[i]);
+        lengths = lens;
     }
-    if (joinable && total <= TK_DB_PIPE_PBUF) {
-        h = params_hash(stmt, nparams, values, lens);
-        it = find_joinable(h, stmt, nparams, values, lens);
-        if (it) {
-            D.njoined++;
-            me.next = it->w;
-            it->w = &me;
-            me.item = it;
-        }
-    } else {
-        joinable = 0;
-    }
-    if (it == NULL) {
-        if ((it = item_get()) == NULL)
-            return TK_DB_UNAVAILABLE;
-        it->kind = PI_QUERY;
-        it->stmt = stmt;
-        it->nparams = nparams;
-        if (joinable) {
-            /* Own copy of the parameters: whoever joins may outlive us. */
-            char *p = it->pbuf;
-            for (int i = 0; i < nparams; i++) {
-                it->pv[i] = values[i] ? p : NULL;
-                if (values[i]) {
-                    memcpy(p, values[i], (size_t)lens[i]);
-                    p[lens[i]] = '\0';
-                    p += lens[i] + 1;
-                }
-            }
-            memcpy(it->plens, lens, sizeof(int) * (size_t)nparams);
-            it->values = it->pv;
-            it->lengths = it->plens;
-            it->hash = h;
-            D.joinable[h % TK_DB_PIPE_BUCKETS] = it;
-        } else {
-            it->values = values;
-            it->lengths = lengths;
-        }
-        it->state = PI_QUEUED;
-        it->w = &me;
-        me.item = it;
-        if (D.qtail)
-            D.qtail->next = it;
-        else
-            D.qhead = it;
-        D.qtail = it;
-        D.qlen++;
+    if (pipe_enqueue(&me, stmt, nparams, values, lengths) != 0)
+        return TK_DB_UNAVAILABLE;
+    if (me.item->state == PI_QUEUED && me.item->w == &me && me.next == NULL) {
+        /* a new query (not joined): send what can be sent */
         pipe_dispatch();
         pipe_share();
     }
@@ -1494,6 +1452,198 @@ static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *value
         *res = me.res;
     else
         PQclear(me.res);
+    return st;
+}
+
+/* Queue one pipelined query for waiter w (joining an identical queued one
+ * when possible). lens[] holds the parameter lengths. 0, or -1 (no memory). */
+static int pipe_enqueue(pipe_waiter_t *w, int stmt, int nparams, const char *const *values,
+                        const int *lens)
+{
+    size_t total = 0;
+    int joinable = D.pipe_join && lens != NULL && nparams <= TK_DB_PIPE_MAXP;
+    uint32_t h = 0;
+    pipe_item_t *it = NULL;
+
+    for (int i = 0; joinable && i < nparams; i++)
+        total += (size_t)lens[i] + 1;
+    if (joinable && total <= TK_DB_PIPE_PBUF) {
+        h = params_hash(stmt, nparams, values, lens);
+        it = find_joinable(h, stmt, nparams, values, lens);
+        if (it) {
+            D.njoined++;
+            w->next = it->w;
+            it->w = w;
+            w->item = it;
+            return 0;
+        }
+    } else {
+        joinable = 0;
+    }
+    if ((it = item_get()) == NULL)
+        return -1;
+    it->kind = PI_QUERY;
+    it->stmt = stmt;
+    it->nparams = nparams;
+    if (joinable) {
+        /* Own copy of the parameters: whoever joins may outlive us. */
+        char *p = it->pbuf;
+        for (int i = 0; i < nparams; i++) {
+            it->pv[i] = values[i] ? p : NULL;
+            if (values[i]) {
+                memcpy(p, values[i], (size_t)lens[i]);
+                p[lens[i]] = '\0';
+                p += lens[i] + 1;
+            }
+        }
+        memcpy(it->plens, lens, sizeof(int) * (size_t)nparams);
+        it->values = it->pv;
+        it->lengths = it->plens;
+        it->hash = h;
+        D.joinable[h % TK_DB_PIPE_BUCKETS] = it;
+    } else {
+        it->values = values;
+        it->lengths = lens;
+    }
+    it->state = PI_QUEUED;
+    it->w = w;
+    w->item = it;
+    if (D.qtail)
+        D.qtail->next = it;
+    else
+        D.qhead = it;
+    D.qtail = it;
+    D.qlen++;
+    return 0;
+}
+
+/* Several pipelined SELECTs for one green thread, all sent at once. */
+static tk_db_status_t pipe_query_many(int stmt, int n, int nparams, const char *const *values,
+                                      PGresult **res)
+{
+    int64_t t0 = tk_now_ms();
+    int64_t acq_deadline = t0 + D.conf->db_acquire_timeout_ms;
+    tk_db_status_t st = TK_DB_OK;
+    pipe_waiter_t *ws = calloc((size_t)n, sizeof(*ws));
+    int *lens = malloc(sizeof(int) * (size_t)(n * nparams + 1));
+    int queued = 0;
+
+    if (ws == NULL || lens == NULL) {
+        free(ws);
+        free(lens);
+        return TK_DB_UNAVAILABLE;
+    }
+    for (int k = 0; k < n * nparams; k++)
+        lens[k] = values[k] ? (int)strlen(values[k]) : 0;
+    for (int i = 0; i < n; i++) {
+        ws[i].gt = tk_gt_self();
+        if (pipe_enqueue(&ws[i], stmt, nparams, values + i * nparams, lens + i * nparams) != 0) {
+            st = TK_DB_UNAVAILABLE;
+            break;
+        }
+        queued++;
+    }
+    if (st == TK_DB_OK) {
+        pipe_dispatch();
+        pipe_share();
+    }
+    while (st == TK_DB_OK) {
+        /* Done? Else the earliest deadline of those still waiting. */
+        int64_t deadline = INT64_MAX, now = tk_now_ms();
+        int pending = 0, unsent = 0;
+        for (int i = 0; i < n && st == TK_DB_OK; i++) {
+            if (ws[i].done) {
+                if (ws[i].st != TK_DB_OK || ws[i].res == NULL)
+                    st = ws[i].st != TK_DB_OK ? ws[i].st : TK_DB_ERROR;
+                continue;
+            }
+            pipe_item_t *it = ws[i].item;
+            int64_t d =
+                it->started_ms ? it->started_ms + D.conf->db_query_timeout_ms : acq_deadline;
+            if (now >= d) {
+                if (it->state == PI_QUEUED || it->started_ms == 0) {
+                    STAT(acquire_timeouts, 1);
+                    st = TK_DB_UNAVAILABLE;
+                } else {
+                    STAT(query_timeouts, 1);
+                    st = TK_DB_TIMEOUT;
+                    for (tk_db_conn_t *c = D.pipes; c; c = c->pnext)
+                        for (pipe_item_t *p = c->phead; p; p = p->next)
+                            if (p == it && !c->retiring) {
+                                send_cancel(c);
+                                c->retiring = 1;
+                            }
+                }
+                break;
+            }
+            pending++;
+            unsent += it->state == PI_QUEUED;
+            if (d < deadline)
+                deadline = d;
+        }
+        if (st != TK_DB_OK || pending == 0)
+            break;
+        if (unsent) {
+            pipe_dispatch();
+            if (pipe_want_more()) {
+                tk_db_status_t gst;
+                if (pipe_grow(acq_deadline, &gst) != 0 && D.npipes == 0) {
+                    st = gst;
+                    break;
+                }
+                continue;
+            }
+            if (D.npipes == 0 && deadline > tk_now_ms() + 50)
+                deadline = tk_now_ms() + 50; /* nobody to send them: look again soon */
+        }
+        if (tk_gt_park(TK_GT_WAIT_DB, deadline) != 0 && errno == ECANCELED)
+            st = TK_DB_CANCELLED;
+    }
+    for (int i = 0; i < queued; i++) {
+        if (!ws[i].done)
+            waiter_leave(&ws[i]);
+        if (st == TK_DB_OK) {
+            res[i] = ws[i].res;
+        } else {
+            PQclear(ws[i].res);
+            res[i] = NULL;
+        }
+    }
+    for (int i = queued; i < n; i++)
+        res[i] = NULL;
+    if (st == TK_DB_OK)
+        STAT(acquires, n);
+    free(ws);
+    free(lens);
+    return st;
+}
+
+tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const *values,
+                                PGresult **res)
+{
+    tk_db_status_t st = TK_DB_OK;
+    if (n <= 0)
+        return TK_DB_OK;
+    if (!D.enabled) {
+        for (int i = 0; i < n; i++)
+            res[i] = NULL;
+        return TK_DB_DISABLED;
+    }
+    if (stmt >= 0 && stmt < g_nstmts && g_stmts[stmt].readonly && !D.pipe_off)
+        return pipe_query_many(stmt, n, nparams, values, res);
+    for (int i = 0; i < n; i++)
+        res[i] = NULL;
+    tk_db_conn_t *c = tk_db_acquire(&st);
+    if (c == NULL)
+        return st;
+    for (int i = 0; i < n && st == TK_DB_OK; i++)
+        st = tk_db_exec(c, stmt, nparams, values + i * nparams, NULL, &res[i]);
+    tk_db_release(c);
+    if (st != TK_DB_OK)
+        for (int i = 0; i < n; i++) {
+            PQclear(res[i]);
+            res[i] = NULL;
+        }
     return st;
 }
 

@@ -66,9 +66,24 @@ const char *tk_db_sqlstate(const tk_db_conn_t *c);
 /* The server's message for the last error on c (for logs), "" if none. */
 const char *tk_db_errmsg(const tk_db_conn_t *c);
 
-/* acquire + exec + release in one call. May yield. */
+/* acquire + exec + release in one call. A plain SELECT (registered SQL
+ * starting with SELECT, no FOR UPDATE/SHARE, no nextval) does not take a
+ * connection for itself: it shares one of the worker's connections in libpq
+ * pipeline mode with other green threads' queries, and an identical query
+ * not yet sent is joined (one execution, each caller gets its own copy of
+ * the result). Same outcomes as the exclusive path: 503 when it could not
+ * start within db.acquire_timeout, 504 after db.query_timeout. May yield. */
 tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, const int *lengths,
                            PGresult **res, char sqlstate[6]);
+
+/* Run registered statement stmt n times, with parameters values[i * nparams
+ * + k] (text, NUL-terminated) for run i; res[i] gets each result (PQclear()
+ * them). Plain SELECTs are all sent at once on the worker's shared
+ * pipelined connections (n round trips' worth of queries in one); other
+ * statements run one after another on one connection. All or nothing: on
+ * failure every res[i] is NULL. May yield. */
+tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const *values,
+                                PGresult **res);
 
 /* The HTTP status for a failed status (503, 504, 500, 503 ...). */
 int tk_db_http_status(tk_db_status_t st);
