@@ -29,6 +29,7 @@
 #include "metrics.h"
 #include "sched.h"
 #include "segment.h"
+#include "stats_json.h"
 
 /* The page, generated at build time from handlers/dashboard.html by
  * scripts/lib/embed.sh (handlers/dashboard_html.c). */
@@ -679,174 +680,25 @@ static void h_metrics(tk_http_ctx_t *ctx)
 
 /* --- /debug/stats ------------------------------------------------------------------------ */
 
-static uint64_t errors_total(const tk_metrics_sh_t *m)
-{
-    uint64_t t = 0;
-    for (int i = 0; i < TK_METRICS_ERR_N; i++)
-        t += m->errors[i];
-    return t;
-}
+/* tenkctl's per-worker block plus p95 and threads by state (the dashboard's). */
+#define ADMIN_BLOCK (TK_STATS_JSON_P95 | TK_STATS_JSON_THREADS)
 
-static cJSON *json_rates(const tk_metrics_snap_t *s, uint64_t now_sec, size_t field)
-{
-    static const unsigned win[] = {1, 10, 60};
-    static const char *const key[] = {"1s", "10s", "60s"};
-    cJSON *o = cJSON_CreateObject();
-    for (int i = 0; i < 3; i++) {
-        tk_metrics_rate_t r;
-        tk_metrics_rate(s, now_sec, win[i], &r);
-        cJSON_AddNumberToObject(o, key[i], *(double *)((char *)&r + field));
-    }
-    return o;
-}
-
-static cJSON *json_status(const uint64_t st[6])
-{
-    cJSON *o = cJSON_CreateObject();
-    for (int i = 1; i < 6; i++)
-        cJSON_AddNumberToObject(o, class_label[i], (double)st[i]);
-    cJSON_AddNumberToObject(o, class_label[0], (double)st[0]);
-    return o;
-}
-
-/* The block `tenkctl stats --json` shows for the totals and for each worker,
- * plus what the dashboard needs (threads by state, the raw histogram). */
-static void json_stats_block(cJSON *o, const tk_metrics_snap_t *s, uint64_t now_sec, int hist)
-{
-    const tk_metrics_sh_t *m = &s->m;
-    cJSON_AddNumberToObject(o, "requests_total", (double)m->requests);
-    cJSON_AddItemToObject(o, "requests_per_second",
-                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, requests)));
-    cJSON *l = cJSON_AddObjectToObject(o, "latency_us");
-    cJSON_AddNumberToObject(l, "p50", tk_metrics_percentile(s, 50));
-    cJSON_AddNumberToObject(l, "p90", tk_metrics_percentile(s, 90));
-    cJSON_AddNumberToObject(l, "p95", tk_metrics_percentile(s, 95));
-    cJSON_AddNumberToObject(l, "p99", tk_metrics_percentile(s, 99));
-    cJSON_AddNumberToObject(l, "p999", tk_metrics_percentile(s, 99.9));
-    cJSON_AddNumberToObject(l, "mean", tk_metrics_mean_us(s));
-    cJSON_AddNumberToObject(o, "errors_total", (double)errors_total(m));
-    cJSON_AddItemToObject(o, "errors_per_second",
-                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, errors)));
-    cJSON *e = cJSON_AddObjectToObject(o, "errors");
-    for (int i = 0; i < TK_METRICS_ERR_N; i++)
-        cJSON_AddNumberToObject(e, tk_metrics_err_name((tk_metrics_err_t)i), (double)m->errors[i]);
-    cJSON_AddItemToObject(o, "status", json_status(m->status));
-    cJSON_AddNumberToObject(o, "bytes_in_total", (double)m->bytes_in);
-    cJSON_AddNumberToObject(o, "bytes_out_total", (double)m->bytes_out);
-    cJSON_AddItemToObject(o, "bytes_in_per_second",
-                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, bytes_in)));
-    cJSON_AddItemToObject(o, "bytes_out_per_second",
-                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, bytes_out)));
-    cJSON *c = cJSON_AddObjectToObject(o, "connections");
-    cJSON_AddNumberToObject(c, "accepted", (double)m->conns_accepted);
-    cJSON_AddNumberToObject(c, "closed", (double)m->conns_closed);
-    cJSON_AddNumberToObject(c, "open", (double)(m->conns_active + m->conns_idle));
-    cJSON_AddNumberToObject(c, "active", (double)m->conns_active);
-    cJSON_AddNumberToObject(c, "idle", (double)m->conns_idle);
-    cJSON *k = cJSON_AddObjectToObject(o, "cache");
-    cJSON_AddNumberToObject(k, "hits", (double)m->cache_hits);
-    cJSON_AddNumberToObject(k, "misses", (double)m->cache_misses);
-    cJSON_AddNumberToObject(k, "errors", (double)m->cache_errors);
-    cJSON_AddNumberToObject(k, "bypasses", (double)m->cache_bypasses);
-    cJSON_AddNumberToObject(k, "timeouts", (double)m->cache_timeouts);
-    cJSON_AddNumberToObject(k, "hit_ratio",
-                            m->cache_hits + m->cache_misses
-                                ? (double)m->cache_hits / (double)(m->cache_hits + m->cache_misses)
-                                : 0.0);
-    cJSON_AddNumberToObject(k, "connected", (double)m->cache_connected);
-    cJSON_AddNumberToObject(
-        k, "latency_us_mean",
-        m->cache_lat_count ? (double)m->cache_lat_sum_us / (double)m->cache_lat_count : 0.0);
-    cJSON *p = cJSON_AddObjectToObject(o, "process");
-    cJSON_AddNumberToObject(p, "rss_bytes", (double)m->rss_bytes);
-    cJSON_AddNumberToObject(p, "cpu_user_s", (double)m->cpu_user_ns / 1e9);
-    cJSON_AddNumberToObject(p, "cpu_system_s", (double)m->cpu_sys_ns / 1e9);
-    cJSON *t = cJSON_AddObjectToObject(o, "threads");
-    cJSON *bs = cJSON_AddObjectToObject(t, "by_state");
-    uint64_t total = 0;
-    for (unsigned i = 0; i < TK_GT_NSTATES; i++) {
-        cJSON_AddNumberToObject(bs, tk_gt_state_name((tk_gt_state_t)i), (double)m->gt_by_state[i]);
-        total += m->gt_by_state[i];
-    }
-    cJSON_AddNumberToObject(t, "threads", (double)total);
-    cJSON_AddNumberToObject(t, "created", (double)m->gt_created);
-    cJSON_AddNumberToObject(t, "switches", (double)m->gt_switches);
-    cJSON_AddNumberToObject(t, "long_runs", (double)m->gt_long_runs);
-    cJSON_AddNumberToObject(t, "stack_reserved_bytes", (double)m->stack_reserved);
-    cJSON_AddNumberToObject(t, "stack_resident_bytes", (double)m->stack_resident);
-    if (hist) {
-        /* non-empty buckets as [upper bound µs (exclusive), count]: the dashboard
-         * subtracts two polls to get the percentiles of the last second */
-        cJSON *h = cJSON_AddArrayToObject(o, "latency_histogram");
-        for (unsigned i = 0; i < TK_METRICS_NBUCKETS; i++) {
-            if (!m->hist[i])
-                continue;
-            uint64_t lo, hi;
-            tk_metrics_bucket_bounds(i, &lo, &hi);
-            double pair[2] = {hi == UINT64_MAX ? (double)lo * 2 : (double)hi, (double)m->hist[i]};
-            cJSON_AddItemToArray(h, cJSON_CreateDoubleArray(pair, 2));
-        }
-    }
-}
-
+/* The pool's totals plus one entry per live worker. */
 static cJSON *json_db(const view_t *v, const tk_broker_sh_t *b)
 {
     cJSON *o = cJSON_CreateObject();
-    if (!b) {
-        cJSON_AddBoolToObject(o, "configured", 0);
+    tk_stats_json_db(o, b);
+    if (!b)
         return o;
-    }
-    tk_broker_stats_t st;
-    tk_broker_stats(b, -1, &st);
-    cJSON_AddBoolToObject(o, "configured", 1);
-    cJSON_AddNumberToObject(o, "max_open", b->max_open);
-    cJSON_AddNumberToObject(o, "max_idle", b->max_idle);
-    cJSON_AddNumberToObject(o, "open", (double)st.open);
-    cJSON_AddNumberToObject(o, "in_use", (double)st.in_use);
-    cJSON_AddNumberToObject(o, "idle", (double)st.idle);
-    cJSON_AddNumberToObject(o, "free_slots", __atomic_load_n(&b->nfree, __ATOMIC_RELAXED));
-    cJSON_AddNumberToObject(o, "waiting", __atomic_load_n(&b->qlen, __ATOMIC_RELAXED));
-    cJSON_AddNumberToObject(o, "waiting_high_water", __atomic_load_n(&b->qhwm, __ATOMIC_RELAXED));
-    cJSON_AddNumberToObject(o, "wait_count", (double)st.wait_count);
-    cJSON_AddNumberToObject(o, "wait_duration_us", (double)st.wait_ns / 1e3);
-    cJSON_AddNumberToObject(o, "max_idle_closed", (double)st.max_idle_closed);
-    cJSON_AddNumberToObject(o, "max_idle_time_closed", (double)st.max_idle_time_closed);
-    cJSON_AddNumberToObject(o, "max_lifetime_closed", (double)st.max_lifetime_closed);
-    cJSON_AddNumberToObject(o, "acquires", (double)st.acquires);
-    cJSON_AddNumberToObject(o, "acquire_timeouts", (double)st.acquire_timeouts);
-    cJSON_AddNumberToObject(o, "queue_full", (double)st.queue_full);
-    cJSON_AddNumberToObject(o, "query_timeouts", (double)st.query_timeouts);
-    cJSON_AddNumberToObject(o, "connect_errors", (double)st.connect_errors);
-    cJSON_AddNumberToObject(o, "errors_closed", (double)st.errors_closed);
-    cJSON_AddNumberToObject(o, "handoffs_local", (double)st.handoffs_local);
-    cJSON_AddNumberToObject(o, "handoffs_remote", (double)st.handoffs_remote);
-    cJSON *h = cJSON_AddArrayToObject(o, "wait_histogram");
-    for (int i = 0; i < TK_BROKER_HIST_BUCKETS; i++) {
-        cJSON *x = cJSON_CreateObject();
-        uint64_t le = tk_broker_hist_bound_us(i);
-        if (le == UINT64_MAX)
-            cJSON_AddStringToObject(x, "le_us", "+Inf");
-        else
-            cJSON_AddNumberToObject(x, "le_us", (double)le);
-        cJSON_AddNumberToObject(x, "count", (double)st.wait_hist[i]);
-        cJSON_AddItemToArray(h, x);
-    }
     cJSON *a = cJSON_AddArrayToObject(o, "workers");
     for (unsigned i = 0; i < v->nw; i++) {
         const view_worker_t *w = &v->w[i];
         if (!live_state(w->w.state) || w->slot >= TK_BROKER_MAX_WORKERS)
             continue;
-        tk_broker_stats_t ws;
-        tk_broker_stats(b, (int)w->slot, &ws);
         cJSON *x = cJSON_CreateObject();
         cJSON_AddNumberToObject(x, "slot", w->slot);
         cJSON_AddNumberToObject(x, "pid", w->w.pid);
-        cJSON_AddNumberToObject(x, "open", (double)ws.open);
-        cJSON_AddNumberToObject(x, "in_use", (double)ws.in_use);
-        cJSON_AddNumberToObject(x, "idle", (double)ws.idle);
-        cJSON_AddNumberToObject(x, "waiting", b->workers[w->slot].nwaiting);
-        cJSON_AddNumberToObject(x, "wait_count", (double)ws.wait_count);
-        cJSON_AddNumberToObject(x, "acquires", (double)ws.acquires);
+        tk_stats_json_db_worker(x, b, w->slot);
         cJSON_AddItemToArray(a, x);
     }
     return o;
@@ -870,13 +722,7 @@ static void h_stats(tk_http_ctx_t *ctx)
     if (get_segment(ctx, &v) != 0)
         return;
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "name", v.h.name);
-    cJSON_AddNumberToObject(o, "master_pid", v.h.master_pid);
-    cJSON_AddNumberToObject(o, "generation", (double)v.h.generation);
-    cJSON_AddNumberToObject(o, "uptime_s",
-                            v.h.created_ns && v.now_real_ns > v.h.created_ns
-                                ? (double)(v.now_real_ns - v.h.created_ns) / 1e9
-                                : 0.0);
+    tk_stats_json_head(o, &v.h, v.now_real_ns);
     cJSON_AddNumberToObject(o, "time_ms", (double)(v.now_real_ns / 1000000ull));
     cJSON_AddStringToObject(o, "conf_path", v.h.conf_path);
     cJSON_AddNumberToObject(o, "workers_configured", v.h.workers);
@@ -889,7 +735,8 @@ static void h_stats(tk_http_ctx_t *ctx)
     cJSON_AddNumberToObject(o, "cpu_count", (double)sysconf(_SC_NPROCESSORS_ONLN));
     /* false when a worker died in the middle of an update (its slot may be torn) */
     cJSON_AddBoolToObject(o, "consistent", !v.total->torn);
-    json_stats_block(o, v.total, v.now_sec, 1);
+    /* the dashboard also wants threads by state and the raw histogram */
+    tk_stats_json_stats_block(o, v.total, v.now_sec, ADMIN_BLOCK | TK_STATS_JSON_HIST);
 
     cJSON *ms = cJSON_AddObjectToObject(o, "master");
     uint64_t rss = 0;
@@ -900,29 +747,13 @@ static void h_stats(tk_http_ctx_t *ctx)
     cJSON_AddNumberToObject(ms, "cpu_user_s", us);
     cJSON_AddNumberToObject(ms, "cpu_system_s", ss);
 
-    cJSON *r = cJSON_AddArrayToObject(o, "routes");
-    for (unsigned i = 0; i < TK_METRICS_MAX_ROUTES; i++) {
-        const tk_metrics_route_sh_t *rt = &v.total->m.routes[i];
-        if (!rt->name[0])
-            continue;
-        cJSON *x = cJSON_CreateObject();
-        cJSON_AddStringToObject(x, "route", rt->name);
-        cJSON_AddNumberToObject(x, "requests", (double)rt->requests);
-        cJSON_AddNumberToObject(x, "mean_latency_us",
-                                rt->requests ? (double)rt->latency_us_sum / (double)rt->requests
-                                             : 0.0);
-        cJSON_AddItemToObject(x, "status", json_status(rt->status));
-        cJSON_AddItemToArray(r, x);
-    }
+    cJSON_AddItemToObject(o, "routes", tk_stats_json_routes(&v.total->m));
     cJSON *a = cJSON_AddArrayToObject(o, "workers");
     for (unsigned i = 0; i < v.nw; i++) {
         const view_worker_t *w = &v.w[i];
         cJSON *x = cJSON_CreateObject();
         char le[32];
-        cJSON_AddNumberToObject(x, "slot", w->slot);
-        cJSON_AddNumberToObject(x, "pid", w->w.pid);
-        cJSON_AddNumberToObject(x, "generation", (double)w->w.generation);
-        cJSON_AddStringToObject(x, "state", tk_shm_wstate_name((tk_shm_wstate_t)w->w.state));
+        tk_stats_json_worker_head(x, w->slot, &w->w);
         cJSON_AddNumberToObject(x, "index", w->w.index);
         cJSON_AddNumberToObject(x, "restarts", w->w.respawns);
         last_exit(le, sizeof(le), w->w.last_status);
@@ -932,7 +763,7 @@ static void h_stats(tk_http_ctx_t *ctx)
                                 hb && v.now_mono_ns > hb ? (double)(v.now_mono_ns - hb) / 1e9 : 0);
         cJSON_AddBoolToObject(x, "accepting", w->snap->m.live.accepting != 0);
         cJSON_AddBoolToObject(x, "live", live_state(w->w.state));
-        json_stats_block(x, w->snap, v.now_sec, 0);
+        tk_stats_json_stats_block(x, w->snap, v.now_sec, ADMIN_BLOCK);
         cJSON_AddItemToArray(a, x);
     }
     cJSON_AddItemToObject(o, "db",

@@ -49,6 +49,7 @@
 #include "metrics.h"
 #include "sched.h"
 #include "segment.h"
+#include "stats_json.h"
 
 #define CTL_DEFAULT_NAME "tenk"
 
@@ -304,101 +305,14 @@ static void json_print(cJSON *o)
     cJSON_Delete(o);
 }
 
-static cJSON *json_rates(const tk_metrics_snap_t *s, uint64_t now_sec, size_t field)
-{
-    static const unsigned win[] = {1, 10, 60};
-    static const char *const key[] = {"1s", "10s", "60s"};
-    cJSON *o = cJSON_CreateObject();
-    for (unsigned i = 0; i < 3; i++) {
-        tk_metrics_rate_t r;
-        tk_metrics_rate(s, now_sec, win[i], &r);
-        cJSON_AddNumberToObject(o, key[i], *(double *)((char *)&r + field));
-    }
-    return o;
-}
-
-static cJSON *json_latency(const tk_metrics_snap_t *s)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "p50", tk_metrics_percentile(s, 50));
-    cJSON_AddNumberToObject(o, "p90", tk_metrics_percentile(s, 90));
-    cJSON_AddNumberToObject(o, "p99", tk_metrics_percentile(s, 99));
-    cJSON_AddNumberToObject(o, "p999", tk_metrics_percentile(s, 99.9));
-    cJSON_AddNumberToObject(o, "mean", tk_metrics_mean_us(s));
-    return o;
-}
-
-static cJSON *json_status_classes(const uint64_t st[6])
-{
-    static const char *const k[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
-    cJSON *o = cJSON_CreateObject();
-    for (unsigned i = 1; i < 6; i++)
-        cJSON_AddNumberToObject(o, k[i], (double)st[i]);
-    cJSON_AddNumberToObject(o, k[0], (double)st[0]);
-    return o;
-}
-
-/* The block shared by the totals and each worker in `stats --json`. */
-static void json_stats_block(cJSON *o, const tk_metrics_snap_t *s, uint64_t now_sec)
-{
-    const tk_metrics_sh_t *m = &s->m;
-    cJSON_AddNumberToObject(o, "requests_total", (double)m->requests);
-    cJSON_AddItemToObject(o, "requests_per_second",
-                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, requests)));
-    cJSON_AddItemToObject(o, "latency_us", json_latency(s));
-    cJSON_AddNumberToObject(o, "errors_total", (double)errors_total(m));
-    cJSON_AddItemToObject(o, "errors_per_second",
-                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, errors)));
-    cJSON *e = cJSON_AddObjectToObject(o, "errors");
-    for (unsigned i = 0; i < TK_METRICS_ERR_N; i++)
-        cJSON_AddNumberToObject(e, tk_metrics_err_name((tk_metrics_err_t)i), (double)m->errors[i]);
-    cJSON_AddItemToObject(o, "status", json_status_classes(m->status));
-    cJSON_AddNumberToObject(o, "bytes_in_total", (double)m->bytes_in);
-    cJSON_AddNumberToObject(o, "bytes_out_total", (double)m->bytes_out);
-    cJSON_AddItemToObject(o, "bytes_in_per_second",
-                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, bytes_in)));
-    cJSON_AddItemToObject(o, "bytes_out_per_second",
-                          json_rates(s, now_sec, offsetof(tk_metrics_rate_t, bytes_out)));
-    cJSON *c = cJSON_AddObjectToObject(o, "connections");
-    cJSON_AddNumberToObject(c, "accepted", (double)m->conns_accepted);
-    cJSON_AddNumberToObject(c, "closed", (double)m->conns_closed);
-    cJSON_AddNumberToObject(c, "open", (double)(m->conns_active + m->conns_idle));
-    cJSON_AddNumberToObject(c, "active", (double)m->conns_active);
-    cJSON_AddNumberToObject(c, "idle", (double)m->conns_idle);
-    cJSON *k = cJSON_AddObjectToObject(o, "cache");
-    cJSON_AddNumberToObject(k, "hits", (double)m->cache_hits);
-    cJSON_AddNumberToObject(k, "misses", (double)m->cache_misses);
-    cJSON_AddNumberToObject(k, "errors", (double)m->cache_errors);
-    cJSON_AddNumberToObject(k, "bypasses", (double)m->cache_bypasses);
-    cJSON_AddNumberToObject(k, "timeouts", (double)m->cache_timeouts);
-    cJSON_AddNumberToObject(k, "hit_ratio",
-                            m->cache_hits + m->cache_misses
-                                ? (double)m->cache_hits / (double)(m->cache_hits + m->cache_misses)
-                                : 0.0);
-    cJSON_AddNumberToObject(k, "connected", (double)m->cache_connected);
-    cJSON_AddNumberToObject(k, "latency_us_mean",
-                            m->cache_lat_count ? (double)m->cache_lat_sum_us / m->cache_lat_count
-                                               : 0.0);
-    cJSON *p = cJSON_AddObjectToObject(o, "process");
-    cJSON_AddNumberToObject(p, "rss_bytes", (double)m->rss_bytes);
-    cJSON_AddNumberToObject(p, "cpu_user_s", (double)m->cpu_user_ns / 1e9);
-    cJSON_AddNumberToObject(p, "cpu_system_s", (double)m->cpu_sys_ns / 1e9);
-}
-
 static void json_head(cJSON *o, const ctl_view_t *v)
 {
-    cJSON_AddStringToObject(o, "name", v->h.name);
-    cJSON_AddNumberToObject(o, "master_pid", v->h.master_pid);
-    cJSON_AddNumberToObject(o, "generation", (double)v->h.generation);
-    cJSON_AddNumberToObject(o, "uptime_s", uptime_s(v, v->h.created_ns));
+    tk_stats_json_head(o, &v->h, v->now_real_ns);
 }
 
 static void json_worker_head(cJSON *o, const ctl_worker_t *w)
 {
-    cJSON_AddNumberToObject(o, "slot", w->slot);
-    cJSON_AddNumberToObject(o, "pid", w->w.pid);
-    cJSON_AddNumberToObject(o, "generation", (double)w->w.generation);
-    cJSON_AddStringToObject(o, "state", tk_shm_wstate_name((tk_shm_wstate_t)w->w.state));
+    tk_stats_json_worker_head(o, w->slot, &w->w);
 }
 
 /* --- status ------------------------------------------------------------------------ */
@@ -474,25 +388,13 @@ static int cmd_stats(ctl_view_t *v)
         json_head(o, v);
         /* false if a worker died mid-update: its slot may be off by one request */
         cJSON_AddBoolToObject(o, "consistent", !t->torn);
-        json_stats_block(o, t, v->now_sec);
-        cJSON *r = cJSON_AddArrayToObject(o, "routes");
-        for (unsigned i = 0; i < TK_METRICS_MAX_ROUTES; i++) {
-            const tk_metrics_route_sh_t *rt = &m->routes[i];
-            if (!rt->name[0])
-                continue;
-            cJSON *x = cJSON_CreateObject();
-            cJSON_AddStringToObject(x, "route", rt->name);
-            cJSON_AddNumberToObject(x, "requests", (double)rt->requests);
-            cJSON_AddNumberToObject(x, "mean_latency_us",
-                                    rt->requests ? (double)rt->latency_us_sum / rt->requests : 0);
-            cJSON_AddItemToObject(x, "status", json_status_classes(rt->status));
-            cJSON_AddItemToArray(r, x);
-        }
+        tk_stats_json_stats_block(o, t, v->now_sec, 0);
+        cJSON_AddItemToObject(o, "routes", tk_stats_json_routes(m));
         cJSON *a = cJSON_AddArrayToObject(o, "workers");
         for (unsigned i = 0; i < v->nw; i++) {
             cJSON *x = cJSON_CreateObject();
             json_worker_head(x, &v->w[i]);
-            json_stats_block(x, v->w[i].snap, v->now_sec);
+            tk_stats_json_stats_block(x, v->w[i].snap, v->now_sec, 0);
             cJSON_AddItemToArray(a, x);
         }
         json_print(o);
@@ -607,27 +509,14 @@ static int cmd_threads(ctl_view_t *v)
             cJSON_AddNumberToObject(tt, n, (double)t->gt_by_state[s]);
             cJSON_AddNumberToObject(pp, n, pct((double)t->gt_by_state[s], (double)total));
         }
-        cJSON_AddNumberToObject(o, "threads", (double)total);
-        cJSON_AddNumberToObject(o, "created", (double)t->gt_created);
-        cJSON_AddNumberToObject(o, "switches", (double)t->gt_switches);
-        cJSON_AddNumberToObject(o, "long_runs", (double)t->gt_long_runs);
-        cJSON_AddNumberToObject(o, "stack_reserved_bytes", (double)t->stack_reserved);
-        cJSON_AddNumberToObject(o, "stack_resident_bytes", (double)t->stack_resident);
+        tk_stats_json_gt_counters(o, t);
         cJSON *a = cJSON_AddArrayToObject(o, "workers");
         for (unsigned i = 0; i < nlive; i++) {
             const tk_metrics_sh_t *m = &lw[i]->snap->m;
             cJSON *x = cJSON_CreateObject();
             json_worker_head(x, lw[i]);
-            cJSON *bs = cJSON_AddObjectToObject(x, "by_state");
-            for (unsigned s = 0; s < TK_GT_NSTATES; s++)
-                cJSON_AddNumberToObject(bs, tk_gt_state_name((tk_gt_state_t)s),
-                                        (double)m->gt_by_state[s]);
-            cJSON_AddNumberToObject(x, "threads", (double)gt_total(m));
-            cJSON_AddNumberToObject(x, "created", (double)m->gt_created);
-            cJSON_AddNumberToObject(x, "switches", (double)m->gt_switches);
-            cJSON_AddNumberToObject(x, "long_runs", (double)m->gt_long_runs);
-            cJSON_AddNumberToObject(x, "stack_reserved_bytes", (double)m->stack_reserved);
-            cJSON_AddNumberToObject(x, "stack_resident_bytes", (double)m->stack_resident);
+            cJSON_AddItemToObject(x, "by_state", tk_stats_json_gt_by_state(m));
+            tk_stats_json_gt_counters(x, m);
             cJSON_AddItemToArray(a, x);
         }
         json_print(o);
@@ -709,7 +598,7 @@ static int cmd_db(ctl_view_t *v)
         if (opt.json) {
             cJSON *o = cJSON_CreateObject();
             json_head(o, v);
-            cJSON_AddBoolToObject(o, "configured", 0);
+            tk_stats_json_db(o, NULL);
             json_print(o);
         } else
             printf("database: not configured\n");
@@ -723,54 +612,15 @@ static int cmd_db(ctl_view_t *v)
     if (opt.json) {
         cJSON *o = cJSON_CreateObject();
         json_head(o, v);
-        cJSON_AddBoolToObject(o, "configured", 1);
-        cJSON_AddNumberToObject(o, "max_open", max_open);
-        cJSON_AddNumberToObject(o, "max_idle", b->max_idle);
-        cJSON_AddNumberToObject(o, "open", (double)st.open);
-        cJSON_AddNumberToObject(o, "in_use", (double)st.in_use);
-        cJSON_AddNumberToObject(o, "idle", (double)st.idle);
-        cJSON_AddNumberToObject(o, "free_slots", nfree);
-        cJSON_AddNumberToObject(o, "waiting", qlen);
-        cJSON_AddNumberToObject(o, "waiting_high_water", qhwm);
-        cJSON_AddNumberToObject(o, "wait_count", (double)st.wait_count);
-        cJSON_AddNumberToObject(o, "wait_duration_us", (double)st.wait_ns / 1e3);
-        cJSON_AddNumberToObject(o, "max_idle_closed", (double)st.max_idle_closed);
-        cJSON_AddNumberToObject(o, "max_idle_time_closed", (double)st.max_idle_time_closed);
-        cJSON_AddNumberToObject(o, "max_lifetime_closed", (double)st.max_lifetime_closed);
-        cJSON_AddNumberToObject(o, "acquires", (double)st.acquires);
-        cJSON_AddNumberToObject(o, "acquire_timeouts", (double)st.acquire_timeouts);
-        cJSON_AddNumberToObject(o, "queue_full", (double)st.queue_full);
-        cJSON_AddNumberToObject(o, "query_timeouts", (double)st.query_timeouts);
-        cJSON_AddNumberToObject(o, "connect_errors", (double)st.connect_errors);
-        cJSON_AddNumberToObject(o, "errors_closed", (double)st.errors_closed);
-        cJSON_AddNumberToObject(o, "handoffs_local", (double)st.handoffs_local);
-        cJSON_AddNumberToObject(o, "handoffs_remote", (double)st.handoffs_remote);
-        cJSON *h = cJSON_AddArrayToObject(o, "wait_histogram");
-        for (int i = 0; i < TK_BROKER_HIST_BUCKETS; i++) {
-            cJSON *x = cJSON_CreateObject();
-            uint64_t le = tk_broker_hist_bound_us(i);
-            if (le == UINT64_MAX)
-                cJSON_AddStringToObject(x, "le_us", "+Inf");
-            else
-                cJSON_AddNumberToObject(x, "le_us", (double)le);
-            cJSON_AddNumberToObject(x, "count", (double)st.wait_hist[i]);
-            cJSON_AddItemToArray(h, x);
-        }
+        tk_stats_json_db(o, b);
         cJSON *a = cJSON_AddArrayToObject(o, "workers");
         for (unsigned i = 0; i < v->nw; i++) {
             ctl_worker_t *w = &v->w[i];
             if (!live_state(w->w.state) || w->slot >= TK_BROKER_MAX_WORKERS)
                 continue;
-            tk_broker_stats_t ws;
-            tk_broker_stats(b, (int)w->slot, &ws);
             cJSON *x = cJSON_CreateObject();
             json_worker_head(x, w);
-            cJSON_AddNumberToObject(x, "open", (double)ws.open);
-            cJSON_AddNumberToObject(x, "in_use", (double)ws.in_use);
-            cJSON_AddNumberToObject(x, "idle", (double)ws.idle);
-            cJSON_AddNumberToObject(x, "waiting", b->workers[w->slot].nwaiting);
-            cJSON_AddNumberToObject(x, "wait_count", (double)ws.wait_count);
-            cJSON_AddNumberToObject(x, "acquires", (double)ws.acquires);
+            tk_stats_json_db_worker(x, b, w->slot);
             cJSON_AddItemToArray(a, x);
         }
         json_print(o);
