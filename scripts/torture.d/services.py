@@ -3,8 +3,9 @@
 
 The devenv's instances are shared by every engineer's test runs, so the cases
 that stop PostgreSQL or kill Redis get their own: a cluster under
-$TENK_TORTURE_DIR (default /tmp/tenk-torture-<uid>) on port 55439 (kept
-between runs, schema from migrations/ applied once), and a Redis on 63839.
+$TENK_TORTURE_DIR (default /tmp/tenk-torture-<hash of $TENK_BUILD>) on port
+55000 + (that hash % 400) (kept between runs, schema from migrations/ applied
+once), and a Redis on 63000 + the same offset.
 PostgreSQL refuses to run as root: as root, both run as the devenv's user
 (tenkdev), like scripts/devenv does.
 
@@ -40,9 +41,15 @@ def _port_open(port):
 
 class Services:
     def __init__(self, base=None, pg_port=None, redis_port=None):
-        self.base = base or os.environ.get("TENK_TORTURE_DIR", "/tmp/tenk-torture-%d" % os.getuid())
-        self.pg_port = int(pg_port or os.environ.get("TENK_TORTURE_PG_PORT", 55439))
-        self.redis_port = int(redis_port or os.environ.get("TENK_TORTURE_REDIS_PORT", 63839))
+        # one set per build directory, so that runs from different builds (two engineers'
+        # scripts/test, a torture run next to the integration suite) never stop each
+        # other's database
+        import hashlib
+        key = hashlib.sha1(os.path.abspath(os.environ.get("TENK_BUILD", ".")).encode()).hexdigest()[:8]
+        off = int(key, 16) % 400
+        self.base = base or os.environ.get("TENK_TORTURE_DIR", "/tmp/tenk-torture-%s" % key)
+        self.pg_port = int(pg_port or os.environ.get("TENK_TORTURE_PG_PORT", 55000 + off))
+        self.redis_port = int(redis_port or os.environ.get("TENK_TORTURE_REDIS_PORT", 63000 + off))
         self.pgdata = os.path.join(self.base, "pg")
         self.run = os.path.join(self.base, "run")
         self.conninfo = "host=%s port=%d dbname=tenk user=tenk" % (self.run, self.pg_port)

@@ -6,25 +6,42 @@ leaves the broker empty; 10 reloads under load fail no request; a malformed-requ
 from four processes gets only 4xx or closes and leaks nothing; a flood of 3,000 clients
 against workers limited to 1,024 fds neither crashes nor spins; slowloris, slow body and slow
 read with 1,000 connections each are cut by the timeouts while /health stays fast;
-PostgreSQL restarted and Redis killed under load (private instances, never the devenv's)
-give 503s only while the database is down and no 5xx at all for the cache.
+PostgreSQL restarted and Redis killed under load give 503s only while the database is down
+and no 5xx at all for the cache. Every case runs against private PostgreSQL and Redis
+instances (scripts/torture.d/services.py), never the shared devenv's.
 The full form (longer loads, 20 reloads, 10 minutes of memory) is `scripts/torture`.
 """
+import atexit
 import os
 import shutil
 import sys
 
-from tenkharness import SRCDIR, TENK_DB, TENK_REDIS, skip
+from tenkharness import SRCDIR, skip
 
 sys.path.insert(0, os.path.join(SRCDIR, "scripts", "torture.d"))
 import torture  # noqa: E402
 
 
+_CTX = []
+
+
 def _ctx():
-    if not TENK_DB or not TENK_REDIS:
-        skip("TENK_DB/TENK_REDIS not set (run scripts/devenv up)")
+    """One run-wide context: private PostgreSQL/Redis (never the shared devenv's, where
+    other runs lock tables and terminate backends), stopped when the runner exits."""
+    if _CTX:
+        if isinstance(_CTX[0], str):
+            skip(_CTX[0])
+        return _CTX[0]
     torture.raise_nofile()
-    return torture.Ctx(short=True)
+    ctx = torture.Ctx(short=True)
+    try:
+        ctx.services()
+    except Exception as e:  # no PostgreSQL server binaries, a port taken, ...
+        _CTX.append("private PostgreSQL/Redis unavailable: %s" % e)
+        skip(_CTX[0])
+    atexit.register(ctx.close)
+    _CTX.append(ctx)
+    return ctx
 
 
 def _show(name, res):
@@ -68,19 +85,12 @@ def test_slow_clients_are_cut_and_health_stays_fast():
 
 def test_database_restart_and_redis_kill_under_load():
     ctx = _ctx()
-    try:
-        try:
-            ctx.services()
-        except Exception as e:  # no PostgreSQL server binaries, port taken, ...
-            skip("private PostgreSQL/Redis unavailable: %s" % e)
-        pg = torture.case_pg(ctx)
-        assert pg["503"] > 0 and pg["ok"] > 0 and pg["recovery_s"] <= 2.0, pg
-        _show("pg", pg)
-        rd = torture.case_redis(ctx)
-        assert rd["failures"] == 0, rd
-        _show("redis", rd)
-    finally:
-        ctx.close()
+    pg = torture.case_pg(ctx)
+    assert pg["503"] > 0 and pg["ok"] > 0 and pg["recovery_s"] <= 2.0, pg
+    _show("pg", pg)
+    rd = torture.case_redis(ctx)
+    assert rd["failures"] == 0, rd
+    _show("redis", rd)
 
 
 def test_valgrind_start_serve_stop_cycle():
@@ -96,6 +106,7 @@ def test_valgrind_start_serve_stop_cycle():
         skip("valgrind not installed")
     if torture.sanitized():
         skip("valgrind does not run ASan builds")
+    ctx = _ctx()
     logdir = tempfile.mkdtemp(prefix="tenk-vg-")
     vg = os.path.join(logdir, "valgrind")
     with open(vg, "w") as f:
@@ -106,7 +117,7 @@ def test_valgrind_start_serve_stop_cycle():
     import tenkharness as th
     real, th.TENKD = th.TENKD, vg
     try:
-        t = Tenkd(workers=1, db=TENK_DB, redis=TENK_REDIS, timeout=60).start()
+        t = Tenkd(workers=1, db=ctx.db, redis=ctx.redis, timeout=60).start()
     finally:
         th.TENKD = real
     try:
