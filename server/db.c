@@ -777,8 +777,8 @@ void tk_db_release(tk_db_conn_t *c)
  * threads, and everything sent in one loop iteration ends with one Sync.
  * One write and one read carry many queries each way, and the backend goes
  * from one to the next without sleeping: fewer system calls and context
- * switches on both sides, and a backend start plus a transaction per batch
- * instead of per query. A connection takes at most pipe_depth queries at a
+ * switches on both sides, and one backend wake-up and one transaction per
+ * batch instead of per query. A connection takes at most pipe_depth queries at a
  * time; the rest wait here in FIFO order (the broker's queue only sees a
  * worker that has no connection at all). "Acquired" for a pipelined query
  * means: everything sent before it on its connection has finished; a query
