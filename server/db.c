@@ -96,6 +96,7 @@ struct tk_db_conn {
     int dirty;                  /* queries sent since the last Sync */
     int inflight;               /* PI_QUERY items on the list */
     int busy_g;                 /* counted as in_use (else idle) in the statistics */
+    int shared_out;             /* retired because others queue in the broker */
     pipe_item_t *phead, *ptail; /* everything sent, in result order */
     struct event *rev, *wev;
     uint64_t last_ns;         /* last time a query was sent or answered */
@@ -1025,7 +1026,7 @@ static void on_pipe_read(evutil_socket_t fd, short what, void *arg)
     if (done && D.qhead)
         pipe_dispatch();
     if (!c->retiring && c->phead == NULL && D.qhead == NULL && tk_broker_qlen(D.b) > 0)
-        c->retiring = 1; /* unused here and others queue: give it back now */
+        c->retiring = c->shared_out = 1; /* unused here and others queue: give it back now */
     if (c->retiring)
         pipe_release_if_done(c);
 }
@@ -1056,6 +1057,16 @@ static void pipe_release_if_done(tk_db_conn_t *c)
             c->broken = 1;
     }
     c->in_flight = 0;
+    if (!c->broken && c->shared_out) {
+        /* Given up because another worker queues: the slot goes to it now
+         * (closing here; that worker connects), not after an idle grace. */
+        int hw = tk_broker_head_worker(D.b);
+        if (hw >= 0 && hw != D.w) {
+            STAT(in_use, -1);
+            conn_discard(c);
+            return;
+        }
+    }
     tk_db_release(c); /* closes it if broken or dirty */
 }
 
@@ -1085,6 +1096,7 @@ static int pipe_adopt(tk_db_conn_t *c)
     }
     c->pipe = 1;
     c->retiring = 0;
+    c->shared_out = 0;
     c->dirty = 0;
     c->inflight = 0;
     c->phead = c->ptail = NULL;
@@ -1288,6 +1300,7 @@ static void pipe_share(void)
     if (D.npipes == 1 && (least->phead != NULL || D.qhead != NULL) &&
         tk_broker_head_age_ns(D.b) < (uint64_t)D.conf->db_acquire_timeout_ms * 250000u)
         return;
+    least->shared_out = 1;
     pipe_retire(least);
 }
 

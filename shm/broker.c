@@ -823,6 +823,17 @@ uint64_t tk_broker_head_age_ns(tk_broker_sh_t *b)
     return age;
 }
 
+int tk_broker_head_worker(tk_broker_sh_t *b)
+{
+    int w = -1;
+    if (tk_broker_lock(b) != 0)
+        return -1;
+    if (b->qhead >= 0)
+        w = b->entries[b->qhead].worker;
+    tk_broker_unlock(b);
+    return w;
+}
+
 unsigned tk_broker_qlen(const tk_broker_sh_t *b)
 {
     return __atomic_load_n(&b->qlen, __ATOMIC_RELAXED);

@@ -217,6 +217,8 @@ int tk_broker_next_grant(tk_broker_sh_t *b, int w, int *entry, uint64_t *ticket,
 int tk_broker_cancel(tk_broker_sh_t *b, int w, int entry, uint64_t ticket, int *slot);
 /* How long the queue's head has waited (0 if nobody waits). */
 uint64_t tk_broker_head_age_ns(tk_broker_sh_t *b);
+/* The worker of the queue's head, -1 if nobody waits. */
+int tk_broker_head_worker(tk_broker_sh_t *b);
 /* Queue length without the lock (a hint). */
 unsigned tk_broker_qlen(const tk_broker_sh_t *b);
 

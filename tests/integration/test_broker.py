@@ -244,6 +244,8 @@ class Proxy:
         self.lsock = None
         self.conns = []
         self.lock = threading.Lock()
+        self.flowing = threading.Event()  # cleared: the database's answers are held back
+        self.flowing.set()
 
     def up(self):
         self.lsock = socket.socket()
@@ -280,16 +282,18 @@ class Proxy:
                 continue
             with self.lock:
                 self.conns += [c, u]
-            for a, b in ((c, u), (u, c)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, gate in ((c, u, None), (u, c, self.flowing)):
+                threading.Thread(target=self._pipe, args=(a, b, gate), daemon=True).start()
 
     @staticmethod
-    def _pipe(a, b):
+    def _pipe(a, b, gate=None):
         try:
             while True:
                 d = a.recv(65536)
                 if not d:
                     break
+                if gate is not None:
+                    gate.wait()
                 b.sendall(d)
         except OSError:
             pass
@@ -327,7 +331,8 @@ def test_database_restart_fast_503_then_recovery():
                    5, "service back after the database")
         assert time.monotonic() - t0 < 2.0, time.monotonic() - t0
         # and under load, all good again
-        assert all(s == 200 for s in load(t.port, "/db", 8, 5))
+        statuses = load(t.port, "/db", 8, 5)
+        assert all(s == 200 for s in statuses), (statuses, t.log()[-3000:])
     proxy.down()
 
 
@@ -350,3 +355,61 @@ def test_tenkctl_db_agrees_with_pg_stat_activity():
         out = t.ctl("db").stdout
         assert "db.max_open 6" in out, out
         assert re.search(r"acquires\s+(\d+)", out) and int(re.search(r"acquires\s+(\d+)", out).group(1)) >= 200, out
+
+
+def test_pipelined_selects_get_their_own_results_and_join():
+    """Plain SELECTs share one connection in pipeline mode. With the database's
+    answers held back, 60 /users requests for 15 different pages (4 of each)
+    pile up on the single allowed backend; once the answers flow, every
+    request gets exactly its own page, and identical queries that were still
+    queued were run once (the worker's exit summary counts them)."""
+    need_db()
+    m = re.search(r"port=(\d+)", TENK_DB)
+    if not m:
+        from tenkharness import skip
+        skip("TENK_DB has no port")
+    proxy = Proxy(int(m.group(1)))
+    proxy.up()
+    rest = re.sub(r"(host|port)=\S+", "", TENK_DB)
+    db, app = app_conninfo("host=127.0.0.1 port=%d %s" % (proxy.port, rest))
+    conf = NO_ADMIN + "[db]\nmax_open = 1\nmax_idle = 1\nacquire_timeout = 10s\nquery_timeout = 20s\n"
+    pages = [(1 + k % 5, k // 5 * 3) for k in range(15)]
+    expected = {}
+    for lim, after in pages:
+        expected[(lim, after)] = [int(x) for x in psql(
+            "select id from users where id > %d order by id limit %d" % (after, lim)).split()]
+    try:
+        with Tenkd(workers=1, db=db, conf=conf, args=("-v",)) as t:
+            assert t.request("GET", "/users?limit=1")[0] == 200  # connected, statement prepared
+            proxy.flowing.clear()
+            res = {}
+
+            def get(i, lim, after):
+                res[i] = t.request("GET", "/users?limit=%d&after_id=%d" % (lim, after))
+            threads = [threading.Thread(target=get, args=(i,) + pages[i % 15]) for i in range(60)]
+            for th in threads:
+                th.start()
+
+            def waiting():
+                r = t.ctl("threads", "--json")
+                tot = json.loads(r.stdout)["total"]
+                return tot.get("wait_db", 0) + tot.get("wait_broker", 0) >= 60
+            try:
+                wait_until(waiting, 10, "60 requests waiting on the database")
+            finally:
+                proxy.flowing.set()
+            for th in threads:
+                th.join(20)
+            for i in range(60):
+                lim, after = pages[i % 15]
+                st, _, body = res[i]
+                assert st == 200, (i, st, body)
+                assert [u["id"] for u in json.loads(body)] == expected[(lim, after)], (i, lim, after, body)
+            assert backends(app) <= 1
+        m = re.findall(r"(\d+) pipelined queries in (\d+) batches, (\d+) joined", t.log())
+        assert m, t.log()[-2000:]
+        piped, batches, joined = (int(x) for x in m[-1])
+        # 60 requests, the first one and the cache's start-up load; some joined
+        assert joined >= 1 and piped + joined >= 61 and piped < 60, m
+    finally:
+        proxy.down()
