@@ -291,6 +291,17 @@ static void hand_local(int entry, tk_db_conn_t *c, int slot)
     tk_gt_unpark(wt->gt);
 }
 
+/* The status for a statement that failed with sqlstate. Operator intervention
+ * (class 57: the server is shutting down, crashed, or not yet accepting) and
+ * connection exceptions (class 08) say the database is unavailable, not that
+ * the statement is wrong: the client gets 503, as for a server that is down. */
+static tk_db_status_t error_status(const char *sqlstate)
+{
+    if (sqlstate && (strncmp(sqlstate, "57", 2) == 0 || strncmp(sqlstate, "08", 2) == 0))
+        return TK_DB_UNAVAILABLE;
+    return TK_DB_ERROR;
+}
+
 static void note_error(tk_db_conn_t *c, const PGresult *r)
 {
     const char *st = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
@@ -599,7 +610,7 @@ static tk_db_status_t collect(tk_db_conn_t *c, int64_t deadline, PGresult **res)
                 }
             } else if (st == TK_DB_OK) {
                 note_error(c, r);
-                st = TK_DB_ERROR;
+                st = error_status(c->sqlstate);
                 PQclear(keep);
                 keep = NULL;
             }
@@ -985,7 +996,7 @@ static void on_pipe_read(evutil_socket_t fd, short what, void *arg)
                 snprintf(it->sqlstate, sizeof(it->sqlstate), "%s", ss ? ss : "");
                 if (it->kind == PI_PREP)
                     c->prepared = 0; /* re-prepare on the next query */
-                it->st = TK_DB_ERROR;
+                it->st = error_status(it->sqlstate);
             }
             PQclear(r);
             continue;
