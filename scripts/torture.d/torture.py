@@ -450,53 +450,59 @@ def case_slow(ctx, modes=("H", "B", "X")):
         healthy(t)
         base = snapshot(t)
         tmp = tempfile.mkdtemp(prefix="tenk-torture-slow-")
-        for m in modes:
-            path = {"H": "/health", "B": "/users", "X": "/users?limit=100"}[m]
-            out = os.path.join(tmp, "slow-%s" % m)
-            probe = load(t.port, secs, conns=1, mode="keepalive", paths=["/health"], interval=0.01, seed=3)
-            atk = slowhttptest(m, t.port, conns, secs, path, out)
-            peak = {"open": 0}
-            series = []
-            t_atk = time.monotonic()
-
-            def watch():
-                s = ctl_json(t, "stats")["connections"]["open"]
-                peak["open"] = max(peak["open"], s)
-                series.append((time.monotonic() - t_atk, s))
-                return atk.poll() is not None
-            wait_until(watch, secs + 30, "slowhttptest -%s to finish" % m, interval=0.5)
-            # slowhttptest opens its connections once and never reopens them: if the timeouts
-            # cut them, the server holds few of them in the attack's last seconds
-            # (slowhttptest ends early once every connection is closed): the open count must
-            # fall from its peak to a tenth while the attack still runs
-            t_peak = max(series, key=lambda xo: xo[1])[0] if series else 0
-            cut = [x for (x, o) in series if t_peak < x < secs - 0.5 and o <= conns // 10]
-            cut_s = round(cut[0] - t_peak, 1) if cut else None
-            pr = finish(probe, timeout=60)
-            rows = read_slow_csv(out + ".csv")
-            closed = rows[-1][1] if rows else -1
-            max_connected = max((r[3] for r in rows), default=-1)
-            # the server cut what the attack held: no connection left open once it is over
-            wait_until(lambda: ctl_json(t, "stats")["connections"]["open"] <= 1, 15,
-                       "attack connections gone after -%s" % m)
-            res[m] = {"path": path, "probe_requests": pr["requests"], "probe_failures": pr["failures"],
-                      "health_p99_ms": pr["p99_ms"], "health_max_ms": pr["max_ms"],
-                      "server_peak_open": peak["open"], "cut_after_peak_s": cut_s, "attack_closed": closed,
-                      "attack_max_connected": max_connected}
-            say("slow -%s: %s" % (m, json.dumps(res[m])))
-            assert pr["failures"] == 0, "probe failures during -%s: %s" % (m, pr["samples"])
-            # the bar is 50 ms; an ASan build runs two to three times slower
-            bar = 150 if sanitized() else 50
-            assert pr["p99_ms"] < bar, "/health p99 %.1f ms during -%s" % (pr["p99_ms"], m)
-            # (on a busy 2-core box the attack may need longer than a timeout to open them all)
-            held = ctx.pick(0.8, 0.8, 0.6) * conns
-            assert peak["open"] >= held or max_connected >= held, \
-                "the -%s attack never held many connections (%s)" % (m, res[m])
-            assert cut_s is not None, "the -%s attack's connections were not cut (%s)" % (m, res[m])
+        try:
+            _slow_modes(ctx, t, modes, conns, secs, tmp, res)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         healthy(t)
         back_to_baseline(t, base, rss_slack=1.0, rss_abs_kb=16384)
-        shutil.rmtree(tmp, ignore_errors=True)
     return res
+
+
+def _slow_modes(ctx, t, modes, conns, secs, tmp, res):
+    for m in modes:
+        path = {"H": "/health", "B": "/users", "X": "/users?limit=100"}[m]
+        out = os.path.join(tmp, "slow-%s" % m)
+        probe = load(t.port, secs, conns=1, mode="keepalive", paths=["/health"], interval=0.01, seed=3)
+        atk = slowhttptest(m, t.port, conns, secs, path, out)
+        peak = {"open": 0}
+        series = []
+        t_atk = time.monotonic()
+
+        def watch():
+            s = ctl_json(t, "stats")["connections"]["open"]
+            peak["open"] = max(peak["open"], s)
+            series.append((time.monotonic() - t_atk, s))
+            return atk.poll() is not None
+        wait_until(watch, secs + 30, "slowhttptest -%s to finish" % m, interval=0.5)
+        # slowhttptest opens its connections once and never reopens them: if the timeouts
+        # cut them, the server holds few of them in the attack's last seconds
+        # (slowhttptest ends early once every connection is closed): the open count must
+        # fall from its peak to a tenth while the attack still runs
+        t_peak = max(series, key=lambda xo: xo[1])[0] if series else 0
+        cut = [x for (x, o) in series if t_peak < x < secs - 0.5 and o <= conns // 10]
+        cut_s = round(cut[0] - t_peak, 1) if cut else None
+        pr = finish(probe, timeout=60)
+        rows = read_slow_csv(out + ".csv")
+        closed = rows[-1][1] if rows else -1
+        max_connected = max((r[3] for r in rows), default=-1)
+        # the server cut what the attack held: no connection left open once it is over
+        wait_until(lambda: ctl_json(t, "stats")["connections"]["open"] <= 1, 15,
+                   "attack connections gone after -%s" % m)
+        res[m] = {"path": path, "probe_requests": pr["requests"], "probe_failures": pr["failures"],
+                  "health_p99_ms": pr["p99_ms"], "health_max_ms": pr["max_ms"],
+                  "server_peak_open": peak["open"], "cut_after_peak_s": cut_s, "attack_closed": closed,
+                  "attack_max_connected": max_connected}
+        say("slow -%s: %s" % (m, json.dumps(res[m])))
+        assert pr["failures"] == 0, "probe failures during -%s: %s" % (m, pr["samples"])
+        # the bar is 50 ms; an ASan build runs two to three times slower
+        bar = 150 if sanitized() else 50
+        assert pr["p99_ms"] < bar, "/health p99 %.1f ms during -%s" % (pr["p99_ms"], m)
+        # (on a busy 2-core box the attack may need longer than a timeout to open them all)
+        held = ctx.pick(0.8, 0.8, 0.6) * conns
+        assert peak["open"] >= held or max_connected >= held, \
+            "the -%s attack never held many connections (%s)" % (m, res[m])
+        assert cut_s is not None, "the -%s attack's connections were not cut (%s)" % (m, res[m])
 
 
 FLOOD_CLIENT = r"""
@@ -582,6 +588,7 @@ def case_flood(ctx):
                 "resume_s": round(resume_s, 3), "emfile_log_lines": emfile, "db": end.get("db")}
     finally:
         t.stop()
+        shutil.rmtree(os.path.dirname(wrapper), ignore_errors=True)
 
 
 def case_malformed(ctx):
