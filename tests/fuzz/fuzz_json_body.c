@@ -13,7 +13,8 @@
  * - json_str (how users.c writes strings into responses) round-trips through cJSON for the
  *   accepted fields and for the raw input: what goes out parses back to the same bytes. */
 // fuzz-sources: server/uri.c
-// fuzz-libs: -I/usr/include/postgresql -I/usr/include/hiredis -lcjson -lpq -no-pie -Wl,--unresolved-symbols=ignore-all
+// fuzz-libs: -I/usr/include/postgresql -I/usr/include/hiredis -lcjson -lpq
+// fuzz-libs: -no-pie -Wl,--unresolved-symbols=ignore-all
 #include "config.h"
 
 #include <stdint.h>
