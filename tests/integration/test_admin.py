@@ -204,7 +204,10 @@ def test_debug_threads_survives_a_stopped_worker():
             assert set(ws) == {a, b}, ws
             assert "error" in ws[b] and ws[b]["threads"] == 0, ws[b]
             assert "error" not in ws[a] and ws[a]["threads"] >= 1, ws[a]
-            assert 1.5 <= took < 5, took
+            # bounded: at most the per-worker timeout (2 s) and change; it can be
+            # quicker (a worker stopped before its thread-table socket listened
+            # refuses the connection at once)
+            assert took < 5, took
         finally:
             os.kill(b, signal.SIGCONT)
         d = wait_until(lambda: admin_json(t, "/debug/threads"), 5, "/debug/threads after SIGCONT")

@@ -455,6 +455,9 @@ def test_connections_spread_across_workers():
         print("connections per worker: %s" % sorted(held.values()))
         # (a connection of the harness's readiness check may close meanwhile)
         assert 97 <= sum(held.values()) <= 100, held
-        assert min(held.values()) >= 25, held
+        # without the hold-back, one worker's wake-up takes up to 64 at once and
+        # a 100/0 or 64/36 split is common; scheduling noise on 2 busy cores
+        # still moves a few, hence 15 rather than a near-even split
+        assert min(held.values()) >= 15, held
         for s in socks:
             s.close()
