@@ -8,8 +8,9 @@
  *
  * Input: one byte picks the Content-Type, the rest is the body. Checks, any failure aborts:
  * - exactly one answer on rejection, 415 iff the Content-Type is not JSON, else 400;
- * - an accepted body really is a JSON object whose "name" is 1..100 UTF-8 characters and
- *   whose "email" has one '@', a dotted domain, no space or control byte, at most 254 bytes;
+ * - an accepted body really is one JSON object (nothing but whitespace after it, no NUL
+ *   anywhere) whose "name" is 1..100 UTF-8 characters and whose "email" has one '@', a
+ *   dotted domain, no space or control byte, at most 254 bytes;
  * - json_str (how users.c writes strings into responses) round-trips through cJSON for the
  *   accepted fields and for the raw input: what goes out parses back to the same bytes. */
 // fuzz-sources: server/uri.c
@@ -152,6 +153,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(nc >= 1 && nc <= 100 && strlen(name) <= 400);
         CHECK(email_plausible(email));
         CHECK(memchr(body, '\0', size - 1) == NULL);
+        /* the body is one JSON value: nothing but whitespace after it */
+        const char *end = NULL;
+        cJSON *again = cJSON_ParseWithLengthOpts(body, size - 1, &end, 0);
+        CHECK(again != NULL && end != NULL);
+        cJSON_Delete(again);
+        for (const char *p = end; p < body + (size - 1); p++)
+            CHECK(*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n');
         roundtrip(name, strlen(name));
         roundtrip(email, strlen(email));
         cJSON_Delete(doc);
