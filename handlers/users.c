@@ -400,8 +400,14 @@ static int read_user(tk_http_ctx_t *ctx, cJSON **doc, const char **name, const c
         tk_http_respond_error(ctx, 400, "strings must not contain NUL characters");
         return -1;
     }
-    *doc = cJSON_ParseWithLength(body.p, body.len);
-    if (*doc == NULL || !cJSON_IsObject(*doc)) {
+    /* One JSON object and nothing after it but whitespace: "{...} garbage" is
+     * not a body we understand, whatever cJSON made of its start. */
+    const char *end = NULL;
+    *doc = cJSON_ParseWithLengthOpts(body.p, body.len, &end, 0);
+    while (*doc != NULL && end < body.p + body.len &&
+           (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
+        end++;
+    if (*doc == NULL || !cJSON_IsObject(*doc) || end != body.p + body.len) {
         cJSON_Delete(*doc);
         tk_http_respond_error(ctx, 400, "the body must be a JSON object");
         return -1;

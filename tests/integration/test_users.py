@@ -141,6 +141,8 @@ def test_create_validation():
         (400, json.dumps({"name": "x", "email": "a@" + "b" * 260 + ".com"}), "application/json"),
         (400, json.dumps({"name": "x", "email": None}), "application/json"),
         (400, '{"name":"nul\\u0000here","email":"%s"}' % unique_email(), "application/json"),
+        (400, json.dumps({"name": "x", "email": unique_email()}) + " garbage", "application/json"),
+        (400, json.dumps({"name": "x", "email": unique_email()}) + "{}", "application/json"),
     ]
     for want, body, ctype in cases:
         headers = {"Content-Type": ctype} if ctype else {}
@@ -150,5 +152,9 @@ def test_create_validation():
     # charset parameter is fine
     st, _, _ = server().request("POST", "/users", headers={"Content-Type": "application/json; charset=utf-8"},
                                 body=json.dumps(good))
+    assert st == 201, st
+    # trailing whitespace after the object is fine
+    st, _, _ = server().request("POST", "/users", headers={"Content-Type": "application/json"},
+                                body=json.dumps({"name": "Bob", "email": unique_email()}) + " \r\n")
     assert st == 201, st
     psql("delete from users where email = '%s'" % good["email"])
