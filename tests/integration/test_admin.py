@@ -193,6 +193,10 @@ def test_debug_threads_survives_a_stopped_worker():
     """A worker that can't answer costs the others a bounded wait, not the answer."""
     with Tenkd(workers=2, admin=True, db="", redis="") as t:
         a, b = t.worker_pids()
+        # both workers must be up and answering before one is stopped (an ASan
+        # build can still be starting the second when the first serves /health)
+        wait_until(lambda: {w["pid"] for w in admin_json(t, "/debug/threads")["workers"]
+                            if "error" not in w} == {a, b}, 10, "both workers in /debug/threads")
         os.kill(b, signal.SIGSTOP)
         try:
             t0 = time.monotonic()
