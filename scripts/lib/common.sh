@@ -11,7 +11,8 @@ tk_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 TK_PKGS_BUILD="autoconf automake libtool pkg-config make gcc libevent-dev libcjson-dev libpq-dev
   libhiredis-dev zlib1g-dev libsystemd-dev libcmocka-dev"
 TK_PKGS_RUN="postgresql postgresql-contrib redis-server redis-tools procps passwd util-linux"
-TK_PKGS_TEST="python3 clang libclang-rt-14-dev tmux systemd curl wrk psmisc prometheus chromium nodejs"
+TK_PKGS_TEST="python3 clang libclang-rt-14-dev tmux systemd curl wrk psmisc prometheus chromium nodejs
+  slowhttptest valgrind"
 
 # tk_apt_install PKG...: install whichever of PKG are missing (needs root), loudly.
 tk_apt_install() {
