@@ -329,9 +329,11 @@ static void h_get(tk_http_ctx_t *ctx)
  * would silently cut the string there, and PostgreSQL text cannot hold it. */
 static int json_has_nul(const char *s, size_t len)
 {
+    /* a raw NUL anywhere, even right after a backslash (which the escape
+     * scan below steps over) */
+    if (memchr(s, '\0', len) != NULL)
+        return 1;
     for (size_t i = 0; i < len; i++) {
-        if (s[i] == '\0')
-            return 1;
         if (s[i] == '\\' && i + 1 < len) {
             if (s[i + 1] == 'u' && i + 5 < len && s[i + 2] == '0' && s[i + 3] == '0' &&
                 s[i + 4] == '0' && s[i + 5] == '0')
