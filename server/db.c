@@ -954,6 +954,16 @@ static void on_pipe_write(evutil_socket_t fd, short what, void *arg)
 
 static void pipe_dispatch(void);
 
+/* Whether c is still one of this worker's pipelined connections (pointer
+ * identity only: c is never dereferenced here). */
+static int pipe_alive(const tk_db_conn_t *c)
+{
+    for (const tk_db_conn_t *p = D.pipes; p; p = p->pnext)
+        if (p == c)
+            return 1;
+    return 0;
+}
+
 /* Read what arrived and hand results to their waiters. */
 static void on_pipe_read(evutil_socket_t fd, short what, void *arg)
 {
@@ -1034,8 +1044,13 @@ static void on_pipe_read(evutil_socket_t fd, short what, void *arg)
                 break;
             }
     }
-    if (done && D.qhead)
+    if (done && D.qhead) {
         pipe_dispatch();
+        /* A send that failed in there failed and released its connection,
+         * which may be this one: go on only while c is still one of ours. */
+        if (!pipe_alive(c))
+            return;
+    }
     if (!c->retiring && c->phead == NULL && D.qhead == NULL && tk_broker_qlen(D.b) > 0)
         c->retiring = c->shared_out = 1; /* unused here and others queue: give it back now */
     if (c->retiring)
