@@ -188,6 +188,10 @@ static int accept_some(worker_t *w, int lfd, int max)
             accept_set(w, 0);
             return 1;
         }
+        /* Mid-batch, now and then: a burst should not all land here just
+         * because this worker was the one woken (the caller then holds back). */
+        if ((k & 7) == 7 && overloaded(w))
+            return 0;
     }
     return 0;
 }
