@@ -19,6 +19,7 @@
 #include <event2/event.h>
 
 #include "admin.h"
+#include "procstat.h"
 #include "broker.h"
 #include "cache.h"
 #include "conf.h"
@@ -148,32 +149,13 @@ static const tk_broker_sh_t *broker(tk_shm_t *shm)
 /* RSS and CPU of another process (the master) from /proc. 0 or -1. */
 static int proc_usage(pid_t pid, uint64_t *rss, double *user_s, double *sys_s)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
-    /* fields after the parenthesised command name, which may hold spaces */
-    char *p = strrchr(buf, ')');
-    if (!p)
-        return -1;
-    unsigned long long ut = 0, st = 0;
-    long long rss_pages = 0;
-    /* state(3) ... utime(14) stime(15) ... rss(24) */
-    if (sscanf(p + 2,
-               "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d %*d "
-               "%*u %*u %lld",
-               &ut, &st, &rss_pages) != 3)
+    tk_procstat_t ps;
+    if (pid <= 0 || tk_procstat_read(pid, &ps) < 0)
         return -1;
     double hz = (double)sysconf(_SC_CLK_TCK);
-    *user_s = (double)ut / hz;
-    *sys_s = (double)st / hz;
-    *rss = (uint64_t)(rss_pages > 0 ? rss_pages : 0) * (uint64_t)sysconf(_SC_PAGESIZE);
+    *user_s = (double)ps.utime_ticks / hz;
+    *sys_s = (double)ps.stime_ticks / hz;
+    *rss = ps.rss_pages * (uint64_t)sysconf(_SC_PAGESIZE);
     return 0;
 }
 

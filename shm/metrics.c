@@ -3,6 +3,7 @@
 #include "config.h"
 
 #include "metrics.h"
+#include "procstat.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -288,30 +289,10 @@ void tk_metrics_cache_stats_publish(const tk_cache_stats_t *st)
 
 int tk_metrics_proc_publish(void)
 {
-    char buf[1024];
-    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    tk_procstat_t ps;
+    if (tk_procstat_read(0, &ps) < 0)
         return -1;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
-    /* the command name may hold spaces and parentheses: fields start after the last ')' */
-    char *p = strrchr(buf, ')');
-    if (!p)
-        return -1;
-    p++;
-    unsigned long long utime = 0, stime = 0;
-    long long rss = 0;
-    /* fields 3..24: state ppid pgrp session tty tpgid flags minflt cminflt majflt
-     * cmajflt utime stime cutime cstime priority nice threads itrealvalue starttime
-     * vsize rss */
-    if (sscanf(p,
-               " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d %*d "
-               "%*u %*u %lld",
-               &utime, &stime, &rss) != 3)
-        return -1;
+    uint64_t utime = ps.utime_ticks, stime = ps.stime_ticks;
     long hz = sysconf(_SC_CLK_TCK);
     long page = sysconf(_SC_PAGESIZE);
     if (hz <= 0)
@@ -322,7 +303,7 @@ int tk_metrics_proc_publish(void)
     tk_metrics_wbegin(M);
     M->cpu_user_ns += tk_metrics_delta(u_ns, &tk_metrics_last.cpu_user_ns);
     M->cpu_sys_ns += tk_metrics_delta(s_ns, &tk_metrics_last.cpu_sys_ns);
-    M->rss_bytes = rss > 0 ? (uint64_t)rss * (uint64_t)page : 0;
+    M->rss_bytes = ps.rss_pages * (uint64_t)page;
     tk_metrics_wend(M);
     return 0;
 }

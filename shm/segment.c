@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include "segment.h"
+#include "procstat.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -92,31 +93,15 @@ int tk_shm_path(const char *name, char *buf, size_t len)
     return (r < 0 || (size_t)r >= len) ? -1 : 0;
 }
 
-/* Process state and start time (clock ticks since boot) from /proc/PID/stat.
- * Returns 0, or -1 if the process does not exist or can't be read. */
+/* Process state and start time (clock ticks since boot). 0, or -1 if the
+ * process does not exist or can't be read. */
 static int tk_shm_proc_stat(pid_t pid, char *state, uint64_t *start_ticks)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    tk_procstat_t ps;
+    if (tk_procstat_read(pid, &ps) < 0)
         return -1;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    unsigned long long st = 0;
-    char c = 0;
-    /* fields 3 (state) .. 22 (starttime) */
-    if (!p || sscanf(p + 1,
-                     " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d "
-                     "%llu",
-                     &c, &st) != 2)
-        return -1;
-    *state = c;
-    *start_ticks = st;
+    *state = ps.state;
+    *start_ticks = ps.start_ticks;
     return 0;
 }
 

@@ -1,0 +1,47 @@
+/* procstat.c: one reader of /proc/PID/stat for the segment, the metrics and the admin views. */
+#include "config.h"
+
+#include "procstat.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+int tk_procstat_read(pid_t pid, tk_procstat_t *out)
+{
+    char path[64], buf[1024];
+    if (pid == 0)
+        snprintf(path, sizeof(path), "/proc/self/stat");
+    else
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    /* the command name may hold spaces and parentheses: fields start after the last ')' */
+    const char *p = strrchr(buf, ')');
+    if (p == NULL)
+        return -1;
+    char c = 0;
+    unsigned long long ut = 0, st = 0, start = 0;
+    long long rss = 0;
+    /* fields 3..24: state ppid pgrp session tty tpgid flags minflt cminflt majflt
+     * cmajflt utime stime cutime cstime priority nice threads itrealvalue starttime
+     * vsize rss */
+    if (sscanf(p + 1,
+               " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d %*d "
+               "%llu %*u %lld",
+               &c, &ut, &st, &start, &rss) != 5)
+        return -1;
+    out->state = c;
+    out->utime_ticks = ut;
+    out->stime_ticks = st;
+    out->start_ticks = start;
+    out->rss_pages = rss > 0 ? (uint64_t)rss : 0;
+    return 0;
+}
