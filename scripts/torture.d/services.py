@@ -4,7 +4,7 @@
 The devenv's instances are shared by every engineer's test runs, so the cases
 that stop PostgreSQL or kill Redis get their own: a cluster under
 $TENK_TORTURE_DIR (default /tmp/tenk-torture-<hash of $TENK_BUILD>) on port
-55000 + (that hash % 400) (kept between runs, schema from migrations/ applied
+24000 + (that hash % 400), below the ephemeral port range, (kept between runs, schema from migrations/ applied
 once), and a Redis on 63000 + the same offset.
 PostgreSQL refuses to run as root: as root, both run as the devenv's user
 (tenkdev), like scripts/devenv does.
@@ -48,7 +48,9 @@ class Services:
         key = hashlib.sha1(os.path.abspath(os.environ.get("TENK_BUILD", ".")).encode()).hexdigest()[:8]
         off = int(key, 16) % 400
         self.base = base or os.environ.get("TENK_TORTURE_DIR", "/tmp/tenk-torture-%s" % key)
-        self.pg_port = int(pg_port or os.environ.get("TENK_TORTURE_PG_PORT", 55000 + off))
+        # below the kernel's ephemeral range (32768..60999 here): the suite's own client
+        # sockets must never hold the port a restarted PostgreSQL wants back
+        self.pg_port = int(pg_port or os.environ.get("TENK_TORTURE_PG_PORT", 24000 + off))
         self.redis_port = int(redis_port or os.environ.get("TENK_TORTURE_REDIS_PORT", 63000 + off))
         self.pgdata = os.path.join(self.base, "pg")
         self.run = os.path.join(self.base, "run")
@@ -104,8 +106,9 @@ class Services:
         return self
 
     def pg_start(self):
+        # the port on the command line wins over the one written at initdb time
         r = self._as_dev([pg_bin() + "/pg_ctl", "-D", self.pgdata, "-l", os.path.join(self.base, "pg.log"),
-                          "-w", "-t", "60", "start"])
+                          "-o", "-p %d" % self.pg_port, "-w", "-t", "60", "start"])
         if r.returncode != 0 and "another server might be running" not in r.stderr:
             raise RuntimeError("pg_ctl start failed: %s %s" % (r.stdout, r.stderr))
 
