@@ -15,6 +15,9 @@
  *            connections{accepted,closed,open,active,idle},
  *            cache{hits,misses,errors,bypasses,timeouts,hit_ratio,connected,latency_us_mean},
  *            process{rss_bytes,cpu_user_s,cpu_system_s},
+ *            threads{by_state{STATE:n},threads,created,switches,long_runs,
+ *            stack_reserved_bytes,stack_resident_bytes} (as `threads --json`; a dead
+ *            worker's gauges are zeroed when it is reaped, so the totals are the live ones),
  *            routes[{route,requests,mean_latency_us,status}],
  *            workers[{slot,pid,generation,state, + the same fields as the totals}]
  *   status:  name, master_pid, generation, uptime_s, conf_path, workers_configured,
@@ -388,13 +391,14 @@ static int cmd_stats(ctl_view_t *v)
         json_head(o, v);
         /* false if a worker died mid-update: its slot may be off by one request */
         cJSON_AddBoolToObject(o, "consistent", !t->torn);
-        tk_stats_json_stats_block(o, t, v->now_sec, 0);
+        /* green threads by state too: scripts/bench plots them once a second */
+        tk_stats_json_stats_block(o, t, v->now_sec, TK_STATS_JSON_THREADS);
         cJSON_AddItemToObject(o, "routes", tk_stats_json_routes(m));
         cJSON *a = cJSON_AddArrayToObject(o, "workers");
         for (unsigned i = 0; i < v->nw; i++) {
             cJSON *x = cJSON_CreateObject();
             json_worker_head(x, &v->w[i]);
-            tk_stats_json_stats_block(x, v->w[i].snap, v->now_sec, 0);
+            tk_stats_json_stats_block(x, v->w[i].snap, v->now_sec, TK_STATS_JSON_THREADS);
             cJSON_AddItemToArray(a, x);
         }
         json_print(o);

@@ -16,8 +16,8 @@
  * ever added. The builders read copies (snapshots, header and worker table
  * copies) or the broker's counters; they keep no state and never log. */
 
-/* What the admin endpoint shows beyond tenkctl's block (flags of
- * tk_stats_json_stats_block() and tk_stats_json_latency()). */
+/* Optional parts of the block (flags of tk_stats_json_stats_block() and
+ * tk_stats_json_latency()): `tenkctl stats` adds THREADS, /debug/stats all three. */
 enum {
     TK_STATS_JSON_P95 = 1u << 0,     /* latency_us.p95 */
     TK_STATS_JSON_THREADS = 1u << 1, /* threads{by_state, threads, created, ...} */

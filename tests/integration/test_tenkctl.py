@@ -155,6 +155,39 @@ def test_percentiles_match_injected_latency():
         assert 77000 <= lat["p999"] < 160000, lat
 
 
+def test_stats_json_carries_threads_by_state():
+    """stats --json has the green threads by state, per worker and in total (what
+    scripts/bench plots over time), and they agree with threads --json."""
+    with _plain(workers=2, admin=True) as t:
+        def counts():
+            s = _stats(t)
+            by = s["threads"]["by_state"]
+            assert s["threads"]["threads"] == sum(by.values()), s["threads"]
+            for k in by:  # the workers add up to the totals
+                assert sum(w["threads"]["by_state"][k] for w in s["workers"]) == by[k], (k, s)
+            return by
+
+        base = wait_until(lambda: (lambda b: b if b["wait_net"] == 0 else None)(counts()), 5,
+                          "no thread waiting on the network")
+        assert set(base) >= {"running", "runnable", "wait_net", "wait_db", "wait_broker",
+                             "wait_cache", "sleeping"}, base
+        # a request whose body is held back parks its thread on the socket
+        s = t.connect(port=t.admin_port)
+        s.sendall(b"POST /debug/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                  b"Connection: close\r\n\r\n")
+        try:
+            wait_until(lambda: counts()["wait_net"] == 1, 5, "one thread in wait_net")
+            th = _ctl_json(t, "threads")
+            assert th["total"]["wait_net"] == 1, th
+            assert th["threads"] == _stats(t)["threads"]["threads"], th
+            s.sendall(b"hello")
+            st, _, body = recv_response(s)
+            assert st == 200 and body == b"hello", (st, body)
+        finally:
+            s.close()
+        wait_until(lambda: counts()["wait_net"] == 0, 5, "the thread done")
+
+
 def test_status_json_agrees_with_server():
     with _plain(workers=3) as t:
         wait_until(lambda: len([w for w in _ctl_json(t, "status")["workers"]
