@@ -641,32 +641,39 @@ def report(resdir):
                                               "all processes)'\nset xlabel 's'\nset ylabel 'MiB'\nset yrange "
                                               "[0:*]\nplot DATA using 1:2 with lines title 'RSS'\n", mem):
                 charts.append(("ts-memory.png", "Memory over time"))
-            # green threads by state (tk_gt_state_name's names), added over workers; failing
-            # those, any numeric tenkctl-stats field whose path mentions threads
-            thr_rows, names = [], []
-            states = ("running", "runnable", "wait_net", "wait_db", "wait_broker", "wait_cache", "sleeping",
-                      "wait_gt")
+            # green threads by state: tenkctl stats --json's threads.by_state (the totals over
+            # the live workers, tk_gt_state_name's names); failing that (an older tenkctl), any
+            # numeric field whose path mentions threads, added over workers
+            thr_rows, names, by_state = [], [], True
             for st in sdoc.get("stats", []):
                 doc = st.get("stats")
                 if doc is None:
                     continue
-                leaves = [(p, v) for p, v in flatten(doc) if "total" not in p.split(".")]
-                by_state = [(p, v) for p, v in leaves if p.split(".")[-1] in states]
-                if not by_state:
-                    by_state = [(p, v) for p, v in leaves
-                                if "thread" in p.lower() and not p.split(".")[-1].isdigit()]
-                vals = {}
-                for p, v in by_state:
-                    leaf = p.split(".")[-1]
-                    vals[leaf] = vals.get(leaf, 0) + v
+                by = (doc.get("threads") or {}).get("by_state") if isinstance(doc, dict) else None
+                if isinstance(by, dict) and by:
+                    vals = {k: v for k, v in by.items() if isinstance(v, (int, float))}
+                else:
+                    vals, by_state = {}, False
+                    for p, v in flatten(doc):
+                        if "thread" in p.lower() and "total" not in p.split(".") \
+                                and not p.split(".")[-1].isdigit():
+                            leaf = p.split(".")[-1]
+                            vals[leaf] = vals.get(leaf, 0) + v
                 for k in vals:
                     if k not in names:
                         names.append(k)
                 thr_rows.append((st["t_s"], vals))
+            # states never seen in the run would only draw lines along zero
+            names = [n for n in names if any(v.get(n) for _, v in thr_rows)] or names
             if names:
-                data = "second\t" + "\t".join(names) + "\n" + "".join(
-                    "%.1f\t" % t + "\t".join(str(v.get(n, "NaN")) for n in names) + "\n" for t, v in thr_rows)
-                if gnuplot(resdir, "ts-threads", "set title 'tenk green threads over time'\nset xlabel 's'\n"
+                cols = names + (["total"] if by_state else [])
+                data = "second\t" + "\t".join(cols) + "\n" + "".join(
+                    "%.1f\t" % t + "\t".join(str(v.get(n, "NaN")) for n in names) +
+                    ("\t%d" % sum(v.values()) if by_state else "") + "\n" for t, v in thr_rows)
+                names = cols
+                # noenhanced: state names have underscores (wait_db), not subscripts
+                if gnuplot(resdir, "ts-threads", "set title 'tenk green threads by state over time (all "
+                           "workers)'\nset xlabel 's'\nset key noenhanced\n"
                            "set ylabel 'green threads'\nset yrange [0:*]\nplot " +
                            ", ".join("DATA using 1:%d with lines title columnheader(%d)" % (i + 2, i + 2)
                                      for i in range(len(names))) + "\n", data):
