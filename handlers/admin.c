@@ -31,6 +31,7 @@
 #include "sched.h"
 #include "segment.h"
 #include "stats_json.h"
+#include "view.h"
 
 /* The page, generated at build time from handlers/dashboard.html by
  * scripts/lib/embed.sh (handlers/dashboard_html.c). */
@@ -60,90 +61,10 @@ static tk_shm_t *segment(const tk_http_ctx_t *ctx)
 {
     if (!g_shm && ctx->srv && ctx->srv->conf) {
         char err[256];
-        g_shm = tk_shm_attach(ctx->srv->conf->name, 0, err, sizeof(err));
+        /* our own master: no liveness check */
+        g_shm = tk_view_attach(ctx->srv->conf->name, 0, err, sizeof(err));
     }
     return g_shm;
-}
-
-static int live_state(uint32_t s)
-{
-    return s == TK_SHM_W_STARTING || s == TK_SHM_W_RUNNING || s == TK_SHM_W_DRAINING;
-}
-
-static uint64_t clock_ns(clockid_t id)
-{
-    struct timespec ts;
-    clock_gettime(id, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* A consistent copy of everything the endpoints show: the header, the worker
- * table, one metrics snapshot per used slot and their merge. On the heap:
- * snapshots are ~16 KiB each and green-thread stacks are small. */
-typedef struct {
-    unsigned slot;
-    tk_shm_worker_sh_t w;
-    tk_metrics_snap_t *snap;
-} view_worker_t;
-
-typedef struct {
-    tk_shm_t *shm;
-    tk_shm_header_sh_t h;
-    unsigned nw;
-    view_worker_t *w;
-    tk_metrics_snap_t *total;
-    uint64_t now_sec, now_real_ns, now_mono_ns;
-} view_t;
-
-static void view_free(view_t *v)
-{
-    for (unsigned i = 0; i < v->nw; i++)
-        free(v->w[i].snap);
-    free(v->w);
-    free(v->total);
-    memset(v, 0, sizeof(*v));
-}
-
-static int view_load(view_t *v, tk_shm_t *shm)
-{
-    memset(v, 0, sizeof(*v));
-    unsigned n = tk_shm_nslots(shm);
-    v->shm = shm;
-    memcpy(&v->h, tk_shm_header(shm), sizeof(v->h));
-    v->w = calloc(n ? n : 1, sizeof(*v->w));
-    v->total = calloc(1, sizeof(*v->total));
-    if (!v->w || !v->total) {
-        view_free(v);
-        return -1;
-    }
-    v->now_sec = tk_metrics_now_sec();
-    v->now_real_ns = clock_ns(CLOCK_REALTIME);
-    v->now_mono_ns = clock_ns(CLOCK_MONOTONIC);
-    for (unsigned i = 0; i < n; i++) {
-        tk_shm_worker_sh_t w;
-        memcpy(&w, tk_shm_worker(shm, i), sizeof(w));
-        if (w.state == TK_SHM_W_EMPTY)
-            continue;
-        view_worker_t *vw = &v->w[v->nw];
-        vw->snap = calloc(1, sizeof(*vw->snap));
-        if (!vw->snap) {
-            view_free(v);
-            return -1;
-        }
-        vw->slot = i;
-        vw->w = w;
-        v->nw++;
-        tk_metrics_snapshot(tk_shm_metrics(shm, i), vw->snap);
-        /* a dead slot's counters stay in the totals: they only ever grow */
-        tk_metrics_merge(v->total, vw->snap);
-    }
-    return 0;
-}
-
-static const tk_broker_sh_t *broker(tk_shm_t *shm)
-{
-    const tk_broker_sh_t *b = tk_shm_broker(shm);
-    return b && b->magic == TK_BROKER_MAGIC && b->size == sizeof(tk_broker_sh_t) ? b : NULL;
 }
 
 /* RSS and CPU of another process (the master) from /proc. 0 or -1. */
@@ -194,14 +115,15 @@ static int authorized(tk_http_ctx_t *ctx)
     return ok;
 }
 
-static int get_segment(tk_http_ctx_t *ctx, view_t *v)
+static int get_segment(tk_http_ctx_t *ctx, tk_view_t *v)
 {
     tk_shm_t *shm = segment(ctx);
     if (!shm) {
         tk_http_respond_error(ctx, 503, "shared memory not available");
         return -1;
     }
-    if (view_load(v, shm) != 0) {
+    *v = (tk_view_t){0};
+    if (tk_view_load(v, shm) != 0) {
         tk_http_respond_error(ctx, 500, "out of memory");
         return -1;
     }
@@ -245,7 +167,7 @@ static void sample_d(tk_http_buf_t *b, const char *name, unsigned worker, double
 
 /* Per-worker counter: every used slot (a dead slot's counters keep counting
  * in its respawned successor, so each series stays monotonic). */
-static void counter_w(tk_http_buf_t *b, const view_t *v, const char *name, const char *help,
+static void counter_w(tk_http_buf_t *b, const tk_view_t *v, const char *name, const char *help,
                       size_t off)
 {
     family(b, name, "counter", help);
@@ -254,12 +176,12 @@ static void counter_w(tk_http_buf_t *b, const view_t *v, const char *name, const
 }
 
 /* Per-worker gauge: live workers only. */
-static void gauge_w(tk_http_buf_t *b, const view_t *v, const char *name, const char *help,
+static void gauge_w(tk_http_buf_t *b, const tk_view_t *v, const char *name, const char *help,
                     size_t off)
 {
     family(b, name, "gauge", help);
     for (unsigned i = 0; i < v->nw; i++)
-        if (live_state(v->w[i].w.state))
+        if (tk_view_live_state(v->w[i].w.state))
             sample_u(b, name, v->w[i].slot,
                      *(const uint64_t *)((const char *)&v->w[i].snap->m + off));
 }
@@ -284,7 +206,7 @@ static void route_labels(tk_http_buf_t *b, const char *name)
     tk_http_buf_append_str(b, "\"");
 }
 
-static void metrics_http(tk_http_buf_t *b, const view_t *v)
+static void metrics_http(tk_http_buf_t *b, const tk_view_t *v)
 {
     family(b, "tenk_http_requests_total", "counter",
            "HTTP responses sent, by worker, route and status class (route \"unmatched\": no "
@@ -377,7 +299,7 @@ static void metrics_http(tk_http_buf_t *b, const view_t *v)
     family(b, "tenk_connections", "gauge",
            "Open client connections: active (a request in progress) or idle (keep-alive).");
     for (unsigned i = 0; i < v->nw; i++) {
-        if (!live_state(v->w[i].w.state))
+        if (!tk_view_live_state(v->w[i].w.state))
             continue;
         const tk_metrics_sh_t *m = &v->w[i].snap->m;
         tk_http_buf_printf(b, "tenk_connections{worker=\"%u\",state=\"active\"} %llu\n",
@@ -391,11 +313,11 @@ static void metrics_http(tk_http_buf_t *b, const view_t *v)
               offsetof(tk_metrics_sh_t, conns_closed));
 }
 
-static void metrics_sched(tk_http_buf_t *b, const view_t *v)
+static void metrics_sched(tk_http_buf_t *b, const tk_view_t *v)
 {
     family(b, "tenk_green_threads", "gauge", "Live green threads by state.");
     for (unsigned i = 0; i < v->nw; i++) {
-        if (!live_state(v->w[i].w.state))
+        if (!tk_view_live_state(v->w[i].w.state))
             continue;
         for (unsigned s = 0; s < TK_GT_NSTATES; s++)
             tk_http_buf_printf(b, "tenk_green_threads{worker=\"%u\",state=\"%s\"} %llu\n",
@@ -420,7 +342,7 @@ static void metrics_sched(tk_http_buf_t *b, const view_t *v)
             offsetof(tk_metrics_sh_t, pooled_stacks));
 }
 
-static void metrics_process(tk_http_buf_t *b, const view_t *v)
+static void metrics_process(tk_http_buf_t *b, const tk_view_t *v)
 {
     gauge_w(b, v, "tenk_process_resident_memory_bytes", "Resident memory of each worker process.",
             offsetof(tk_metrics_sh_t, rss_bytes));
@@ -437,13 +359,13 @@ static void metrics_process(tk_http_buf_t *b, const view_t *v)
     family(b, "tenk_process_start_time_seconds", "gauge",
            "Start of each live worker process since the Unix epoch.");
     for (unsigned i = 0; i < v->nw; i++)
-        if (live_state(v->w[i].w.state))
+        if (tk_view_live_state(v->w[i].w.state))
             sample_d(b, "tenk_process_start_time_seconds", v->w[i].slot,
                      (double)v->w[i].snap->m.proc_start_ns / 1e9);
     family(b, "tenk_worker_heartbeat_age_seconds", "gauge",
            "Time since each live worker's event loop last ticked.");
     for (unsigned i = 0; i < v->nw; i++) {
-        if (!live_state(v->w[i].w.state))
+        if (!tk_view_live_state(v->w[i].w.state))
             continue;
         uint64_t hb = v->w[i].snap->m.live.heartbeat_ns;
         sample_d(b, "tenk_worker_heartbeat_age_seconds", v->w[i].slot,
@@ -451,7 +373,7 @@ static void metrics_process(tk_http_buf_t *b, const view_t *v)
     }
     family(b, "tenk_worker_accepting", "gauge", "1 while the worker accepts new connections.");
     for (unsigned i = 0; i < v->nw; i++)
-        if (live_state(v->w[i].w.state))
+        if (tk_view_live_state(v->w[i].w.state))
             sample_u(b, "tenk_worker_accepting", v->w[i].slot, v->w[i].snap->m.live.accepting);
     family(b, "tenk_worker_restarts_total", "counter",
            "Times a dead worker was replaced in this slot.");
@@ -486,7 +408,7 @@ static void metrics_process(tk_http_buf_t *b, const view_t *v)
     tk_http_buf_printf(b, "tenk_reloads_total %llu\n", (unsigned long long)v->h.reload_seq);
 }
 
-static void db_counter(tk_http_buf_t *b, const view_t *v, const tk_broker_sh_t *br,
+static void db_counter(tk_http_buf_t *b, const tk_view_t *v, const tk_broker_sh_t *br,
                        const char *name, const char *help, size_t off, double scale)
 {
     family(b, name, "counter", help);
@@ -504,7 +426,7 @@ static void db_counter(tk_http_buf_t *b, const view_t *v, const tk_broker_sh_t *
 }
 
 /* The database pool, mirroring Go's sql.DBStats. */
-static void metrics_db(tk_http_buf_t *b, const view_t *v, const tk_broker_sh_t *br)
+static void metrics_db(tk_http_buf_t *b, const tk_view_t *v, const tk_broker_sh_t *br)
 {
     family(b, "tenk_db_max_open_connections", "gauge",
            "Connection budget shared by all workers (db.max_open).");
@@ -526,7 +448,7 @@ static void metrics_db(tk_http_buf_t *b, const view_t *v, const tk_broker_sh_t *
     for (size_t k = 0; k < sizeof(gauges) / sizeof(gauges[0]); k++) {
         family(b, gauges[k].name, "gauge", gauges[k].help);
         for (unsigned i = 0; i < v->nw; i++) {
-            if (!live_state(v->w[i].w.state) || v->w[i].slot >= TK_BROKER_MAX_WORKERS)
+            if (!tk_view_live_state(v->w[i].w.state) || v->w[i].slot >= TK_BROKER_MAX_WORKERS)
                 continue;
             tk_broker_stats_t st;
             tk_broker_stats(br, (int)v->w[i].slot, &st);
@@ -536,14 +458,33 @@ static void metrics_db(tk_http_buf_t *b, const view_t *v, const tk_broker_sh_t *
     }
     family(b, "tenk_db_waiting", "gauge", "Green threads queued for a connection slot.");
     for (unsigned i = 0; i < v->nw; i++)
-        if (live_state(v->w[i].w.state) && v->w[i].slot < TK_BROKER_MAX_WORKERS)
+        if (tk_view_live_state(v->w[i].w.state) && v->w[i].slot < TK_BROKER_MAX_WORKERS)
             sample_u(b, "tenk_db_waiting", v->w[i].slot,
                      __atomic_load_n(&br->workers[v->w[i].slot].nwaiting, __ATOMIC_RELAXED));
     family(b, "tenk_db_waiting_high_water", "gauge", "Longest the wait queue has been.");
     tk_http_buf_printf(b, "tenk_db_waiting_high_water %u\n",
                        __atomic_load_n(&br->qhwm, __ATOMIC_RELAXED));
-    db_counter(b, v, br, "tenk_db_wait_count_total", "Acquisitions that had to queue.",
+    family(b, "tenk_db_waiting_local", "gauge",
+           "Green threads queued inside the worker for a shared pipelined connection.");
+    for (unsigned i = 0; i < v->nw; i++)
+        if (tk_view_live_state(v->w[i].w.state) && v->w[i].slot < TK_BROKER_MAX_WORKERS)
+            sample_u(b, "tenk_db_waiting_local", v->w[i].slot,
+                     __atomic_load_n(&br->workers[v->w[i].slot].st.local_waiting,
+                                     __ATOMIC_RELAXED));
+    family(b, "tenk_db_waiting_local_high_water", "gauge",
+           "Most green threads queued inside workers at once.");
+    tk_http_buf_printf(b, "tenk_db_waiting_local_high_water %u\n",
+                       __atomic_load_n(&br->lwhwm, __ATOMIC_RELAXED));
+    family(b, "tenk_db_waiting_all_high_water", "gauge",
+           "Most green threads waiting for a connection at once, broker queue and local.");
+    tk_http_buf_printf(b, "tenk_db_waiting_all_high_water %u\n",
+                       __atomic_load_n(&br->twhwm, __ATOMIC_RELAXED));
+    db_counter(b, v, br, "tenk_db_wait_count_total",
+               "Acquisitions that had to queue (broker or local).",
                offsetof(tk_broker_stats_t, wait_count), 1.0);
+    db_counter(b, v, br, "tenk_db_wait_count_local_total",
+               "Of those, queued inside the worker for a shared pipelined connection.",
+               offsetof(tk_broker_stats_t, wait_count_local), 1.0);
     db_counter(b, v, br, "tenk_db_wait_duration_seconds_total", "Total time spent queued.",
                offsetof(tk_broker_stats_t, wait_ns), 1e-9);
     db_counter(b, v, br, "tenk_db_max_idle_closed_total",
@@ -596,7 +537,7 @@ static void metrics_db(tk_http_buf_t *b, const view_t *v, const tk_broker_sh_t *
     tk_http_buf_printf(b, "tenk_db_wait_seconds_count %llu\n", (unsigned long long)cum);
 }
 
-static void metrics_cache(tk_http_buf_t *b, const view_t *v)
+static void metrics_cache(tk_http_buf_t *b, const tk_view_t *v)
 {
     counter_w(b, v, "tenk_cache_hits_total", "Redis cache lookups that found the value.",
               offsetof(tk_metrics_sh_t, cache_hits));
@@ -640,7 +581,7 @@ static void h_metrics(tk_http_ctx_t *ctx)
 {
     if (!authorized(ctx))
         return;
-    view_t v;
+    tk_view_t v;
     if (get_segment(ctx, &v) != 0)
         return;
     tk_http_buf_t *b = tk_http_body_buf(ctx);
@@ -651,12 +592,12 @@ static void h_metrics(tk_http_ctx_t *ctx)
     metrics_http(b, &v);
     metrics_sched(b, &v);
     metrics_process(b, &v);
-    const tk_broker_sh_t *br = broker(v.shm);
+    const tk_broker_sh_t *br = tk_view_broker(v.shm);
     if (br && ctx->srv->conf->db_conninfo[0])
         metrics_db(b, &v, br);
     if (ctx->srv->conf->redis_addr[0])
         metrics_cache(b, &v);
-    view_free(&v);
+    tk_view_free(&v);
     tk_http_respond_buf(ctx, 200, "text/plain; version=0.0.4; charset=utf-8");
 }
 
@@ -666,7 +607,7 @@ static void h_metrics(tk_http_ctx_t *ctx)
 #define ADMIN_BLOCK (TK_STATS_JSON_P95 | TK_STATS_JSON_THREADS)
 
 /* The pool's totals plus one entry per live worker. */
-static cJSON *json_db(const view_t *v, const tk_broker_sh_t *b)
+static cJSON *json_db(const tk_view_t *v, const tk_broker_sh_t *b)
 {
     cJSON *o = cJSON_CreateObject();
     tk_stats_json_db(o, b);
@@ -674,8 +615,8 @@ static cJSON *json_db(const view_t *v, const tk_broker_sh_t *b)
         return o;
     cJSON *a = cJSON_AddArrayToObject(o, "workers");
     for (unsigned i = 0; i < v->nw; i++) {
-        const view_worker_t *w = &v->w[i];
-        if (!live_state(w->w.state) || w->slot >= TK_BROKER_MAX_WORKERS)
+        const tk_view_worker_t *w = &v->w[i];
+        if (!tk_view_live_state(w->w.state) || w->slot >= TK_BROKER_MAX_WORKERS)
             continue;
         cJSON *x = cJSON_CreateObject();
         cJSON_AddNumberToObject(x, "slot", w->slot);
@@ -700,7 +641,7 @@ static void h_stats(tk_http_ctx_t *ctx)
 {
     if (!authorized(ctx))
         return;
-    view_t v;
+    tk_view_t v;
     if (get_segment(ctx, &v) != 0)
         return;
     cJSON *o = cJSON_CreateObject();
@@ -732,7 +673,7 @@ static void h_stats(tk_http_ctx_t *ctx)
     cJSON_AddItemToObject(o, "routes", tk_stats_json_routes(&v.total->m));
     cJSON *a = cJSON_AddArrayToObject(o, "workers");
     for (unsigned i = 0; i < v.nw; i++) {
-        const view_worker_t *w = &v.w[i];
+        const tk_view_worker_t *w = &v.w[i];
         cJSON *x = cJSON_CreateObject();
         char le[32];
         tk_stats_json_worker_head(x, w->slot, &w->w);
@@ -744,13 +685,13 @@ static void h_stats(tk_http_ctx_t *ctx)
         cJSON_AddNumberToObject(x, "heartbeat_age_s",
                                 hb && v.now_mono_ns > hb ? (double)(v.now_mono_ns - hb) / 1e9 : 0);
         cJSON_AddBoolToObject(x, "accepting", w->snap->m.live.accepting != 0);
-        cJSON_AddBoolToObject(x, "live", live_state(w->w.state));
+        cJSON_AddBoolToObject(x, "live", tk_view_live_state(w->w.state));
         tk_stats_json_stats_block(x, w->snap, v.now_sec, ADMIN_BLOCK);
         cJSON_AddItemToArray(a, x);
     }
-    cJSON_AddItemToObject(o, "db",
-                          json_db(&v, ctx->srv->conf->db_conninfo[0] ? broker(v.shm) : NULL));
-    view_free(&v);
+    cJSON_AddItemToObject(
+        o, "db", json_db(&v, ctx->srv->conf->db_conninfo[0] ? tk_view_broker(v.shm) : NULL));
+    tk_view_free(&v);
     tk_http_add_header(ctx, "Cache-Control", "no-store");
     tk_http_respond_json(ctx, 200, o);
     cJSON_Delete(o);
@@ -1059,7 +1000,7 @@ static void h_threads(tk_http_ctx_t *ctx)
     for (unsigned i = 0; i < nslots; i++)
         memcpy(&tab[i], tk_shm_worker(shm, i), sizeof(tab[i]));
     for (unsigned i = 0; i < nslots; i++) {
-        if (!live_state(tab[i].state) || tab[i].pid <= 0)
+        if (!tk_view_live_state(tab[i].state) || tab[i].pid <= 0)
             continue;
         char err[128] = "";
         size_t before = b->len;

@@ -53,6 +53,7 @@
 #include "sched.h"
 #include "segment.h"
 #include "stats_json.h"
+#include "view.h"
 
 #define CTL_DEFAULT_NAME "tenk"
 
@@ -67,25 +68,6 @@ static struct {
     int once;
     double timeout_s; /* reload/stop; <0 = default */
 } opt = {CTL_DEFAULT_NAME, 0, -1, 0, 0, -1};
-
-/* One non-empty worker slot, copied out of the segment. */
-typedef struct {
-    unsigned slot;
-    tk_shm_worker_sh_t w;
-    tk_metrics_snap_t *snap;
-} ctl_worker_t;
-
-/* Everything a command shows, read in one pass. */
-typedef struct {
-    tk_shm_t *shm;
-    tk_shm_header_sh_t h;
-    unsigned nw;
-    ctl_worker_t *w;
-    tk_metrics_snap_t *total;
-    uint64_t now_sec;     /* tk_metrics_now_sec() of the read */
-    uint64_t now_real_ns; /* CLOCK_REALTIME of the read */
-    uint64_t now_mono_ns; /* CLOCK_MONOTONIC of the read */
-} ctl_view_t;
 
 /* --- small helpers ------------------------------------------------------------------ */
 
@@ -134,11 +116,6 @@ static const char *state_color(uint32_t s)
     default:
         return "";
     }
-}
-
-static int live_state(uint32_t s)
-{
-    return s == TK_SHM_W_STARTING || s == TK_SHM_W_RUNNING || s == TK_SHM_W_DRAINING;
 }
 
 /* 950us, 12.3ms, 1.25s */
@@ -227,73 +204,16 @@ static uint64_t gt_total(const tk_metrics_sh_t *m)
 static tk_shm_t *ctl_attach(void)
 {
     char err[512];
-    tk_shm_t *shm = tk_shm_attach(opt.name, 0, err, sizeof(err));
-    if (!shm) {
+    tk_shm_t *shm = tk_view_attach(opt.name, 1, err, sizeof(err));
+    if (!shm)
         fprintf(stderr, "tenkctl: %s\n", err);
-        return NULL;
-    }
-    if (!tk_shm_master_alive(shm)) {
-        fprintf(stderr,
-                "tenkctl: no tenk server named '%s' is running (the segment left by master pid "
-                "%d is stale; the next start replaces it)\n",
-                opt.name, (int)tk_shm_header(shm)->master_pid);
-        tk_shm_detach(shm);
-        return NULL;
-    }
     return shm;
 }
 
-static void view_free(ctl_view_t *v)
+static void view_load(tk_view_t *v, tk_shm_t *shm)
 {
-    for (unsigned i = 0; i < v->nw; i++)
-        free(v->w[i].snap);
-    free(v->w);
-    free(v->total);
-    v->w = NULL;
-    v->total = NULL;
-    v->nw = 0;
-}
-
-static void view_load(ctl_view_t *v, tk_shm_t *shm)
-{
-    unsigned n = tk_shm_nslots(shm);
-    view_free(v);
-    v->shm = shm;
-    memcpy(&v->h, tk_shm_header(shm), sizeof(v->h));
-    v->w = xcalloc(n, sizeof(*v->w));
-    v->total = xcalloc(1, sizeof(*v->total));
-    v->now_sec = tk_metrics_now_sec();
-    v->now_real_ns = clock_ns(CLOCK_REALTIME);
-    v->now_mono_ns = clock_ns(CLOCK_MONOTONIC);
-    for (unsigned i = 0; i < n; i++) {
-        tk_shm_worker_sh_t w;
-        memcpy(&w, tk_shm_worker(shm, i), sizeof(w));
-        if (w.state == TK_SHM_W_EMPTY)
-            continue;
-        ctl_worker_t *cw = &v->w[v->nw++];
-        cw->slot = i;
-        cw->w = w;
-        cw->snap = xcalloc(1, sizeof(*cw->snap));
-        tk_metrics_snapshot(tk_shm_metrics(shm, i), cw->snap);
-        /* counters of dead slots stay in the totals: they only ever grow */
-        tk_metrics_merge(v->total, cw->snap);
-    }
-}
-
-static double uptime_s(const ctl_view_t *v, uint64_t since_real_ns)
-{
-    return since_real_ns && v->now_real_ns > since_real_ns
-               ? (double)(v->now_real_ns - since_real_ns) / 1e9
-               : 0.0;
-}
-
-static unsigned count_state(const ctl_view_t *v, uint32_t state, int gen_only)
-{
-    unsigned n = 0;
-    for (unsigned i = 0; i < v->nw; i++)
-        if (v->w[i].w.state == state && (!gen_only || v->w[i].w.generation == v->h.generation))
-            n++;
-    return n;
+    if (tk_view_load(v, shm) != 0)
+        die_oom();
 }
 
 /* --- JSON helpers ---------------------------------------------------------------------- */
@@ -308,19 +228,19 @@ static void json_print(cJSON *o)
     cJSON_Delete(o);
 }
 
-static void json_head(cJSON *o, const ctl_view_t *v)
+static void json_head(cJSON *o, const tk_view_t *v)
 {
     tk_stats_json_head(o, &v->h, v->now_real_ns);
 }
 
-static void json_worker_head(cJSON *o, const ctl_worker_t *w)
+static void json_worker_head(cJSON *o, const tk_view_worker_t *w)
 {
     tk_stats_json_worker_head(o, w->slot, &w->w);
 }
 
 /* --- status ------------------------------------------------------------------------ */
 
-static int cmd_status(ctl_view_t *v)
+static int cmd_status(tk_view_t *v)
 {
     char b1[32], b2[32], b3[32];
     if (opt.json) {
@@ -328,17 +248,18 @@ static int cmd_status(ctl_view_t *v)
         json_head(o, v);
         cJSON_AddStringToObject(o, "conf_path", v->h.conf_path);
         cJSON_AddNumberToObject(o, "workers_configured", v->h.workers);
-        cJSON_AddNumberToObject(o, "workers_running", count_state(v, TK_SHM_W_RUNNING, 1));
+        cJSON_AddNumberToObject(o, "workers_running", tk_view_count_state(v, TK_SHM_W_RUNNING, 1));
         cJSON_AddBoolToObject(o, "stopping", v->h.stopping != 0);
         cJSON_AddNumberToObject(o, "layout_version", v->h.layout_version);
         cJSON *a = cJSON_AddArrayToObject(o, "workers");
         for (unsigned i = 0; i < v->nw; i++) {
-            ctl_worker_t *w = &v->w[i];
+            tk_view_worker_t *w = &v->w[i];
             cJSON *x = cJSON_CreateObject();
             json_worker_head(x, w);
             cJSON_AddNumberToObject(x, "index", w->w.index);
-            cJSON_AddNumberToObject(x, "uptime_s",
-                                    live_state(w->w.state) ? uptime_s(v, w->w.start_ns) : 0);
+            cJSON_AddNumberToObject(
+                x, "uptime_s",
+                tk_view_live_state(w->w.state) ? tk_view_uptime_s(v, w->w.start_ns) : 0);
             cJSON_AddNumberToObject(x, "restarts", w->w.respawns);
             if (w->w.last_status < 0)
                 cJSON_AddNullToObject(x, "last_exit");
@@ -356,16 +277,16 @@ static int cmd_status(ctl_view_t *v)
         return CTL_OK;
     }
     printf("%stenk '%s'%s  master pid %d  up %s  generation %llu%s\n", BOLD, v->h.name, RST,
-           (int)v->h.master_pid, fmt_dur(uptime_s(v, v->h.created_ns), b1, sizeof(b1)),
+           (int)v->h.master_pid, fmt_dur(tk_view_uptime_s(v, v->h.created_ns), b1, sizeof(b1)),
            (unsigned long long)v->h.generation, v->h.stopping ? "  (stopping)" : "");
     printf("%-10s%s\n", "config", v->h.conf_path[0] ? v->h.conf_path : "(defaults)");
     printf("%-10s%u configured, %u running\n\n", "workers", v->h.workers,
-           count_state(v, TK_SHM_W_RUNNING, 1));
+           tk_view_count_state(v, TK_SHM_W_RUNNING, 1));
     printf("%s%-5s %-8s %-4s %-9s %-8s %-9s %-10s %-10s %s%s\n", BOLD, "SLOT", "PID", "GEN",
            "STATE", "UPTIME", "RESTARTS", "LAST EXIT", "HEARTBEAT", "ACCEPTING", RST);
     for (unsigned i = 0; i < v->nw; i++) {
-        ctl_worker_t *w = &v->w[i];
-        int live = live_state(w->w.state);
+        tk_view_worker_t *w = &v->w[i];
+        int live = tk_view_live_state(w->w.state);
         uint64_t hb = w->snap->m.live.heartbeat_ns;
         char hbs[32] = "-";
         if (live && hb && v->now_mono_ns >= hb)
@@ -373,8 +294,8 @@ static int cmd_status(ctl_view_t *v)
         printf("%-5u %-8d %-4llu %s%-9s%s %-8s %-9u %-10s %-10s %s\n", w->slot, (int)w->w.pid,
                (unsigned long long)w->w.generation, state_color(w->w.state),
                tk_shm_wstate_name((tk_shm_wstate_t)w->w.state), RST,
-               live ? fmt_dur(uptime_s(v, w->w.start_ns), b2, sizeof(b2)) : "-", w->w.respawns,
-               fmt_status(w->w.last_status, b3, sizeof(b3)), hbs,
+               live ? fmt_dur(tk_view_uptime_s(v, w->w.start_ns), b2, sizeof(b2)) : "-",
+               w->w.respawns, fmt_status(w->w.last_status, b3, sizeof(b3)), hbs,
                live ? (w->snap->m.live.accepting ? "yes" : "no") : "-");
     }
     return CTL_OK;
@@ -382,7 +303,7 @@ static int cmd_status(ctl_view_t *v)
 
 /* --- stats -------------------------------------------------------------------------- */
 
-static int cmd_stats(ctl_view_t *v)
+static int cmd_stats(tk_view_t *v)
 {
     const tk_metrics_snap_t *t = v->total;
     const tk_metrics_sh_t *m = &t->m;
@@ -411,8 +332,9 @@ static int cmd_stats(ctl_view_t *v)
     for (int i = 0; i < 3; i++)
         tk_metrics_rate(t, v->now_sec, win[i], &r[i]);
     printf("%stenk '%s'%s  master pid %d  up %s  generation %llu  %u workers running\n\n", BOLD,
-           v->h.name, RST, (int)v->h.master_pid, fmt_dur(uptime_s(v, v->h.created_ns), b[0], 32),
-           (unsigned long long)v->h.generation, count_state(v, TK_SHM_W_RUNNING, 0));
+           v->h.name, RST, (int)v->h.master_pid,
+           fmt_dur(tk_view_uptime_s(v, v->h.created_ns), b[0], 32),
+           (unsigned long long)v->h.generation, tk_view_count_state(v, TK_SHM_W_RUNNING, 0));
     printf("%s%-14s %12s %12s %12s%s\n", BOLD, "", "1s", "10s", "60s", RST);
     printf("%-14s %12s %12s %12s\n", "requests/s", fmt_rate(r[0].requests, b[0], 32),
            fmt_rate(r[1].requests, b[1], 32), fmt_rate(r[2].requests, b[2], 32));
@@ -457,7 +379,7 @@ static int cmd_stats(ctl_view_t *v)
     printf("\n%s%-5s %-8s %-9s %12s %10s %9s %9s %9s %8s %6s%s\n", BOLD, "SLOT", "PID", "STATE",
            "REQUESTS", "REQ/S 10s", "P50", "P99", "P99.9", "ERRORS", "CONNS", RST);
     for (unsigned i = 0; i < v->nw; i++) {
-        ctl_worker_t *w = &v->w[i];
+        tk_view_worker_t *w = &v->w[i];
         const tk_metrics_sh_t *wm = &w->snap->m;
         tk_metrics_rate_t wr;
         tk_metrics_rate(w->snap, v->now_sec, 10, &wr);
@@ -490,13 +412,13 @@ static int cmd_stats(ctl_view_t *v)
 
 /* --- threads ------------------------------------------------------------------------ */
 
-static int cmd_threads(ctl_view_t *v)
+static int cmd_threads(tk_view_t *v)
 {
     tk_metrics_snap_t *live = xcalloc(1, sizeof(*live));
     unsigned nlive = 0;
-    ctl_worker_t **lw = xcalloc(v->nw + 1, sizeof(*lw));
+    tk_view_worker_t **lw = xcalloc(v->nw + 1, sizeof(*lw));
     for (unsigned i = 0; i < v->nw; i++)
-        if (live_state(v->w[i].w.state)) {
+        if (tk_view_live_state(v->w[i].w.state)) {
             lw[nlive++] = &v->w[i];
             tk_metrics_merge(live, v->w[i].snap);
         }
@@ -587,7 +509,7 @@ static int cmd_threads(ctl_view_t *v)
  * worker ever attached to means the database is not configured. */
 static int db_configured(const tk_broker_sh_t *b)
 {
-    if (b->magic != TK_BROKER_MAGIC || b->size != sizeof(tk_broker_sh_t))
+    if (!b)
         return 0;
     for (unsigned i = 0; i < TK_BROKER_MAX_WORKERS; i++)
         if (__atomic_load_n(&b->workers[i].gen, __ATOMIC_RELAXED) != 0)
@@ -595,9 +517,9 @@ static int db_configured(const tk_broker_sh_t *b)
     return 0;
 }
 
-static int cmd_db(ctl_view_t *v)
+static int cmd_db(tk_view_t *v)
 {
-    const tk_broker_sh_t *b = tk_shm_broker(v->shm);
+    const tk_broker_sh_t *b = tk_view_broker(v->shm);
     if (!db_configured(b)) {
         if (opt.json) {
             cJSON *o = cJSON_CreateObject();
@@ -619,8 +541,8 @@ static int cmd_db(ctl_view_t *v)
         tk_stats_json_db(o, b);
         cJSON *a = cJSON_AddArrayToObject(o, "workers");
         for (unsigned i = 0; i < v->nw; i++) {
-            ctl_worker_t *w = &v->w[i];
-            if (!live_state(w->w.state) || w->slot >= TK_BROKER_MAX_WORKERS)
+            tk_view_worker_t *w = &v->w[i];
+            if (!tk_view_live_state(w->w.state) || w->slot >= TK_BROKER_MAX_WORKERS)
                 continue;
             cJSON *x = cJSON_CreateObject();
             json_worker_head(x, w);
@@ -631,16 +553,23 @@ static int cmd_db(ctl_view_t *v)
         return CTL_OK;
     }
 
-    char b1[32], b2[32];
+    char b1[32], b2[32], b3[32];
     printf("%sdatabase pool of tenk '%s'%s  (db.max_open %u, db.max_idle %u)\n\n", BOLD, v->h.name,
            RST, max_open, b->max_idle);
     printf("%-16s open %llu  in use %llu  idle %llu  free slots %u\n", "connections",
            (unsigned long long)st.open, (unsigned long long)st.in_use, (unsigned long long)st.idle,
            nfree);
-    printf("%-16s %u now (high-water %u)\n", "waiting", qlen, qhwm);
-    printf("%-16s %llu waits, %s in total, %s on average\n", "wait",
-           (unsigned long long)st.wait_count, fmt_us((double)st.wait_ns / 1e3, b1, sizeof(b1)),
-           fmt_us(avg_wait_us, b2, sizeof(b2)));
+    /* broker: the cross-worker queue; local: inside a worker, for room on its
+     * shared pipelined connections (both are waits for a connection) */
+    printf("%-16s broker %u now (high-water %u)  local %u now (high-water %u)  all high-water %u\n",
+           "waiting", qlen, qhwm, __atomic_load_n(&b->lwaiting, __ATOMIC_RELAXED),
+           __atomic_load_n(&b->lwhwm, __ATOMIC_RELAXED),
+           __atomic_load_n(&b->twhwm, __ATOMIC_RELAXED));
+    uint64_t p99 = tk_broker_hist_quantile_us(st.wait_hist, 0.99);
+    printf("%-16s %llu waits (%llu local), %s in total, %s on average, p99 <= %s\n", "wait",
+           (unsigned long long)st.wait_count, (unsigned long long)st.wait_count_local,
+           fmt_us((double)st.wait_ns / 1e3, b1, sizeof(b1)), fmt_us(avg_wait_us, b2, sizeof(b2)),
+           p99 == UINT64_MAX ? "inf" : fmt_us((double)p99, b3, sizeof(b3)));
     printf("%-16s %llu  (timeouts %llu, queue full %llu, query timeouts %llu)\n", "acquires",
            (unsigned long long)st.acquires, (unsigned long long)st.acquire_timeouts,
            (unsigned long long)st.queue_full, (unsigned long long)st.query_timeouts);
@@ -650,18 +579,21 @@ static int cmd_db(ctl_view_t *v)
     printf("%-16s %llu  handoffs local %llu  remote %llu\n", "connect errors",
            (unsigned long long)st.connect_errors, (unsigned long long)st.handoffs_local,
            (unsigned long long)st.handoffs_remote);
-    printf("\n%s%-5s %-8s %8s %8s %8s %8s %10s %10s%s\n", BOLD, "SLOT", "PID", "OPEN", "IN USE",
-           "IDLE", "WAITING", "WAITS", "ACQUIRES", RST);
+    printf("\n%s%-5s %-8s %8s %8s %8s %8s %8s %10s %10s %10s%s\n", BOLD, "SLOT", "PID", "OPEN",
+           "IN USE", "IDLE", "WAITING", "LOCAL", "WAITS", "WAIT P99", "ACQUIRES", RST);
     for (unsigned i = 0; i < v->nw; i++) {
-        ctl_worker_t *w = &v->w[i];
-        if (!live_state(w->w.state) || w->slot >= TK_BROKER_MAX_WORKERS)
+        tk_view_worker_t *w = &v->w[i];
+        if (!tk_view_live_state(w->w.state) || w->slot >= TK_BROKER_MAX_WORKERS)
             continue;
         tk_broker_stats_t ws;
         tk_broker_stats(b, (int)w->slot, &ws);
-        printf("%-5u %-8d %8llu %8llu %8llu %8u %10llu %10llu\n", w->slot, (int)w->w.pid,
-               (unsigned long long)ws.open, (unsigned long long)ws.in_use,
+        uint64_t wp99 = tk_broker_hist_quantile_us(ws.wait_hist, 0.99);
+        printf("%-5u %-8d %8llu %8llu %8llu %8u %8llu %10llu %10s %10llu\n", w->slot,
+               (int)w->w.pid, (unsigned long long)ws.open, (unsigned long long)ws.in_use,
                (unsigned long long)ws.idle, b->workers[w->slot].nwaiting,
-               (unsigned long long)ws.wait_count, (unsigned long long)ws.acquires);
+               (unsigned long long)ws.local_waiting, (unsigned long long)ws.wait_count,
+               wp99 == UINT64_MAX ? "inf" : fmt_us((double)wp99, b3, sizeof(b3)),
+               (unsigned long long)ws.acquires);
     }
     return CTL_OK;
 }
@@ -727,7 +659,7 @@ typedef struct {
     int have;
 } top_prev_t;
 
-static void top_build(top_frame_t *f, ctl_view_t *v, top_prev_t *p)
+static void top_build(top_frame_t *f, tk_view_t *v, top_prev_t *p)
 {
     char b[10][32];
     const tk_metrics_snap_t *t = v->total;
@@ -740,8 +672,9 @@ static void top_build(top_frame_t *f, ctl_view_t *v, top_prev_t *p)
     top_add(f, -1, 0,
             "tenk '%s'  master %d  generation %llu  up %s  %u/%u workers running  %02d:%02d:%02d",
             v->h.name, (int)v->h.master_pid, (unsigned long long)v->h.generation,
-            fmt_dur(uptime_s(v, v->h.created_ns), b[0], 32), count_state(v, TK_SHM_W_RUNNING, 1),
-            v->h.workers, tm.tm_hour, tm.tm_min, tm.tm_sec);
+            fmt_dur(tk_view_uptime_s(v, v->h.created_ns), b[0], 32),
+            tk_view_count_state(v, TK_SHM_W_RUNNING, 1), v->h.workers, tm.tm_hour, tm.tm_min,
+            tm.tm_sec);
     top_add(f, 0, 0, "%s", "");
 
     tk_metrics_rate_t r1, r10, r60;
@@ -793,7 +726,7 @@ static void top_build(top_frame_t *f, ctl_view_t *v, top_prev_t *p)
     /* green threads of live workers */
     uint64_t by[TK_GT_NSTATES] = {0}, gtt = 0;
     for (unsigned i = 0; i < v->nw; i++)
-        if (live_state(v->w[i].w.state))
+        if (tk_view_live_state(v->w[i].w.state))
             for (unsigned s = 0; s < TK_GT_NSTATES; s++)
                 by[s] += v->w[i].snap->m.gt_by_state[s];
     char line[512];
@@ -828,9 +761,9 @@ static void top_build(top_frame_t *f, ctl_view_t *v, top_prev_t *p)
             "REQ/S", "P99", "ERRORS", "CONNS", "GT", "CPU%", "RSS", "UPTIME");
     double dt = p->have && v->now_mono_ns > p->mono_ns ? (double)(v->now_mono_ns - p->mono_ns) : 0;
     for (unsigned i = 0; i < v->nw; i++) {
-        ctl_worker_t *w = &v->w[i];
+        tk_view_worker_t *w = &v->w[i];
         const tk_metrics_sh_t *wm = &w->snap->m;
-        if (!live_state(w->w.state))
+        if (!tk_view_live_state(w->w.state))
             continue;
         tk_metrics_rate_t wr;
         tk_metrics_rate(w->snap, v->now_sec, 1, &wr);
@@ -845,7 +778,7 @@ static void top_build(top_frame_t *f, ctl_view_t *v, top_prev_t *p)
                 (unsigned long long)errors_total(wm),
                 (unsigned long long)(wm->conns_active + wm->conns_idle),
                 (unsigned long long)gt_total(wm), cpus, fmt_bytes((double)wm->rss_bytes, b[2], 32),
-                fmt_dur(uptime_s(v, w->w.start_ns), b[3], 32));
+                fmt_dur(tk_view_uptime_s(v, w->w.start_ns), b[3], 32));
     }
 
     /* remember this frame */
@@ -899,7 +832,7 @@ static void top_draw(const top_frame_t *f, int rows, int cols, int plain)
 
 static int cmd_top(tk_shm_t *shm)
 {
-    ctl_view_t v = {0};
+    tk_view_t v = {0};
     top_prev_t *p = xcalloc(1, sizeof(*p));
     p->prev_total = xcalloc(1, sizeof(*p->prev_total));
     top_frame_t *f = xcalloc(1, sizeof(*f));
@@ -979,7 +912,7 @@ static int cmd_top(tk_shm_t *shm)
     }
     top_restore();
 out:
-    view_free(&v);
+    tk_view_free(&v);
     free(p->prev_total);
     free(p);
     free(f);
@@ -1219,7 +1152,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "stop"))
         rc = cmd_stop(shm);
     else {
-        ctl_view_t v = {0};
+        tk_view_t v = {0};
         view_load(&v, shm);
         if (!strcmp(cmd, "status"))
             rc = cmd_status(&v);
@@ -1229,7 +1162,7 @@ int main(int argc, char **argv)
             rc = cmd_threads(&v);
         else
             rc = cmd_db(&v);
-        view_free(&v);
+        tk_view_free(&v);
     }
     tk_shm_detach(shm);
     return rc;
