@@ -68,6 +68,8 @@ struct pipe_waiter {
     pipe_waiter_t *next;
     tk_gt_t *gt;
     pipe_item_t *item; /* until done */
+    uint64_t enq_ns;   /* queued ... */
+    uint64_t sent_ns;  /* ... and sent on a shared connection (0: not yet) */
     int done;
     tk_db_status_t st;
     PGresult *res;
@@ -136,7 +138,6 @@ static struct {
     pipe_item_t *ifree; /* item pool */
     struct event *flush_ev;
     int flush_pending;
-    int pipe_depth, pipe_open_at, pipe_max, pipe_off, pipe_join;
     pipe_item_t *joinable[TK_DB_PIPE_BUCKETS]; /* queued, not sent yet: may be joined */
     uint64_t njoined;
 } D;
@@ -1175,7 +1176,7 @@ static void pipe_dispatch(void)
         int best_stalled = 0;
         int64_t now = tk_now_ms();
         for (tk_db_conn_t *c = D.pipes; c; c = c->pnext) {
-            if (c->retiring || c->inflight >= D.pipe_depth)
+            if (c->retiring || c->inflight >= TK_DB_PIPE_DEPTH)
                 continue;
             int st = pipe_stalled(c, now);
             if (best == NULL || st < best_stalled ||
@@ -1213,6 +1214,10 @@ static void pipe_dispatch(void)
         unjoinable(it);
         it->state = PI_SENT;
         it->started_ms = c->inflight == 0 ? tk_now_ms() : 0;
+        uint64_t now_ns = tk_now_ns();
+        for (pipe_waiter_t *w = it->w; w; w = w->next)
+            if (w->sent_ns == 0)
+                w->sent_ns = now_ns;
         pipe_append(c, it);
         c->inflight++;
         D.npiped++;
@@ -1298,11 +1303,11 @@ static int pipe_want_more(void)
         return 0;
     if (D.npipes == 0)
         return 1;
-    if (D.npipes >= D.pipe_max)
+    if (D.npipes >= TK_DB_PIPE_MAX)
         return 0;
     int64_t now = tk_now_ms();
     for (tk_db_conn_t *c = D.pipes; c; c = c->pnext)
-        if (!c->retiring && c->inflight < D.pipe_open_at && !pipe_stalled(c, now))
+        if (!c->retiring && c->inflight < TK_DB_PIPE_OPEN_AT && !pipe_stalled(c, now))
             return 0;
     return D.idle != NULL ||
            (tk_now_ms() >= D.down_until_ms && __atomic_load_n(&D.b->nfree, __ATOMIC_RELAXED) > 0 &&
@@ -1383,13 +1388,52 @@ static void waiter_leave(pipe_waiter_t *w)
 static int pipe_enqueue(pipe_waiter_t *w, int stmt, int nparams, const char *const *values,
                         const int *lens);
 
+/* A pipelined query that finds every shared connection full waits in this
+ * worker's FIFO, not in the broker's queue: for its request that is the same
+ * thing (waiting for a connection), so it is counted in wait_count, wait_ns
+ * and the histogram like a broker wait, and also in wait_count_local; the
+ * local_waiting gauge and its high-water marks are separate from the
+ * broker queue's (waiting) so neither hides the other. *lw: 0 never queued,
+ * 1 queued now, 2 was queued. */
+static void local_wait_begin(int *lw)
+{
+    if (*lw == 0) {
+        *lw = 1;
+        tk_broker_local_waiting(D.b, D.w, 1);
+    }
+}
+
+static void local_wait_end(int *lw)
+{
+    if (*lw == 1) {
+        *lw = 2;
+        tk_broker_local_waiting(D.b, D.w, -1);
+    }
+}
+
+/* Done with a request's pipelined queries: record its wait (queued until its
+ * last query was sent; until now if one never was). */
+static void local_wait_done(int *lw, const pipe_waiter_t *ws, int n)
+{
+    local_wait_end(lw);
+    if (*lw == 0)
+        return;
+    uint64_t now = tk_now_ns(), wait = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t end = ws[i].sent_ns ? ws[i].sent_ns : now;
+        if (ws[i].enq_ns && end > ws[i].enq_ns && end - ws[i].enq_ns > wait)
+            wait = end - ws[i].enq_ns;
+    }
+    tk_broker_stats_wait_local(D.b, D.w, wait);
+}
+
 static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *values,
                                  const int *lengths, PGresult **res, char sqlstate[6])
 {
     int64_t t0 = tk_now_ms();
     int64_t acq_deadline = t0 + D.conf->db_acquire_timeout_ms;
     tk_db_status_t st = TK_DB_UNAVAILABLE;
-    int waited = 0, lens[TK_DB_PIPE_MAXP];
+    int lw = 0, lens[TK_DB_PIPE_MAXP];
     pipe_waiter_t me = {.gt = tk_gt_self()};
     pipe_item_t *it;
 
@@ -1421,6 +1465,7 @@ static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *value
                     me.item->state == PI_QUEUED) {
                     /* Nothing to send it on. */
                     waiter_leave(&me);
+                    local_wait_done(&lw, &me, 1);
                     if (gst == TK_DB_UNAVAILABLE && tk_now_ms() >= acq_deadline)
                         STAT(acquire_timeouts, 1);
                     /* let the next one try (or fail fast while it is down) */
@@ -1433,13 +1478,15 @@ static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *value
                 }
                 continue;
             }
-            waited = 1;
+            local_wait_begin(&lw);
         }
         int64_t deadline =
             it->started_ms ? it->started_ms + D.conf->db_query_timeout_ms : acq_deadline;
         if (D.npipes == 0 && it->state == PI_QUEUED && deadline > tk_now_ms() + 50)
             deadline = tk_now_ms() + 50; /* nobody to send it: look again soon */
         int r = tk_gt_park(it->state == PI_QUEUED ? TK_GT_WAIT_BROKER : TK_GT_WAIT_DB, deadline);
+        if (me.done || me.item->state != PI_QUEUED)
+            local_wait_end(&lw);
         if (r == 0 || me.done)
             continue;
         int err = errno;
@@ -1475,12 +1522,10 @@ static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *value
         found:;
         }
         waiter_leave(&me);
-        if (waited)
-            tk_broker_stats_wait(D.b, D.w, (uint64_t)(tk_now_ms() - t0) * 1000000u);
+        local_wait_done(&lw, &me, 1);
         return st;
     }
-    if (waited)
-        tk_broker_stats_wait(D.b, D.w, (uint64_t)(tk_now_ms() - t0) * 1000000u);
+    local_wait_done(&lw, &me, 1);
     STAT(acquires, 1);
     st = me.st;
     if (sqlstate)
@@ -1500,10 +1545,12 @@ static int pipe_enqueue(pipe_waiter_t *w, int stmt, int nparams, const char *con
                         const int *lens)
 {
     size_t total = 0;
-    int joinable = D.pipe_join && lens != NULL && nparams <= TK_DB_PIPE_MAXP;
+    int joinable = lens != NULL && nparams <= TK_DB_PIPE_MAXP;
     uint32_t h = 0;
     pipe_item_t *it = NULL;
 
+    w->enq_ns = tk_now_ns();
+    w->sent_ns = 0;
     for (int i = 0; joinable && i < nparams; i++)
         total += (size_t)lens[i] + 1;
     if (joinable && total <= TK_DB_PIPE_PBUF) {
@@ -1565,7 +1612,7 @@ static tk_db_status_t pipe_query_many(int stmt, int n, int nparams, const char *
     tk_db_status_t st = TK_DB_OK;
     pipe_waiter_t *ws = calloc((size_t)n, sizeof(*ws));
     int *lens = malloc(sizeof(int) * (size_t)(n * nparams + 1));
-    int queued = 0;
+    int queued = 0, lw = 0;
 
     if (ws == NULL || lens == NULL) {
         free(ws);
@@ -1622,6 +1669,8 @@ static tk_db_status_t pipe_query_many(int stmt, int n, int nparams, const char *
         }
         if (st != TK_DB_OK || pending == 0)
             break;
+        if (!unsent)
+            local_wait_end(&lw);
         if (unsent) {
             pipe_dispatch();
             if (pipe_want_more()) {
@@ -1634,10 +1683,12 @@ static tk_db_status_t pipe_query_many(int stmt, int n, int nparams, const char *
             }
             if (D.npipes == 0 && deadline > tk_now_ms() + 50)
                 deadline = tk_now_ms() + 50; /* nobody to send them: look again soon */
+            local_wait_begin(&lw);
         }
         if (tk_gt_park(TK_GT_WAIT_DB, deadline) != 0 && errno == ECANCELED)
             st = TK_DB_CANCELLED;
     }
+    local_wait_done(&lw, ws, queued);
     for (int i = 0; i < queued; i++) {
         if (!ws[i].done)
             waiter_leave(&ws[i]);
@@ -1668,7 +1719,7 @@ tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const 
             res[i] = NULL;
         return TK_DB_DISABLED;
     }
-    if (stmt >= 0 && stmt < g_nstmts && g_stmts[stmt].readonly && !D.pipe_off)
+    if (stmt >= 0 && stmt < g_nstmts && g_stmts[stmt].readonly)
         return pipe_query_many(stmt, n, nparams, values, res);
     for (int i = 0; i < n; i++)
         res[i] = NULL;
@@ -1695,7 +1746,7 @@ tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, con
         sqlstate[0] = '\0';
     if (!D.enabled)
         return TK_DB_DISABLED;
-    if (stmt >= 0 && stmt < g_nstmts && g_stmts[stmt].readonly && !D.pipe_off)
+    if (stmt >= 0 && stmt < g_nstmts && g_stmts[stmt].readonly)
         return pipe_query(stmt, nparams, values, lengths, res, sqlstate);
     tk_db_conn_t *c = tk_db_acquire(&st);
     if (c == NULL)
@@ -1797,16 +1848,6 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     pipe_share();
 }
 
-/* A tunable from the environment (for measurements), within [lo, hi]. */
-static int env_int(const char *name, int def, int lo, int hi)
-{
-    const char *v = getenv(name);
-    if (v == NULL || *v == '\0')
-        return def;
-    int x = atoi(v);
-    return x < lo ? lo : x > hi ? hi : x;
-}
-
 int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, const tk_conf_t *conf)
 {
     struct timeval tv = {0, TK_DB_TICK_MS * 1000};
@@ -1832,11 +1873,6 @@ int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, cons
     D.wake_ev = event_new(base, fd, EV_READ | EV_PERSIST, on_wake, NULL);
     D.timer_ev = event_new(base, -1, EV_PERSIST, on_timer, NULL);
     D.flush_ev = event_new(base, -1, 0, on_flush, NULL);
-    D.pipe_depth = env_int("TK_DB_PIPE_DEPTH", TK_DB_PIPE_DEPTH, 1, 1000);
-    D.pipe_open_at = env_int("TK_DB_PIPE_OPEN_AT", TK_DB_PIPE_OPEN_AT, 1, 1000);
-    D.pipe_max = env_int("TK_DB_PIPE_MAX", TK_DB_PIPE_MAX, 1, TK_BROKER_MAX_SLOTS);
-    D.pipe_off = env_int("TK_DB_PIPE_OFF", 0, 0, 1);
-    D.pipe_join = env_int("TK_DB_PIPE_JOIN", 1, 0, 1);
     if (D.wake_ev == NULL || D.timer_ev == NULL || D.flush_ev == NULL ||
         event_add(D.wake_ev, NULL) != 0 || event_add(D.timer_ev, &tv) != 0) {
         TK_LOG(TK_LOG_ERR, "db: event_new() failed");

@@ -43,6 +43,15 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Raise a high-water mark other processes may raise at the same time. */
+static void hwm_raise(uint32_t *hwm, uint32_t v)
+{
+    uint32_t cur = __atomic_load_n(hwm, __ATOMIC_RELAXED);
+    while (v > cur &&
+           !__atomic_compare_exchange_n(hwm, &cur, v, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+}
+
 /* --- lists (indices into b->entries, -1 = none) ------------------------------------ */
 
 static void q_push(tk_broker_sh_t *b, int e)
@@ -543,8 +552,11 @@ static int reclaim_locked(tk_broker_sh_t *b, int w, pid_t pid, unsigned char *wa
     return freed;
 }
 
-static void zero_gauges(tk_broker_worker_sh_t *wk)
+static void zero_gauges(tk_broker_sh_t *b, tk_broker_worker_sh_t *wk)
 {
+    /* a dead worker's local waiters are gone with it */
+    uint64_t lw = __atomic_exchange_n(&wk->st.local_waiting, 0, __ATOMIC_RELAXED);
+    __atomic_fetch_sub(&b->lwaiting, (uint32_t)lw, __ATOMIC_RELAXED);
     __atomic_store_n(&wk->st.open, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&wk->st.in_use, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&wk->st.idle, 0, __ATOMIC_RELAXED);
@@ -570,7 +582,7 @@ uint32_t tk_broker_worker_attach(tk_broker_sh_t *b, int w, pid_t pid)
     gen = ++b->workers[w].gen;
     if ((uint32_t)w + 1 > b->nworkers)
         b->nworkers = (uint32_t)w + 1;
-    zero_gauges(&b->workers[w]);
+    zero_gauges(b, &b->workers[w]);
     tk_broker_unlock(b);
     wake_marked(wake);
     return gen;
@@ -611,6 +623,7 @@ tk_broker_acq_t tk_broker_acquire(tk_broker_sh_t *b, int w, uint32_t gen, int *s
     w_push(b, wk, e);
     if (++b->qlen > b->qhwm)
         b->qhwm = b->qlen;
+    hwm_raise(&b->twhwm, b->qlen + __atomic_load_n(&b->lwaiting, __ATOMIC_RELAXED));
     /* Ask another worker to give a connection up: one that sits on an idle
      * one, else one that holds any (its shared pipelined connections don't
      * count as idle, but it gives one up when it learns that others queue). */
@@ -852,7 +865,7 @@ int tk_broker_reclaim_pid(tk_broker_sh_t *b, pid_t pid)
     for (int w = 0; w < TK_BROKER_MAX_WORKERS; w++)
         if (b->workers[w].pid == pid) {
             b->workers[w].pid = 0;
-            zero_gauges(&b->workers[w]);
+            zero_gauges(b, &b->workers[w]);
         }
     if (n > 0 || nent > 0)
         b->reclaims++;
@@ -918,23 +931,63 @@ uint64_t tk_broker_wake_drain(int w)
 
 uint64_t tk_broker_hist_bound_us(int i)
 {
+    /* 1000 * 2^(k/4), k = 0..3 */
+    static const uint64_t frac[4] = {1000, 1189, 1414, 1682};
     if (i < 0)
         return 0;
     if (i >= TK_BROKER_HIST_BUCKETS - 1)
         return UINT64_MAX;
-    return 100ull << i;
+    return ((100ull << (i >> 2)) * frac[i & 3] + 500) / 1000;
 }
 
-void tk_broker_stats_wait(tk_broker_sh_t *b, int w, uint64_t ns)
+static void hist_add(tk_broker_stats_t *st, uint64_t ns)
 {
-    tk_broker_stats_t *st = &b->workers[w].st;
     uint64_t us = ns / 1000u;
     int i = 0;
+    /* skip whole octaves first: bound(4k) = 100 << k */
+    while (i + 4 < TK_BROKER_HIST_BUCKETS - 1 && us > (100ull << ((i + 4) >> 2)))
+        i += 4;
     while (i < TK_BROKER_HIST_BUCKETS - 1 && us > tk_broker_hist_bound_us(i))
         i++;
     __atomic_fetch_add(&st->wait_count, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&st->wait_ns, ns, __ATOMIC_RELAXED);
     __atomic_fetch_add(&st->wait_hist[i], 1, __ATOMIC_RELAXED);
+}
+
+void tk_broker_stats_wait(tk_broker_sh_t *b, int w, uint64_t ns)
+{
+    hist_add(&b->workers[w].st, ns);
+}
+
+void tk_broker_stats_wait_local(tk_broker_sh_t *b, int w, uint64_t ns)
+{
+    hist_add(&b->workers[w].st, ns);
+    __atomic_fetch_add(&b->workers[w].st.wait_count_local, 1, __ATOMIC_RELAXED);
+}
+
+void tk_broker_local_waiting(tk_broker_sh_t *b, int w, int delta)
+{
+    __atomic_fetch_add(&b->workers[w].st.local_waiting, (uint64_t)(int64_t)delta, __ATOMIC_RELAXED);
+    uint32_t n = __atomic_add_fetch(&b->lwaiting, (uint32_t)delta, __ATOMIC_RELAXED);
+    if (delta > 0) {
+        hwm_raise(&b->lwhwm, n);
+        hwm_raise(&b->twhwm, n + __atomic_load_n(&b->qlen, __ATOMIC_RELAXED));
+    }
+}
+
+uint64_t tk_broker_hist_quantile_us(const uint64_t *hist, double q)
+{
+    uint64_t n = 0, cum = 0;
+    for (int i = 0; i < TK_BROKER_HIST_BUCKETS; i++)
+        n += hist[i];
+    if (n == 0)
+        return 0;
+    for (int i = 0; i < TK_BROKER_HIST_BUCKETS; i++) {
+        cum += hist[i];
+        if ((double)cum >= q * (double)n)
+            return tk_broker_hist_bound_us(i);
+    }
+    return UINT64_MAX;
 }
 
 void tk_broker_stats_add(tk_broker_sh_t *b, int w, size_t off, int64_t delta)

@@ -26,11 +26,11 @@
 #include <sys/types.h>
 
 #define TK_BROKER_MAGIC        0x544b4252u /* "TKBR" */
-#define TK_BROKER_VERSION      1u
-#define TK_BROKER_MAX_SLOTS    256  /* upper bound of db.max_open */
-#define TK_BROKER_MAX_WORKERS  256  /* upper bound of server.workers */
-#define TK_BROKER_MAX_WAITERS  8192 /* queued green threads, all workers together */
-#define TK_BROKER_HIST_BUCKETS 16   /* wait-time histogram, see tk_broker_hist_bound_us() */
+#define TK_BROKER_VERSION      2u          /* 2: 4 histogram buckets per octave, local waits */
+#define TK_BROKER_MAX_SLOTS    256         /* upper bound of db.max_open */
+#define TK_BROKER_MAX_WORKERS  256         /* upper bound of server.workers */
+#define TK_BROKER_MAX_WAITERS  8192        /* queued green threads, all workers together */
+#define TK_BROKER_HIST_BUCKETS 64          /* wait-time histogram, see tk_broker_hist_bound_us() */
 
 /* Slot states. */
 enum {
@@ -80,8 +80,11 @@ typedef struct {
     uint64_t open;                 /* gauge: connections established or being established */
     uint64_t in_use;               /* gauge: connections handed to a request */
     uint64_t idle;                 /* gauge: open and not in use */
-    uint64_t wait_count;           /* acquisitions that had to queue */
-    uint64_t wait_ns;              /* total time spent queued */
+    uint64_t wait_count;           /* acquisitions that had to queue (broker or local) */
+    uint64_t wait_ns;              /* total time spent queued (broker or local) */
+    uint64_t wait_count_local;     /* of wait_count: queued inside the worker only, for room on
+                                      its shared pipelined connections (server/db.c) */
+    uint64_t local_waiting;        /* gauge: green threads queued that way now */
     uint64_t max_idle_closed;      /* closed because db.max_idle idle ones existed */
     uint64_t max_idle_time_closed; /* closed after db.max_idle_time unused */
     uint64_t max_lifetime_closed;  /* closed after db.max_lifetime */
@@ -93,7 +96,7 @@ typedef struct {
     uint64_t handoffs_local;       /* released straight to a waiter of the same worker */
     uint64_t handoffs_remote;      /* slot handed over to another worker's waiter */
     uint64_t acquires;             /* successful acquisitions */
-    uint64_t wait_hist[TK_BROKER_HIST_BUCKETS]; /* queued-time histogram */
+    uint64_t wait_hist[TK_BROKER_HIST_BUCKETS]; /* queued-time histogram (broker or local) */
 } tk_broker_stats_t;
 
 /* Per worker slot, cache-line aligned so workers don't share lines. */
@@ -127,9 +130,13 @@ typedef struct {
     uint64_t starve_ns;        /* a head queued this long is served at the next release */
     uint64_t last_move_ns;     /* when the last rebalancing move happened */
     uint64_t next_ticket;      /* arrival counter */
-    uint64_t repairs;          /* times the lock was recovered from a dead holder */
-    uint64_t reclaims;         /* dead processes whose slots/entries were reclaimed */
-    pthread_mutex_t lock;      /* robust, process-shared */
+    uint32_t lwaiting;         /* sum of the workers' local_waiting (atomic, no lock) */
+    uint32_t lwhwm;            /* high-water mark of lwaiting */
+    uint32_t twhwm;            /* high-water mark of qlen + lwaiting: everyone waiting */
+    uint32_t pad2;
+    uint64_t repairs;     /* times the lock was recovered from a dead holder */
+    uint64_t reclaims;    /* dead processes whose slots/entries were reclaimed */
+    pthread_mutex_t lock; /* robust, process-shared */
     tk_broker_slot_sh_t slots[TK_BROKER_MAX_SLOTS];
     tk_broker_worker_sh_t workers[TK_BROKER_MAX_WORKERS];
     tk_broker_entry_sh_t entries[TK_BROKER_MAX_WAITERS];
@@ -249,10 +256,19 @@ uint64_t tk_broker_wake_drain(int w);
 /* --- statistics ------------------------------------------------------------------ */
 
 /* Upper bound of histogram bucket i in microseconds (UINT64_MAX for the last):
- * 100 us * 2^i, i.e. 0.1, 0.2, 0.4 ... 1638 ms, then +Inf. */
+ * 100 us * 2^(i/4) rounded, four buckets per octave (a quantile read from it is
+ * within 19% of the truth), i.e. 100, 119, 141, 168, 200 ... 4.6 s, then +Inf. */
 uint64_t tk_broker_hist_bound_us(int i);
-/* Record one queued wait in worker w's statistics. */
+/* Record one queued wait in worker w's statistics (local: it queued inside
+ * the worker for a shared connection, not in the broker). */
 void tk_broker_stats_wait(tk_broker_sh_t *b, int w, uint64_t ns);
+void tk_broker_stats_wait_local(tk_broker_sh_t *b, int w, uint64_t ns);
+/* Worker w's local queue grew (+1) or shrank (-1): keeps its local_waiting
+ * gauge, the total and the high-water marks. */
+void tk_broker_local_waiting(tk_broker_sh_t *b, int w, int delta);
+/* Quantile q (0..1) of a histogram, as the upper bound of the bucket it falls
+ * in (us; UINT64_MAX in the last); 0 if empty. */
+uint64_t tk_broker_hist_quantile_us(const uint64_t *hist, double q);
 /* Add to counter/gauge field at byte offset off of worker w's stats (relaxed
  * atomic; use offsetof(tk_broker_stats_t, field)). */
 void tk_broker_stats_add(tk_broker_sh_t *b, int w, size_t off, int64_t delta);

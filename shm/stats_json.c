@@ -205,7 +205,14 @@ void tk_stats_json_db(cJSON *o, const tk_broker_sh_t *b)
     cJSON_AddNumberToObject(o, "free_slots", __atomic_load_n(&b->nfree, __ATOMIC_RELAXED));
     cJSON_AddNumberToObject(o, "waiting", __atomic_load_n(&b->qlen, __ATOMIC_RELAXED));
     cJSON_AddNumberToObject(o, "waiting_high_water", __atomic_load_n(&b->qhwm, __ATOMIC_RELAXED));
+    /* queued inside a worker for room on its shared pipelined connections */
+    cJSON_AddNumberToObject(o, "waiting_local", __atomic_load_n(&b->lwaiting, __ATOMIC_RELAXED));
+    cJSON_AddNumberToObject(o, "waiting_local_high_water",
+                            __atomic_load_n(&b->lwhwm, __ATOMIC_RELAXED));
+    cJSON_AddNumberToObject(o, "waiting_all_high_water",
+                            __atomic_load_n(&b->twhwm, __ATOMIC_RELAXED));
     cJSON_AddNumberToObject(o, "wait_count", U(st.wait_count));
+    cJSON_AddNumberToObject(o, "wait_count_local", U(st.wait_count_local));
     cJSON_AddNumberToObject(o, "wait_duration_us", U(st.wait_ns) / 1e3);
     cJSON_AddNumberToObject(o, "max_idle_closed", U(st.max_idle_closed));
     cJSON_AddNumberToObject(o, "max_idle_time_closed", U(st.max_idle_time_closed));
@@ -240,6 +247,13 @@ void tk_stats_json_db_worker(cJSON *o, const tk_broker_sh_t *b, unsigned slot)
     cJSON_AddNumberToObject(o, "idle", U(ws.idle));
     cJSON_AddNumberToObject(o, "waiting",
                             __atomic_load_n(&b->workers[slot].nwaiting, __ATOMIC_RELAXED));
+    cJSON_AddNumberToObject(o, "waiting_local", U(ws.local_waiting));
     cJSON_AddNumberToObject(o, "wait_count", U(ws.wait_count));
+    cJSON_AddNumberToObject(o, "wait_count_local", U(ws.wait_count_local));
+    cJSON_AddNumberToObject(o, "wait_duration_us", U(ws.wait_ns) / 1e3);
     cJSON_AddNumberToObject(o, "acquires", U(ws.acquires));
+    /* counts only: the bounds are the total's wait_histogram le_us */
+    cJSON *h = cJSON_AddArrayToObject(o, "wait_histogram_counts");
+    for (int i = 0; i < TK_BROKER_HIST_BUCKETS; i++)
+        cJSON_AddItemToArray(h, cJSON_CreateNumber(U(ws.wait_hist[i])));
 }

@@ -55,13 +55,18 @@ void tk_stats_json_head(cJSON *o, const tk_shm_header_sh_t *h, uint64_t now_real
 /* Adds slot, pid, generation, state. */
 void tk_stats_json_worker_head(cJSON *o, unsigned slot, const tk_shm_worker_sh_t *w);
 /* Adds the pool's totals: configured, max_open, max_idle, open, in_use, idle,
- * free_slots, waiting, waiting_high_water, wait_count, wait_duration_us, *_closed,
+ * free_slots, waiting, waiting_high_water (the broker's queue), waiting_local,
+ * waiting_local_high_water (queued inside workers for a shared pipelined
+ * connection), waiting_all_high_water, wait_count (both kinds), wait_count_local,
+ * wait_duration_us, *_closed,
  * acquires, acquire_timeouts, queue_full, query_timeouts, connect_errors,
  * errors_closed, handoffs_*, wait_histogram[{le_us, count}]. b NULL (no
  * database configured): configured=false only. */
 void tk_stats_json_db(cJSON *o, const tk_broker_sh_t *b);
-/* Adds one worker's share of the pool: open, in_use, idle, waiting, wait_count,
- * acquires. slot < TK_BROKER_MAX_WORKERS. */
+/* Adds one worker's share of the pool: open, in_use, idle, waiting, waiting_local,
+ * wait_count, wait_count_local, wait_duration_us, acquires,
+ * wait_histogram_counts[] (bounds: the totals' wait_histogram). slot <
+ * TK_BROKER_MAX_WORKERS. */
 void tk_stats_json_db_worker(cJSON *o, const tk_broker_sh_t *b, unsigned slot);
 
 #endif

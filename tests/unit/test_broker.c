@@ -556,7 +556,7 @@ static void test_wake_and_stats(void **state)
     tk_broker_worker_attach(B, 0, getpid());
     tk_broker_worker_attach(B, 1, getpid());
     tk_broker_stats_wait(B, 0, 50000);          /* 50 us: bucket 0 */
-    tk_broker_stats_wait(B, 1, 3000000);        /* 3 ms: bucket 5 (<= 3.2 ms) */
+    tk_broker_stats_wait(B, 1, 3000000);        /* 3 ms: bucket 20 (2.69 < x <= 3.2 ms) */
     tk_broker_stats_wait(B, 1, 10000000000ull); /* 10 s: last bucket */
     TK_BROKER_STAT(B, 0, open, 3);
     TK_BROKER_STAT(B, 0, open, -1);
@@ -564,12 +564,51 @@ static void test_wake_and_stats(void **state)
     tk_broker_stats(B, -1, &st);
     assert_true(st.wait_count == 3);
     assert_true(st.open == 3);
-    assert_true(st.wait_hist[0] == 1 && st.wait_hist[5] == 1);
+    assert_true(st.wait_hist[0] == 1 && st.wait_hist[20] == 1);
     assert_true(st.wait_hist[TK_BROKER_HIST_BUCKETS - 1] == 1);
     tk_broker_stats(B, 1, &st);
     assert_true(st.wait_count == 2 && st.open == 1);
     assert_true(tk_broker_hist_bound_us(0) == 100);
+    assert_true(tk_broker_hist_bound_us(1) == 119 && tk_broker_hist_bound_us(4) == 200);
     assert_true(tk_broker_hist_bound_us(TK_BROKER_HIST_BUCKETS - 1) == UINT64_MAX);
+    /* four buckets per octave: each bound 1.15..1.22 times the previous */
+    for (int i = 1; i < TK_BROKER_HIST_BUCKETS - 1; i++) {
+        double r = (double)tk_broker_hist_bound_us(i) / (double)tk_broker_hist_bound_us(i - 1);
+        assert_true(r > 1.15 && r < 1.22);
+    }
+    /* every wait lands in the first bucket whose bound is >= it */
+    for (uint64_t us = 1; us < 5000000; us = us * 9 / 8 + 1) {
+        tk_broker_stats_t one;
+        tk_broker_sh_init(B, 4);
+        tk_broker_worker_attach(B, 0, getpid());
+        tk_broker_stats_wait(B, 0, us * 1000);
+        tk_broker_stats(B, 0, &one);
+        int k = 0;
+        while (one.wait_hist[k] == 0)
+            k++;
+        assert_true(us <= tk_broker_hist_bound_us(k));
+        assert_true(k == 0 || us > tk_broker_hist_bound_us(k - 1));
+    }
+    /* quantiles: 99 waits of ~1 ms and one of 1 s: p50 and p99 ~1 ms, max 1 s */
+    tk_broker_sh_init(B, 4);
+    tk_broker_worker_attach(B, 0, getpid());
+    for (int i = 0; i < 99; i++)
+        tk_broker_stats_wait(B, 0, 1000000);
+    tk_broker_stats_wait_local(B, 0, 1000000000);
+    tk_broker_stats(B, 0, &st);
+    assert_true(st.wait_count == 100 && st.wait_count_local == 1);
+    assert_true(tk_broker_hist_quantile_us(st.wait_hist, 0.5) == 1131);
+    assert_true(tk_broker_hist_quantile_us(st.wait_hist, 0.99) == 1131);
+    assert_true(tk_broker_hist_quantile_us(st.wait_hist, 1.0) >= 1000000);
+    /* local waiting: gauge, total and high-water marks; a dead worker's go */
+    tk_broker_local_waiting(B, 0, 1);
+    tk_broker_local_waiting(B, 0, 1);
+    tk_broker_local_waiting(B, 0, -1);
+    assert_true(B->lwaiting == 1 && B->lwhwm == 2 && B->twhwm == 2);
+    tk_broker_stats(B, 0, &st);
+    assert_true(st.local_waiting == 1);
+    tk_broker_reclaim_pid(B, getpid());
+    assert_true(B->lwaiting == 0 && B->lwhwm == 2);
 }
 
 int main(void)
