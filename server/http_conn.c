@@ -273,7 +273,12 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg)
             conn_close(c);
         return;
     }
+    tk_sched_t *sched = c->srv->sched; /* conn_wake() may free c */
     conn_wake(c);
+    /* serve it now: a burst of ready connections then reuses one warm stack
+     * (each thread's stack is back in the pool before the next callback)
+     * instead of taking one cold stack per connection before any runs */
+    tk_sched_run_ready(sched);
 }
 
 int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *peer,
@@ -337,7 +342,7 @@ void tk_http_server_drain(tk_http_server_t *srv, int fast, int linger_ms)
 
 static int conn_flush(tk_http_conn_t *c)
 {
-    int64_t deadline = tk_now_ms() + c->srv->conf->write_timeout_ms;
+    int64_t deadline = 0; /* read the clock only if the socket is full */
     while (c->out_off < c->out.len) {
         ssize_t w = send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off, MSG_NOSIGNAL);
         if (w > 0) {
@@ -347,6 +352,8 @@ static int conn_flush(tk_http_conn_t *c)
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0 && errno == EAGAIN) {
+            if (deadline == 0)
+                deadline = tk_now_ms() + c->srv->conf->write_timeout_ms;
             if (tk_gt_wait_fd(c->fd, EV_WRITE, TK_GT_WAIT_NET, deadline) != 0) {
                 if (errno == ETIMEDOUT) {
                     tk_metrics_error(TK_METRICS_ERR_TIMEOUT);

@@ -407,13 +407,16 @@ static void long_run(tk_sched_t *s, tk_gt_t *g, uint64_t ns)
            (unsigned long long)(s->opts.long_run_ns / 1000000u));
 }
 
-/* Run every runnable thread once (yielders from earlier turns included). */
-static void run_queue(tk_sched_t *s)
+/* Run every runnable thread once; with_yielders: the threads that yielded
+ * on earlier turns too. Only the yield event passes it, so a CPU-bound thread
+ * that yields runs once per loop iteration, however many I/O callbacks drain
+ * the queue in that iteration. */
+static void run_queue(tk_sched_t *s, int with_yielders)
 {
     if (s->draining)
         return;
     s->draining = 1;
-    if (s->yq_head) {
+    if (with_yielders && s->yq_head) {
         if (s->rq_tail)
             s->rq_tail->rq_next = s->yq_head;
         else
@@ -454,18 +457,24 @@ static void run_queue(tk_sched_t *s)
         event_base_loopbreak(s->base);
 }
 
+void tk_sched_run_ready(tk_sched_t *s)
+{
+    assert(s->cur == NULL);
+    run_queue(s, 0);
+}
+
 static void drain_cb(evutil_socket_t fd, short what, void *arg)
 {
     tk_sched_t *s = arg;
     s->drain_armed = 0;
-    run_queue(s);
+    run_queue(s, 0);
 }
 
 static void yield_cb(evutil_socket_t fd, short what, void *arg)
 {
     tk_sched_t *s = arg;
     s->yield_armed = 0;
-    run_queue(s);
+    run_queue(s, 1);
 }
 
 /* --- scheduler lifecycle -------------------------------------------------------------- */
@@ -531,7 +540,7 @@ void tk_sched_free(tk_sched_t *s)
             tk_gt_cancel(g);
         if (!s->rq_head && !s->yq_head)
             break;
-        run_queue(s);
+        run_queue(s, 1);
     }
     /* Whatever is left ignores cancellation; its stack cannot be unwound, but
      * its cleanups still run (on this stack). */
@@ -584,7 +593,7 @@ int tk_sched_run(tk_sched_t *s)
     }
     s->in_run = 1;
     s->stopping = 0;
-    run_queue(s); /* whatever was spawned before the loop started */
+    run_queue(s, 1); /* whatever was spawned before the loop started */
     while (s->live > 0 && !s->stopping) {
         int r = event_base_loop(s->base, EVLOOP_ONCE);
         if (r < 0) {
@@ -929,7 +938,7 @@ static void gt_ev_cb(evutil_socket_t fd, short what, void *arg)
         result = g->wait_kind == WK_SLEEP ? 0 : ETIMEDOUT;
     }
     wake(g, result);
-    run_queue(s); /* run it now, before libevent polls again */
+    run_queue(s, 0); /* run it now, before libevent polls again */
 }
 
 static int park_result(int r)

@@ -125,6 +125,12 @@ static inline int64_t tk_now_ms(void)
  * Returns NULL (errno EAGAIN) at max_threads, or ENOMEM. Callable from inside
  * or outside a green thread. name is copied (truncated to 31 bytes). */
 tk_gt_t *tk_gt_spawn(tk_sched_t *s, const char *name, tk_gt_fn fn, void *arg);
+/* Run every runnable thread now, from a libevent callback of the loop that
+ * owns s (never from a green thread). A read callback that spawns a thread
+ * and runs it at once lets it reuse the stack the previous one just gave
+ * back, still in cache, instead of a burst of callbacks each taking a cold
+ * stack before any of them runs. */
+void tk_sched_run_ready(tk_sched_t *s);
 /* Let the others run; the caller is requeued at the tail. May yield. */
 void tk_gt_yield(void);
 /* The calling green thread, NULL outside one. */

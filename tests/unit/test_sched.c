@@ -243,6 +243,74 @@ static void test_spawn_from_callback(void **state)
     assert_idle(f->s);
 }
 
+/* tk_sched_run_ready(): a thread spawned from a callback runs at once, its
+ * stack is back in the pool for the next spawn, and threads that yielded are
+ * left for the yield event (once per loop iteration). */
+typedef struct {
+    tk_sched_t *s;
+    int spins, stop;
+    int ran[4];
+    const void *stack[4];
+} ready_t;
+
+static ready_t *g_ready;
+
+static void ready_fn(void *arg)
+{
+    int i = (int)(intptr_t)arg;
+    int local;
+    g_ready->ran[i] = 1;
+    g_ready->stack[i] = &local;
+}
+
+static void spinner_fn(void *arg)
+{
+    ready_t *r = arg;
+    while (!r->stop) {
+        r->spins++;
+        tk_gt_yield();
+    }
+}
+
+static void ready_cb(evutil_socket_t fd, short what, void *arg)
+{
+    ready_t *r = arg;
+    for (int i = 0; i < 4; i++) {
+        int before = r->spins;
+        assert_non_null(tk_gt_spawn(r->s, "ready", ready_fn, (void *)(intptr_t)i));
+        tk_sched_run_ready(r->s);
+        assert_int_equal(r->ran[i], 1);     /* ran inline */
+        assert_int_equal(r->spins, before); /* the yielder did not */
+    }
+}
+
+static void test_run_ready(void **state)
+{
+    fixture_t *f = *state;
+    ready_t r = {.s = f->s};
+    g_ready = &r;
+    assert_non_null(tk_gt_spawn(f->s, "spinner", spinner_fn, &r));
+    assert_int_equal(event_base_loop(f->base, EVLOOP_ONCE), 0);
+    assert_int_equal(r.spins, 1);
+    struct event *ev = evtimer_new(f->base, ready_cb, &r);
+    struct timeval tv = {0, 0};
+    evtimer_add(ev, &tv);
+    int spins = r.spins;
+    assert_int_equal(event_base_loop(f->base, EVLOOP_ONCE), 0);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(r.ran[i], 1);
+    /* one stack served all four: each went back before the next spawn */
+    for (int i = 1; i < 4; i++)
+        assert_ptr_equal(r.stack[i], r.stack[0]);
+    /* and the yielder ran at most once in that iteration */
+    assert_true(r.spins - spins <= 1);
+    r.stop = 1;
+    while (tk_sched_live(f->s) > 0)
+        assert_int_equal(event_base_loop(f->base, EVLOOP_ONCE), 0);
+    event_free(ev);
+    assert_idle(f->s);
+}
+
 /* --- deadlines ---------------------------------------------------------------- */
 
 typedef struct {
@@ -1050,6 +1118,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_park_socketpair, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wake_same_iteration, setup, teardown),
         cmocka_unit_test_setup_teardown(test_spawn_from_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_run_ready, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadlines, setup, teardown),
         cmocka_unit_test_setup_teardown(test_park_unpark, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
