@@ -63,7 +63,15 @@ def parse_wrk(text):
         m2 = re.search(r"Requests/sec:\s*([\d.]+)", text)
         if not m2:
             return None
-        return {"rps": float(m2.group(1)), "errors": {}}
+        # wrk.lua did not print its summary: wrk's own error lines, so none go uncounted
+        errs = dict.fromkeys(ERR_KINDS, 0)
+        m3 = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+        if m3:
+            errs.update(zip(("connect", "read", "write", "timeout"), map(int, m3.groups())))
+        m3 = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+        if m3:
+            errs["status"] = int(m3.group(1))
+        return {"rps": float(m2.group(1)), "errors": errs}
     d = json.loads(m.group(1))
     secs = d["duration_us"] / 1e6 or 1
     pct = d["pct_us"]
@@ -209,6 +217,51 @@ def wait_ms_of(doc):
     return None
 
 
+def hist_quantile(hist, q):
+    """The upper bound (ms) of the bucket holding quantile q of [(le_us, count), ...] (per-bucket
+    counts, bounds ascending, the last may be "+Inf"); None without samples."""
+    n = sum(c for _, c in hist)
+    if n <= 0:
+        return None
+    acc = 0
+    for le, c in hist:
+        acc += c
+        if acc >= q * n:
+            return float("inf") if le == "+Inf" else le / 1000.0
+    return None
+
+
+def db_run(before, after):
+    """The broker's figures for one run from `tenkctl db --json` before and after it: waits (all
+    kinds, and those queued inside a worker for a shared pipelined connection), their total and
+    mean, p50/p99 from the wait histogram, and the queue high-water marks (since that tenkd
+    started, just before the run). Missing fields (an older tenkctl) give None."""
+    if not isinstance(after, dict):
+        return {}
+    b = before if isinstance(before, dict) else {}
+
+    def delta(k):
+        a = after.get(k)
+        return None if not isinstance(a, (int, float)) else a - (b.get(k) or 0)
+    r = {"waits": delta("wait_count"), "waits_local": delta("wait_count_local"),
+         "wait_ms": None, "hwm": after.get("waiting_high_water"),
+         "hwm_local": after.get("waiting_local_high_water"), "hwm_all": after.get("waiting_all_high_water")}
+    if r["waits"] is None:
+        r["waits"] = pick(after, "wait_count")
+    us = delta("wait_duration_us")
+    r["wait_ms"] = us / 1e3 if us is not None else wait_ms_of(after)
+    if r["hwm"] is None:
+        r["hwm"] = pick(after, "waiting_high_water", "qhwm")
+    hb = {str(x.get("le_us")): x.get("count", 0) for x in b.get("wait_histogram", []) if isinstance(x, dict)}
+    hist = [(x.get("le_us"), x.get("count", 0) - hb.get(str(x.get("le_us")), 0))
+            for x in after.get("wait_histogram", []) if isinstance(x, dict)]
+    r["wait_p50"], r["wait_p99"] = hist_quantile(hist, 0.5), hist_quantile(hist, 0.99)
+    fin = [le for le, _ in hist if isinstance(le, (int, float))]
+    r["wait_last_ms"] = max(fin) / 1000.0 if fin else None
+    r["wait_mean"] = r["wait_ms"] / r["waits"] if r["waits"] and r["wait_ms"] is not None else None
+    return r
+
+
 # ------------------------------------------------------------------ loading
 
 def load(resdir):
@@ -315,6 +368,17 @@ def f_mib(v):
 def f_err(errs):
     parts = ["%s %d" % (k, v) for k, v in sorted(errs.items()) if v]
     return ", ".join(parts) if parts else "0"
+
+
+def rate_cell(g):
+    """"12.3k (11.9k–12.8k) req/s", marked **E** when a round had errors and with the rounds that
+    gave no result: a figure is never quoted without saying so."""
+    c = "%s (%s–%s) req/s" % (f_rps(g["rps"]), f_rps(g["rps_min"]), f_rps(g["rps_max"]))
+    if g["err_runs"]:
+        c += " **E**"
+    if g["failed"]:
+        c += " (%d failed)" % g["failed"]
+    return c
 
 
 def server_label(scn, v):
@@ -578,8 +642,12 @@ def report(resdir):
     if pool:
         L.append("## Pool sizing: /users at 2,000 connections by db.max_open")
         L.append("")
-        L.append("Broker wait and queue high-water from `tenkctl db --json` after each run (cumulative "
-                 "since that tenkd started, which is just before the run).")
+        L.append("tenkd is restarted at each size. Broker figures from `tenkctl db --json` before and after "
+                 "each run (medians over rounds): waits for a connection, all kinds (*local*: queued inside "
+                 "a worker for room on one of its shared pipelined connections); mean wait; wait p50/p99 "
+                 "as the upper bound of the wait histogram's bucket (4 per octave); queue high-water of "
+                 "the broker's FIFO and of the workers' local queues since that tenkd started, just "
+                 "before the run.")
         L.append("")
         na = [r for r in pool if r["status"] == "na"]
         if na and len(na) == len(pool):
@@ -592,20 +660,32 @@ def report(resdir):
                     sizes.append(r["server"])
             for sz in sizes:
                 g = agg[("pool-sizing", sz)]
-                after = [load_json(os.path.join(resdir, r["raw"][:-4] + ".db-after.json")) for r in g["runs"]
-                         if r["status"] == "ok"]
-                wait_ms = med([wait_ms_of(d) for d in after])
-                waits = med([pick(d, "wait_count") for d in after])
-                hw = med([pick(d, "waiting_high_water", "qhwm") for d in after])
+                dbs = [db_run(load_json(os.path.join(resdir, r["raw"][:-4] + ".db-before.json")),
+                              load_json(os.path.join(resdir, r["raw"][:-4] + ".db-after.json")))
+                       for r in g["runs"] if r["status"] == "ok"]
+
+                def m(k):
+                    return med([d.get(k) for d in dbs])
+
+                def cnt(v):
+                    return "–" if v is None else "%d" % v
                 n = sz.split("-")[-1]
-                rows.append([n, "%s (%s–%s)" % (f_rps(g["rps"]), f_rps(g["rps_min"]), f_rps(g["rps_max"])) +
-                             (" **E**" if g["err_runs"] else ""), f_ms(g["p50"]), f_ms(g["p99"]),
-                             "–" if waits is None else "%d" % waits, "–" if wait_ms is None else f_ms(wait_ms),
-                             "–" if hw is None else "%d" % hw, f_err(g["errors"])])
+                waits = cnt(m("waits"))
+                if m("waits_local") is not None:
+                    waits += " (%s local)" % cnt(m("waits_local"))
+                hw = cnt(m("hwm"))
+                if m("hwm_local") is not None:
+                    hw += " / %s" % cnt(m("hwm_local"))
+                p99w, last = m("wait_p99"), m("wait_last_ms")
+                rows.append([n, rate_cell(g), f_ms(g["p50"]), f_ms(g["p99"]), waits, f_ms(m("wait_mean")),
+                             f_ms(m("wait_p50")),
+                             "> %s" % f_ms(last) if p99w == float("inf") else f_ms(p99w),
+                             hw, f_err(g["errors"])])
                 if g["rps"]:
                     data += "%s\t%.1f\t%.3f\n" % (n, g["rps"], g["p99"] or 0)
-            L.append(md_table(["db.max_open", "req/s", "p50", "p99", "broker waits", "broker wait total",
-                               "queue high-water", "errors"], rows))
+            L.append(md_table(["db.max_open", "req/s median (min–max)", "p50", "p99",
+                               "waits for a connection", "mean wait", "wait p50", "wait p99",
+                               "queue high-water (broker / in workers)", "errors"], rows))
             if data.count("\n") > 1 and gnuplot(
                     resdir, "pool-sizing", "set title '/users by db.max_open'\nset xlabel 'db.max_open'\n"
                     "set ylabel 'req/s'\nset y2label 'p99 ms'\nset y2tics\nset yrange [0:*]\nset y2range [0:*]\n"
@@ -853,6 +933,7 @@ def readme(root):
     L.append("")
     rows = []
     seen = []
+    marked = False
     for scn, v in order:
         if scn in seen or scn in ("pool-sizing", "timeseries", "cpu"):
             continue
@@ -867,19 +948,25 @@ def readme(root):
             rows.append([scn, "bytes per idle connection: " + ", ".join(cells), "", ""])
             continue
         t = agg.get(tk) if tk else None
-        tk_cell = "n/a" if not t or not t["rps"] else "%s req/s, p99 %s%s" % (
-            f_rps(t["rps"]), f_ms(t["p99"]), " (errors)" if t["err_runs"] else "")
+        tk_cell = "n/a" if not t or not t["rps"] else "%s, p99 %s" % (rate_cell(t), f_ms(t["p99"]))
         peer_cells, ratio_cells = [], []
         for p in peers:
             g = agg[(scn, p)]
             if g["rps"]:
-                peer_cells.append("%s %s" % (server_label(scn, p), f_rps(g["rps"])))
+                peer_cells.append("%s %s" % (server_label(scn, p), rate_cell(g)))
                 rr = ratio(agg, scn, p)
                 if rr:
                     ratio_cells.append("%.2f× %s" % (rr, p))
         rows.append([scn, tk_cell, ", ".join(peer_cells) or "–", ", ".join(ratio_cells) or "–"])
-    L.append(md_table(["scenario", "tenk (median)", "peers (median req/s)", "tenk ÷ peer"], rows))
+        marked = marked or "**E**" in tk_cell + "".join(peer_cells) or "failed" in tk_cell + "".join(peer_cells)
+    L.append(md_table(["scenario", "tenk: req/s median (min–max)", "peers: req/s median (min–max)",
+                       "tenk ÷ peer (medians)"], rows))
     L.append("")
+    if marked:
+        L.append("**E**: errors (connect, read, write, timeout or non-2xx answers) in at least one round "
+                 "of that server; *N failed*: rounds without a result, left out of the median. The full "
+                 "report's *Every run* table has each round.")
+        L.append("")
     s = load_json(os.path.join(chosen, "summary.json")) or {}
     want = ["throughput.png", "ts-latency.png", "idle.png", "latency-p99.png"]
     have = [c for c in s.get("charts", []) if c[0] in want]
