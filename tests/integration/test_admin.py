@@ -98,6 +98,9 @@ def test_debug_stats_mirrors_tenkctl():
         for k in ("requests_total", "errors_total", "bytes_in_total", "status", "name", "master_pid",
                   "generation"):
             assert ours[k] == ctl[k], (k, ours[k], ctl[k])
+        # the same green-thread states in both (counts differ: this request is a thread)
+        assert set(ctl["threads"]["by_state"]) == set(ours["threads"]["by_state"]), (ctl["threads"],
+                                                                                    ours["threads"])
         assert {w["pid"] for w in ours["workers"]} >= {w["pid"] for w in ctl["workers"]}
         wk = keys(ctl["workers"][0]) - keys(ours["workers"][0])
         assert not wk, "per-worker fields missing: %s" % sorted(wk)
