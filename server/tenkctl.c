@@ -368,6 +368,13 @@ static int cmd_stats(tk_view_t *v)
            (unsigned long long)m->conns_accepted, (unsigned long long)m->conns_closed);
     printf("%-14s in %s  out %s\n", "bytes", fmt_bytes((double)m->bytes_in, b[0], 32),
            fmt_bytes((double)m->bytes_out, b[1], 32));
+    /* the states with threads in them; `tenkctl threads` has the full table */
+    printf("%-14s %llu", "green threads", (unsigned long long)gt_total(m));
+    for (unsigned s = 0, n = 0; s < TK_GT_NSTATES; s++)
+        if (m->gt_by_state[s])
+            printf("%s%s %llu", n++ ? ", " : " (", tk_gt_state_name((tk_gt_state_t)s),
+                   (unsigned long long)m->gt_by_state[s]);
+    printf("%s\n", gt_total(m) ? ")" : "");
     if (m->cache_hits + m->cache_misses + m->cache_errors + m->cache_bypasses)
         printf("%-14s hits %llu  misses %llu  errors %llu  bypasses %llu  (hit rate %.1f%%, "
                "redis %.0f us mean)\n",
@@ -588,8 +595,8 @@ static int cmd_db(tk_view_t *v)
         tk_broker_stats_t ws;
         tk_broker_stats(b, (int)w->slot, &ws);
         uint64_t wp99 = tk_broker_hist_quantile_us(ws.wait_hist, 0.99);
-        printf("%-5u %-8d %8llu %8llu %8llu %8u %8llu %10llu %10s %10llu\n", w->slot,
-               (int)w->w.pid, (unsigned long long)ws.open, (unsigned long long)ws.in_use,
+        printf("%-5u %-8d %8llu %8llu %8llu %8u %8llu %10llu %10s %10llu\n", w->slot, (int)w->w.pid,
+               (unsigned long long)ws.open, (unsigned long long)ws.in_use,
                (unsigned long long)ws.idle, b->workers[w->slot].nwaiting,
                (unsigned long long)ws.local_waiting, (unsigned long long)ws.wait_count,
                wp99 == UINT64_MAX ? "inf" : fmt_us((double)wp99, b3, sizeof(b3)),

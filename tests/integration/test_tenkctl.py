@@ -180,6 +180,10 @@ def test_stats_json_carries_threads_by_state():
             th = _ctl_json(t, "threads")
             assert th["total"]["wait_net"] == 1, th
             assert th["threads"] == _stats(t)["threads"]["threads"], th
+            # the human view names the state too
+            r = t.ctl("stats")
+            line = [l for l in r.stdout.splitlines() if l.startswith("green threads")]
+            assert line and "wait_net 1" in line[0], r.stdout
             s.sendall(b"hello")
             st, _, body = recv_response(s)
             assert st == 200 and body == b"hello", (st, body)
