@@ -638,7 +638,8 @@ def report(resdir):
             if g["na"]:
                 rows.append([server_label("", key[1]), "*%s*" % g["na"], "", "", "", "", "", ""])
                 continue
-            rows.append([server_label("", key[1]), f_rps(g["rps"]), f_ms(g["p50"]), f_ms(g["p90"]),
+            rows.append([server_label("", key[1]), f_rps(g["rps"]) + (" **E**" if g["err_runs"] else "") +
+                         (" (%d failed)" % g["failed"] if g["failed"] else ""), f_ms(g["p50"]), f_ms(g["p90"]),
                          f_ms(g["p99"]), f_ms(g["p999"]), f_ms(g["max"]), f_err(g["errors"])])
         fixed_ok = [k for k in fixed if agg[k].get("p50")]
         data = "percentile\t" + "\t".join(k[1] for k in fixed_ok) + "\n"
