@@ -468,9 +468,9 @@ static void metrics_db(tk_http_buf_t *b, const tk_view_t *v, const tk_broker_sh_
            "Green threads queued inside the worker for a shared pipelined connection.");
     for (unsigned i = 0; i < v->nw; i++)
         if (tk_view_live_state(v->w[i].w.state) && v->w[i].slot < TK_BROKER_MAX_WORKERS)
-            sample_u(b, "tenk_db_waiting_local", v->w[i].slot,
-                     __atomic_load_n(&br->workers[v->w[i].slot].st.local_waiting,
-                                     __ATOMIC_RELAXED));
+            sample_u(
+                b, "tenk_db_waiting_local", v->w[i].slot,
+                __atomic_load_n(&br->workers[v->w[i].slot].st.local_waiting, __ATOMIC_RELAXED));
     family(b, "tenk_db_waiting_local_high_water", "gauge",
            "Most green threads queued inside workers at once.");
     tk_http_buf_printf(b, "tenk_db_waiting_local_high_water %u\n",
