@@ -89,6 +89,7 @@ struct tk_db_conn {
     int broken;             /* unusable: close on release */
     int fresh;              /* reused from idle, no query run yet (may retry once) */
     int poll;               /* PostgresPollingStatusType while connecting */
+    unsigned notices;       /* messages on_notice() logged */
     char sqlstate[6];
     char errmsg[160];
     struct tk_db_conn *next; /* idle list */
@@ -370,6 +371,40 @@ static void finish_main(void *arg)
     tk_db_release(c);
 }
 
+/* libpq's notices: the server's NOTICE/WARNING messages, and errors that
+ * arrive while no query runs (e.g. "FATAL: terminating connection due to
+ * administrator command" when the backend is killed): the default receiver
+ * prints them to stderr, bypassing the log; they go through TK_LOG instead,
+ * one line each, at a level from their severity. */
+static void on_notice(void *arg, const PGresult *r)
+{
+    tk_db_conn_t *c = arg;
+    c->notices++;
+    const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *msg = PQresultErrorMessage(r);
+    char line[400];
+    tk_log_level_t lv = TK_LOG_INFO; /* LOG, INFO */
+    if (sev && strncmp(sev, "DEBUG", 5) == 0)
+        lv = TK_LOG_DEBUG;
+    else if (sev && strcmp(sev, "WARNING") == 0)
+        lv = TK_LOG_WARN;
+    else if (sev &&
+             (strcmp(sev, "ERROR") == 0 || strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
+        lv = TK_LOG_ERR;
+    else if (sev && strcmp(sev, "NOTICE") == 0)
+        lv = TK_LOG_NOTICE;
+    else if (sev == NULL)
+        lv = TK_LOG_WARN; /* libpq's own ("message type 0x.. arrived while idle") */
+    snprintf(line, sizeof(line), "%s", msg ? msg : "");
+    for (char *p = line; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    size_t n = strlen(line);
+    while (n > 0 && line[n - 1] == ' ')
+        line[--n] = '\0';
+    TK_LOG(lv, "db: postgres: %s", line);
+}
+
 /* Open a connection on slot, parking on its socket until deadline_ms. NULL
  * on failure: then the slot is still the caller's, unless *kept says a
  * background green thread took it over to finish a slow connect (the
@@ -404,6 +439,8 @@ static tk_db_conn_t *conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st
     const char *const val[] = {"-c plan_cache_mode=force_generic_plan", D.conf->db_conninfo, NULL};
     c->pg = PQconnectStartParams(kw, val, 1);
     c->poll = PGRES_POLLING_WRITING;
+    if (c->pg)
+        PQsetNoticeReceiver(c->pg, on_notice, c);
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
         connect_failed(c);
         conn_close(c);
@@ -422,6 +459,23 @@ static tk_db_conn_t *conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st
     }
     conn_close(c);
     return NULL;
+}
+
+/* Whether an idle connection is still alive: one non-blocking read (EAGAIN
+ * normally) finds a backend the server ended while it sat idle; its FATAL
+ * message is parsed (PQisBusy()) and goes to on_notice(), and a second read
+ * then sees the end of the stream. A dead one is not handed out. */
+static int idle_alive(tk_db_conn_t *c)
+{
+    for (int i = 0; i < 2; i++) {
+        if (PQstatus(c->pg) != CONNECTION_OK || !PQconsumeInput(c->pg))
+            return 0;
+        unsigned before = c->notices;
+        (void)PQisBusy(c->pg);
+        if (c->notices == before)
+            break;
+    }
+    return PQstatus(c->pg) == CONNECTION_OK;
 }
 
 static int expired(const tk_db_conn_t *c, uint64_t now, int *why_lifetime)
@@ -452,7 +506,7 @@ tk_db_conn_t *tk_db_acquire(tk_db_status_t *st)
         D.idle = c->next;
         D.nidle--;
         STAT(idle, -1);
-        if (expired(c, tk_now_ns(), &lt) || PQstatus(c->pg) != CONNECTION_OK) {
+        if (expired(c, tk_now_ns(), &lt) || !idle_alive(c)) {
             if (lt)
                 STAT(max_lifetime_closed, 1);
             conn_discard(c);

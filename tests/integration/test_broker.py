@@ -413,3 +413,27 @@ def test_pipelined_selects_get_their_own_results_and_join():
         assert joined >= 1 and piped + joined >= 61 and piped < 60, m
     finally:
         proxy.down()
+
+
+def test_libpq_messages_go_through_the_log():
+    """Backends terminated by the administrator while their connections sit
+    idle make libpq report "FATAL: terminating connection due to
+    administrator command" once it reads them (the next acquire looks before
+    handing one out); that must reach tenk's log as a tenk line (level, worker,
+    "db: postgres:"), never as libpq's bare stderr print, and the request
+    gets a live connection instead."""
+    need_db()
+    db, app = app_conninfo()
+    conf = NO_ADMIN + "[db]\nmax_open = 4\nmax_idle = 4\nacquire_timeout = 2s\n"
+    with Tenkd(workers=1, db=db, conf=conf) as t:
+        # /updates takes connections of its own; they stay idle afterwards
+        statuses = load(t.port, "/updates?queries=1", 4, 5)
+        assert all(s == 200 for s in statuses), statuses
+        wait_until(lambda: backends(app) >= 1 and backends(app, "and state <> 'idle'") == 0, 5, "idle backends")
+        psql("select pg_terminate_backend(pid) from pg_stat_activity where application_name = '%s'" % app)
+        wait_until(lambda: backends(app) == 0, 5, "the backends to end")
+        assert t.request("GET", "/updates?queries=1")[0] == 200
+        wait_until(lambda: "terminating connection due to administrator command" in t.log(), 5,
+                   "libpq's message in the log")
+        lines = [ln for ln in t.log().splitlines() if "terminating connection due to administrator" in ln]
+        assert lines and all("[error]" in ln and "db: postgres: FATAL:" in ln for ln in lines), lines

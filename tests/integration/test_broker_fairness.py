@@ -1,0 +1,145 @@
+"""test_broker_fairness: no worker starves for database connections.
+
+A real tenkd with 4 workers shares a small db.max_open under concurrent load;
+from the per-worker wait histograms of `tenkctl db --json` (4 buckets per
+octave: a bucket bound is within 19% of the waits in it) every worker must have
+waited often enough to count, and no worker's p99 wait may be above twice the
+global p99. pg_stat_activity is watched throughout: max_open is never exceeded.
+
+Two loads, each even on one side and uneven on the other (keep-alive
+connections stay on the worker that accepted them, so the heavy ones land on
+some workers and not others):
+  * plain SELECTs (/db) from wrk plus a few keep-alive connections running
+    /queries?queries=20: pipelined on shared connections, the waits are mostly
+    inside the workers (local waits) and the broker must move connections to
+    the workers whose queues are longer;
+  * /updates (a connection of its own per request: the broker's queue and its
+    cross-worker hand-offs) from wrk plus the same heavy SELECT connections.
+"""
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+
+from tenkharness import SANITIZED, Tenkd, need_db, skip
+from test_broker import NO_ADMIN, Watcher, app_conninfo
+
+WORKERS = 4
+MAX_OPEN = 4
+SECONDS = 4
+
+
+def db_json(t):
+    r = t.ctl("db", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def hist_by_worker(d):
+    return {w["slot"]: w["wait_histogram_counts"] for w in d["workers"]}
+
+
+def quantile(bounds, counts, q):
+    """Upper bound (us) of the bucket holding quantile q; None if no samples."""
+    n = sum(counts)
+    if n == 0:
+        return None
+    cum = 0
+    for b, c in zip(bounds, counts):
+        cum += c
+        if cum >= q * n:
+            return float("inf") if b == "+Inf" else b
+    return float("inf")
+
+
+async def _heavy_client(port, path, until, out):
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.monotonic() < until:
+            w.write(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
+            await w.drain()
+            head = await r.readuntil(b"\r\n\r\n")
+            m = re.search(rb"(?i)content-length: *(\d+)", head)
+            await r.readexactly(int(m.group(1)) if m else 0)
+            out.append(int(head.split(b" ", 2)[1]))
+    except Exception as e:
+        out.append(repr(e))
+    finally:
+        w.close()
+
+
+def heavy_load(port, path, conns, seconds, out):
+    until = time.monotonic() + seconds
+
+    async def main():
+        await asyncio.gather(*[_heavy_client(port, path, until, out) for _ in range(conns)])
+    asyncio.run(main())
+
+
+def wrk(port, path, conns, seconds):
+    r = subprocess.run(["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds,
+                        "http://127.0.0.1:%d%s" % (port, path)],
+                       capture_output=True, text=True, timeout=seconds + 30)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"(\d+) requests in", r.stdout)
+    assert m, r.stdout
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", r.stdout)
+    assert not bad, r.stdout
+    assert not errs or sum(map(int, errs.groups())) == 0, r.stdout
+    return int(m.group(1))
+
+
+def run_phase(t, app, even_path, even_conns, heavy_path, heavy_conns):
+    before = db_json(t)
+    watcher = Watcher(app)
+    watcher.start()
+    heavy = []
+    th = threading.Thread(target=heavy_load, args=(t.port, heavy_path, heavy_conns, SECONDS, heavy))
+    th.start()
+    try:
+        n = wrk(t.port, even_path, even_conns, SECONDS)
+    finally:
+        th.join(SECONDS + 30)
+        watcher.stop = True
+        watcher.join()
+    after = db_json(t)
+    assert heavy and all(s == 200 for s in heavy), [s for s in heavy if s != 200][:5]
+    assert watcher.samples >= 3, watcher.samples
+    assert watcher.max <= MAX_OPEN, "db.max_open %d, saw %d backends" % (MAX_OPEN, watcher.max)
+    assert after["waiting_all_high_water"] >= 1, after
+
+    bounds = [b["le_us"] for b in after["wait_histogram"]]
+    h0, h1 = hist_by_worker(before), hist_by_worker(after)
+    per = {w: [c1 - c0 for c0, c1 in zip(h0.get(w, [0] * len(bounds)), h1[w])] for w in h1}
+    total = [sum(col) for col in zip(*per.values())]
+    g99 = quantile(bounds, total, 0.99)
+    acq = {w["slot"]: w["acquires"] for w in after["workers"]}
+    acq0 = {w["slot"]: w["acquires"] for w in before["workers"]}
+    report = {w: dict(waits=sum(c), p50=quantile(bounds, c, 0.5), p99=quantile(bounds, c, 0.99),
+                      acquires=acq[w] - acq0.get(w, 0)) for w, c in sorted(per.items())}
+    print("%s + %d x %s: %d wrk requests, %d heavy; global p99 <= %s us; per worker %s" %
+          (even_path, heavy_conns, heavy_path, n, len(heavy), g99, report))
+    assert len(per) == WORKERS, per
+    assert g99 is not None and g99 != float("inf"), total
+    for w, r in report.items():
+        assert r["waits"] >= 30, "worker %d waited only %d times: %s" % (w, r["waits"], report)
+        assert r["p99"] <= 2 * g99, "worker %d p99 %s us > 2 x global p99 %s us: %s" % (w, r["p99"], g99, report)
+    return report
+
+
+def test_no_worker_starves_for_connections():
+    need_db()
+    if shutil.which("wrk") is None:
+        skip("wrk not installed")
+    db, app = app_conninfo()
+    conf = NO_ADMIN + "[db]\nmax_open = %d\nmax_idle = %d\nacquire_timeout = 10s\nquery_timeout = 20s\n" % (
+        MAX_OPEN, MAX_OPEN)
+    with Tenkd(workers=WORKERS, db=db, conf=conf) as t:
+        # every worker up and connected once, so none starts the run cold
+        assert t.request("GET", "/db")[0] == 200
+        run_phase(t, app, "/db", 256 if not SANITIZED else 128, "/queries?queries=20", 6)
+        run_phase(t, app, "/updates?queries=2", 48 if not SANITIZED else 24, "/queries?queries=20", 6)
