@@ -489,7 +489,9 @@ static int expired(const tk_db_conn_t *c, uint64_t now, int *why_lifetime)
     return 0;
 }
 
-tk_db_conn_t *tk_db_acquire(tk_db_status_t *st)
+/* tk_db_acquire(); *waited (if not NULL) set to 1 when it queued in the
+ * broker (and counted the wait). */
+static tk_db_conn_t *acquire(tk_db_status_t *st, int *waited)
 {
     int64_t deadline = tk_now_ms() + D.conf->db_acquire_timeout_ms;
     int slot = -1, entry, wake;
@@ -537,6 +539,8 @@ tk_db_conn_t *tk_db_acquire(tk_db_status_t *st)
         if (D.waiters[entry] == &wt)
             D.waiters[entry] = NULL;
         tk_broker_stats_wait(D.b, D.w, tk_now_ns() - t0);
+        if (waited)
+            *waited = 1;
         if (!wt.done) {
             /* Timed out or cancelled; a grant may have raced in. */
             if (tk_broker_cancel(D.b, D.w, entry, ticket, &slot) == 1) {
@@ -591,6 +595,11 @@ tk_db_conn_t *tk_db_acquire(tk_db_status_t *st)
     STAT(in_use, 1);
     STAT(acquires, 1);
     return c;
+}
+
+tk_db_conn_t *tk_db_acquire(tk_db_status_t *st)
+{
+    return acquire(st, NULL);
 }
 
 /* --- queries ----------------------------------------------------------------------------- */
@@ -1316,12 +1325,12 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 /* One more shared connection, without queueing when this worker already has
  * some (own idle one, or a free slot nobody waits for); with none, a normal
  * acquire (may queue in the broker). May yield. */
-static int pipe_grow(int64_t deadline, tk_db_status_t *st)
+static int pipe_grow(int64_t deadline, tk_db_status_t *st, int *waited)
 {
     tk_db_conn_t *c = NULL;
     D.opening++;
     if (D.npipes == 0) {
-        c = tk_db_acquire(st);
+        c = acquire(st, waited); /* a wait is counted there: not again by the caller */
     } else if (D.idle) {
         c = tk_db_acquire(st); /* takes the idle one, never queues */
     } else {
@@ -1467,11 +1476,11 @@ static void local_wait_end(int *lw)
 
 /* Done with a request's pipelined queries: record its wait (queued until its
  * last query was sent; until now if one never was). */
-static void local_wait_done(int *lw, const pipe_waiter_t *ws, int n)
+static void local_wait_done(int *lw, int counted, const pipe_waiter_t *ws, int n)
 {
     local_wait_end(lw);
-    if (*lw == 0)
-        return;
+    if (*lw == 0 || counted)
+        return; /* counted: it queued in the broker too, one wait per request */
     uint64_t now = tk_now_ns(), wait = 0;
     for (int i = 0; i < n; i++) {
         uint64_t end = ws[i].sent_ns ? ws[i].sent_ns : now;
@@ -1487,7 +1496,7 @@ static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *value
     int64_t t0 = tk_now_ms();
     int64_t acq_deadline = t0 + D.conf->db_acquire_timeout_ms;
     tk_db_status_t st = TK_DB_UNAVAILABLE;
-    int lw = 0, lens[TK_DB_PIPE_MAXP];
+    int lw = 0, counted = 0, lens[TK_DB_PIPE_MAXP];
     pipe_waiter_t me = {.gt = tk_gt_self()};
     pipe_item_t *it;
 
@@ -1515,11 +1524,11 @@ static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *value
         if (it->state == PI_QUEUED) {
             if (pipe_want_more()) {
                 tk_db_status_t gst;
-                if (pipe_grow(acq_deadline, &gst) != 0 && D.npipes == 0 && !me.done &&
+                if (pipe_grow(acq_deadline, &gst, &counted) != 0 && D.npipes == 0 && !me.done &&
                     me.item->state == PI_QUEUED) {
                     /* Nothing to send it on. */
                     waiter_leave(&me);
-                    local_wait_done(&lw, &me, 1);
+                    local_wait_done(&lw, counted, &me, 1);
                     if (gst == TK_DB_UNAVAILABLE && tk_now_ms() >= acq_deadline)
                         STAT(acquire_timeouts, 1);
                     /* let the next one try (or fail fast while it is down) */
@@ -1576,10 +1585,10 @@ static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *value
         found:;
         }
         waiter_leave(&me);
-        local_wait_done(&lw, &me, 1);
+        local_wait_done(&lw, counted, &me, 1);
         return st;
     }
-    local_wait_done(&lw, &me, 1);
+    local_wait_done(&lw, counted, &me, 1);
     STAT(acquires, 1);
     st = me.st;
     if (sqlstate)
@@ -1666,7 +1675,7 @@ static tk_db_status_t pipe_query_many(int stmt, int n, int nparams, const char *
     tk_db_status_t st = TK_DB_OK;
     pipe_waiter_t *ws = calloc((size_t)n, sizeof(*ws));
     int *lens = malloc(sizeof(int) * (size_t)(n * nparams + 1));
-    int queued = 0, lw = 0;
+    int queued = 0, lw = 0, counted = 0;
 
     if (ws == NULL || lens == NULL) {
         free(ws);
@@ -1729,7 +1738,7 @@ static tk_db_status_t pipe_query_many(int stmt, int n, int nparams, const char *
             pipe_dispatch();
             if (pipe_want_more()) {
                 tk_db_status_t gst;
-                if (pipe_grow(acq_deadline, &gst) != 0 && D.npipes == 0) {
+                if (pipe_grow(acq_deadline, &gst, &counted) != 0 && D.npipes == 0) {
                     st = gst;
                     break;
                 }
@@ -1742,7 +1751,7 @@ static tk_db_status_t pipe_query_many(int stmt, int n, int nparams, const char *
         if (tk_gt_park(TK_GT_WAIT_DB, deadline) != 0 && errno == ECANCELED)
             st = TK_DB_CANCELLED;
     }
-    local_wait_done(&lw, ws, queued);
+    local_wait_done(&lw, counted, ws, queued);
     for (int i = 0; i < queued; i++) {
         if (!ws[i].done)
             waiter_leave(&ws[i]);

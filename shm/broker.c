@@ -18,17 +18,20 @@
  * (N-1)/N of all releases under even load; measured, it cut /db throughput
  * from ~12k to under 1k requests/s. So a release with waiters queued serves:
  *   1. the global head, directly, when it belongs to this worker;
- *   2. else, if this worker has no waiter of its own, nobody: the connection
+ *   2. else the global head, at once, if its worker holds two or more slots
+ *      fewer than this one and it has waited local_bias_ns (towards an even
+ *      share: rich to poor only, so no ping-pong; see poorer_head_due());
+ *   3. else, if this worker has no waiter of its own, nobody: the connection
  *      stays idle here (warm); db.c gives idle connections up once they have
  *      been idle TK_DB_STEAL_GRACE_MS while others queue (it is woken when
  *      they do), so a lightly loaded worker doesn't pay two backend starts
  *      per request;
- *   3. else this worker's own oldest waiter, unless the global head has waited
+ *   4. else this worker's own oldest waiter, unless the global head has waited
  *      more than twice as long as it, plus local_bias_ns, and a move is due:
  *      at most one per move_interval_ns across all workers (connections drift
  *      towards the workers whose queues are longer, without ping-pong), or
  *      at once when the head has waited starve_ns: nobody starves;
- *   4. else the global head: the slot moves (close here, connect there).
+ *   5. else the global head: the slot moves (close here, connect there).
  * A slot freed without a connection (tk_broker_free_slot()) has nothing to
  * keep and always goes to the head. local_bias_ns = 0 makes it strict FIFO
  * (tests).
@@ -36,10 +39,11 @@
  * What this guarantees: (a) nobody starves: a head that has waited starve_ns
  * (db.c: 3/4 of db.acquire_timeout) takes the next release anywhere, and a
  * waiter reaches the head in ticket order; (b) between workers, the head is
- * passed over for a local waiter only while it has waited at most twice as
- * long as that waiter + local_bias_ns, or within move_interval_ns of the
- * last move, and for an idle connection only during TK_DB_STEAL_GRACE_MS
- * plus one db.c tick. tests/integration/test_broker_fairness.py checks the
+ * passed over by a worker holding two more slots than its own only for
+ * local_bias_ns; otherwise for a local waiter only while it has waited at
+ * most twice as long as that waiter + local_bias_ns, or within
+ * move_interval_ns of the last move, and for an idle connection only during
+ * TK_DB_STEAL_GRACE_MS plus one db.c tick. tests/integration/test_broker_fairness.py checks the
  * result the issue asks for, per-worker p99 wait <= 2 x the global p99,
  * under even and uneven loads. A stricter rule (the 2x bound with no rate
  * limit, idle connections given up after 10 ms) was measured: as fair, but
@@ -686,6 +690,21 @@ static void keep_idle(tk_broker_sh_t *b, int w, int s)
     b->workers[w].nidle++;
 }
 
+/* Rule 2: the head's worker holds at least two slots fewer than this one
+ * (typically none while this one has two or more) and its head has waited
+ * local_bias_ns: it gets this slot at once, whatever this worker's own queue.
+ * Such moves go from a richer worker to a poorer one only, so they can't
+ * ping-pong; they keep a lightly loaded worker, whose few waiters would
+ * otherwise have to out-age the busy workers' whole queues, from waiting
+ * far longer than everyone else (test_broker_fairness's uneven load). */
+static int poorer_head_due(const tk_broker_sh_t *b, const tk_broker_worker_sh_t *wk, int h)
+{
+    const tk_broker_entry_sh_t *x = &b->entries[h];
+    uint64_t now = now_ns();
+    return b->workers[x->worker].nheld + 1 < wk->nheld && now > x->enq_ns &&
+           now - x->enq_ns > b->local_bias_ns;
+}
+
 /* Hand slot s (held by w, connection kept or not) on. keep: the connection
  * is healthy and may stay in this worker. */
 static tk_broker_rel_t pass_on(tk_broker_sh_t *b, int w, int s, int keep, int *entry, int *wake)
@@ -698,6 +717,8 @@ static tk_broker_rel_t pass_on(tk_broker_sh_t *b, int w, int s, int keep, int *e
         return TK_BROKER_FREED;
     if (b->entries[h].worker == w) {
         pick = h;
+    } else if (keep && b->local_bias_ns > 0 && poorer_head_due(b, wk, h)) {
+        b->last_move_ns = now_ns(); /* towards balance: pick stays -1, it moves */
     } else if (keep && b->local_bias_ns > 0) {
         if (wk->whead < 0) {
             /* Nobody here waits: keep it warm for this worker's next

@@ -611,12 +611,49 @@ static void test_wake_and_stats(void **state)
     assert_true(B->lwaiting == 0 && B->lwhwm == 2);
 }
 
+/* Rule 2: a worker holding two slots more than the head's gives one at once
+ * (once the head has waited the bias), even with a younger waiter of its own. */
+static void test_release_towards_poorer_worker(void **state)
+{
+    int s1, s2, e, slot, entry0, entry1, wake, ge, gs;
+    uint64_t t0, t1, gt;
+    (void)state;
+    assert_int_equal(tk_broker_sh_init(B, 2), 0);
+    uint32_t g0 = tk_broker_worker_attach(B, 0, getpid());
+    uint32_t g1 = tk_broker_worker_attach(B, 1, getpid());
+    assert_int_equal(tk_broker_acquire(B, 0, g0, &s1, &e, &t0, &wake), TK_BROKER_GOT);
+    assert_int_equal(tk_broker_acquire(B, 0, g0, &s2, &e, &t0, &wake), TK_BROKER_GOT);
+    /* worker 1 (no slot) queues, then worker 0 */
+    assert_int_equal(tk_broker_acquire(B, 1, g1, &slot, &entry1, &t1, &wake), TK_BROKER_QUEUED);
+    assert_int_equal(tk_broker_acquire(B, 0, g0, &slot, &entry0, &t0, &wake), TK_BROKER_QUEUED);
+    /* head younger than the bias: worker 0 serves its own (2x rule) */
+    assert_int_equal(tk_broker_release(B, 0, s1, &e, &wake), TK_BROKER_TO_LOCAL);
+    assert_int_equal(e, entry0);
+    /* the head has waited the bias: the slot moves, no rate limit applies */
+    assert_int_equal(tk_broker_acquire(B, 0, g0, &slot, &entry0, &t0, &wake), TK_BROKER_QUEUED);
+    B->entries[entry1].enq_ns -= TK_BROKER_LOCAL_BIAS_NS + 1000000ull;
+    B->entries[entry0].enq_ns -= TK_BROKER_LOCAL_BIAS_NS; /* within 2x of the head */
+    B->last_move_ns = mono_ms() * 1000000ull;             /* a move just happened */
+    assert_int_equal(tk_broker_release(B, 0, s1, &e, &wake), TK_BROKER_TO_REMOTE);
+    assert_int_equal(wake, 1);
+    assert_int_equal(tk_broker_next_grant(B, 1, &ge, &gt, &gs), 1);
+    assert_true(gt == t1);
+    /* now one each: worker 1 queues again; worker 0's release is not rule 2
+     * (1 + 1 < 1 is false) and a move was just made: it serves its own */
+    assert_int_equal(tk_broker_acquire(B, 1, g1, &slot, &entry1, &t1, &wake), TK_BROKER_QUEUED);
+    B->entries[entry1].enq_ns -= TK_BROKER_LOCAL_BIAS_NS + 1000000ull;
+    assert_int_equal(tk_broker_release(B, 0, s2, &e, &wake), TK_BROKER_TO_LOCAL);
+    assert_int_equal(e, entry0);
+    assert_consistent();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_basic),
         cmocka_unit_test(test_try_acquire_and_wake_holder),
         cmocka_unit_test(test_release_policy),
+        cmocka_unit_test(test_release_towards_poorer_worker),
         cmocka_unit_test(test_cap_across_processes),
         cmocka_unit_test(test_fifo_across_processes),
         cmocka_unit_test(test_reclaim_killed_holder),
