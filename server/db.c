@@ -5,11 +5,14 @@
 
 #include <errno.h>
 #include <event2/event.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -30,6 +33,8 @@
 #define TK_DB_PIPE_PBUF      120  /* ... and their total size */
 #define TK_DB_PIPE_BUCKETS   64   /* joinable queued queries, by hash */
 #define TK_DB_PIPE_IDLE_MS   100  /* an unused shared connection goes back to the pool */
+#define TK_DB_GONE_MS        1000 /* longest wait for a closed backend to exit */
+#define TK_DB_GONE_LOGGED    8    /* closes whose wait is logged (debug), per worker */
 
 typedef struct {
     char *sql;
@@ -106,6 +111,24 @@ struct tk_db_conn {
     struct tk_db_conn *pnext; /* D.pipes list */
 };
 
+/* A closed connection whose backend has not exited yet. PQfinish() sends
+ * Terminate and closes libpq's socket at once, but the backend process, and
+ * its row in pg_stat_activity, outlive it by a moment; PostgreSQL keeps its
+ * end of the socket open until the process dies, so a dup() of ours sees EOF
+ * exactly when the backend is gone. Until then the slot stays held by this
+ * worker (the broker counts it against db.max_open) and the connection
+ * counts as open; then the slot goes back to the broker
+ * (tk_broker_free_slot(): the queue's head or the free list). Waited for in
+ * the event loop, never blocking it; after TK_DB_GONE_MS (or a read error)
+ * we stop waiting and free the slot anyway. */
+typedef struct closing {
+    struct closing *next, *prev;
+    struct event *ev;
+    int fd;         /* dup of the connection's socket */
+    int slot;       /* broker slot to free once the backend is gone, -1: none */
+    uint64_t t0_ns; /* when PQfinish() was called */
+} closing_t;
+
 /* A green thread queued in the broker, found by its entry index. */
 typedef struct {
     tk_gt_t *gt;
@@ -141,13 +164,18 @@ static struct {
     int flush_pending;
     pipe_item_t *joinable[TK_DB_PIPE_BUCKETS]; /* queued, not sent yet: may be joined */
     uint64_t njoined;
+    /* connections closed whose backend has not exited yet */
+    closing_t *closing;
+    int nclosing;
+    uint64_t ngone, gone_ns, gone_max_ns, ngone_giveup; /* for the exit summary */
 } D;
 
 static stmt_t g_stmts[TK_DB_MAX_STMTS];
 static int g_nstmts;
 
 static void hand_local(int entry, tk_db_conn_t *c, int slot);
-static void conn_close(tk_db_conn_t *c);
+static void conn_close(tk_db_conn_t *c, int free_slot);
+static void slot_discard(int slot);
 
 #define STAT(field, d) TK_BROKER_STAT(D.b, D.w, field, (d))
 
@@ -228,8 +256,14 @@ static void dispose(tk_broker_rel_t r, int entry, int wake, tk_db_conn_t *c, int
         STAT(idle, 1);
         break;
     case TK_BROKER_CLOSE_IDLE:
+        /* the slot is still ours: freed once the backend is gone */
         STAT(max_idle_closed, 1);
-        conn_close(c);
+        conn_close(c, 1);
+        break;
+    case TK_BROKER_CLOSE_MOVE:
+        /* for another worker's waiter: it gets the slot (TO_REMOTE from
+         * tk_broker_free_slot()) once this backend is gone */
+        conn_close(c, 1);
         break;
     case TK_BROKER_FREED:
         break;
@@ -237,31 +271,143 @@ static void dispose(tk_broker_rel_t r, int entry, int wake, tk_db_conn_t *c, int
         hand_local(entry, c, slot);
         break;
     case TK_BROKER_TO_REMOTE:
+        /* only a bare slot: tk_broker_release() never grants a live one */
         STAT(handoffs_remote, 1);
-        if (c)
-            conn_close(c);
         tk_broker_wake(wake);
         break;
     }
 }
 
-/* Close the libpq side of c and free it; the slot is the caller's business. */
-static void conn_close(tk_db_conn_t *c)
+/* The backend of a closed connection is gone (or we stopped waiting for
+ * it): the connection no longer counts, and its slot goes back. */
+static void closing_done(closing_t *k, const char *how)
 {
-    if (c->pg)
-        PQfinish(c->pg);
+    uint64_t ns = tk_now_ns() - k->t0_ns;
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        D.closing = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    D.nclosing--;
+    if (k->ev)
+        event_free(k->ev);
+    close(k->fd);
+    if (how == NULL) {
+        D.ngone++;
+        D.gone_ns += ns;
+        if (ns > D.gone_max_ns)
+            D.gone_max_ns = ns;
+        if (D.ngone <= TK_DB_GONE_LOGGED)
+            TK_LOG(TK_LOG_DEBUG, "db: backend gone %llu us after PQfinish()",
+                   (unsigned long long)(ns / 1000u));
+    } else {
+        D.ngone_giveup++;
+        TK_LOG(TK_LOG_DEBUG, "db: stopped waiting for a closed backend after %llu us: %s",
+               (unsigned long long)(ns / 1000u), how);
+    }
     STAT(open, -1);
+    int slot = k->slot;
+    free(k);
+    if (slot >= 0)
+        slot_discard(slot);
+}
+
+/* Read what is left on a closed connection's socket until EOF: 0 EOF, 1
+ * not yet, -1 error (errno). */
+static int closing_read(int fd)
+{
+    char buf[512];
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n == 0)
+            return 0;
+        if (n > 0)
+            continue; /* a late message of the backend's: not the end yet */
+        if (errno == EINTR)
+            continue;
+        return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
+    }
+}
+
+static void on_closing(evutil_socket_t fd, short what, void *arg)
+{
+    closing_t *k = arg;
+    (void)fd;
+    if (what & EV_TIMEOUT) {
+        closing_done(k, "timeout");
+        return;
+    }
+    int r = closing_read(k->fd);
+    if (r == 0) {
+        closing_done(k, NULL);
+    } else if (r < 0) {
+        closing_done(k, strerror(errno));
+    } else {
+        /* EV_READ without EOF (a late message): wait again, within the bound */
+        uint64_t spent = tk_now_ns() - k->t0_ns, bound = (uint64_t)TK_DB_GONE_MS * 1000000u;
+        uint64_t left = spent < bound ? bound - spent : 0;
+        struct timeval tv = {(time_t)(left / 1000000000u),
+                             (suseconds_t)(left % 1000000000u / 1000u)};
+        if (left == 0 || event_add(k->ev, &tv) != 0)
+            closing_done(k, "timeout");
+    }
+}
+
+/* PQfinish(pg); once its backend has exited, free slot (if >= 0) and count
+ * the connection off. pg NULL: nothing to wait for. */
+static void pg_close(PGconn *pg, int slot)
+{
+    int fd = -1;
+    if (pg && PQsocket(pg) >= 0)
+        fd = fcntl(PQsocket(pg), F_DUPFD_CLOEXEC, 0);
+    if (pg)
+        PQfinish(pg);
+    closing_t *k = fd >= 0 ? calloc(1, sizeof(*k)) : NULL;
+    if (k) {
+        k->fd = fd;
+        k->slot = slot;
+        k->t0_ns = tk_now_ns();
+        k->next = D.closing;
+        if (D.closing)
+            D.closing->prev = k;
+        D.closing = k;
+        D.nclosing++;
+        /* usually already there: the backend exits within a millisecond or so */
+        int r = closing_read(fd);
+        if (r <= 0) {
+            closing_done(k, r == 0 ? NULL : strerror(errno));
+            return;
+        }
+        struct timeval tv = {TK_DB_GONE_MS / 1000, (TK_DB_GONE_MS % 1000) * 1000};
+        k->ev = D.base ? event_new(D.base, fd, EV_READ, on_closing, k) : NULL;
+        if (k->ev == NULL || event_add(k->ev, &tv) != 0)
+            closing_done(k, "no event");
+        return;
+    }
+    if (fd >= 0)
+        close(fd);
+    STAT(open, -1);
+    if (slot >= 0)
+        slot_discard(slot);
+}
+
+/* Close the libpq side of c and free it. free_slot: its slot goes back to
+ * the broker once the backend has exited (else the slot is the caller's). */
+static void conn_close(tk_db_conn_t *c, int free_slot)
+{
+    PGconn *pg = c->pg;
+    int slot = free_slot ? c->slot : -1;
+    c->pg = NULL;
+    pg_close(pg, slot); /* (c is still there for libpq's notice receiver) */
     free(c);
 }
 
-/* Close c and give its slot back (to the queue's head if anyone waits).
- * The connection is closed before the slot moves, so the cap holds. */
+/* Close c and give its slot back (to the queue's head if anyone waits) once
+ * its backend has exited, so the cap holds in pg_stat_activity too. */
 static void conn_discard(tk_db_conn_t *c)
 {
-    int slot = c->slot, entry, wake;
-    conn_close(c);
-    tk_broker_rel_t r = tk_broker_free_slot(D.b, D.w, slot, &entry, &wake);
-    dispose(r, entry, wake, NULL, slot);
+    conn_close(c, 1);
 }
 
 /* A slot with no connection that nobody here wants any more. */
@@ -443,7 +589,7 @@ static tk_db_conn_t *conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st
         PQsetNoticeReceiver(c->pg, on_notice, c);
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
         connect_failed(c);
-        conn_close(c);
+        conn_close(c, 0); /* no socket, or nothing on the server: nothing to wait for */
         *st = TK_DB_UNAVAILABLE;
         return NULL;
     }
@@ -457,7 +603,13 @@ static tk_db_conn_t *conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st
         *kept = 1;
         return NULL;
     }
-    conn_close(c);
+    if (kept) {
+        /* a backend may have started: the slot goes once it is gone */
+        *kept = 1;
+        conn_close(c, 1);
+        return NULL;
+    }
+    conn_close(c, 0);
     return NULL;
 }
 
@@ -705,8 +857,17 @@ broken:
 static int reconnect_in_place(tk_db_conn_t *c, int64_t deadline)
 {
     tk_db_status_t st;
+    /* The old backend must be gone before a new one starts on this slot:
+     * park until its socket ends (usually at once: it died). */
+    int fd = PQsocket(c->pg) >= 0 ? fcntl(PQsocket(c->pg), F_DUPFD_CLOEXEC, 0) : -1;
     PQfinish(c->pg);
     c->pg = NULL;
+    if (fd >= 0) {
+        int64_t until = tk_now_ms() + TK_DB_GONE_MS;
+        while (closing_read(fd) == 1 && tk_gt_wait_fd(fd, EV_READ, TK_GT_WAIT_DB, until) == 0)
+            ;
+        close(fd);
+    }
     STAT(open, -1);
     /* (no background finish here: c keeps the slot) */
     tk_db_conn_t *n = conn_open(c->slot, deadline, &st, NULL);
@@ -1911,6 +2072,42 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     pipe_share();
 }
 
+/* At exit (the loop has stopped, so blocking is fine): wait up to
+ * TK_DB_GONE_MS in all for the backends of the connections closed so far,
+ * so that the slots the reclaim then frees are free at the server too. The
+ * slots are left to that reclaim. */
+static void closing_drain(void)
+{
+    int64_t until = tk_now_ms() + TK_DB_GONE_MS;
+    while (D.closing) {
+        struct pollfd pf[64];
+        closing_t *ks[64];
+        int n = 0;
+        for (closing_t *k = D.closing; k && n < 64; k = k->next) {
+            pf[n].fd = k->fd;
+            pf[n].events = POLLIN;
+            pf[n].revents = 0;
+            ks[n++] = k;
+        }
+        int64_t left = until - tk_now_ms();
+        if (left <= 0 || (poll(pf, (nfds_t)n, (int)left) < 0 && errno != EINTR))
+            break;
+        for (int i = 0; i < n; i++) {
+            if (pf[i].revents == 0)
+                continue;
+            int r = closing_read(ks[i]->fd);
+            if (r != 1) {
+                ks[i]->slot = -1;
+                closing_done(ks[i], r == 0 ? NULL : "read error");
+            }
+        }
+    }
+    while (D.closing) {
+        D.closing->slot = -1;
+        closing_done(D.closing, "exiting");
+    }
+}
+
 int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, const tk_conf_t *conf)
 {
     struct timeval tv = {0, TK_DB_TICK_MS * 1000};
@@ -1955,13 +2152,17 @@ void tk_db_worker_fini(void)
             TK_LOG_INFO,
             "db: %llu acquisitions, %llu waited (%llu ms), %llu timeouts, hand-offs %llu local "
             "%llu remote, %llu connects (%llu ms), %llu connect errors, %llu pipelined queries in "
-            "%llu batches, %llu joined",
+            "%llu batches, %llu joined; %llu closed backends gone after %llu us on average "
+            "(max %llu us), %llu not waited for",
             (unsigned long long)st.acquires, (unsigned long long)st.wait_count,
             (unsigned long long)(st.wait_ns / 1000000u), (unsigned long long)st.acquire_timeouts,
             (unsigned long long)st.handoffs_local, (unsigned long long)st.handoffs_remote,
             (unsigned long long)D.nconnects, (unsigned long long)(D.connect_ns / 1000000u),
             (unsigned long long)st.connect_errors, (unsigned long long)D.npiped,
-            (unsigned long long)D.nsyncs, (unsigned long long)D.njoined);
+            (unsigned long long)D.nsyncs, (unsigned long long)D.njoined,
+            (unsigned long long)D.ngone,
+            (unsigned long long)(D.ngone ? D.gone_ns / D.ngone / 1000u : 0),
+            (unsigned long long)(D.gone_max_ns / 1000u), (unsigned long long)D.ngone_giveup);
     }
     if (D.enabled) {
         /* Close our idle connections, then give back in one step every slot
@@ -1973,7 +2174,7 @@ void tk_db_worker_fini(void)
             D.idle = c->next;
             D.nidle--;
             STAT(idle, -1);
-            conn_close(c);
+            conn_close(c, 0);
         }
         while (D.pipes) {
             tk_db_conn_t *c = D.pipes;
@@ -1987,8 +2188,9 @@ void tk_db_worker_fini(void)
                 it->w = NULL; /* the scheduler is gone: nobody to wake */
                 item_put(it);
             }
-            conn_close(c);
+            conn_close(c, 0);
         }
+        closing_drain();
         while (D.qhead) {
             pipe_item_t *it = D.qhead;
             D.qhead = it->next;

@@ -36,6 +36,16 @@
  * keep and always goes to the head. local_bias_ns = 0 makes it strict FIFO
  * (tests).
  *
+ * The cap is kept at the server, not only in these books: a backend outlives
+ * PQfinish() by a moment (until the process has exited: pg_stat_activity
+ * still shows it), so a slot whose connection is to be closed is never freed
+ * or granted by tk_broker_release(). It answers CLOSE_IDLE (db.max_idle
+ * reached) or CLOSE_MOVE (rule 2 or 5: the head is another worker's), the
+ * slot stays HELD by the releasing worker, and db.c calls
+ * tk_broker_free_slot() once it has seen the end of the backend's socket
+ * (PostgreSQL keeps it open until the process dies, for such "synchronous
+ * closes"); only then does the slot go to the head or the free list.
+ *
  * What this guarantees: (a) nobody starves: a head that has waited starve_ns
  * (db.c: 3/4 of db.acquire_timeout) takes the next release anywhere, and a
  * waiter reaches the head in ticket order; (b) between workers, the head is
@@ -751,6 +761,12 @@ static tk_broker_rel_t pass_on(tk_broker_sh_t *b, int w, int s, int keep, int *e
         s_hold(b, s, w);
         return TK_BROKER_TO_LOCAL;
     }
+    if (keep) {
+        /* The slot moves, but its connection is still open here: it stays
+         * held by w (counted against max_open) until db.c has seen the
+         * backend go and calls tk_broker_free_slot(), which grants it. */
+        return TK_BROKER_CLOSE_MOVE;
+    }
     wk->nheld--;
     *wake = grant(b, s, h);
     return TK_BROKER_TO_REMOTE;
@@ -766,8 +782,7 @@ tk_broker_rel_t tk_broker_release(tk_broker_sh_t *b, int w, int s, int *entry, i
         return TK_BROKER_CLOSE_IDLE; /* can't happen; closing is the safe answer */
     if (b->qhead < 0) {
         if (b->nidle >= b->max_idle) {
-            b->workers[w].nheld--;
-            s_free(b, s);
+            /* Still held by w until its backend is gone (free_slot). */
             r = TK_BROKER_CLOSE_IDLE;
         } else {
             keep_idle(b, w, s);

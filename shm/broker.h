@@ -193,11 +193,17 @@ int tk_broker_try_acquire(tk_broker_sh_t *b, int w, int *slot);
  * and tk_broker_free_slot()). */
 typedef enum {
     TK_BROKER_KEEP_IDLE = 0, /* queue empty: keep it as an idle connection */
-    TK_BROKER_CLOSE_IDLE,    /* queue empty but db.max_idle reached: close it; slot now FREE */
+    TK_BROKER_CLOSE_IDLE,    /* (release) queue empty but db.max_idle reached: close it; the
+                                slot is still held by w: tk_broker_free_slot() it once the
+                                backend is gone */
     TK_BROKER_FREED,         /* (free_slot) queue empty: slot now FREE */
     TK_BROKER_TO_LOCAL,      /* give it to this worker's waiter of entry *entry (the entry is
                                 already freed: the index only names the local waiter) */
-    TK_BROKER_TO_REMOTE,     /* close the connection; the slot went to worker *wake: wake it */
+    TK_BROKER_TO_REMOTE,     /* (free_slot) the slot went to worker *wake: wake it */
+    TK_BROKER_CLOSE_MOVE,    /* (release) the slot is to move to another worker: close
+                                the connection; the slot is still held by w (counted against
+                                max_open) until tk_broker_free_slot() once the backend is
+                                gone, which grants it to the queue's head then */
 } tk_broker_rel_t;
 
 /* Fairness bound of the release policy, see broker.c. */
@@ -205,7 +211,9 @@ typedef enum {
 #define TK_BROKER_MOVE_INTERVAL_NS 100000000ull /* 100 ms */
 #define TK_BROKER_STARVE_NS        400000000ull /* 400 ms */
 
-/* Release a healthy connection on slot s held by worker w. */
+/* Release a healthy connection on slot s held by worker w. Never frees or
+ * grants a slot whose connection must be closed (CLOSE_IDLE, CLOSE_MOVE): a
+ * backend outlives PQfinish(), so the caller frees the slot after it is gone. */
 tk_broker_rel_t tk_broker_release(tk_broker_sh_t *b, int w, int s, int *entry, int *wake);
 /* The connection on slot s (held by w) was closed or never opened: the slot
  * goes to the queue's head (TO_LOCAL: the waiter must connect; TO_REMOTE) or

@@ -133,6 +133,11 @@ static void test_basic(void **state)
     assert_int_equal(tk_broker_release(B, 1, s0, &e2, &wake), TK_BROKER_KEEP_IDLE);
     assert_int_equal(tk_broker_release(B, 1, s1, &e2, &wake), TK_BROKER_CLOSE_IDLE);
     assert_int_equal(B->nidle, 1);
+    /* ... but its slot is still worker 1's until the backend is gone. */
+    assert_int_equal(B->nfree, 0);
+    assert_int_equal(B->workers[1].nheld, 2);
+    assert_consistent();
+    assert_int_equal(tk_broker_free_slot(B, 1, s1, &e2, &wake), TK_BROKER_FREED);
     assert_int_equal(B->nfree, 1);
     assert_consistent();
 
@@ -217,14 +222,16 @@ static void test_release_policy(void **state)
     /* Without bias: strict FIFO, the slot moves to worker 1. */
     B->local_bias_ns = 0;
     assert_int_equal(tk_broker_acquire(B, 0, g0, &slot, &entry0, &t0, &wake), TK_BROKER_QUEUED);
-    assert_int_equal(tk_broker_release(B, 0, s, &e, &wake), TK_BROKER_TO_REMOTE);
+    assert_int_equal(tk_broker_release(B, 0, s, &e, &wake), TK_BROKER_CLOSE_MOVE);
+    assert_int_equal(tk_broker_free_slot(B, 0, s, &e, &wake), TK_BROKER_TO_REMOTE);
     assert_int_equal(wake, 1);
     int ge, gs;
     uint64_t gt;
     assert_int_equal(tk_broker_next_grant(B, 1, &ge, &gt, &gs), 1);
     assert_true(gt == t1);
-    /* The head is now worker 0's own waiter: direct hand-off. */
-    assert_int_equal(tk_broker_release(B, 1, gs, &e, &wake), TK_BROKER_TO_REMOTE);
+    /* The head is now worker 0's: the slot moves there once closed. */
+    assert_int_equal(tk_broker_release(B, 1, gs, &e, &wake), TK_BROKER_CLOSE_MOVE);
+    assert_int_equal(tk_broker_free_slot(B, 1, gs, &e, &wake), TK_BROKER_TO_REMOTE);
     assert_int_equal(wake, 0);
     assert_consistent();
     assert_int_equal(tk_broker_next_grant(B, 0, &ge, &gt, &s), 1);
@@ -252,7 +259,8 @@ static void test_release_policy(void **state)
     assert_int_equal(tk_broker_acquire(B, 1, g1, &slot, &entry1, &t1, &wake), TK_BROKER_QUEUED);
     B->entries[entry0].enq_ns -= 300000000ull; /* queued 300 ms ago */
     B->last_move_ns = 0;
-    assert_int_equal(tk_broker_release(B, 1, s, &e, &wake), TK_BROKER_TO_REMOTE);
+    assert_int_equal(tk_broker_release(B, 1, s, &e, &wake), TK_BROKER_CLOSE_MOVE);
+    assert_int_equal(tk_broker_free_slot(B, 1, s, &e, &wake), TK_BROKER_TO_REMOTE);
     assert_int_equal(wake, 0);
     assert_int_equal(tk_broker_next_grant(B, 0, &ge, &gt, &s), 1);
     assert_true(gt == t0);
@@ -266,7 +274,8 @@ static void test_release_policy(void **state)
     /* ...unless it is about to starve. */
     assert_int_equal(tk_broker_acquire(B, 0, g0, &slot, &entry0, &t0, &wake), TK_BROKER_QUEUED);
     B->entries[B->qhead].enq_ns -= B->starve_ns;
-    assert_int_equal(tk_broker_release(B, 0, s, &e, &wake), TK_BROKER_TO_REMOTE);
+    assert_int_equal(tk_broker_release(B, 0, s, &e, &wake), TK_BROKER_CLOSE_MOVE);
+    assert_int_equal(tk_broker_free_slot(B, 0, s, &e, &wake), TK_BROKER_TO_REMOTE);
     assert_int_equal(wake, 1);
     assert_consistent();
 }
@@ -321,10 +330,21 @@ static void child_worker(int w, int iters, unsigned seed)
         /* Release: keep it (idle) or close it, at random. */
         tk_broker_rel_t rr = (rand() % 3 == 0) ? tk_broker_free_slot(B, w, slot, &e, &wake)
                                                : tk_broker_release(B, w, slot, &e, &wake);
-        if (rr == TK_BROKER_KEEP_IDLE)
+        if (rr == TK_BROKER_KEEP_IDLE) {
             idle[nidle++] = slot;
-        else if (rr == TK_BROKER_TO_LOCAL)
+        } else if (rr == TK_BROKER_TO_LOCAL) {
             __atomic_fetch_add(&S->errors, 1, __ATOMIC_SEQ_CST); /* we never have 2 waiters */
+        } else if (rr == TK_BROKER_CLOSE_IDLE || rr == TK_BROKER_CLOSE_MOVE) {
+            /* "Closing" (the backend lingers): the slot must still be ours
+             * and nobody else's, until we free it. */
+            zero = 0;
+            if (!__atomic_compare_exchange_n(&S->owner[slot], &zero, getpid(), 0, __ATOMIC_SEQ_CST,
+                                             __ATOMIC_SEQ_CST))
+                __atomic_fetch_add(&S->errors, 1, __ATOMIC_SEQ_CST);
+            sched_yield();
+            __atomic_store_n(&S->owner[slot], 0, __ATOMIC_SEQ_CST);
+            tk_broker_free_slot(B, w, slot, &e, &wake);
+        }
         /* Others queue while we sit on idle ones: give them up. */
         while (nidle > 0 && tk_broker_qlen(B) > 0)
             tk_broker_free_slot(B, w, idle[--nidle], &e, &wake);
@@ -634,7 +654,8 @@ static void test_release_towards_poorer_worker(void **state)
     B->entries[entry1].enq_ns -= TK_BROKER_LOCAL_BIAS_NS + 1000000ull;
     B->entries[entry0].enq_ns -= TK_BROKER_LOCAL_BIAS_NS; /* within 2x of the head */
     B->last_move_ns = mono_ms() * 1000000ull;             /* a move just happened */
-    assert_int_equal(tk_broker_release(B, 0, s1, &e, &wake), TK_BROKER_TO_REMOTE);
+    assert_int_equal(tk_broker_release(B, 0, s1, &e, &wake), TK_BROKER_CLOSE_MOVE);
+    assert_int_equal(tk_broker_free_slot(B, 0, s1, &e, &wake), TK_BROKER_TO_REMOTE);
     assert_int_equal(wake, 1);
     assert_int_equal(tk_broker_next_grant(B, 1, &ge, &gt, &gs), 1);
     assert_true(gt == t1);
@@ -647,6 +668,68 @@ static void test_release_towards_poorer_worker(void **state)
     assert_consistent();
 }
 
+/* A slot whose connection is being closed (release said CLOSE_MOVE or
+ * CLOSE_IDLE) is available to nobody else until tk_broker_free_slot(): a
+ * backend outlives PQfinish(), and pg_stat_activity must never show more than
+ * max_open. */
+static void test_closing_slot_stays_held(void **state)
+{
+    int s0, s1, slot, e, entry1, entry2, wake, ge, gs;
+    uint64_t t1, t2, gt;
+    (void)state;
+    assert_int_equal(tk_broker_sh_init(B, 2), 0);
+    B->local_bias_ns = 0; /* strict FIFO: a release with a remote head moves */
+    tk_broker_set_max_idle(B, 1);
+    uint32_t g0 = tk_broker_worker_attach(B, 0, getpid());
+    uint32_t g1 = tk_broker_worker_attach(B, 1, getpid());
+    uint32_t g2 = tk_broker_worker_attach(B, 2, getpid());
+    assert_int_equal(tk_broker_acquire(B, 0, g0, &s0, &e, &t1, &wake), TK_BROKER_GOT);
+    assert_int_equal(tk_broker_acquire(B, 0, g0, &s1, &e, &t1, &wake), TK_BROKER_GOT);
+
+    /* A move: worker 1 waits, worker 0 releases. */
+    assert_int_equal(tk_broker_acquire(B, 1, g1, &slot, &entry1, &t1, &wake), TK_BROKER_QUEUED);
+    assert_int_equal(tk_broker_release(B, 0, s0, &e, &wake), TK_BROKER_CLOSE_MOVE);
+    assert_int_equal(B->slots[s0].state, TK_BROKER_SLOT_HELD);
+    assert_int_equal(B->slots[s0].worker, 0);
+    assert_int_equal(B->workers[0].nheld, 2);
+    assert_int_equal(B->nfree, 0);
+    assert_consistent();
+    /* While it closes: not granted, not free, not idle. */
+    assert_int_equal(tk_broker_next_grant(B, 1, &ge, &gt, &gs), 0);
+    assert_int_equal(tk_broker_try_acquire(B, 2, &slot), -1);
+    assert_int_equal(tk_broker_acquire(B, 2, g2, &slot, &entry2, &t2, &wake), TK_BROKER_QUEUED);
+    assert_int_equal(tk_broker_qlen(B), 2);
+    /* Closed: the head (worker 1) gets it, then worker 2 after the next. */
+    assert_int_equal(tk_broker_free_slot(B, 0, s0, &e, &wake), TK_BROKER_TO_REMOTE);
+    assert_int_equal(wake, 1);
+    assert_int_equal(tk_broker_next_grant(B, 1, &ge, &gt, &gs), 1);
+    assert_true(ge == entry1 && gt == t1 && gs == s0);
+    assert_int_equal(tk_broker_release(B, 0, s1, &e, &wake), TK_BROKER_CLOSE_MOVE);
+    assert_int_equal(tk_broker_next_grant(B, 2, &ge, &gt, &gs), 0);
+    assert_int_equal(tk_broker_free_slot(B, 0, s1, &e, &wake), TK_BROKER_TO_REMOTE);
+    assert_int_equal(wake, 2);
+    assert_int_equal(tk_broker_next_grant(B, 2, &ge, &gt, &gs), 1);
+    assert_true(ge == entry2 && gs == s1);
+    assert_consistent();
+
+    /* db.max_idle reached, queue empty: CLOSE_IDLE leaves the slot held. */
+    assert_int_equal(tk_broker_release(B, 1, s0, &e, &wake), TK_BROKER_KEEP_IDLE);
+    assert_int_equal(tk_broker_release(B, 2, s1, &e, &wake), TK_BROKER_CLOSE_IDLE);
+    assert_int_equal(B->nfree, 0);
+    assert_int_equal(B->workers[2].nheld, 1);
+    assert_int_equal(tk_broker_try_acquire(B, 0, &slot), -1);
+    assert_int_equal(tk_broker_acquire(B, 0, g0, &slot, &e, &t1, &wake), TK_BROKER_QUEUED);
+    assert_int_equal(wake, 1); /* worker 1 sits on the idle one */
+    assert_consistent();
+    /* Closed: it goes to the waiter, never through the free list. */
+    assert_int_equal(tk_broker_free_slot(B, 2, s1, &e, &wake), TK_BROKER_TO_REMOTE);
+    assert_int_equal(wake, 0);
+    assert_int_equal(tk_broker_next_grant(B, 0, &ge, &gt, &gs), 1);
+    assert_int_equal(gs, s1);
+    assert_int_equal(B->nfree, 0);
+    assert_consistent();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -654,6 +737,7 @@ int main(void)
         cmocka_unit_test(test_try_acquire_and_wake_holder),
         cmocka_unit_test(test_release_policy),
         cmocka_unit_test(test_release_towards_poorer_worker),
+        cmocka_unit_test(test_closing_slot_stays_held),
         cmocka_unit_test(test_cap_across_processes),
         cmocka_unit_test(test_fifo_across_processes),
         cmocka_unit_test(test_reclaim_killed_holder),
