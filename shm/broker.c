@@ -59,9 +59,12 @@
  * limit, idle connections given up after 10 ms) was measured: as fair, but
  * under contention each move's backend start made the next waits longer and
  * moves fed on themselves (/updates at db.max_open 4 over 4 workers: ~1,400
- * instead of ~7,000 requests in 4 s, every wait ~145 ms), and a closed
- * backend lingers in pg_stat_activity for a moment after PQfinish(), so
- * frequent moves showed max_open + 1 there. */
+ * instead of ~7,000 requests in 4 s, every wait ~145 ms), and, before
+ * slots waited for the old backend's exit (above), a closed backend that
+ * lingered in pg_stat_activity after PQfinish() showed max_open + 1 there
+ * when moves were frequent. Waiting for the exit costs each move or close
+ * the backend's exit time before the slot is reused: median 4.8 ms on this
+ * box (idle database), 20-40 ms with the box saturated. */
 
 static int g_wake_fds[TK_BROKER_MAX_WORKERS];
 static int g_nwake;
@@ -183,6 +186,7 @@ static void s_free(tk_broker_sh_t *b, int s)
     x->gen = 0;
     x->entry = -1;
     x->idle = 0;
+    x->moving = 0;
     x->since_ns = now_ns();
     x->next_free = b->sfree;
     b->sfree = s;
@@ -209,6 +213,7 @@ static void s_hold(tk_broker_sh_t *b, int s, int w)
     x->gen = b->workers[w].gen;
     x->entry = -1;
     x->idle = 0;
+    x->moving = 0;
     x->since_ns = now_ns();
 }
 
@@ -226,13 +231,15 @@ static int grant(tk_broker_sh_t *b, int s, int e)
 {
     tk_broker_entry_sh_t *x = &b->entries[e];
     tk_broker_slot_sh_t *sl = &b->slots[s];
-    unqueue(b, e);
+    if (x->state == TK_BROKER_ENTRY_WAITING)
+        unqueue(b, e); /* (a PROMISED one is out of the queue already) */
     sl->state = TK_BROKER_SLOT_GRANTED;
     sl->worker = x->worker;
     sl->pid = x->pid;
     sl->gen = x->gen;
     sl->entry = e;
     sl->idle = 0;
+    sl->moving = 0;
     sl->since_ns = now_ns();
     x->slot = s;
     x->state = TK_BROKER_ENTRY_GRANTED;
@@ -357,6 +364,13 @@ int tk_broker_repair_locked(tk_broker_sh_t *b)
         if (x->state == TK_BROKER_SLOT_HELD &&
             (x->worker < 0 || x->worker >= TK_BROKER_MAX_WORKERS))
             x->state = TK_BROKER_SLOT_FREE;
+        if (x->state == TK_BROKER_SLOT_HELD && x->entry >= 0 &&
+            (x->entry >= TK_BROKER_MAX_WAITERS ||
+             b->entries[x->entry].state != TK_BROKER_ENTRY_PROMISED ||
+             b->entries[x->entry].slot != s))
+            x->entry = -1; /* a broken promise: the slot goes to the head when freed */
+        if (x->state == TK_BROKER_SLOT_FREE)
+            x->entry = -1;
     }
     for (int e = 0; e < TK_BROKER_MAX_WAITERS; e++) {
         tk_broker_entry_sh_t *x = &b->entries[e];
@@ -367,6 +381,10 @@ int tk_broker_repair_locked(tk_broker_sh_t *b)
             (x->slot < 0 || x->slot >= (int)b->max_open ||
              b->slots[x->slot].state != TK_BROKER_SLOT_GRANTED || b->slots[x->slot].entry != e))
             x->state = TK_BROKER_ENTRY_FREE;
+        if (x->state == TK_BROKER_ENTRY_PROMISED &&
+            (x->slot < 0 || x->slot >= (int)b->max_open ||
+             b->slots[x->slot].state != TK_BROKER_SLOT_HELD || b->slots[x->slot].entry != e))
+            x->state = TK_BROKER_ENTRY_WAITING; /* queued again, in ticket order below */
     }
 
     /* Rebuild every list and count. */
@@ -380,7 +398,7 @@ int tk_broker_repair_locked(tk_broker_sh_t *b)
         tk_broker_worker_sh_t *wk = &b->workers[w];
         wk->whead = wk->wtail = -1;
         wk->ghead = -1;
-        wk->nwaiting = wk->nheld = wk->nidle = 0;
+        wk->nwaiting = wk->nheld = wk->nidle = wk->nout = wk->nin = 0;
     }
     for (int e = TK_BROKER_MAX_WAITERS - 1; e >= 0; e--) {
         tk_broker_entry_sh_t *x = &b->entries[e];
@@ -388,8 +406,9 @@ int tk_broker_repair_locked(tk_broker_sh_t *b)
             e_free(b, e);
         else if (x->state == TK_BROKER_ENTRY_WAITING)
             order[n++] = e;
-        else
+        else if (x->state == TK_BROKER_ENTRY_GRANTED)
             g_push(b, &b->workers[x->worker], e);
+        /* PROMISED: on no list */
     }
     qsort_r(order, (size_t)n, sizeof(order[0]), cmp_ticket, b);
     for (int i = 0; i < n; i++) {
@@ -404,6 +423,12 @@ int tk_broker_repair_locked(tk_broker_sh_t *b)
             continue;
         }
         b->workers[x->worker].nheld++;
+        if (x->state != TK_BROKER_SLOT_HELD)
+            x->moving = 0;
+        if (x->moving)
+            b->workers[x->worker].nout++;
+        if (x->state == TK_BROKER_SLOT_HELD && x->entry >= 0)
+            b->workers[b->entries[x->entry].worker].nin++;
         if (x->state == TK_BROKER_SLOT_HELD && x->idle) {
             b->workers[x->worker].nidle++;
             b->nidle++;
@@ -456,6 +481,7 @@ void tk_broker_unlock(tk_broker_sh_t *b)
 int tk_broker_check_locked(const tk_broker_sh_t *b, char *err, size_t errlen)
 {
     uint32_t nheld[TK_BROKER_MAX_WORKERS] = {0}, nidle[TK_BROKER_MAX_WORKERS] = {0};
+    uint32_t nout[TK_BROKER_MAX_WORKERS] = {0}, nin[TK_BROKER_MAX_WORKERS] = {0};
     uint32_t nfree = 0, totidle = 0, n = 0;
     uint64_t last = 0;
     int prev = -1;
@@ -476,9 +502,18 @@ int tk_broker_check_locked(const tk_broker_sh_t *b, char *err, size_t errlen)
                       b->entries[x->entry].state == TK_BROKER_ENTRY_GRANTED &&
                       b->entries[x->entry].slot == s,
                   "slot %d granted to entry %d that does not point back", s, x->entry);
-        } else if (x->idle) {
-            nidle[x->worker]++;
-            totidle++;
+        } else {
+            CHECK(x->entry < 0 || (x->entry < TK_BROKER_MAX_WAITERS &&
+                                   b->entries[x->entry].state == TK_BROKER_ENTRY_PROMISED &&
+                                   b->entries[x->entry].slot == s),
+                  "slot %d promised to entry %d that does not point back", s, x->entry);
+            nout[x->worker] += x->moving != 0;
+            if (x->entry >= 0)
+                nin[b->entries[x->entry].worker]++;
+            if (x->idle) {
+                nidle[x->worker]++;
+                totidle++;
+            }
         }
     }
     CHECK(nfree == b->nfree, "nfree %u, counted %u", b->nfree, nfree);
@@ -510,6 +545,8 @@ int tk_broker_check_locked(const tk_broker_sh_t *b, char *err, size_t errlen)
         const tk_broker_worker_sh_t *wk = &b->workers[w];
         CHECK(wk->nheld == nheld[w], "worker %d: nheld %u, counted %u", w, wk->nheld, nheld[w]);
         CHECK(wk->nidle == nidle[w], "worker %d: nidle %u, counted %u", w, wk->nidle, nidle[w]);
+        CHECK(wk->nout == nout[w] && wk->nin == nin[w], "worker %d: nout %u/%u, nin %u/%u", w,
+              wk->nout, nout[w], wk->nin, nin[w]);
         n = 0;
         prev = -1;
         for (int e = wk->whead; e >= 0; e = b->entries[e].wnext) {
@@ -558,7 +595,10 @@ static int reclaim_locked(tk_broker_sh_t *b, int w, pid_t pid, unsigned char *wa
             continue;
         if (x->state == TK_BROKER_ENTRY_WAITING)
             unqueue(b, e);
-        else
+        else if (x->state == TK_BROKER_ENTRY_PROMISED) {
+            b->slots[x->slot].entry = -1; /* its slot's holder frees it to the head */
+            b->workers[x->worker].nin--;
+        } else
             g_remove(b, &b->workers[x->worker], e); /* its slot is freed below */
         e_free(b, e);
         (*nent)++;
@@ -575,7 +615,18 @@ static int reclaim_locked(tk_broker_sh_t *b, int w, pid_t pid, unsigned char *wa
             wk->nidle--;
         }
         wk->nheld--;
-        s_free(b, s);
+        if (x->state == TK_BROKER_SLOT_HELD && x->moving) {
+            x->moving = 0;
+            wk->nout--;
+        }
+        if (x->state == TK_BROKER_SLOT_HELD && x->entry >= 0) {
+            b->workers[b->entries[x->entry].worker].nin--;
+            int to = grant(b, s, x->entry); /* it was promised to a waiter */
+            if (wake)
+                wake[to] = 1;
+        } else {
+            s_free(b, s);
+        }
         freed++;
     }
     serve_free(b, wake);
@@ -711,8 +762,10 @@ static int poorer_head_due(const tk_broker_sh_t *b, const tk_broker_worker_sh_t 
 {
     const tk_broker_entry_sh_t *x = &b->entries[h];
     uint64_t now = now_ns();
-    return b->workers[x->worker].nheld + 1 < wk->nheld && now > x->enq_ns &&
-           now - x->enq_ns > b->local_bias_ns;
+    /* slots on their way count for the receiver, not the giver: while a
+     * move waits for its backend to exit, no second one is made for it */
+    return b->workers[x->worker].nheld + b->workers[x->worker].nin + 1 < wk->nheld - wk->nout &&
+           now > x->enq_ns && now - x->enq_ns > b->local_bias_ns;
 }
 
 /* Hand slot s (held by w, connection kept or not) on. keep: the connection
@@ -764,7 +817,17 @@ static tk_broker_rel_t pass_on(tk_broker_sh_t *b, int w, int s, int keep, int *e
     if (keep) {
         /* The slot moves, but its connection is still open here: it stays
          * held by w (counted against max_open) until db.c has seen the
-         * backend go and calls tk_broker_free_slot(), which grants it. */
+         * backend go and calls tk_broker_free_slot(), which grants it. The
+         * head is promised it now, out of the queue, so that the releases
+         * meanwhile don't move more slots for the same waiter. */
+        tk_broker_entry_sh_t *x = &b->entries[h];
+        unqueue(b, h);
+        x->state = TK_BROKER_ENTRY_PROMISED;
+        x->slot = s;
+        b->slots[s].entry = h;
+        b->slots[s].moving = 1;
+        b->workers[x->worker].nin++;
+        wk->nout++;
         return TK_BROKER_CLOSE_MOVE;
     }
     wk->nheld--;
@@ -808,7 +871,18 @@ tk_broker_rel_t tk_broker_free_slot(tk_broker_sh_t *b, int w, int s, int *entry,
         b->nidle--;
         b->workers[w].nidle--;
     }
-    if (b->qhead < 0) {
+    if (b->slots[s].moving) {
+        b->slots[s].moving = 0;
+        b->workers[w].nout--;
+    }
+    if (b->slots[s].entry >= 0) {
+        /* closed for a move: the slot goes to the waiter promised it */
+        int e = b->slots[s].entry;
+        b->workers[w].nheld--;
+        b->workers[b->entries[e].worker].nin--;
+        *wake = grant(b, s, e);
+        r = TK_BROKER_TO_REMOTE;
+    } else if (b->qhead < 0) {
         b->workers[w].nheld--;
         s_free(b, s);
         r = TK_BROKER_FREED;
@@ -865,6 +939,11 @@ int tk_broker_cancel(tk_broker_sh_t *b, int w, int entry, uint64_t ticket, int *
         r = 0; /* already gone (reclaimed or served) */
     } else if (x->state == TK_BROKER_ENTRY_WAITING) {
         unqueue(b, entry);
+        e_free(b, entry);
+    } else if (x->state == TK_BROKER_ENTRY_PROMISED) {
+        /* its slot is still closing elsewhere: it goes to the head then */
+        b->slots[x->slot].entry = -1;
+        b->workers[w].nin--;
         e_free(b, entry);
     } else if (x->state == TK_BROKER_ENTRY_GRANTED) {
         g_remove(b, &b->workers[w], entry);

@@ -26,7 +26,7 @@
 #include <sys/types.h>
 
 #define TK_BROKER_MAGIC        0x544b4252u /* "TKBR" */
-#define TK_BROKER_VERSION      2u          /* 2: 4 histogram buckets per octave, local waits */
+#define TK_BROKER_VERSION      3u          /* 3: PROMISED entries (slots closing for a move) */
 #define TK_BROKER_MAX_SLOTS    256         /* upper bound of db.max_open */
 #define TK_BROKER_MAX_WORKERS  256         /* upper bound of server.workers */
 #define TK_BROKER_MAX_WAITERS  8192        /* queued green threads, all workers together */
@@ -35,7 +35,8 @@
 /* Slot states. */
 enum {
     TK_BROKER_SLOT_FREE = 0, /* nobody holds it: a worker may take it and connect */
-    TK_BROKER_SLOT_HELD,     /* owned by worker `worker`: connecting, in use or idle there */
+    TK_BROKER_SLOT_HELD,     /* owned by worker `worker`: connecting, in use or idle there;
+                                closing for a move when `entry` >= 0 (PROMISED to it) */
     TK_BROKER_SLOT_GRANTED,  /* handed to queue entry `entry` of worker `worker`, not picked up */
 };
 
@@ -44,6 +45,8 @@ enum {
     TK_BROKER_ENTRY_FREE = 0, /* on the free list */
     TK_BROKER_ENTRY_WAITING,  /* in the global FIFO and its worker's waiting list */
     TK_BROKER_ENTRY_GRANTED,  /* given slot `slot`; on its worker's granted list */
+    TK_BROKER_ENTRY_PROMISED, /* out of the queue: slot `slot` is granted to it once its
+                                 holder has closed its connection (CLOSE_MOVE); on no list */
 };
 
 /* One connection slot. */
@@ -52,11 +55,12 @@ typedef struct {
     int32_t worker;    /* owning worker slot, -1 when free */
     int32_t pid;       /* owning process, 0 when free */
     uint32_t gen;      /* owner's generation (tk_broker_worker_attach()) */
-    int32_t entry;     /* GRANTED: the queue entry it is promised to, else -1 */
+    int32_t entry;     /* GRANTED: the entry it was granted to; HELD: the PROMISED entry
+                          it goes to once closed; else -1 */
     uint32_t idle;     /* 1 while the owner keeps it as an idle connection */
     uint64_t since_ns; /* CLOCK_MONOTONIC time of the last state change */
     int32_t next_free; /* FREE: next slot on the free list, -1 = end */
-    uint32_t pad;
+    uint32_t moving;   /* HELD: closing for a move (CLOSE_MOVE), until tk_broker_free_slot() */
 } tk_broker_slot_sh_t;
 
 /* One parked green thread waiting for a slot. */
@@ -69,7 +73,7 @@ typedef struct {
     uint32_t gen;         /* its generation */
     uint64_t ticket;      /* global arrival number: FIFO order, and ABA check for the worker */
     uint64_t enq_ns;      /* when it was queued (CLOCK_MONOTONIC) */
-    int32_t slot;         /* GRANTED: the slot it was given, else -1 */
+    int32_t slot;         /* GRANTED: the slot it was given; PROMISED: the one it will be */
     uint32_t pad;
 } tk_broker_entry_sh_t;
 
@@ -108,6 +112,8 @@ typedef struct {
     uint32_t nwaiting;    /* length of the waiting list */
     uint32_t nheld;       /* slots held (HELD) by this worker */
     uint32_t nidle;       /* of those, idle connections */
+    uint32_t nout;        /* of those, closing for a move to another worker (slot.moving) */
+    uint32_t nin;         /* slots PROMISED to its waiters, still closing elsewhere */
     tk_broker_stats_t st; /* this worker's statistics */
 } __attribute__((aligned(64))) tk_broker_worker_sh_t;
 
@@ -200,10 +206,12 @@ typedef enum {
     TK_BROKER_TO_LOCAL,      /* give it to this worker's waiter of entry *entry (the entry is
                                 already freed: the index only names the local waiter) */
     TK_BROKER_TO_REMOTE,     /* (free_slot) the slot went to worker *wake: wake it */
-    TK_BROKER_CLOSE_MOVE,    /* (release) the slot is to move to another worker: close
-                                the connection; the slot is still held by w (counted against
+    TK_BROKER_CLOSE_MOVE,    /* (release) the slot is to move to another worker's waiter
+                                (taken out of the queue, PROMISED the slot): close the
+                                connection; the slot is still held by w (counted against
                                 max_open) until tk_broker_free_slot() once the backend is
-                                gone, which grants it to the queue's head then */
+                                gone, which grants it to that waiter (or, if it gave up
+                                meanwhile, to the queue's head) */
 } tk_broker_rel_t;
 
 /* Fairness bound of the release policy, see broker.c. */

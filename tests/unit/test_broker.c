@@ -697,8 +697,14 @@ static void test_closing_slot_stays_held(void **state)
     /* While it closes: not granted, not free, not idle. */
     assert_int_equal(tk_broker_next_grant(B, 1, &ge, &gt, &gs), 0);
     assert_int_equal(tk_broker_try_acquire(B, 2, &slot), -1);
+    /* (worker 1's entry is promised the slot, out of the queue: another
+     * release meanwhile does not move a second slot for it) */
+    assert_int_equal(tk_broker_qlen(B), 0);
+    assert_int_equal(B->entries[entry1].state, TK_BROKER_ENTRY_PROMISED);
+    assert_true(B->workers[0].nout == 1 && B->workers[1].nin == 1);
     assert_int_equal(tk_broker_acquire(B, 2, g2, &slot, &entry2, &t2, &wake), TK_BROKER_QUEUED);
-    assert_int_equal(tk_broker_qlen(B), 2);
+    assert_int_equal(tk_broker_qlen(B), 1);
+    assert_consistent();
     /* Closed: the head (worker 1) gets it, then worker 2 after the next. */
     assert_int_equal(tk_broker_free_slot(B, 0, s0, &e, &wake), TK_BROKER_TO_REMOTE);
     assert_int_equal(wake, 1);
@@ -727,6 +733,25 @@ static void test_closing_slot_stays_held(void **state)
     assert_int_equal(tk_broker_next_grant(B, 0, &ge, &gt, &gs), 1);
     assert_int_equal(gs, s1);
     assert_int_equal(B->nfree, 0);
+    assert_consistent();
+
+    /* A promised waiter that gives up: the slot goes to the head (none: free). */
+    assert_int_equal(tk_broker_acquire(B, 2, g2, &slot, &entry2, &t2, &wake), TK_BROKER_QUEUED);
+    assert_int_equal(tk_broker_release(B, 0, s1, &e, &wake), TK_BROKER_CLOSE_MOVE);
+    assert_int_equal(tk_broker_cancel(B, 2, entry2, t2, &slot), 0);
+    assert_consistent();
+    assert_int_equal(tk_broker_free_slot(B, 0, s1, &e, &wake), TK_BROKER_FREED);
+    assert_int_equal(B->nfree, 1);
+    assert_consistent();
+    /* A holder that dies while closing for a move: the reclaim grants the
+     * slot to the promised waiter. */
+    assert_int_equal(tk_broker_acquire(B, 0, g0, &s1, &e, &t1, &wake), TK_BROKER_GOT);
+    assert_int_equal(tk_broker_acquire(B, 2, g2, &slot, &entry2, &t2, &wake), TK_BROKER_QUEUED);
+    assert_int_equal(tk_broker_release(B, 0, s1, &e, &wake), TK_BROKER_CLOSE_MOVE);
+    B->workers[0].pid = B->slots[s1].pid = 999999; /* as if held by another, dead, process */
+    assert_int_equal(tk_broker_reclaim_pid(B, 999999), 1);
+    assert_int_equal(tk_broker_next_grant(B, 2, &ge, &gt, &gs), 1);
+    assert_true(ge == entry2 && gs == s1);
     assert_consistent();
 }
 
