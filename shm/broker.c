@@ -41,7 +41,9 @@
  * still shows it), so a slot whose connection is to be closed is never freed
  * or granted by tk_broker_release(). It answers CLOSE_IDLE (db.max_idle
  * reached) or CLOSE_MOVE (rule 2 or 5: the head is another worker's), the
- * slot stays HELD by the releasing worker, and db.c calls
+ * slot stays HELD by the releasing worker (a move's waiter is PROMISED it:
+ * out of the queue, so that releases meanwhile don't move more slots for it,
+ * and counted for its worker in rule 2), and db.c calls
  * tk_broker_free_slot() once it has seen the end of the backend's socket
  * (PostgreSQL keeps it open until the process dies, for such "synchronous
  * closes"); only then does the slot go to the head or the free list.
