@@ -9,6 +9,8 @@
  *     event_active(): libevent runs activated events in the same loop
  *     iteration, so a thread spawned from a read callback runs right after
  *     that callback, not after another epoll_wait round trip;
+ *   - from tk_sched_run_ready(), called by a read callback right after it
+ *     spawned a thread, so one warm stack serves a burst of connections;
  *   - from yield_ev, a zero timeout: a thread that yields runs again only
  *     after the loop has polled for I/O once, so a CPU-bound thread that
  *     yields cannot starve the network.
