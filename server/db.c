@@ -785,6 +785,22 @@ static void send_cancel(tk_db_conn_t *c)
     pthread_attr_destroy(&a);
 }
 
+/* A sent pipelined query ran past its deadline: cancel it on the server and
+ * retire the connection carrying it (it takes nothing new and is recycled
+ * once the rest of its batch is answered). */
+static void pipe_cancel_item(const pipe_item_t *it)
+{
+    for (tk_db_conn_t *c = D.pipes; c; c = c->pnext)
+        for (const pipe_item_t *p = c->phead; p; p = p->next)
+            if (p == it) {
+                if (!c->retiring) {
+                    send_cancel(c);
+                    c->retiring = 1;
+                }
+                return;
+            }
+}
+
 /* Read every result of the query in flight; keep the first good one in *res
  * (if res), note the first error. Parks on the socket. */
 static tk_db_status_t collect(tk_db_conn_t *c, int64_t deadline, PGresult **res)
@@ -1734,16 +1750,7 @@ static tk_db_status_t pipe_query(int stmt, int nparams, const char *const *value
              * takes nothing new and is recycled once the rest is answered. */
             STAT(query_timeouts, 1);
             st = TK_DB_TIMEOUT;
-            for (tk_db_conn_t *c = D.pipes; c; c = c->pnext)
-                for (pipe_item_t *p = c->phead; p; p = p->next)
-                    if (p == it) {
-                        if (!c->retiring) {
-                            send_cancel(c);
-                            c->retiring = 1;
-                        }
-                        goto found;
-                    }
-        found:;
+            pipe_cancel_item(it);
         }
         waiter_leave(&me);
         local_wait_done(&lw, counted, &me, 1);
@@ -1877,12 +1884,7 @@ static tk_db_status_t pipe_query_many(int stmt, int n, int nparams, const char *
                 } else {
                     STAT(query_timeouts, 1);
                     st = TK_DB_TIMEOUT;
-                    for (tk_db_conn_t *c = D.pipes; c; c = c->pnext)
-                        for (pipe_item_t *p = c->phead; p; p = p->next)
-                            if (p == it && !c->retiring) {
-                                send_cancel(c);
-                                c->retiring = 1;
-                            }
+                    pipe_cancel_item(it);
                 }
                 break;
             }

@@ -304,7 +304,8 @@ class Proxy:
                 pass
 
 
-def test_database_restart_fast_503_then_recovery():
+def proxied_db():
+    """A running Proxy in front of the devenv's PostgreSQL and a conninfo through it."""
     need_db()
     m = re.search(r"port=(\d+)", TENK_DB)
     if not m:
@@ -313,7 +314,11 @@ def test_database_restart_fast_503_then_recovery():
     proxy = Proxy(int(m.group(1)))
     proxy.up()
     rest = re.sub(r"(host|port)=\S+", "", TENK_DB)
-    db = "host=127.0.0.1 port=%d %s" % (proxy.port, rest)
+    return proxy, "host=127.0.0.1 port=%d %s" % (proxy.port, rest)
+
+
+def test_database_restart_fast_503_then_recovery():
+    proxy, db = proxied_db()
     conf = NO_ADMIN + "[db]\nmax_open = 4\nmax_idle = 4\nacquire_timeout = 1s\n"
     with Tenkd(workers=2, db=db, conf=conf) as t:
         statuses = load(t.port, "/db", 8, 5)
@@ -363,15 +368,8 @@ def test_pipelined_selects_get_their_own_results_and_join():
     pile up on the single allowed backend; once the answers flow, every
     request gets exactly its own page, and identical queries that were still
     queued were run once (the worker's exit summary counts them)."""
-    need_db()
-    m = re.search(r"port=(\d+)", TENK_DB)
-    if not m:
-        from tenkharness import skip
-        skip("TENK_DB has no port")
-    proxy = Proxy(int(m.group(1)))
-    proxy.up()
-    rest = re.sub(r"(host|port)=\S+", "", TENK_DB)
-    db, app = app_conninfo("host=127.0.0.1 port=%d %s" % (proxy.port, rest))
+    proxy, db = proxied_db()
+    db, app = app_conninfo(db)
     conf = NO_ADMIN + "[db]\nmax_open = 1\nmax_idle = 1\nacquire_timeout = 10s\nquery_timeout = 20s\n"
     pages = [(1 + k % 5, k // 5 * 3) for k in range(15)]
     expected = {}
