@@ -20,9 +20,10 @@
 #include "metrics.h"
 #include "uri.h"
 
-/* Read buffers start at this size (a typical request head fits) and come
- * from a small per-process pool, so keep-alive traffic does not malloc per
- * request while an idle connection holds no buffer at all. */
+/* Read and write buffers start at this size (a typical request head or
+ * response fits) and come from a small per-process pool, so keep-alive
+ * traffic does not malloc per request while an idle connection holds no
+ * buffer at all. */
 #define CONN_BUF_SIZE 4096
 #define CONN_BUF_POOL 256
 /* Output buffers bigger than this are freed after a flush, not kept. */
@@ -32,6 +33,12 @@
  * destroys the response before the client reads it. */
 #define CONN_LINGER_MS    2000
 #define CONN_LINGER_BYTES (1024 * 1024)
+/* The keep-alive sweep runs every keepalive_timeout / CONN_KA_SLICES, within
+ * these bounds: an idle connection closes between keepalive_timeout and one
+ * sweep interval later. */
+#define CONN_KA_SLICES       10
+#define CONN_KA_SWEEP_MIN_MS 10
+#define CONN_KA_SWEEP_MAX_MS 1000
 
 struct tk_http_conn {
     tk_http_conn_t *prev, *next; /* srv->conns */
@@ -46,7 +53,10 @@ struct tk_http_conn {
     size_t out_off;
     tk_gt_t *gt;          /* the serving green thread, NULL while idle */
     int64_t req_start_ms; /* when the current request's first bytes were awaited */
-    unsigned admin : 1, ev_armed : 1, lingering : 1;
+    int64_t idle_ms;      /* when it last went idle (ka_idle) */
+    /* ka_idle: between requests, the keep-alive sweep closes it; ev_timed: ev
+     * has a libevent timeout (the first request's head, the drain window) */
+    unsigned admin : 1, ev_armed : 1, lingering : 1, ka_idle : 1, ev_timed : 1;
     size_t linger_bytes;
     char peer[INET6_ADDRSTRLEN];
 };
@@ -61,7 +71,7 @@ void tk_http_set_done_hook(tk_http_done_fn fn)
 static char *buf_pool[CONN_BUF_POOL];
 static int buf_npool;
 
-static void inbuf_get(tk_http_buf_t *b)
+static void buf_get(tk_http_buf_t *b)
 {
     if (b->data)
         return;
@@ -73,7 +83,7 @@ static void inbuf_get(tk_http_buf_t *b)
     b->len = 0;
 }
 
-static void inbuf_put(tk_http_buf_t *b)
+static void buf_put(tk_http_buf_t *b)
 {
     if (b->data && b->cap == CONN_BUF_SIZE && buf_npool < CONN_BUF_POOL)
         buf_pool[buf_npool++] = b->data;
@@ -83,6 +93,7 @@ static void inbuf_put(tk_http_buf_t *b)
 }
 
 static void idle_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_close(tk_http_conn_t *c);
 
 /* Open connections, for the workers' load spreading: published when the
  * count changes; the active/idle split is refreshed by the worker's tick, not
@@ -90,6 +101,28 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg);
 static void publish_conns(tk_http_server_t *srv)
 {
     tk_metrics_conns_set(srv->nactive, srv->nconns - srv->nactive);
+}
+
+/* Close the connections idle for keepalive_timeout. One walk of the list per
+ * interval instead of a timer per connection: a timer would be moved in
+ * libevent's queue at every request (and again by libevent itself at every
+ * read, for a persistent event), while the walk costs nothing per request and
+ * about a cache miss per connection per interval. */
+static void ka_sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    tk_http_server_t *srv = arg;
+    (void)fd;
+    (void)what;
+    if (srv->stopping)
+        return; /* the drain has its own deadline */
+    int64_t cut = tk_now_ms() - srv->conf->keepalive_timeout_ms;
+    tk_http_conn_t *next;
+    for (tk_http_conn_t *c = srv->conns; c; c = next) {
+        next = c->next;
+        /* nothing arrived, so nothing is lost by closing (the FIN tells the client) */
+        if (c->ka_idle && !c->gt && c->idle_ms <= cut)
+            conn_close(c);
+    }
 }
 
 void tk_http_server_init(tk_http_server_t *srv, const tk_conf_t *conf, tk_sched_t *sched,
@@ -108,10 +141,16 @@ void tk_http_server_init(tk_http_server_t *srv, const tk_conf_t *conf, tk_sched_
         srv->limits.max_headers = conf->max_headers;
     if (conf->max_body_size)
         srv->limits.max_body_size = conf->max_body_size;
-    struct timeval tv = {conf->keepalive_timeout_ms / 1000,
-                         (conf->keepalive_timeout_ms % 1000) * 1000};
-    /* one common timeout: libevent keeps its events in a FIFO, O(1) per add */
-    srv->keepalive_tv = event_base_init_common_timeout(base, &tv);
+    if (conf->keepalive_timeout_ms > 0) {
+        int ms = conf->keepalive_timeout_ms / CONN_KA_SLICES;
+        ms = ms < CONN_KA_SWEEP_MIN_MS   ? CONN_KA_SWEEP_MIN_MS
+             : ms > CONN_KA_SWEEP_MAX_MS ? CONN_KA_SWEEP_MAX_MS
+                                         : ms;
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        srv->ka_sweep = event_new(base, -1, EV_PERSIST, ka_sweep_cb, srv);
+        if (srv->ka_sweep)
+            event_add(srv->ka_sweep, &tv);
+    }
 }
 
 static void conn_close(tk_http_conn_t *c)
@@ -129,8 +168,8 @@ static void conn_close(tk_http_conn_t *c)
     if (c->gt)
         srv->nactive--;
     srv->nconns--;
-    inbuf_put(&c->in);
-    tk_http_buf_free(&c->out);
+    buf_put(&c->in);
+    buf_put(&c->out);
     free(c);
     tk_metrics_conn_closed();
     publish_conns(srv);
@@ -142,6 +181,10 @@ void tk_http_server_fini(tk_http_server_t *srv)
 {
     while (srv->conns)
         conn_close(srv->conns);
+    if (srv->ka_sweep) {
+        event_free(srv->ka_sweep);
+        srv->ka_sweep = NULL;
+    }
     while (buf_npool > 0)
         free(buf_pool[--buf_npool]);
 }
@@ -159,8 +202,8 @@ static void conn_idle(tk_http_conn_t *c)
 {
     tk_http_server_t *srv = c->srv;
     struct timeval tv;
-    const struct timeval *tvp = srv->keepalive_tv;
-    if (c->nreq == 0) {
+    const struct timeval *tvp = NULL;
+    if (c->nreq == 0 || srv->conf->keepalive_timeout_ms <= 0) {
         ms_to_tv(srv->conf->header_timeout_ms, &tv);
         tvp = &tv;
     }
@@ -169,13 +212,25 @@ static void conn_idle(tk_http_conn_t *c)
         tvp = &tv;
     }
     if (c->in_off == c->in.len)
-        inbuf_put(&c->in); /* an idle connection keeps no buffer */
-    tk_http_buf_free(&c->out);
+        buf_put(&c->in); /* an idle connection keeps no buffer */
+    buf_put(&c->out);
     c->out_off = 0;
-    /* the persistent event usually stays registered while a request is
-     * served, so going idle only resets its timer: no epoll_ctl per request */
+    c->ka_idle = tvp == NULL;
+    if (c->ka_idle) {
+        /* the keep-alive sweep times it out; conn_serve read the clock as
+         * the last request ended */
+        c->idle_ms = (int64_t)(tk_now_recent_ns() / 1000000u);
+        if (c->ev_armed && !c->ev_timed)
+            return; /* the event stayed registered: nothing to do per request */
+        if (c->ev_armed) {
+            event_remove_timer(&c->ev);
+            c->ev_timed = 0;
+            return;
+        }
+    }
     event_add(&c->ev, tvp);
     c->ev_armed = 1;
+    c->ev_timed = tvp != NULL;
 }
 
 /* Close after our last response: FIN, then drop input until the client's
@@ -190,14 +245,16 @@ static void conn_linger(tk_http_conn_t *c)
         event_del(&c->ev);
     c->lingering = 1;
     c->linger_bytes = 0;
-    inbuf_put(&c->in);
+    buf_put(&c->in);
     c->in_off = 0;
-    tk_http_buf_free(&c->out);
+    buf_put(&c->out);
     struct timeval tv;
     ms_to_tv(CONN_LINGER_MS, &tv);
     event_assign(&c->ev, c->srv->base, c->fd, EV_READ | EV_PERSIST, idle_cb, c);
     event_add(&c->ev, &tv);
     c->ev_armed = 1;
+    c->ev_timed = 1;
+    c->ka_idle = 0;
 }
 
 static void conn_serve(void *arg);
@@ -229,10 +286,6 @@ static void conn_wake(tk_http_conn_t *c)
         return;
     }
     srv->nactive++;
-    /* the first request's head is due header_timeout after the accept,
-     * later ones after their first byte arrived */
-    if (c->nreq > 0)
-        c->req_start_ms = tk_now_ms();
 }
 
 static void idle_cb(evutil_socket_t fd, short what, void *arg)
@@ -388,7 +441,7 @@ int tk_http_conn_flush_ctx(tk_http_ctx_t *ctx)
 static ssize_t conn_read(tk_http_conn_t *c, size_t want)
 {
     tk_http_buf_t *b = &c->in;
-    inbuf_get(b);
+    buf_get(b);
     if (!b->data) {
         errno = ENOMEM;
         return -1;
@@ -568,8 +621,10 @@ static int conn_read_body(tk_http_conn_t *c, tk_http_request_t *req, size_t head
 static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t head_len)
 {
     tk_http_server_t *srv = c->srv;
-    uint64_t t0 = tk_now_ns();
+    /* the last clock reading: this slice's start or the previous request's end */
+    uint64_t t0 = tk_now_recent_ns();
     c->nreq++;
+    buf_get(&c->out); /* a pooled buffer, unless pipelined answers are queued in one */
     tk_router_t *router = c->admin && srv->admin_router ? srv->admin_router : srv->router;
     tk_router_match_t m;
     tk_router_result_t rr =
@@ -664,6 +719,10 @@ static void conn_serve(void *arg)
     tk_http_conn_t *c = arg;
     tk_http_server_t *srv = c->srv;
     serve_rc_t rc = SERVE_CLOSE;
+    /* the first request's head is due header_timeout after the accept, later
+     * ones after their first bytes arrived: just now, when this slice began */
+    if (c->nreq > 0)
+        c->req_start_ms = (int64_t)(tk_now_recent_ns() / 1000000u);
     int64_t deadline = c->req_start_ms + srv->conf->header_timeout_ms;
     tk_http_request_t req;
     unsigned served = 0;
@@ -719,8 +778,9 @@ static void conn_serve(void *arg)
         if (rc != SERVE_NEXT)
             goto out;
         served++;
-        /* a pipelined request may be partly here: its head has its own deadline */
-        deadline = tk_now_ms() + srv->conf->header_timeout_ms;
+        /* a pipelined request may be partly here: its head has its own
+         * deadline (conn_request read the clock as it ended) */
+        deadline = (int64_t)(tk_now_recent_ns() / 1000000u) + srv->conf->header_timeout_ms;
     }
 close:
     rc = SERVE_CLOSE;

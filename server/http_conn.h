@@ -18,6 +18,7 @@
 #include "sched.h"
 
 struct event_base;
+struct event;
 typedef struct tk_http_conn tk_http_conn_t;
 
 /* One worker's HTTP side: configuration, routers, the live connections. */
@@ -28,7 +29,7 @@ typedef struct tk_http_server {
     tk_router_t *router;       /* public listeners */
     tk_router_t *admin_router; /* admin listener; may be NULL */
     tk_http_limits_t limits;
-    const struct timeval *keepalive_tv; /* libevent common timeout for idle connections */
+    struct event *ka_sweep; /* closes connections idle for keepalive_timeout */
 
     /* 0 serving; 1 draining (graceful): requests already arrived are answered
      * with Connection: close, idle connections get a last window; 2 stopping

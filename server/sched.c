@@ -156,11 +156,14 @@ int tk_sched_opts_check(const tk_sched_opts_t *o, char *err, size_t errlen)
     return 0;
 }
 
+uint64_t tk_now_last_ns;
+
 uint64_t tk_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    tk_now_last_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return tk_now_last_ns;
 }
 
 /* --- guard-page overflow report ------------------------------------------------- */

@@ -109,11 +109,19 @@ unsigned tk_sched_live(tk_sched_t *s);
 typedef void (*tk_gt_visit_fn)(tk_gt_t *gt, void *arg);
 void tk_sched_foreach(tk_sched_t *s, tk_gt_visit_fn cb, void *arg);
 
-/* Monotonic clock, cached per loop iteration is NOT done: always exact. */
+/* Monotonic clock: tk_now_ns() always reads it. tk_now_recent_ns() returns
+ * the last reading without a clock read: the scheduler reads the clock before
+ * and after every green-thread slice, so inside a thread it is at most that
+ * slice old (outside one, in a libevent callback, it may be much older). */
+extern uint64_t tk_now_last_ns;
 uint64_t tk_now_ns(void);
 static inline int64_t tk_now_ms(void)
 {
     return (int64_t)(tk_now_ns() / 1000000u);
+}
+static inline uint64_t tk_now_recent_ns(void)
+{
+    return tk_now_last_ns;
 }
 
 /* --- green threads ------------------------------------------------------------ */

@@ -153,6 +153,30 @@ def test_idle_keepalive_timeout_closes():
         s.close()
 
 
+def test_keepalive_counts_from_the_last_request():
+    """keepalive = 1 s is idle time since the last response, not since the
+    connection opened: requests every 0.6 s for 3 s keep it open, then 1 s of
+    silence closes it."""
+    with Tenkd(workers=1, conf=CONF) as t:
+        s = t.connect()
+        r = Reader(s)
+        t_end = time.monotonic() + 3.0
+        n = 0
+        while time.monotonic() < t_end:
+            s.sendall(build_request("GET", "/health"))
+            assert r.response()[0] == 200, "closed after %d requests" % n
+            t0 = time.monotonic()
+            n += 1
+            data, closed = _read_until_close(s, 0.6)
+            assert not closed and data == b"", (n, data)
+        assert n >= 4, n
+        data, closed = _read_until_close(s, 5)
+        elapsed = time.monotonic() - t0
+        assert closed and data == b"", data
+        assert 0.8 <= elapsed <= 3.0, elapsed
+        s.close()
+
+
 def test_silent_new_connection_closed_at_header_deadline():
     with Tenkd(workers=1, conf=CONF) as t:
         s = t.connect()
