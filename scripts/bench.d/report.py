@@ -425,6 +425,25 @@ def ratio(agg, scn, peer, what="rps"):
     return a / b
 
 
+def paired(agg, scn, peer, what="rps"):
+    """tenk ÷ peer within each round (the two ran back to back), over the rounds where both
+    gave a result: (median, min, max, n) or None. Slow drift of the shared machine cancels in a
+    pair, which the ratio of the medians does not do."""
+    tk = tenk_key(agg, scn)
+    if not tk or (scn, peer) not in agg:
+        return None
+    mine = {r["round"]: r["res"].get(what) for r in agg[tk]["runs"] if r["status"] == "ok"}
+    theirs = {r["round"]: r["res"].get(what) for r in agg[(scn, peer)]["runs"] if r["status"] == "ok"}
+    rs = [mine[k] / theirs[k] for k in mine if k in theirs and mine[k] and theirs[k]]
+    if not rs:
+        return None
+    return statistics.median(rs), min(rs), max(rs), len(rs)
+
+
+def f_paired(p):
+    return "–" if p is None else "%.2f× (%.2f–%.2f, %d pairs)" % p
+
+
 # ------------------------------------------------------------------ charts
 
 def gnuplot(outdir, name, script, data):
@@ -488,9 +507,11 @@ def report(resdir):
     mode = meta.get("mode", "?")
     L.append("# tenk benchmark report — %s (%s mode)" % (meta.get("date", "?"), mode))
     L.append("")
-    L.append("Command: `%s` · %s round(s) per server, alternated A B A B · %s s per closed-loop run "
-             "(the /users load test: %s s) · %s workers for every server"
-             % (meta.get("command", "").strip(), meta.get("rounds"), meta.get("dur"), meta.get("load_dur"),
+    L.append("Command: `%s` · %s round(s) per server (%s for the engine scenarios against nginx), "
+             "alternated A B, B A · %s s per closed-loop run (the /users load test: %s s) · %s workers for "
+             "every server"
+             % (meta.get("command", "").strip(), meta.get("rounds"),
+                meta.get("engine_rounds", meta.get("rounds")), meta.get("dur"), meta.get("load_dur"),
                 meta.get("workers")))
     L.append("")
     L.append("Machine: %s cores (%s), %s, Linux %s, load average at start %s · git %s · nginx %s, %s, wrk %s, "
@@ -565,14 +586,17 @@ def report(resdir):
         if not tk or agg[tk]["na"] or not agg[tk]["n_ok"]:
             continue
         val, ok = None, None
+        pr = ""
         if what == "rps_ratio":
             val = ratio(agg, scn, peer)
             ok = val is not None and val >= thr
             val = "–" if val is None else "%.2f×" % val
+            pr = f_paired(paired(agg, scn, peer))
         elif what == "p99_le":
             r = ratio(agg, scn, peer, "p99")
             ok = r is not None and r <= thr
             val = "–" if r is None else "%.2f× %s's p99" % (r, peer)
+            pr = f_paired(paired(agg, scn, peer, "p99"))
         elif what == "zero_errors":
             e = sum(errsum(r["res"]) for r in agg[tk]["runs"] if r["status"] == "ok")
             # a round that gave no result may have failed for errors: never "met" with one
@@ -584,11 +608,14 @@ def report(resdir):
             # a server that dropped idle connections would look cheap for the wrong reason
             ok = b is not None and b <= thr and not agg[tk]["err_runs"]
             val = "–" if b is None else "%.0f B" % b + (" (with errors)" if agg[tk]["err_runs"] else "")
-        trows.append([label, scn, val, "met" if ok else "**not met**"])
+        trows.append([label, scn, val, pr, "met" if ok else "**not met**"])
     if trows:
         L.append("## Targets from the issues")
         L.append("")
-        L.append(md_table(["target", "scenario", "measured", ""], trows))
+        L.append("*Measured* is the ratio of the medians, which decides *met*; *paired* is the median "
+                 "(min–max) of the ratios within each round, where the two servers ran back to back.")
+        L.append("")
+        L.append(md_table(["target", "scenario", "measured", "paired", ""], trows))
         L.append("")
 
     # ---- idle
@@ -940,10 +967,11 @@ def readme(root):
     agg, order = aggregate(runs)
     L = ["## Performance", ""]
     L.append("Measured by `%s` on %s: %s cores (%s), %s, Linux %s, tenk and its peers on loopback with "
-             "%s workers each, %s round(s) per server, alternated; %s. Full report: `bench/results/%s/report.md`; how to "
+             "%s workers each, %s round(s) per server (%s for the engine scenarios), alternated; %s. Full report: `bench/results/%s/report.md`; how to "
              "read it: [bench/README.md](bench/README.md)."
              % (meta.get("command", "").strip(), meta.get("date"), meta.get("cores"), meta.get("cpu"),
                 meta.get("mem"), meta.get("kernel"), meta.get("workers"), meta.get("rounds"),
+                meta.get("engine_rounds", meta.get("rounds")),
                 "a quick smoke run, short and noisy" if meta.get("mode") != "full"
                 else "the load generator shares the cores, so read ratios rather than absolutes",
                 os.path.basename(chosen)))
@@ -968,7 +996,7 @@ def readme(root):
             continue
         t = agg.get(tk) if tk else None
         tk_cell = "n/a" if not t or not t["rps"] else "%s, p99 %s" % (rate_cell(t), f_ms(t["p99"]))
-        peer_cells, ratio_cells = [], []
+        peer_cells, ratio_cells, pair_cells = [], [], []
         for p in peers:
             g = agg[(scn, p)]
             if g["rps"]:
@@ -976,10 +1004,14 @@ def readme(root):
                 rr = ratio(agg, scn, p)
                 if rr:
                     ratio_cells.append("%.2f× %s" % (rr, p))
-        rows.append([scn, tk_cell, ", ".join(peer_cells) or "–", ", ".join(ratio_cells) or "–"])
+                pp = paired(agg, scn, p)
+                if pp and p == "nginx":
+                    pair_cells.append("%.2f× (%.2f–%.2f)" % pp[:3])
+        rows.append([scn, tk_cell, ", ".join(peer_cells) or "–", ", ".join(ratio_cells) or "–",
+                     ", ".join(pair_cells) or ""])
         marked = marked or "**E**" in tk_cell + "".join(peer_cells) or "failed" in tk_cell + "".join(peer_cells)
     L.append(md_table(["scenario", "tenk: req/s median (min–max)", "peers: req/s median (min–max)",
-                       "tenk ÷ peer (medians)"], rows))
+                       "tenk ÷ peer (medians)", "÷ nginx, paired rounds"], rows))
     L.append("")
     if marked:
         L.append("**E**: errors (connect, read, write, timeout or non-2xx answers) in at least one round "
