@@ -55,8 +55,9 @@ struct tk_http_conn {
     int64_t req_start_ms; /* when the current request's first bytes were awaited */
     int64_t idle_ms;      /* when it last went idle (ka_idle) */
     /* ka_idle: between requests, the keep-alive sweep closes it; ev_timed: ev
-     * has a libevent timeout (the first request's head, the drain window) */
-    unsigned admin : 1, ev_armed : 1, lingering : 1, ka_idle : 1, ev_timed : 1;
+     * has a libevent timeout (the first request's head, the drain window);
+     * rd_pending: bytes may be waiting that no edge will announce again */
+    unsigned admin : 1, ev_armed : 1, lingering : 1, ka_idle : 1, ev_timed : 1, rd_pending : 1;
     size_t linger_bytes;
     char peer[INET6_ADDRSTRLEN];
 };
@@ -308,13 +309,10 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (c->gt) {
-        /* busy: the green thread reads for itself. New bytes while its
-         * handler is parked would wake us on every loop turn: stop watching
-         * until the connection goes idle again. */
-        if (what & EV_READ) {
-            event_del(&c->ev);
-            c->ev_armed = 0;
-        }
+        /* busy: the green thread reads for itself, but this edge is the
+         * only news of those bytes (see conn_wait) */
+        if (what & EV_READ)
+            c->rd_pending = 1;
         return;
     }
     if (what & EV_TIMEOUT) {
@@ -362,7 +360,10 @@ int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *pee
     srv->conns = c;
     srv->nconns++;
     tk_metrics_conn_accepted();
-    event_assign(&c->ev, srv->base, c->fd, EV_READ | EV_PERSIST, idle_cb, c);
+    /* edge-triggered: epoll then reports a ready socket once, instead of
+     * re-checking it at the next epoll_wait as it does for a level-triggered
+     * one (a second socket poll per request) */
+    event_assign(&c->ev, srv->base, c->fd, EV_READ | EV_PERSIST | EV_ET, idle_cb, c);
     c->req_start_ms = tk_now_ms();
     conn_idle(c);
     publish_conns(srv);
@@ -393,6 +394,24 @@ void tk_http_server_drain(tk_http_server_t *srv, int fast, int linger_ms)
 
 /* --- the green-thread side ------------------------------------------------------------ */
 
+/* Park the connection's thread until its socket is ready or deadline.
+ * libevent cannot mix edge- and level-triggered events on one fd, so waits
+ * are edge-triggered like the connection's event; each one follows a read or
+ * write that said EAGAIN, so no edge can be missed. When libevent removes a
+ * write wait from an fd that still has a reader, it re-registers the reader
+ * without the edge flag, so the connection's event steps aside during a
+ * write wait and conn_idle() puts it back (its epoll ADD reports bytes that
+ * arrived meanwhile). */
+static int conn_wait(tk_http_conn_t *c, short what, int64_t deadline)
+{
+    if (what == EV_WRITE && c->ev_armed) {
+        event_del(&c->ev);
+        c->ev_armed = 0;
+        c->ev_timed = 0;
+    }
+    return tk_gt_wait_fd(c->fd, (short)(what | EV_ET), TK_GT_WAIT_NET, deadline);
+}
+
 static int conn_flush(tk_http_conn_t *c)
 {
     int64_t deadline = 0; /* read the clock only if the socket is full */
@@ -407,7 +426,7 @@ static int conn_flush(tk_http_conn_t *c)
         if (w < 0 && errno == EAGAIN) {
             if (deadline == 0)
                 deadline = tk_now_ms() + c->srv->conf->write_timeout_ms;
-            if (tk_gt_wait_fd(c->fd, EV_WRITE, TK_GT_WAIT_NET, deadline) != 0) {
+            if (conn_wait(c, EV_WRITE, deadline) != 0) {
                 if (errno == ETIMEDOUT) {
                     tk_metrics_error(TK_METRICS_ERR_TIMEOUT);
                     TK_LOG_CONN(TK_LOG_INFO, c->id, "write timed out");
@@ -456,13 +475,18 @@ static ssize_t conn_read(tk_http_conn_t *c, size_t want)
     if (!tk_http_buf_reserve(b, want))
         return -1;
     for (;;) {
-        ssize_t r = recv(c->fd, b->data + b->len, b->cap - b->len, 0);
+        size_t room = b->cap - b->len;
+        ssize_t r = recv(c->fd, b->data + b->len, room, 0);
         if (r > 0) {
             b->len += (size_t)r;
+            /* a short read emptied the socket; a full one may have left bytes */
+            c->rd_pending = (size_t)r == room;
             return r;
         }
         if (r < 0 && errno == EINTR)
             continue;
+        if (r < 0 && errno == EAGAIN)
+            c->rd_pending = 0;
         return r;
     }
 }
@@ -481,7 +505,7 @@ static int conn_read_until(tk_http_conn_t *c, size_t need, int64_t deadline)
         }
         if (errno != EAGAIN)
             return -1;
-        if (tk_gt_wait_fd(c->fd, EV_READ, TK_GT_WAIT_NET, deadline) != 0)
+        if (conn_wait(c, EV_READ, deadline) != 0)
             return -1;
     }
     return 0;
@@ -608,7 +632,7 @@ static int conn_read_body(tk_http_conn_t *c, tk_http_request_t *req, size_t head
             return -1;
         if (errno != EAGAIN)
             return -1;
-        if (tk_gt_wait_fd(c->fd, EV_READ, TK_GT_WAIT_NET, deadline) != 0)
+        if (conn_wait(c, EV_READ, deadline) != 0)
             return errno == ETIMEDOUT ? 408 : -1;
     }
     req->body.p = c->in.data + c->in_off + head_len;
@@ -744,7 +768,7 @@ static void conn_serve(void *arg)
                 goto close;
             if (srv->stopping == 2 && avail == 0)
                 goto close;
-            if (avail == 0 && served > 0) {
+            if (avail == 0 && served > 0 && !c->rd_pending) {
                 /* a next request is rarely here already: let the loop say
                  * when it is, instead of a read that would say EAGAIN */
                 rc = SERVE_IDLE;
@@ -759,7 +783,7 @@ static void conn_serve(void *arg)
                 rc = SERVE_IDLE; /* nothing pending: give the stack back */
                 goto out;
             }
-            if (tk_gt_wait_fd(c->fd, EV_READ, TK_GT_WAIT_NET, deadline) != 0) {
+            if (conn_wait(c, EV_READ, deadline) != 0) {
                 if (errno != ETIMEDOUT)
                     goto close;
                 TK_LOG_CONN(TK_LOG_INFO, c->id, "request head timed out");

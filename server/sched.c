@@ -969,7 +969,7 @@ int tk_gt_wait_fd(int fd, short events, tk_gt_state_t why, int64_t deadline_ms)
         errno = ETIMEDOUT;
         return -1;
     }
-    if (arm(g, fd, events & (EV_READ | EV_WRITE), deadline_ms) != 0)
+    if (arm(g, fd, events & (EV_READ | EV_WRITE | EV_ET), deadline_ms) != 0)
         return -1;
     return park_result(park(g, why, WK_FD));
 }

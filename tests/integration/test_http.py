@@ -105,6 +105,61 @@ def test_pipelined_request_split_across_reads():
         s.close()
 
 
+def _server_send_queue(server_port, client_port):
+    """Bytes queued in the server's socket of this connection (/proc/net/tcp tx_queue)."""
+    want = (":%04X" % server_port, ":%04X" % client_port)
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            p = line.split()
+            if p[1].endswith(want[0]) and p[2].endswith(want[1]):
+                return int(p[4].split(":")[0], 16)
+    return 0
+
+
+def test_request_sent_while_the_answer_waits_to_be_written():
+    """A client that does not read a large answer, sends its next request and
+    only then reads: the thread waits to write (the connection's own read
+    event steps aside meanwhile), and the next request must still be seen."""
+    conf = "[limits]\nmax_body_size = 16m\n"
+    with Tenkd(workers=1, admin=True, conf=conf) as t:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", t.admin_port))
+        s.settimeout(10)
+        body = os.urandom(4 * 1024 * 1024)
+        s.sendall(b"POST /debug/echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        # the echo fills our small receive window, then the server's send buffer
+        wait_until(lambda: _server_send_queue(t.admin_port, s.getsockname()[1]) > 65536, 10,
+                   "the server to block writing the echo")
+        s.sendall(build_request("GET", "/health"))
+        r = Reader(s)
+        st, _, got = r.response()
+        assert st == 200 and got == body
+        st, _, got = r.response()
+        assert st == 200 and json.loads(got) == {"status": "ok"}
+        s.close()
+
+
+def test_request_arriving_while_the_thread_is_busy():
+    """The next request arrives while the thread is still producing the
+    previous answer (a stream that yields between chunks, so the loop sees the
+    new bytes before the thread reads again): it must be answered at once, not
+    when the keep-alive timer ends. Repeated with varied timing, since the
+    window is short."""
+    with Tenkd(workers=1, admin=True) as t:
+        s = t.connect(timeout=3, port=t.admin_port)
+        r = Reader(s)
+        for i in range(150):
+            s.sendall(build_request("GET", "/debug/stream?n=300"))
+            time.sleep((i % 10) * 0.0003)
+            s.sendall(build_request("GET", "/health"))
+            st, _, got = r.response()
+            assert st == 200 and got.count(b"\n") == 300, (i, st)
+            st, _, got = r.response()  # a lost wake-up would time out here
+            assert st == 200 and json.loads(got) == {"status": "ok"}, (i, st)
+        s.close()
+
+
 def test_connection_close_from_client():
     with Tenkd(workers=1) as t:
         s = t.connect()
