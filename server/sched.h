@@ -175,7 +175,7 @@ int tk_gt_cancelled(const tk_gt_t *gt);
  * or the absolute deadline (tk_now_ms() based; <0 = none) passes. why is the
  * state to account the wait under (TK_GT_WAIT_NET/DB/CACHE). May yield.
  * EV_ET in events waits edge-triggered (needed when the fd has other
- * edge-triggered events: libevent refuses to mix the two on one fd).
+ * edge-triggered events: libevent cannot mix the two on one fd).
  * Returns 0 when ready, -1 with errno ETIMEDOUT or ECANCELED. */
 int tk_gt_wait_fd(int fd, short events, tk_gt_state_t why, int64_t deadline_ms);
 /* Sleep; returns 0, or -1 with ECANCELED. May yield. */
