@@ -53,11 +53,12 @@ struct tk_http_conn {
     size_t out_off;
     tk_gt_t *gt;          /* the serving green thread, NULL while idle */
     int64_t req_start_ms; /* when the current request's first bytes were awaited */
-    int64_t idle_ms;      /* when it last went idle (ka_idle) */
-    /* ka_idle: between requests, the keep-alive sweep closes it; ev_timed: ev
-     * has a libevent timeout (the first request's head, the drain window);
-     * rd_pending: bytes may be waiting that no edge will announce again */
-    unsigned admin : 1, ev_armed : 1, lingering : 1, ka_idle : 1, ev_timed : 1, rd_pending : 1;
+    int64_t idle_ms;      /* when it last went idle between requests */
+    /* ev_timed: ev has a libevent timeout (the first request's head, the drain
+     * window, the lingering close); an idle connection whose ev has none is
+     * the keep-alive sweep's. rd_pending: bytes may be waiting that no edge
+     * will announce again */
+    unsigned admin : 1, ev_armed : 1, lingering : 1, ev_timed : 1, rd_pending : 1;
     size_t linger_bytes;
     char peer[INET6_ADDRSTRLEN];
 };
@@ -121,7 +122,7 @@ static void ka_sweep_cb(evutil_socket_t fd, short what, void *arg)
     for (tk_http_conn_t *c = srv->conns; c; c = next) {
         next = c->next;
         /* nothing arrived, so nothing is lost by closing (the FIN tells the client) */
-        if (c->ka_idle && !c->gt && c->idle_ms <= cut)
+        if (!c->gt && c->ev_armed && !c->ev_timed && c->idle_ms <= cut)
             conn_close(c);
     }
 }
@@ -216,8 +217,7 @@ static void conn_idle(tk_http_conn_t *c)
         buf_put(&c->in); /* an idle connection keeps no buffer */
     buf_put(&c->out);
     c->out_off = 0;
-    c->ka_idle = tvp == NULL;
-    if (c->ka_idle) {
+    if (tvp == NULL) {
         /* the keep-alive sweep times it out; conn_serve read the clock as
          * the last request ended */
         c->idle_ms = (int64_t)(tk_now_recent_ns() / 1000000u);
@@ -255,7 +255,6 @@ static void conn_linger(tk_http_conn_t *c)
     event_add(&c->ev, &tv);
     c->ev_armed = 1;
     c->ev_timed = 1;
-    c->ka_idle = 0;
 }
 
 static void conn_serve(void *arg);
