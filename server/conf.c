@@ -97,6 +97,8 @@ static const setting_t settings[] = {
     {"http", "gzip_min_size", T_SIZE, F(gzip_min_size), 0, GIB, NULL},
     {"http", "gzip_level", T_INT, F(gzip_level), 1, 9, NULL},
 
+    /* db.conninfo is the older name of db.primary: the same field (see setting_index). */
+    {"db", "primary", T_STR, F(db_conninfo), 0, 0, NULL},
     {"db", "conninfo", T_STR, F(db_conninfo), 0, 0, NULL},
     {"db", "max_open", T_INT, F(db_max_open), 1, 256, NULL}, /* TK_BROKER_MAX_SLOTS */
     {"db", "max_idle", T_INT, F(db_max_idle), 0, 256, "at most db.max_open"},
@@ -611,6 +613,16 @@ static const setting_t *find_setting(const char *section, const char *key)
     return NULL;
 }
 
+/* Index of st's first entry for the same field: an alias (db.conninfo) shares
+ * its setting's src_line and "set twice" bookkeeping. */
+static size_t setting_index(const setting_t *st)
+{
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if (settings[i].off == st->off)
+            return i;
+    return (size_t)(st - settings);
+}
+
 int tk_conf_set(tk_conf_t *c, const char *section, const char *key, const char *value, char *err,
                 size_t errlen)
 {
@@ -621,7 +633,7 @@ int tk_conf_set(tk_conf_t *c, const char *section, const char *key, const char *
     }
     if (apply(c, st, value, err, errlen) != 0)
         return -1;
-    c->src_line[st - settings] = -1;
+    c->src_line[setting_index(st)] = -1;
     return 0;
 }
 
@@ -701,7 +713,8 @@ int tk_conf_load_buffer(tk_conf_t *c, const char *name, const char *buf, size_t 
                         size_t errlen)
 {
     reader_t r = {name, 0, err, errlen};
-    int seen[NSETTINGS] = {0}; /* line of each setting's first use in this file */
+    int seen[NSETTINGS] = {0};             /* line of each setting's first use in this file */
+    const char *seen_key[NSETTINGS] = {0}; /* the name it was given there (an alias?) */
     const char *section = NULL;
     const char *p = buf, *bufend = buf + len;
     char value[1024];
@@ -775,10 +788,15 @@ int tk_conf_load_buffer(tk_conf_t *c, const char *name, const char *buf, size_t 
         snprintf(what, sizeof(what), "%s.%s", section, key);
         if (read_value(&r, eq + 1, end, value, sizeof(value), what) != 0)
             return -1;
-        size_t idx = (size_t)(st - settings);
+        size_t idx = setting_index(st);
+        if (seen[idx] && strcmp(seen_key[idx], st->key) != 0)
+            return fail(&r,
+                        "%s: %s.%s is already set on line %d (the same setting under another name)",
+                        what, section, seen_key[idx], seen[idx]);
         if (seen[idx])
             return fail(&r, "%s: set twice (first on line %d)", what, seen[idx]);
         seen[idx] = (int)r.line;
+        seen_key[idx] = st->key;
         char why[400];
         if (apply(c, st, value, why, sizeof(why)) != 0)
             return fail(&r, "%s", why);
@@ -838,7 +856,7 @@ int tk_conf_load_file(tk_conf_t *c, const char *path, char *err, size_t errlen)
 static void where(const tk_conf_t *c, const char *section, const char *key, char *buf, size_t len)
 {
     const setting_t *st = find_setting(section, key);
-    int line = st ? c->src_line[st - settings] : 0;
+    int line = st ? c->src_line[setting_index(st)] : 0;
     if (line > 0)
         snprintf(buf, len, "%s:%d: ", c->conf_file, line);
     else if (line < 0)
@@ -863,7 +881,7 @@ static int same_addr(const char *a, const char *b)
 void tk_conf_derive(tk_conf_t *c)
 {
     const setting_t *st = find_setting("db", "max_idle");
-    if (c->src_line[st - settings] == 0 && c->db_max_idle > c->db_max_open)
+    if (c->src_line[setting_index(st)] == 0 && c->db_max_idle > c->db_max_open)
         c->db_max_idle = c->db_max_open;
 }
 

@@ -174,7 +174,7 @@ int main(int argc, char **argv)
             r = add_override(&cl, "admin", "listen", optarg);
             break;
         case 'D':
-            r = add_override(&cl, "db", "conninfo", optarg);
+            r = add_override(&cl, "db", "primary", optarg);
             break;
         case 'R':
             r = add_override(&cl, "redis", "addr", optarg);

@@ -277,6 +277,28 @@ static void test_derived_max_idle(void **state)
     assert_int_equal(c.db_max_idle, 25);
 }
 
+/* db.primary names the primary's conninfo; db.conninfo is the same setting under its
+ * older name: either is accepted, both together are refused naming both lines. */
+static void test_db_primary_and_conninfo_alias(void **state)
+{
+    (void)state;
+    tk_conf_t c;
+    assert_int_equal(load(&c, "[db]\nprimary = dbname=a\n"), 0);
+    assert_string_equal(c.db_conninfo, "dbname=a");
+    assert_int_equal(load(&c, "[db]\nconninfo = dbname=b\n"), 0);
+    assert_string_equal(c.db_conninfo, "dbname=b");
+    expect_error("[db]\nprimary = dbname=a\nmax_open = 2\nconninfo = dbname=b\n",
+                 "t.conf:4: ", "db.conninfo: db.primary is already set on line 2");
+    expect_error("[db]\nconninfo = dbname=a\n[server]\nworkers = 1\n[db]\nprimary = dbname=b\n",
+                 "t.conf:6: ", "db.primary: db.conninfo is already set on line 2");
+    expect_error("[db]\nprimary = a\nprimary = b\n",
+                 "t.conf:3: ", "db.primary: set twice (first on line 2)");
+    /* The command line (--db) overrides either name, and where() finds its line. */
+    assert_int_equal(load(&c, "[db]\nconninfo = dbname=a\n"), 0);
+    assert_int_equal(tk_conf_set(&c, "db", "primary", "dbname=x", err, sizeof(err)), 0);
+    assert_string_equal(c.db_conninfo, "dbname=x");
+}
+
 static void test_set_overrides(void **state)
 {
     (void)state;
@@ -408,6 +430,7 @@ int main(void)
         cmocka_unit_test(test_errors_name_file_and_line),
         cmocka_unit_test(test_cross_field_errors_name_the_line),
         cmocka_unit_test(test_derived_max_idle),
+        cmocka_unit_test(test_db_primary_and_conninfo_alias),
         cmocka_unit_test(test_set_overrides),
         cmocka_unit_test(test_parse_addr),
         cmocka_unit_test(test_load_file),
