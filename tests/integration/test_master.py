@@ -263,7 +263,7 @@ def test_systemd_unit_verifies_and_is_hardened():
     try:
         # verify checks that ExecStart= binaries and Documentation= man pages
         # exist: point them at this build and the source man pages.
-        text = open(unit).read().replace("/usr/bin/tenkd", os.path.abspath(TENKD))
+        text = open(unit).read().replace("/usr/sbin/tenkd", os.path.abspath(TENKD))
         with open(os.path.join(d, "tenk.service"), "w") as f:
             f.write(text)
         for sec, page in (("8", "tenkd.8"), ("5", "tenk.conf.5"), ("8", "tenkctl.8")):
