@@ -12,7 +12,7 @@ TK_PKGS_BUILD="autoconf automake libtool pkg-config make gcc libevent-dev libcjs
   libhiredis-dev zlib1g-dev libsystemd-dev libcmocka-dev"
 TK_PKGS_RUN="postgresql postgresql-contrib redis-server redis-tools procps passwd util-linux"
 TK_PKGS_TEST="python3 clang libclang-rt-14-dev tmux systemd curl wrk psmisc prometheus chromium nodejs
-  slowhttptest valgrind"
+  slowhttptest valgrind debhelper dh-autoreconf lintian dpkg-dev fakeroot adduser"
 
 # tk_apt_install PKG...: install whichever of PKG are missing (needs root), loudly.
 tk_apt_install() {
