@@ -112,8 +112,9 @@ fail:
 
 void tk_handlers_register_heavy(tk_router_t *r)
 {
-    st_user = tk_db_stmt("SELECT id, name FROM users WHERE id >= $1 ORDER BY id LIMIT 1", 1);
-    st_world = tk_db_stmt("SELECT id, randomnumber FROM world WHERE id = $1", 1);
-    st_count = tk_db_stmt("SELECT count(*) FROM fortune", 0);
+    const unsigned rj = TK_DB_READ | TK_DB_JOINABLE;
+    st_user = tk_db_stmt("SELECT id, name FROM users WHERE id >= $1 ORDER BY id LIMIT 1", 1, rj);
+    st_world = tk_db_stmt("SELECT id, randomnumber FROM world WHERE id = $1", 1, rj);
+    st_count = tk_db_stmt("SELECT count(*) FROM fortune", 0, rj);
     tk_router_add(r, "GET", "/heavy", h_heavy);
 }
