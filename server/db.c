@@ -1021,7 +1021,7 @@ void tk_db_release(tk_db_conn_t *c)
 
 /* --- shared pipelined connections ------------------------------------------------------- */
 
-/* Plain SELECTs (tk_db_query() on a read-only statement) don't take a
+/* Declared reads (tk_db_query() on a TK_DB_READ statement) don't take a
  * connection for themselves: they are sent on one of this worker's shared
  * connections in libpq pipeline mode, behind the queries of other green
  * threads, and everything sent in one loop iteration ends with one Sync.
@@ -1033,8 +1033,8 @@ void tk_db_release(tk_db_conn_t *c)
  * worker that has no connection at all). "Acquired" for a pipelined query
  * means: everything sent before it on its connection has finished; a query
  * that isn't there within db.acquire_timeout answers 503 like a queued
- * acquire (a sent one is left to finish, its result dropped: a plain SELECT
- * has no effect), and db.query_timeout counts from that moment. */
+ * acquire (a sent one is left to finish, its result dropped: a declared
+ * read has no effect), and db.query_timeout counts from that moment. */
 
 static pipe_item_t *item_get(void)
 {
@@ -1125,7 +1125,7 @@ static void pipe_gauge(tk_db_conn_t *c, int force)
     c->busy_g = busy;
 }
 
-/* The connection failed: everything on it fails (a plain SELECT that was
+/* The connection failed: everything on it fails (a declared read that was
  * only queued behind a failed batch goes back to the FIFO), and it is closed. */
 static void pipe_fail(tk_db_conn_t *c)
 {
@@ -1143,7 +1143,7 @@ static void pipe_fail(tk_db_conn_t *c)
         }
         c->inflight--;
         if (it->w && !it->retried) {
-            /* A plain SELECT: run it again on another connection (the
+            /* A declared read: run it again on another connection (the
              * database restarted under an idle connection, say). */
             PQclear(it->res);
             it->res = NULL;
@@ -1590,7 +1590,7 @@ static uint32_t params_hash(int stmt, int nparams, const char *const *values, co
 }
 
 /* A queued (not yet sent) identical query to join, or NULL. Joining one
- * that has not been sent is safe for a plain SELECT: it runs after every
+ * that has not been sent is safe for a TK_DB_JOINABLE read: it runs after every
  * joiner arrived, so each sees what a query of its own would have seen
  * (its own earlier writes included). */
 static pipe_item_t *find_joinable(uint32_t h, int stmt, int nparams, const char *const *values,
