@@ -38,14 +38,6 @@
 extern const unsigned char tk_admin_dashboard_html[];
 extern const size_t tk_admin_dashboard_html_len;
 
-enum {
-    ROUTE_METRICS = TK_ROUTE_ADMIN_FIRST,
-    ROUTE_STATS,
-    ROUTE_THREADS,
-    ROUTE_CONFIG,
-    ROUTE_DASHBOARD,
-};
-
 /* How long /debug/threads waits for the other workers' tables. */
 #define THREADS_TIMEOUT_MS 2000
 /* Threads listed per worker at most. */
@@ -1214,21 +1206,11 @@ static void h_dashboard(tk_http_ctx_t *ctx)
 
 void tk_handlers_register_admin(tk_router_t *r)
 {
-    static const struct {
-        const char *pattern;
-        tk_http_handler_fn fn;
-        int id;
-    } routes[] = {
-        {"/metrics", h_metrics, ROUTE_METRICS},       {"/debug/stats", h_stats, ROUTE_STATS},
-        {"/debug/threads", h_threads, ROUTE_THREADS}, {"/debug/config", h_config, ROUTE_CONFIG},
-        {"/dashboard", h_dashboard, ROUTE_DASHBOARD},
-    };
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-        tk_router_add(r, "GET", routes[i].pattern, routes[i].fn, routes[i].id);
-        char name[TK_METRICS_ROUTE_NAME];
-        snprintf(name, sizeof(name), "GET %s", routes[i].pattern);
-        tk_metrics_route_register((unsigned)routes[i].id, name);
-    }
+    tk_router_add(r, "GET", "/metrics", h_metrics);
+    tk_router_add(r, "GET", "/debug/stats", h_stats);
+    tk_router_add(r, "GET", "/debug/threads", h_threads);
+    tk_router_add(r, "GET", "/debug/config", h_config);
+    tk_router_add(r, "GET", "/dashboard", h_dashboard);
     responder_start();
 }
 

@@ -4,17 +4,7 @@
 
 #include "router.h"
 
-/* Route ids for per-route metrics; each handler file uses its own range. */
-enum {
-    TK_ROUTE_HEALTH = 0,
-    TK_ROUTE_JSON,
-    TK_ROUTE_PLAINTEXT,
-    TK_ROUTE_TFB_FIRST = 8,    /* handlers/tfb.c: 8..15 */
-    TK_ROUTE_USERS_FIRST = 16, /* handlers/users.c: 16..23 */
-    TK_ROUTE_HEAVY_FIRST = 24, /* handlers/heavy.c: 24..31 */
-    TK_ROUTE_ADMIN_FIRST = 32, /* admin listener: 32..63 */
-    TK_ROUTE_COUNT = 64,
-};
+/* Route ids (per-route metrics) are the router's: see tk_router_add(). */
 
 /* Public listener. */
 void tk_handlers_register_health(tk_router_t *r); /* /health, /json, /plaintext */

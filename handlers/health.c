@@ -89,13 +89,13 @@ static void stream(tk_http_ctx_t *ctx)
 
 void tk_handlers_register_debug(tk_router_t *r)
 {
-    tk_router_add(r, "POST", "/debug/echo", echo, TK_ROUTE_ADMIN_FIRST + 31);
-    tk_router_add(r, "GET", "/debug/stream", stream, TK_ROUTE_ADMIN_FIRST + 30);
+    tk_router_add(r, "POST", "/debug/echo", echo);
+    tk_router_add(r, "GET", "/debug/stream", stream);
 }
 
 void tk_handlers_register_health(tk_router_t *r)
 {
-    tk_router_add(r, "GET", "/health", health, TK_ROUTE_HEALTH);
-    tk_router_add(r, "GET", "/json", json, TK_ROUTE_JSON);
-    tk_router_add(r, "GET", "/plaintext", plaintext, TK_ROUTE_PLAINTEXT);
+    tk_router_add(r, "GET", "/health", health);
+    tk_router_add(r, "GET", "/json", json);
+    tk_router_add(r, "GET", "/plaintext", plaintext);
 }

@@ -16,8 +16,6 @@
     (20u * 1000u) /* CPU between yields: with 64 of these runnable, a request queued behind them   \
                      waits ~64 slices (1.3 ms) per scheduler round */
 
-enum { ROUTE_HEAVY = TK_ROUTE_HEAVY_FIRST };
-
 static int st_user, st_world, st_count;
 static uint64_t rng;
 
@@ -114,8 +112,9 @@ fail:
 
 void tk_handlers_register_heavy(tk_router_t *r)
 {
-    st_user = tk_db_stmt("SELECT id, name FROM users WHERE id >= $1 ORDER BY id LIMIT 1", 1);
-    st_world = tk_db_stmt("SELECT id, randomnumber FROM world WHERE id = $1", 1);
-    st_count = tk_db_stmt("SELECT count(*) FROM fortune", 0);
-    tk_router_add(r, "GET", "/heavy", h_heavy, ROUTE_HEAVY);
+    const unsigned rj = TK_DB_READ | TK_DB_JOINABLE;
+    st_user = tk_db_stmt("SELECT id, name FROM users WHERE id >= $1 ORDER BY id LIMIT 1", 1, rj);
+    st_world = tk_db_stmt("SELECT id, randomnumber FROM world WHERE id = $1", 1, rj);
+    st_count = tk_db_stmt("SELECT count(*) FROM fortune", 0, rj);
+    tk_router_add(r, "GET", "/heavy", h_heavy);
 }

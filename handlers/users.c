@@ -23,11 +23,6 @@
 #define NAME_MAX_CHARS      100
 #define EMAIL_MAX_BYTES     254
 
-enum {
-    ROUTE_LIST = TK_ROUTE_USERS_FIRST,
-    ROUTE_ONE,
-};
-
 static int st_list, st_get, st_insert, st_update, st_delete;
 
 #define USER_COLS                                                                                  \
@@ -483,16 +478,18 @@ static void h_delete(tk_http_ctx_t *ctx)
 
 void tk_handlers_register_users(tk_router_t *r)
 {
-    st_list = tk_db_stmt("SELECT id, name, email FROM users WHERE id > $1 ORDER BY id LIMIT $2", 2);
-    st_get = tk_db_stmt("SELECT " USER_COLS " FROM users WHERE id = $1", 1);
+    const unsigned rj = TK_DB_READ | TK_DB_JOINABLE;
+    st_list =
+        tk_db_stmt("SELECT id, name, email FROM users WHERE id > $1 ORDER BY id LIMIT $2", 2, rj);
+    st_get = tk_db_stmt("SELECT " USER_COLS " FROM users WHERE id = $1", 1, rj);
     st_insert =
-        tk_db_stmt("INSERT INTO users (name, email) VALUES ($1, $2) RETURNING " USER_COLS, 2);
-    st_update =
-        tk_db_stmt("UPDATE users SET name = $2, email = $3 WHERE id = $1 RETURNING " USER_COLS, 3);
-    st_delete = tk_db_stmt("DELETE FROM users WHERE id = $1", 1);
-    tk_router_add(r, "GET", "/users", h_list, ROUTE_LIST);
-    tk_router_add(r, "POST", "/users", h_create, ROUTE_LIST);
-    tk_router_add(r, "GET", "/users/{id}", h_get, ROUTE_ONE);
-    tk_router_add(r, "PUT", "/users/{id}", h_replace, ROUTE_ONE);
-    tk_router_add(r, "DELETE", "/users/{id}", h_delete, ROUTE_ONE);
+        tk_db_stmt("INSERT INTO users (name, email) VALUES ($1, $2) RETURNING " USER_COLS, 2, 0);
+    st_update = tk_db_stmt(
+        "UPDATE users SET name = $2, email = $3 WHERE id = $1 RETURNING " USER_COLS, 3, 0);
+    st_delete = tk_db_stmt("DELETE FROM users WHERE id = $1", 1, 0);
+    tk_router_add(r, "GET", "/users", h_list);
+    tk_router_add(r, "POST", "/users", h_create);
+    tk_router_add(r, "GET", "/users/{id}", h_get);
+    tk_router_add(r, "PUT", "/users/{id}", h_replace);
+    tk_router_add(r, "DELETE", "/users/{id}", h_delete);
 }

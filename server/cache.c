@@ -23,7 +23,7 @@ enum { BRK_CLOSED, BRK_OPEN, BRK_HALF_OPEN };
  * caller timed out or was cancelled and has returned), hiredis' callback,
  * which frees it without touching the caller or its buffers. */
 enum { REQ_WAITING, REQ_DONE, REQ_ABANDONED };
-enum { K_GET, K_SET, K_DEL, K_MGET };
+enum { K_GET, K_SET, K_DEL, K_MGET, K_EVAL };
 
 typedef struct cache_req {
     tk_cache_t *c;
@@ -508,6 +508,7 @@ static void fill(cache_req_t *q, redisReply *r)
             q->rc = TK_CACHE_OK;
         break;
     case K_DEL:
+    case K_EVAL: /* our scripts answer an integer: > 0 done, 0 not */
         if (r->type == REDIS_REPLY_INTEGER)
             q->rc = r->integer > 0 ? TK_CACHE_HIT : TK_CACHE_MISS;
         break;
@@ -1002,6 +1003,120 @@ int tk_cache_flight_do(tk_cache_flight_t *f, const char *key, size_t keylen, tk_
 
 /* --- cache-aside ------------------------------------------------------------------------ */
 
+/* Across workers (and servers) a load can read a row, another process commit
+ * a change to it and invalidate the key, and only then the load store what it
+ * read: the old row would stay cached for the whole TTL. So every key has a
+ * version key ("<key>#ver") that tk_cache_invalidate() increments atomically
+ * with the DEL, a load reads it in the same MGET as its miss, and stores only
+ * if it is still the same (a script, so check and SET are one step in Redis).
+ * A version key lives TK_CACHE_VERSION_TTL_S after the last invalidation:
+ * longer than any load can take (db.acquire_timeout + db.query_timeout are
+ * at most 10 min each, redis.timeout 1 min); after that, "no version" is
+ * what a load that started then reads too. */
+#define TK_CACHE_VERSION_TTL_S  3600
+#define TK_CACHE_VERSION_SUFFIX "#ver"
+
+static const char k_store_script[] =
+    "local v = redis.call('GET', KEYS[2]) "
+    "if (v or '') ~= ARGV[3] then return 0 end "
+    "if ARGV[2] ~= '0' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
+    "else redis.call('SET', KEYS[1], ARGV[1]) end "
+    "return 1";
+static const char k_invalidate_script[] = "redis.call('INCR', KEYS[2]) "
+                                          "redis.call('EXPIRE', KEYS[2], ARGV[1]) "
+                                          "return redis.call('DEL', KEYS[1])";
+
+/* "<key>#ver", malloc'd (NULL: out of memory). */
+static char *version_key(const char *key, size_t keylen, size_t *len)
+{
+    size_t sl = sizeof(TK_CACHE_VERSION_SUFFIX) - 1;
+    char *v = malloc(keylen + sl + 1);
+    if (v == NULL)
+        return NULL;
+    memcpy(v, key, keylen);
+    memcpy(v + keylen, TK_CACHE_VERSION_SUFFIX, sl + 1);
+    *len = keylen + sl;
+    return v;
+}
+
+/* EVAL script with 2 keys and nargs arguments; the script answers an integer:
+ * HIT when > 0, MISS when 0. May yield. */
+static tk_cache_rc_t eval2(tk_cache_t *c, const char *script, const char *k1, size_t k1len,
+                           const char *k2, size_t k2len, int nargs, const char *const *args,
+                           const size_t *arglens)
+{
+    const char *argv[8] = {"EVAL", script, "2", k1, k2};
+    size_t lens[8] = {4, strlen(script), 1, k1len, k2len};
+    cache_req_t *q;
+    tk_cache_rc_t rc;
+    int probe, own;
+
+    assert(nargs <= 3);
+    for (int i = 0; i < nargs; i++) {
+        argv[5 + i] = args[i];
+        lens[5 + i] = arglens[i];
+    }
+    if (begin(c, K_EVAL, &q, &probe, &rc) < 0)
+        return rc;
+    rc = roundtrip(c, q, probe, 5 + nargs, argv, lens, &own);
+    if (own)
+        free(q);
+    return rc;
+}
+
+/* GET key and its version key in one MGET. HIT: *val as tk_cache_get();
+ * MISS: *ver is the version (malloc'd) or NULL when there is none. */
+static tk_cache_rc_t get_versioned(tk_cache_t *c, const char *key, size_t keylen, const char *vkey,
+                                   size_t vkeylen, char **val, size_t *vallen, char **ver,
+                                   size_t *verlen)
+{
+    const char *argv[3] = {"MGET", key, vkey};
+    size_t lens[3] = {4, keylen, vkeylen};
+    tk_cache_item_t items[2];
+    cache_req_t *q;
+    tk_cache_rc_t rc;
+    int probe, own;
+
+    *val = *ver = NULL;
+    *vallen = *verlen = 0;
+    items_set(items, 2, TK_CACHE_ERROR);
+    if (begin(c, K_MGET, &q, &probe, &rc) < 0)
+        return rc;
+    q->items = items;
+    q->n = 2;
+    rc = roundtrip(c, q, probe, 3, argv, lens, &own);
+    if (!own)
+        return rc; /* abandoned: the reply will not touch items */
+    free(q);
+    if (rc != TK_CACHE_OK) {
+        tk_cache_items_free(items, 2);
+        return rc;
+    }
+    if (items[0].rc == TK_CACHE_HIT) {
+        c->st.hits++;
+        *val = items[0].val;
+        *vallen = items[0].len;
+        free(items[1].val);
+        return TK_CACHE_HIT;
+    }
+    c->st.misses++;
+    *ver = items[1].val;
+    *verlen = items[1].len;
+    return TK_CACHE_MISS;
+}
+
+/* SET key val (EX ttl_s when > 0) only if key's version is still ver. */
+static tk_cache_rc_t store_versioned(tk_cache_t *c, const char *key, size_t keylen,
+                                     const char *vkey, size_t vkeylen, const char *val,
+                                     size_t vallen, int ttl_s, const char *ver, size_t verlen)
+{
+    char ttl[24];
+    const char *args[3] = {val ? val : "", ttl, ver ? ver : ""};
+    size_t lens[3] = {vallen, 0, ver ? verlen : 0};
+    lens[1] = (size_t)snprintf(ttl, sizeof(ttl), "%d", ttl_s > 0 ? ttl_s : 0);
+    return eval2(c, k_store_script, key, keylen, vkey, vkeylen, 3, args, lens);
+}
+
 typedef struct {
     tk_cache_t *c;
     int ttl_s;
@@ -1009,6 +1124,10 @@ typedef struct {
     tk_cache_loader_fn fn;
     void *arg;
     flight_call_t *fc; /* the leader's call record */
+    char *vkey;        /* the version key, and the version the GET saw (NULL: none) */
+    size_t vkeylen;
+    char *ver;
+    size_t verlen;
 } fetch_ctx_t;
 
 /* The leader's load: the real loader, then the store, before waiters are
@@ -1018,26 +1137,37 @@ static int fetch_load(void *arg, const char *key, size_t keylen, char **val, siz
     fetch_ctx_t *x = arg;
     int rc = x->fn(x->arg, key, keylen, val, vallen);
 
-    /* Invalidated while we loaded: what we read may predate the change. */
+    /* Invalidated while we loaded: what we read may predate the change. In
+     * this worker the flight says so; in another, the version key does. */
     if (x->c == NULL || !x->store || (x->fc && x->fc->stale))
         return rc;
     if (rc == 0 && *vallen > 0)
-        tk_cache_set(x->c, key, keylen, *val, *vallen, x->ttl_s);
+        store_versioned(x->c, key, keylen, x->vkey, x->vkeylen, *val, *vallen, x->ttl_s, x->ver,
+                        x->verlen);
     else if (rc == 1 && x->c->o.negative_ttl_s > 0)
-        tk_cache_set(x->c, key, keylen, "", 0, x->c->o.negative_ttl_s);
+        store_versioned(x->c, key, keylen, x->vkey, x->vkeylen, "", 0, x->c->o.negative_ttl_s,
+                        x->ver, x->verlen);
     return rc;
 }
 
 int tk_cache_fetch(tk_cache_t *c, tk_cache_flight_t *f, const char *key, size_t keylen, int ttl_s,
                    tk_cache_loader_fn fn, void *arg, char **val, size_t *vallen, int *hit)
 {
-    fetch_ctx_t x = {c, ttl_s > 0 ? ttl_s : (c ? c->o.ttl_s : 0), 0, fn, arg, NULL};
+    fetch_ctx_t x = {c, ttl_s > 0 ? ttl_s : (c ? c->o.ttl_s : 0), 0, fn, arg, NULL, NULL, 0, NULL,
+                     0};
     tk_cache_rc_t rc;
+    int r;
 
     if (hit)
         *hit = 0;
-    rc = tk_cache_get(c, key, keylen, val, vallen);
+    *val = NULL;
+    *vallen = 0;
+    if (c != NULL && (x.vkey = version_key(key, keylen, &x.vkeylen)) != NULL)
+        rc = get_versioned(c, key, keylen, x.vkey, x.vkeylen, val, vallen, &x.ver, &x.verlen);
+    else
+        rc = c == NULL ? TK_CACHE_BYPASS : TK_CACHE_ERROR;
     if (rc == TK_CACHE_HIT) {
+        free(x.vkey);
         if (hit)
             *hit = 1;
         if (*vallen == 0) { /* cached "not found" */
@@ -1048,12 +1178,28 @@ int tk_cache_fetch(tk_cache_t *c, tk_cache_flight_t *f, const char *key, size_t 
         return 0;
     }
     x.store = rc == TK_CACHE_MISS;
-    return flight_do(f, key, keylen, fetch_load, &x, -1, val, vallen, NULL, &x.fc);
+    r = flight_do(f, key, keylen, fetch_load, &x, -1, val, vallen, NULL, &x.fc);
+    free(x.vkey);
+    free(x.ver);
+    return r;
 }
 
 tk_cache_rc_t tk_cache_invalidate(tk_cache_t *c, tk_cache_flight_t *f, const char *key,
                                   size_t keylen)
 {
+    char ttl[24];
+    const char *args[1] = {ttl};
+    size_t lens[1], vkeylen;
+    tk_cache_rc_t rc;
+
     tk_cache_flight_forget(f, key, keylen);
-    return tk_cache_del(c, key, keylen);
+    if (c == NULL)
+        return TK_CACHE_BYPASS;
+    char *vkey = version_key(key, keylen, &vkeylen);
+    if (vkey == NULL)
+        return tk_cache_del(c, key, keylen);
+    lens[0] = (size_t)snprintf(ttl, sizeof(ttl), "%d", TK_CACHE_VERSION_TTL_S);
+    rc = eval2(c, k_invalidate_script, key, keylen, vkey, vkeylen, 1, args, lens);
+    free(vkey);
+    return rc;
 }

@@ -176,7 +176,10 @@ size_t tk_cache_flight_pending(const tk_cache_flight_t *f);
  * ttl_s (<= 0: the client's ttl_s), "not found" as an empty value with the
  * client's negative_ttl_s (an empty value in Redis therefore means "not
  * found": don't cache real empty values with this). After an error or bypass
- * nothing is stored (Redis is unwell: don't wait on it twice).
+ * nothing is stored (Redis is unwell: don't wait on it twice). The store is
+ * conditional: the GET also reads the key's version ("<key>#ver"), and the
+ * value is stored only if no tk_cache_invalidate() of the key, in any worker
+ * or server, came in between (one Lua script in Redis).
  * Returns 0 found (*val malloc'd, free() it), 1 not found, -1 error (the
  * loader failed). *hit (may be NULL) is 1 when Redis served it. c may be NULL
  * (no cache: just the flight). May yield. */
@@ -184,11 +187,11 @@ int tk_cache_fetch(tk_cache_t *c, tk_cache_flight_t *f, const char *key, size_t 
                    tk_cache_loader_fn fn, void *arg, char **val, size_t *vallen, int *hit);
 
 /* Invalidate key after the database commit that changed it: forget an
- * in-flight load of it in this worker (so a load that read the old row
- * doesn't store it), then DEL it. OK if it was cached, MISS if not,
- * ERROR/BYPASS when Redis is unavailable (then the TTL bounds staleness).
- * Another worker's load in flight can still store an old value: keep TTLs
- * short for data that changes. May yield. */
+ * in-flight load of it in this worker, then, in one step in Redis, DEL it and
+ * increment its version key (kept an hour), so that no load in flight
+ * anywhere, which may have read the old row, stores it (tk_cache_fetch()).
+ * OK if it was cached, MISS if not, ERROR/BYPASS when Redis is unavailable
+ * (then the TTL bounds staleness). May yield. */
 tk_cache_rc_t tk_cache_invalidate(tk_cache_t *c, tk_cache_flight_t *f, const char *key,
                                   size_t keylen);
 

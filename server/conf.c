@@ -10,6 +10,8 @@
 #include "config.h"
 
 #include "conf.h"
+#include "broker.h"
+#include "http_parser.h"
 #include "log.h"
 #include "sched.h"
 
@@ -69,7 +71,7 @@ typedef struct {
 static const setting_t settings[] = {
     {"server", "name", T_NAME, F(name), 1, 63, "letters, digits, '.', '_', '-'"},
     {"server", "listen", T_LISTEN, F(listen), 1, TK_CONF_MAX_LISTEN, "addresses"},
-    {"server", "workers", T_INT, F(workers), 0, 256, "0 = one per online core"},
+    {"server", "workers", T_INT, F(workers), 0, TK_BROKER_MAX_WORKERS, "0 = one per online core"},
     {"server", "backlog", T_INT, F(backlog), 1, 65535, NULL},
     {"server", "user", T_STR, F(user), 0, 0, NULL},
     {"server", "pid_file", T_STR, F(pid_file), 0, 0, NULL},
@@ -83,8 +85,10 @@ static const setting_t settings[] = {
 
     {"limits", "max_request_line", T_SIZE, F(max_request_line), 256, MIB, NULL},
     {"limits", "max_header_size", T_SIZE, F(max_header_size), KIB, MIB, NULL},
-    {"limits", "max_headers", T_INT, F(max_headers), 1, 10000, NULL},
-    {"limits", "max_body_size", T_SIZE, F(max_body_size), 0, GIB, NULL},
+    /* the parser keeps at most TK_HTTP_MAX_HEADERS fields per request */
+    {"limits", "max_headers", T_INT, F(max_headers), 1, TK_HTTP_MAX_HEADERS, NULL},
+    /* 0 would read as "the default" (1m) in the HTTP engine: not accepted */
+    {"limits", "max_body_size", T_SIZE, F(max_body_size), 1, GIB, NULL},
     {"limits", "max_requests_per_conn", T_INT, F(max_requests_per_conn), 0, 100000000,
      "0 = unlimited"},
 
@@ -100,8 +104,8 @@ static const setting_t settings[] = {
     /* db.conninfo is the older name of db.primary: the same field (see setting_index). */
     {"db", "primary", T_STR, F(db_conninfo), 0, 0, NULL},
     {"db", "conninfo", T_STR, F(db_conninfo), 0, 0, NULL},
-    {"db", "max_open", T_INT, F(db_max_open), 1, 256, NULL}, /* TK_BROKER_MAX_SLOTS */
-    {"db", "max_idle", T_INT, F(db_max_idle), 0, 256, "at most db.max_open"},
+    {"db", "max_open", T_INT, F(db_max_open), 1, TK_BROKER_MAX_SLOTS, NULL},
+    {"db", "max_idle", T_INT, F(db_max_idle), 0, TK_BROKER_MAX_SLOTS, "at most db.max_open"},
     {"db", "max_lifetime", T_MS, F(db_max_lifetime_ms), 0, 24 * HOUR_MS, "0 = unlimited"},
     {"db", "max_idle_time", T_MS, F(db_max_idle_time_ms), 0, 24 * HOUR_MS, "0 = unlimited"},
     {"db", "acquire_timeout", T_MS, F(db_acquire_timeout_ms), 1, 600000, NULL},
@@ -944,8 +948,8 @@ int tk_conf_workers(const tk_conf_t *c)
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1)
         n = 1;
-    if (n > 256)
-        n = 256;
+    if (n > TK_BROKER_MAX_WORKERS)
+        n = TK_BROKER_MAX_WORKERS;
     return (int)n;
 }
 

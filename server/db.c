@@ -39,8 +39,8 @@
 typedef struct {
     char *sql;
     int nparams;
-    int readonly; /* a plain SELECT: may share a pipelined connection (and be re-run) */
-    char name[8]; /* prepared statement name: "tk<i>" */
+    unsigned flags; /* TK_DB_READ, TK_DB_JOINABLE: declared by whoever registered it */
+    char name[8];   /* prepared statement name: "tk<i>" */
 } stmt_t;
 
 /* One query sent (or to be sent) on a shared pipelined connection, or an
@@ -164,6 +164,7 @@ static struct {
     int flush_pending;
     pipe_item_t *joinable[TK_DB_PIPE_BUCKETS]; /* queued, not sent yet: may be joined */
     uint64_t njoined;
+    uint64_t nretried; /* queries run again (declared reads only) */
     /* connections closed whose backend has not exited yet */
     closing_t *closing;
     int nclosing;
@@ -181,10 +182,12 @@ static void slot_discard(int slot);
 
 /* --- statements ------------------------------------------------------------------------- */
 
-int tk_db_stmt(const char *sql, int nparams)
+int tk_db_stmt(const char *sql, int nparams, unsigned flags)
 {
+    if ((flags & TK_DB_JOINABLE) && !(flags & TK_DB_READ))
+        return -1;
     for (int i = 0; i < g_nstmts; i++)
-        if (strcmp(g_stmts[i].sql, sql) == 0)
+        if (strcmp(g_stmts[i].sql, sql) == 0 && g_stmts[i].flags == flags)
             return i;
     if (g_nstmts >= TK_DB_MAX_STMTS)
         return -1;
@@ -193,16 +196,7 @@ int tk_db_stmt(const char *sql, int nparams)
         return -1;
     g_stmts[g_nstmts].nparams = nparams;
     snprintf(g_stmts[g_nstmts].name, sizeof(g_stmts[g_nstmts].name), "tk%d", g_nstmts);
-    {
-        /* Plain SELECTs may share a pipelined connection: they are safe to
-         * run in one implicit transaction with others and to re-run. */
-        const char *p = sql;
-        while (*p == ' ' || *p == '\n' || *p == '\t')
-            p++;
-        g_stmts[g_nstmts].readonly =
-            strncasecmp(p, "SELECT", 6) == 0 && strcasestr(p, " FOR UPDATE") == NULL &&
-            strcasestr(p, " FOR SHARE") == NULL && strcasestr(p, "nextval") == NULL;
-    }
+    g_stmts[g_nstmts].flags = flags;
     return g_nstmts++;
 }
 
@@ -938,12 +932,15 @@ tk_db_status_t tk_db_exec(tk_db_conn_t *c, int stmt, int nparams, const char *co
     if (stmt < 0 || stmt >= g_nstmts || c->broken || c->in_flight)
         return TK_DB_ERROR;
     st = exec_once(c, stmt, nparams, values, lengths, res, deadline);
-    if (st == TK_DB_UNAVAILABLE && c->fresh) {
-        /* First use after idling and the connection is dead: nothing reached
-         * the server, so one retry on a new connection is safe. */
+    if (st == TK_DB_UNAVAILABLE && c->fresh && (g_stmts[stmt].flags & TK_DB_READ)) {
+        /* First use after idling and the connection is dead: re-running a
+         * declared read on a new connection is safe even if the first run
+         * reached the server; anything else fails (it may have run). */
         c->fresh = 0;
-        if (reconnect_in_place(c, deadline) == 0)
+        if (reconnect_in_place(c, deadline) == 0) {
+            D.nretried++;
             st = exec_once(c, stmt, nparams, values, lengths, res, deadline);
+        }
     }
     c->fresh = 0;
     return st;
@@ -1024,7 +1021,7 @@ void tk_db_release(tk_db_conn_t *c)
 
 /* --- shared pipelined connections ------------------------------------------------------- */
 
-/* Plain SELECTs (tk_db_query() on a read-only statement) don't take a
+/* Declared reads (tk_db_query() on a TK_DB_READ statement) don't take a
  * connection for themselves: they are sent on one of this worker's shared
  * connections in libpq pipeline mode, behind the queries of other green
  * threads, and everything sent in one loop iteration ends with one Sync.
@@ -1036,8 +1033,8 @@ void tk_db_release(tk_db_conn_t *c)
  * worker that has no connection at all). "Acquired" for a pipelined query
  * means: everything sent before it on its connection has finished; a query
  * that isn't there within db.acquire_timeout answers 503 like a queued
- * acquire (a sent one is left to finish, its result dropped: a plain SELECT
- * has no effect), and db.query_timeout counts from that moment. */
+ * acquire (a sent one is left to finish, its result dropped: a declared
+ * read has no effect), and db.query_timeout counts from that moment. */
 
 static pipe_item_t *item_get(void)
 {
@@ -1128,7 +1125,7 @@ static void pipe_gauge(tk_db_conn_t *c, int force)
     c->busy_g = busy;
 }
 
-/* The connection failed: everything on it fails (a plain SELECT that was
+/* The connection failed: everything on it fails (a declared read that was
  * only queued behind a failed batch goes back to the FIFO), and it is closed. */
 static void pipe_fail(tk_db_conn_t *c)
 {
@@ -1146,13 +1143,14 @@ static void pipe_fail(tk_db_conn_t *c)
         }
         c->inflight--;
         if (it->w && !it->retried) {
-            /* A plain SELECT: run it again on another connection (the
+            /* A declared read: run it again on another connection (the
              * database restarted under an idle connection, say). */
             PQclear(it->res);
             it->res = NULL;
             it->st = TK_DB_OK;
             it->aborted = 0;
             it->retried = 1;
+            D.nretried++;
             it->started_ms = 0;
             it->state = PI_QUEUED;
             it->next = NULL;
@@ -1240,13 +1238,13 @@ static void on_pipe_read(evutil_socket_t fd, short what, void *arg)
                 it->res = r;
                 continue;
             }
+            if (it->kind == PI_PREP && es != PGRES_COMMAND_OK)
+                c->prepared &= ~(1ull << it->stmt); /* not prepared: again on the next query */
             if (es == PGRES_PIPELINE_ABORTED) {
                 it->aborted = 1;
             } else if (es != PGRES_TUPLES_OK && es != PGRES_COMMAND_OK && it->st == TK_DB_OK) {
                 const char *ss = PQresultErrorField(r, PG_DIAG_SQLSTATE);
                 snprintf(it->sqlstate, sizeof(it->sqlstate), "%s", ss ? ss : "");
-                if (it->kind == PI_PREP)
-                    c->prepared = 0; /* re-prepare on the next query */
                 it->st = error_status(it->sqlstate);
             }
             PQclear(r);
@@ -1268,6 +1266,7 @@ static void on_pipe_read(evutil_socket_t fd, short what, void *arg)
             it->res = NULL;
             it->aborted = 0;
             it->retried = 1;
+            D.nretried++;
             it->started_ms = 0;
             q_push_front(it);
         } else {
@@ -1439,6 +1438,7 @@ static void pipe_dispatch(void)
                 continue;
             }
             p->kind = PI_PREP;
+            p->stmt = it->stmt;
             p->state = PI_SENT;
             pipe_append(c, p);
             c->prepared |= 1ull << it->stmt;
@@ -1590,7 +1590,7 @@ static uint32_t params_hash(int stmt, int nparams, const char *const *values, co
 }
 
 /* A queued (not yet sent) identical query to join, or NULL. Joining one
- * that has not been sent is safe for a plain SELECT: it runs after every
+ * that has not been sent is safe for a TK_DB_JOINABLE read: it runs after every
  * joiner arrived, so each sees what a query of its own would have seen
  * (its own earlier writes included). */
 static pipe_item_t *find_joinable(uint32_t h, int stmt, int nparams, const char *const *values,
@@ -1776,7 +1776,8 @@ static int pipe_enqueue(pipe_waiter_t *w, int stmt, int nparams, const char *con
                         const int *lens)
 {
     size_t total = 0;
-    int joinable = lens != NULL && nparams <= TK_DB_PIPE_MAXP;
+    int joinable =
+        (g_stmts[stmt].flags & TK_DB_JOINABLE) && lens != NULL && nparams <= TK_DB_PIPE_MAXP;
     uint32_t h = 0;
     pipe_item_t *it = NULL;
 
@@ -1945,7 +1946,7 @@ tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const 
             res[i] = NULL;
         return TK_DB_DISABLED;
     }
-    if (stmt >= 0 && stmt < g_nstmts && g_stmts[stmt].readonly)
+    if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ))
         return pipe_query_many(stmt, n, nparams, values, res);
     for (int i = 0; i < n; i++)
         res[i] = NULL;
@@ -1972,7 +1973,7 @@ tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, con
         sqlstate[0] = '\0';
     if (!D.enabled)
         return TK_DB_DISABLED;
-    if (stmt >= 0 && stmt < g_nstmts && g_stmts[stmt].readonly)
+    if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ))
         return pipe_query(stmt, nparams, values, lengths, res, sqlstate);
     tk_db_conn_t *c = tk_db_acquire(&st);
     if (c == NULL)
@@ -1982,6 +1983,12 @@ tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, con
         memcpy(sqlstate, c->sqlstate, 6);
     tk_db_release(c);
     return st;
+}
+
+void tk_db_counts(tk_db_counts_t *out)
+{
+    out->pipelined = D.npiped;
+    out->retried = D.nretried;
 }
 
 /* --- worker plumbing ------------------------------------------------------------------- */

@@ -42,9 +42,26 @@ int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, cons
 /* Close every connection of this worker and give its slots back (worker exit). */
 void tk_db_worker_fini(void);
 
-/* Register a statement (SQL with $1..$n); returns its id (>= 0) or -1 when the
- * table is full. Call at start-up (handler registration), before any query. */
-int tk_db_stmt(const char *sql, int nparams);
+/* What a statement declares about itself (tk_db_stmt() flags). Nothing is
+ * guessed from the SQL text: a statement without TK_DB_READ runs alone on a
+ * connection of its own and is never re-run. */
+enum {
+    /* Only reads, with no side effect (no FOR UPDATE/SHARE/KEY SHARE locks,
+     * no volatile function that writes or sets session state): it may share
+     * a pipelined connection with other green threads' queries (one implicit
+     * transaction per batch) and may be re-run when its batch or its
+     * connection failed before it ran. */
+    TK_DB_READ = 1u << 0,
+    /* With TK_DB_READ: identical queries not yet sent may be joined into one
+     * execution (each caller gets a copy of the result). Not for statements
+     * whose executions are counted (TechEmpower's verifier counts them). */
+    TK_DB_JOINABLE = 1u << 1,
+};
+
+/* Register a statement (SQL with $1..$n) with its TK_DB_* flags; returns its
+ * id (>= 0), or -1 when the table is full or TK_DB_JOINABLE comes without
+ * TK_DB_READ. Call at start-up (handler registration), before any query. */
+int tk_db_stmt(const char *sql, int nparams, unsigned flags);
 
 /* Get a connection for the calling green thread. May yield. NULL with *st set
  * (UNAVAILABLE, CANCELLED, DISABLED) on failure. */
@@ -66,24 +83,31 @@ const char *tk_db_sqlstate(const tk_db_conn_t *c);
 /* The server's message for the last error on c (for logs), "" if none. */
 const char *tk_db_errmsg(const tk_db_conn_t *c);
 
-/* acquire + exec + release in one call. A plain SELECT (registered SQL
- * starting with SELECT, no FOR UPDATE/SHARE, no nextval) does not take a
- * connection for itself: it shares one of the worker's connections in libpq
- * pipeline mode with other green threads' queries, and an identical query
- * not yet sent is joined (one execution, each caller gets its own copy of
- * the result). Same outcomes as the exclusive path: 503 when it could not
- * start within db.acquire_timeout, 504 after db.query_timeout. May yield. */
+/* acquire + exec + release in one call. A statement declared TK_DB_READ does
+ * not take a connection for itself: it shares one of the worker's
+ * connections in libpq pipeline mode with other green threads' queries, and
+ * when also TK_DB_JOINABLE an identical query not yet sent is joined (one
+ * execution, each caller gets its own copy of the result). Same outcomes as the exclusive path: 503
+ * when it could not start within db.acquire_timeout, 504 after db.query_timeout. May yield. */
 tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, const int *lengths,
                            PGresult **res, char sqlstate[6]);
 
 /* Run registered statement stmt n times, with parameters values[i * nparams
  * + k] (text, NUL-terminated) for run i; res[i] gets each result (PQclear()
- * them). Plain SELECTs are all sent at once on the worker's shared
+ * them). TK_DB_READ statements are all sent at once on the worker's shared
  * pipelined connections (n round trips' worth of queries in one); other
  * statements run one after another on one connection. All or nothing: on
  * failure every res[i] is NULL. May yield. */
 tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const *values,
                                 PGresult **res);
+
+/* Counters of this worker's client (tests, logs): queries sent on shared
+ * pipelined connections, and queries run again after their batch or their
+ * connection failed. */
+typedef struct {
+    uint64_t pipelined, retried;
+} tk_db_counts_t;
+void tk_db_counts(tk_db_counts_t *out);
 
 /* The HTTP status for a failed status (503, 504, 500, 503 ...). */
 int tk_db_http_status(tk_db_status_t st);

@@ -30,9 +30,20 @@ typedef struct tk_rnode {
     int nhandlers;
 } tk_rnode_t;
 
+/* Route ids: one per "METHOD pattern" label, numbered in registration
+ * order, shared by the routers made with tk_router_new_shared() (the same
+ * label on two listeners is one route for the metrics). */
+typedef struct {
+    int refs;
+    int n;
+    char *labels[TK_ROUTER_MAX_ROUTES];
+} tk_route_ids_t;
+
 struct tk_router {
     tk_rnode_t root; /* matches nothing itself; children are first segments */
     int nroutes;
+    tk_route_ids_t *ids;
+    char error[128]; /* the first failed registration, "" if none */
 };
 
 typedef struct {
@@ -57,9 +68,23 @@ static void node_free(tk_rnode_t *n)
     free(n->handlers);
 }
 
+tk_router_t *tk_router_new_shared(tk_router_t *ids_from)
+{
+    tk_router_t *r = calloc(1, sizeof(tk_router_t));
+    if (!r)
+        return NULL;
+    r->ids = ids_from ? ids_from->ids : calloc(1, sizeof(tk_route_ids_t));
+    if (!r->ids) {
+        free(r);
+        return NULL;
+    }
+    r->ids->refs++;
+    return r;
+}
+
 tk_router_t *tk_router_new(void)
 {
-    return calloc(1, sizeof(tk_router_t));
+    return tk_router_new_shared(NULL);
 }
 
 void tk_router_free(tk_router_t *r)
@@ -67,7 +92,49 @@ void tk_router_free(tk_router_t *r)
     if (!r)
         return;
     node_free(&r->root);
+    if (--r->ids->refs == 0) {
+        for (int i = 0; i < r->ids->n; i++)
+            free(r->ids->labels[i]);
+        free(r->ids);
+    }
     free(r);
+}
+
+const char *tk_router_error(const tk_router_t *r)
+{
+    return r->error;
+}
+
+const char *tk_router_label(const tk_router_t *r, int route_id)
+{
+    return route_id >= 0 && route_id < r->ids->n ? r->ids->labels[route_id] : NULL;
+}
+
+/* The id of label "method pattern": the one it already has (registered on
+ * a router sharing the ids), else the next one. -1 when all are taken. */
+static int route_id_get(tk_route_ids_t *ids, const char *method, const char *pattern, char *err,
+                        size_t errlen)
+{
+    size_t mlen = strlen(method), plen = strlen(pattern);
+    for (int i = 0; i < ids->n; i++)
+        if (strncmp(ids->labels[i], method, mlen) == 0 && ids->labels[i][mlen] == ' ' &&
+            strcmp(ids->labels[i] + mlen + 1, pattern) == 0)
+            return i;
+    if (ids->n >= TK_ROUTER_MAX_ROUTES) {
+        snprintf(err, errlen, "%s %s: more than %d routes (TK_ROUTER_MAX_ROUTES)", method, pattern,
+                 TK_ROUTER_MAX_ROUTES);
+        return -1;
+    }
+    char *l = malloc(mlen + plen + 2);
+    if (!l) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    memcpy(l, method, mlen);
+    l[mlen] = ' ';
+    memcpy(l + mlen + 1, pattern, plen + 1);
+    ids->labels[ids->n] = l;
+    return ids->n++;
 }
 
 static int is_tchar(unsigned char c)
@@ -119,14 +186,9 @@ static tk_rnode_t *child_get(tk_rnode_t *n, const char *seg, size_t len, int is_
     return c;
 }
 
-int tk_router_add_err(tk_router_t *r, const char *method, const char *pattern,
-                      tk_http_handler_fn fn, int route_id, char *err, size_t errlen)
+static int add(tk_router_t *r, const char *method, const char *pattern, tk_http_handler_fn fn,
+               char *err, size_t errlen)
 {
-    char dummy[8];
-    if (!err) {
-        err = dummy;
-        errlen = sizeof(dummy);
-    }
     size_t mlen = method ? strlen(method) : 0;
     if (mlen == 0 || mlen >= sizeof(((tk_route_handler_t *)0)->method)) {
         snprintf(err, errlen, "bad method");
@@ -141,12 +203,13 @@ int tk_router_add_err(tk_router_t *r, const char *method, const char *pattern,
         snprintf(err, errlen, "pattern must start with '/'");
         return -1;
     }
-    if (!fn || route_id < 0 || route_id >= TK_ROUTER_MAX_ROUTES) {
-        snprintf(err, errlen, "%s %s: no handler or route id out of range", method, pattern);
+    if (!fn) {
+        snprintf(err, errlen, "%s %s: no handler", method, pattern);
         return -1;
     }
-    if (r->nroutes >= TK_ROUTER_MAX_ROUTES * 4) {
-        snprintf(err, errlen, "too many routes");
+    if (r->nroutes >= TK_ROUTER_MAX_ROUTES) {
+        snprintf(err, errlen, "%s %s: more than %d routes (TK_ROUTER_MAX_ROUTES)", method, pattern,
+                 TK_ROUTER_MAX_ROUTES);
         return -1;
     }
     tk_rnode_t *n = &r->root;
@@ -201,6 +264,9 @@ int tk_router_add_err(tk_router_t *r, const char *method, const char *pattern,
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    int route_id = route_id_get(r->ids, method, pattern, err, errlen);
+    if (route_id < 0)
+        return -1;
     tk_route_handler_t *h = realloc(n->handlers, (size_t)(n->nhandlers + 1) * sizeof(*h));
     if (!h) {
         snprintf(err, errlen, "out of memory");
@@ -214,13 +280,26 @@ int tk_router_add_err(tk_router_t *r, const char *method, const char *pattern,
     h->fn = fn;
     h->route_id = route_id;
     r->nroutes++;
-    return 0;
+    return route_id;
 }
 
-int tk_router_add(tk_router_t *r, const char *method, const char *pattern, tk_http_handler_fn fn,
-                  int route_id)
+int tk_router_add_err(tk_router_t *r, const char *method, const char *pattern,
+                      tk_http_handler_fn fn, char *err, size_t errlen)
 {
-    return tk_router_add_err(r, method, pattern, fn, route_id, NULL, 0);
+    char buf[sizeof(r->error)];
+    int id = add(r, method, pattern, fn, buf, sizeof(buf));
+    if (id < 0) {
+        if (!r->error[0])
+            memcpy(r->error, buf, sizeof(buf));
+        if (err && errlen)
+            snprintf(err, errlen, "%s", buf);
+    }
+    return id;
+}
+
+int tk_router_add(tk_router_t *r, const char *method, const char *pattern, tk_http_handler_fn fn)
+{
+    return tk_router_add_err(r, method, pattern, fn, NULL, 0);
 }
 
 /* Depth-first, literals before the parameter; the first node with handlers

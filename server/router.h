@@ -12,6 +12,7 @@
 #include <stddef.h>
 
 #include "http_response.h"
+#include "metrics.h"
 
 /* A handler answers with tk_http_respond*() (see http_response.h). */
 typedef void (*tk_http_handler_fn)(tk_http_ctx_t *ctx);
@@ -19,20 +20,30 @@ typedef void (*tk_http_handler_fn)(tk_http_ctx_t *ctx);
 typedef struct tk_router tk_router_t;
 
 #define TK_ROUTER_MAX_PARAMS 8
-#define TK_ROUTER_MAX_ROUTES 256
+/* The one limit on routes: every (method, pattern) has its own id, and each
+ * id its own per-route metrics slot in shared memory. */
+#define TK_ROUTER_MAX_ROUTES TK_METRICS_MAX_ROUTES
 
 tk_router_t *tk_router_new(void);
+/* A router whose route ids are shared with ids_from's (the admin listener's
+ * router shares the public one's: "GET /health" on both is one route id). */
+tk_router_t *tk_router_new_shared(tk_router_t *ids_from);
 void tk_router_free(tk_router_t *r);
 
-/* Register fn for method ("GET", "POST", ...) on pattern. route_id is the
- * caller's number for per-route metrics (0..TK_ROUTER_MAX_ROUTES-1; several
- * methods of one path may share it). GET also answers HEAD unless a HEAD route
- * exists. Returns 0, or -1 on a bad pattern, a duplicate (method, pattern), or
- * out of memory; err (may be NULL) says which. */
-int tk_router_add(tk_router_t *r, const char *method, const char *pattern, tk_http_handler_fn fn,
-                  int route_id);
+/* Register fn for method ("GET", "POST", ...) on pattern. The router numbers
+ * the routes: each "METHOD pattern" label gets its own id, 0.. in
+ * registration order (for per-route metrics). GET also answers HEAD (under
+ * the GET id) unless a HEAD route exists. Returns the route id (>= 0), or -1
+ * on a bad pattern, a duplicate (method, pattern), more than
+ * TK_ROUTER_MAX_ROUTES labels, or out of memory; err (may be NULL) says
+ * which, and the router keeps the first such error (tk_router_error()). */
+int tk_router_add(tk_router_t *r, const char *method, const char *pattern, tk_http_handler_fn fn);
 int tk_router_add_err(tk_router_t *r, const char *method, const char *pattern,
-                      tk_http_handler_fn fn, int route_id, char *err, size_t errlen);
+                      tk_http_handler_fn fn, char *err, size_t errlen);
+/* The first registration that failed on r, "" if none (start-up checks it). */
+const char *tk_router_error(const tk_router_t *r);
+/* "METHOD pattern" of route_id, NULL if no such id. */
+const char *tk_router_label(const tk_router_t *r, int route_id);
 
 typedef enum {
     TK_ROUTE_FOUND = 0,

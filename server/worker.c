@@ -346,15 +346,16 @@ static void raise_nofile(void)
 
 static void name_route(const char *method, const char *pattern, int route_id, void *arg)
 {
-    if (route_id < *(const int *)arg)
-        return; /* shared with the public router, named there */
+    (void)arg;
     char name[TK_METRICS_ROUTE_NAME];
     snprintf(name, sizeof(name), "%s %s", method, pattern);
     tk_metrics_route_register((unsigned)route_id, name);
 }
 
-/* Every handler file registers its routes here (see handlers.h). */
-static void register_routes(worker_t *w)
+/* Every handler file registers its routes here (see handlers.h); the router
+ * numbers them. A route that could not be registered (too many, a
+ * duplicate) stops the worker at start-up. Returns 0 or -1 (logged). */
+static int register_routes(worker_t *w)
 {
     tk_handlers_register_health(w->router);
     tk_handlers_register_tfb(w->router);
@@ -363,9 +364,16 @@ static void register_routes(worker_t *w)
     tk_handlers_register_health(w->admin_router);
     tk_handlers_register_debug(w->admin_router);
     tk_handlers_register_admin(w->admin_router);
-    static const int all = 0, admin_only = TK_ROUTE_ADMIN_FIRST;
-    tk_router_foreach(w->router, name_route, (void *)&all);
-    tk_router_foreach(w->admin_router, name_route, (void *)&admin_only);
+    const char *err = tk_router_error(w->router);
+    if (!err[0])
+        err = tk_router_error(w->admin_router);
+    if (err[0]) {
+        TK_LOG(TK_LOG_ERR, "route registration failed: %s", err);
+        return -1;
+    }
+    tk_router_foreach(w->router, name_route, NULL);
+    tk_router_foreach(w->admin_router, name_route, NULL);
+    return 0;
 }
 
 /* The Redis client, when redis.addr is set. Redis being down is no error here
@@ -446,10 +454,11 @@ static int worker_setup(worker_t *w)
     if (cache_setup(w) != 0) /* before the routes: tfb's start-up load uses it */
         return -1;
     w->router = tk_router_new();
-    w->admin_router = tk_router_new();
+    w->admin_router = tk_router_new_shared(w->router);
     if (!w->router || !w->admin_router)
         return -1;
-    register_routes(w);
+    if (register_routes(w) != 0)
+        return -1;
 
     tk_http_server_init(&w->http, conf, w->sched, w->base);
     w->http.router = w->router;

@@ -3,6 +3,8 @@
 
 TK_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 TK_VAR="$TK_SRC/var"
+# The unprivileged user of the devenv's servers and of scripts/run's workers (when run as root).
+TK_DEV_USER=tenkdev
 
 tk_say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 tk_die() { printf 'error: %s\n' "$*" >&2; exit 1; }

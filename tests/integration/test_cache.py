@@ -201,6 +201,102 @@ def test_put_invalidates():
     assert h["x-cache"] == "hit" and body["name"] == "renamed"
 
 
+RACE_DB = 10  # Redis database of the two-server race test
+GATE_LOCK = 731_515  # advisory lock key the gate waits on
+
+
+def _gate_install():
+    """A read of users row N that waits on advisory lock GATE_LOCK while N is in tk_test_gate:
+    a restrictive row-level security policy calls tk_test_gate_pass(id) for every row read, after
+    the statement took its snapshot. So the read returns the row as it was when it began, however
+    long it waits, which is the window in which another worker's update can commit."""
+    psql("""
+CREATE TABLE IF NOT EXISTS tk_test_gate (id bigint PRIMARY KEY);
+CREATE OR REPLACE FUNCTION tk_test_gate_pass(uid bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM tk_test_gate WHERE id = uid) THEN
+        PERFORM pg_advisory_lock_shared(%d);
+        PERFORM pg_advisory_unlock_shared(%d);
+    END IF;
+    RETURN true;
+END $$;
+DROP POLICY IF EXISTS tk_test_all ON users;
+DROP POLICY IF EXISTS tk_test_gate ON users;
+CREATE POLICY tk_test_all ON users USING (true) WITH CHECK (true);
+CREATE POLICY tk_test_gate ON users AS RESTRICTIVE FOR SELECT USING (tk_test_gate_pass(id));
+ALTER TABLE users ENABLE ROW LEVEL SECURITY;
+ALTER TABLE users FORCE ROW LEVEL SECURITY;
+""" % (GATE_LOCK, GATE_LOCK))
+
+
+def _gate_remove():
+    psql("""
+ALTER TABLE users NO FORCE ROW LEVEL SECURITY;
+ALTER TABLE users DISABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS tk_test_gate ON users;
+DROP POLICY IF EXISTS tk_test_all ON users;
+DROP FUNCTION IF EXISTS tk_test_gate_pass(bigint);
+DROP TABLE IF EXISTS tk_test_gate;
+""")
+
+
+def test_stale_load_in_another_worker_is_not_stored():
+    """Worker B misses user:N and reads the row; worker A (another process) commits an update and
+    invalidates the key; only then does B's load finish and try to store what it read. The old row
+    must never be served from the cache afterwards (it used to be, for cache.ttl)."""
+    need_db()
+    need_redis()
+    rcmd("FLUSHDB", db=RACE_DB)
+    conf = NO_ADMIN + redis_conf(TENK_REDIS, db=RACE_DB) + "timeout = 2s\n\n[cache]\nttl = 120s\n"
+    _gate_install()
+    holder = None
+    try:
+        with Tenkd(workers=1, conf=conf, redis="") as a, Tenkd(workers=1, conf=conf, redis="") as b:
+            u = new_user(a)
+            n, path = u["id"], "/users/%d" % u["id"]
+            # the gate is closed: a session holds GATE_LOCK until we say so
+            holder = subprocess.Popen(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                                       TENK_DB], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True)
+            holder.stdin.write("SELECT 'locked' FROM pg_advisory_lock(%d);\n" % GATE_LOCK)
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "locked"
+            psql("INSERT INTO tk_test_gate VALUES (%d)" % n)
+            got = {}
+            reader = threading.Thread(target=lambda: got.update(r=req(b, "GET", path)))
+            reader.start()
+            # B's load has its snapshot and waits at the gate
+            wait_until(lambda: psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type "
+                                    "= 'Lock' AND wait_event = 'advisory'") == "1",
+                       10, "the reader waiting at the gate")
+            psql("DELETE FROM tk_test_gate")  # A's UPDATE ... RETURNING passes the gate
+            new = {"name": "raced", "email": "raced-%s@example.com" % uuid.uuid4().hex}
+            st, _, body = req(a, "PUT", path, new)
+            assert st == 200 and body["name"] == "raced", (st, body)
+            # open the gate: B's load returns the row it read before the update, and stores it
+            # (or not)
+            holder.stdin.write("SELECT pg_advisory_unlock(%d);\n" % GATE_LOCK)
+            holder.stdin.close()
+            holder.wait(timeout=10)
+            holder = None
+            reader.join(timeout=10)
+            assert not reader.is_alive()
+            st, h, old = got["r"]
+            assert st == 200 and h["x-cache"] == "miss" and old["name"] == u["name"], (st, h, old)
+            # from now on, every read on either worker sees the update
+            for t in (a, b, a, b):
+                st, h, body = req(t, "GET", path)
+                assert st == 200 and body["name"] == "raced", (h.get("x-cache"), body)
+            assert rcmd("GET", "user:%d" % n, db=RACE_DB) is not None  # cached again, the new row
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        _gate_remove()
+        rcmd("FLUSHDB", db=RACE_DB)
+
+
 def test_delete_invalidates_then_caches_not_found():
     t = server()
     u = new_user(t)

@@ -228,3 +228,36 @@ def test_cache_metrics_follow_lookups():
         assert total(after, "tenk_cache_connected") == 1
         assert total(after, "tenk_cache_reply_duration_seconds_count") >= l0 + 6
         promtool_check(scrape(t))
+
+
+def test_every_route_counts_under_its_own_label():
+    """Each registered (method, pattern) is counted under its own method + route labels: the
+    routes come from the server (/debug/stats names every registered route), each is hit once."""
+    with Tenkd(workers=1, admin=True) as t:
+        st, stats = t.get_json("/debug/stats", port=t.admin_port)
+        assert st == 200, st
+        routes = [r["route"] for r in stats["routes"]]
+        assert "GET /users" in routes and "POST /users" in routes, routes
+        assert len(routes) == len(set(routes)), routes
+        _, _, before = parse(scrape(t))
+        admin_only = ("/debug/", "/metrics", "/dashboard")
+        for label in routes:
+            method, pattern = label.split(" ", 1)
+            # an id that matches no row: PUT and DELETE must change nothing
+            path = re.sub(r"\{[^}]*\}", "999999999", pattern)
+            port = t.admin_port if pattern.startswith(admin_only) else t.port
+            body = b"{}" if method in ("POST", "PUT") else None
+            st, _, _ = t.request(method, path, body=body, port=port)
+            assert st != 404 or pattern == "/users/{id}", (label, st)
+            assert st not in (405, 501), (label, st)
+        _, _, after = parse(scrape(t))
+
+        def delta(**labels):
+            return total(after, "tenk_http_requests_total", **labels) - \
+                total(before, "tenk_http_requests_total", **labels)
+
+        for label in routes:
+            method, pattern = label.split(" ", 1)
+            want = 2 if label == "GET /metrics" else 1  # the first scrape counts once answered
+            assert delta(method=method, route=pattern) == want, (label, delta(method=method, route=pattern))
+        assert delta() == len(routes) + 1

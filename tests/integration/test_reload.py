@@ -55,7 +55,7 @@ def test_invalid_reload_keeps_running_and_says_why():
         # The exact reason: file, line, setting and range.
         m = re.search(r"reload refused, keeping the running configuration: (.*)", log)
         assert m, log
-        assert re.match(r"%s:\d+: limits.max_headers: out of range \(accepted range 1..10000\)"
+        assert re.match(r"%s:\d+: limits.max_headers: out of range \(accepted range 1..128\)"
                         % re.escape(t.conf_path), m.group(1)), m.group(1)
         assert sorted(t.worker_pids()) == old
         assert t.request("GET", "/health")[0] == 200

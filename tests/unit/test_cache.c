@@ -1167,15 +1167,85 @@ static void test_fetch(void **state)
     env_free(e);
 }
 
+/* Another worker's client: its invalidation has nothing to do with our flight. */
+static tk_cache_t *g_other;
+
+/* A load during which another worker commits a change and invalidates. */
+static int racing_loader(void *arg, const char *key, size_t keylen, char **val, size_t *vallen)
+{
+    (void)arg;
+    g_loads++;
+    *val = strdup("old row");
+    *vallen = 7;
+    tk_cache_invalidate(g_other, NULL, key, keylen);
+    return 0;
+}
+
+static void body_cross_worker(void *arg)
+{
+    env_t *e = arg;
+    const char *key = K("race");
+    char *v;
+    size_t n;
+    int hit;
+    char err[256];
+    tk_cache_opts_t co;
+    tk_cache_opts_default(&co);
+    co.addr = redis_addr();
+    co.timeout_ms = 1000;
+    g_other = tk_cache_new(e->base, &co, err, sizeof(err));
+    CHECKF(g_other != NULL, "tk_cache_new: %s", err);
+    CHECK(wait_ready(e->cache, 2000) && wait_ready(g_other, 2000));
+    tk_cache_flight_t *f = tk_cache_flight_new(e->cache);
+    redisContext *side = side_conn(redis_addr());
+    g_loads = 0;
+    /* the load read "old row" before the other worker's invalidation: not stored */
+    CHECK(tk_cache_fetch(e->cache, f, key, strlen(key), 60, racing_loader, NULL, &v, &n, &hit) ==
+          0);
+    free(v);
+    CHECK(g_loads == 1 && side_int(side, "EXISTS", key) == 0);
+    /* a load that starts after the invalidation stores as usual */
+    CHECK(tk_cache_fetch(e->cache, f, key, strlen(key), 60, slow_loader, NULL, &v, &n, &hit) == 0);
+    free(v);
+    CHECK(side_int(side, "EXISTS", key) == 1);
+    side_int(side, "DEL", key);
+    char vk[160];
+    snprintf(vk, sizeof(vk), "%s#ver", key);
+    long long ttl = side_int(side, "TTL", vk);
+    CHECKF(ttl > 3500 && ttl <= 3600, "version key TTL %lld", ttl);
+    side_int(side, "DEL", vk);
+    redisFree(side);
+    tk_cache_flight_free(f);
+    tk_cache_free(g_other);
+    g_other = NULL;
+}
+
+static void test_fetch_cross_worker(void **state)
+{
+    (void)state;
+    if (!redis_addr())
+        skip();
+    env_t *e = env_new(redis_addr(), NULL);
+    env_run(e, body_cross_worker, e);
+    env_free(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_no_cache),     cmocka_unit_test(test_basic),
-        cmocka_unit_test(test_ttl),          cmocka_unit_test(test_concurrent),
-        cmocka_unit_test(test_timeout_slow), cmocka_unit_test(test_timeout_silent),
-        cmocka_unit_test(test_dead_address), cmocka_unit_test(test_restart),
-        cmocka_unit_test(test_breaker),      cmocka_unit_test(test_unix_socket),
-        cmocka_unit_test(test_flight),       cmocka_unit_test(test_fetch),
+        cmocka_unit_test(test_no_cache),
+        cmocka_unit_test(test_basic),
+        cmocka_unit_test(test_ttl),
+        cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_timeout_slow),
+        cmocka_unit_test(test_timeout_silent),
+        cmocka_unit_test(test_dead_address),
+        cmocka_unit_test(test_restart),
+        cmocka_unit_test(test_breaker),
+        cmocka_unit_test(test_unix_socket),
+        cmocka_unit_test(test_flight),
+        cmocka_unit_test(test_fetch),
+        cmocka_unit_test(test_fetch_cross_worker),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests(tests, NULL, NULL);

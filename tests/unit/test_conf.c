@@ -367,7 +367,7 @@ static void test_load_file(void **state)
     tk_conf_defaults(&c);
     assert_int_equal(tk_conf_load_file(&c, path, err, sizeof(err)), -1);
     char want[128];
-    snprintf(want, sizeof(want), "%s:4: limits.max_headers: out of range (accepted range 1..10000)",
+    snprintf(want, sizeof(want), "%s:4: limits.max_headers: out of range (accepted range 1..128)",
              path);
     assert_string_equal(err, want);
     unlink(path);
@@ -421,6 +421,74 @@ static void test_pid_path(void **state)
     assert_non_null(strstr(buf, "x1.pid"));
 }
 
+/* Every numeric setting: its edge values are accepted, one past them is
+ * refused. The ranges are what the code supports: max_headers ends where the
+ * parser's field array does, max_body_size starts at 1 (0 would read as "the
+ * default" in the HTTP engine), workers and db.max_open end at the shared
+ * memory's slots. below NULL: the minimum is the smallest value the unit can
+ * write. */
+static const struct {
+    const char *section, *key, *min, *max, *below, *above;
+} k_edges[] = {
+    {"server", "workers", "0", "256", "-1", "257"},
+    {"server", "backlog", "1", "65535", "0", "65536"},
+    {"server", "max_connections", "1", "1000000", "0", "1000001"},
+    {"server", "shutdown_timeout", "0ms", "3600000ms", "-1ms", "3600001ms"},
+    {"runtime", "stack_size", "16384", "8388608", "16383", "8388609"},
+    {"runtime", "max_threads", "0", "1000000", "-1", "1000001"},
+    {"runtime", "long_run", "1ms", "60000ms", "0ms", "60001ms"},
+    {"limits", "max_request_line", "256", "1048576", "255", "1048577"},
+    {"limits", "max_header_size", "1024", "1048576", "1023", "1048577"},
+    {"limits", "max_headers", "1", "128", "0", "129"},
+    {"limits", "max_body_size", "1", "1073741824", "0", "1073741825"},
+    {"limits", "max_requests_per_conn", "0", "100000000", "-1", "100000001"},
+    {"timeouts", "header", "10ms", "3600000ms", "9ms", "3600001ms"},
+    {"timeouts", "body", "10ms", "3600000ms", "9ms", "3600001ms"},
+    {"timeouts", "write", "10ms", "3600000ms", "9ms", "3600001ms"},
+    {"timeouts", "keepalive", "0ms", "3600000ms", "-1ms", "3600001ms"},
+    {"http", "gzip_min_size", "0", "1073741824", "-1", "1073741825"},
+    {"http", "gzip_level", "1", "9", "0", "10"},
+    {"db", "max_open", "1", "256", "0", "257"},
+    {"db", "max_idle", "0", "256", "-1", "257"},
+    {"db", "max_lifetime", "0ms", "86400000ms", "-1ms", "86400001ms"},
+    {"db", "max_idle_time", "0ms", "86400000ms", "-1ms", "86400001ms"},
+    {"db", "acquire_timeout", "1ms", "600000ms", "0ms", "600001ms"},
+    {"db", "query_timeout", "1ms", "600000ms", "0ms", "600001ms"},
+    {"redis", "db", "0", "255", "-1", "256"},
+    {"redis", "timeout", "1ms", "60000ms", "0ms", "60001ms"},
+    {"cache", "ttl", "1s", "2592000s", "0s", "2592001s"},
+    {"cache", "negative_ttl", "0s", "86400s", "-1s", "86401s"},
+};
+
+static void test_range_edges(void **state)
+{
+    (void)state;
+    tk_conf_t c;
+    for (size_t i = 0; i < sizeof(k_edges) / sizeof(k_edges[0]); i++) {
+        const char *sec = k_edges[i].section, *key = k_edges[i].key;
+        const char *ok[2] = {k_edges[i].min, k_edges[i].max};
+        const char *bad[2] = {k_edges[i].below, k_edges[i].above};
+        for (int j = 0; j < 2; j++) {
+            tk_conf_defaults(&c);
+            if (tk_conf_set(&c, sec, key, ok[j], err, sizeof(err)) != 0)
+                fail_msg("%s.%s = %s refused: %s", sec, key, ok[j], err);
+            tk_conf_defaults(&c);
+            if (bad[j] && tk_conf_set(&c, sec, key, bad[j], err, sizeof(err)) == 0)
+                fail_msg("%s.%s = %s accepted", sec, key, bad[j]);
+        }
+        /* the one above the maximum is refused as out of range, saying the range */
+        assert_non_null(strstr(err, "out of range (accepted range "));
+    }
+    /* server.name: 1..63 characters */
+    char name[65];
+    memset(name, 'a', sizeof(name) - 1);
+    name[64] = '\0';
+    assert_int_equal(tk_conf_set(&c, "server", "name", name, err, sizeof(err)), -1);
+    name[63] = '\0';
+    assert_int_equal(tk_conf_set(&c, "server", "name", name, err, sizeof(err)), 0);
+    assert_int_equal(tk_conf_set(&c, "server", "name", "", err, sizeof(err)), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -436,6 +504,7 @@ int main(void)
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_example_file_is_the_defaults),
         cmocka_unit_test(test_pid_path),
+        cmocka_unit_test(test_range_edges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

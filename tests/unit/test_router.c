@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -48,13 +49,13 @@ static void test_literals(void **state)
 {
     (void)state;
     tk_router_t *r = tk_router_new();
-    assert_int_equal(tk_router_add(r, "GET", "/health", h_a, 1), 0);
-    assert_int_equal(tk_router_add(r, "GET", "/", h_b, 2), 0);
-    assert_int_equal(tk_router_add(r, "GET", "/a/b/c", h_c, 3), 0);
+    assert_true(tk_router_add(r, "GET", "/health", h_a) >= 0);
+    assert_true(tk_router_add(r, "GET", "/", h_b) >= 0);
+    assert_true(tk_router_add(r, "GET", "/a/b/c", h_c) >= 0);
     tk_router_match_t m;
     assert_int_equal(match(r, "GET", "/health", &m), TK_ROUTE_FOUND);
     assert_ptr_equal(m.fn, h_a);
-    assert_int_equal(m.route_id, 1);
+    assert_int_equal(m.route_id, 0); /* the router numbers routes in registration order */
     assert_string_equal(m.pattern, "/health");
     assert_int_equal(match(r, "GET", "/", &m), TK_ROUTE_FOUND);
     assert_ptr_equal(m.fn, h_b);
@@ -78,10 +79,10 @@ static void test_params(void **state)
 {
     (void)state;
     tk_router_t *r = tk_router_new();
-    assert_int_equal(tk_router_add(r, "GET", "/users/{id}", h_a, 1), 0);
-    assert_int_equal(tk_router_add(r, "GET", "/users/me", h_b, 2), 0);
-    assert_int_equal(tk_router_add(r, "GET", "/a/{x}/b/{y}", h_c, 3), 0);
-    assert_int_equal(tk_router_add(r, "GET", "/a/{x}/c", h_d, 4), 0);
+    assert_true(tk_router_add(r, "GET", "/users/{id}", h_a) >= 0);
+    assert_true(tk_router_add(r, "GET", "/users/me", h_b) >= 0);
+    assert_true(tk_router_add(r, "GET", "/a/{x}/b/{y}", h_c) >= 0);
+    assert_true(tk_router_add(r, "GET", "/a/{x}/c", h_d) >= 0);
     tk_router_match_t m;
     assert_int_equal(match(r, "GET", "/users/42", &m), TK_ROUTE_FOUND);
     assert_ptr_equal(m.fn, h_a);
@@ -113,8 +114,8 @@ static void test_backtracking(void **state)
     (void)state;
     tk_router_t *r = tk_router_new();
     /* "/x/lit" exists as a prefix, but only the parameter route goes deeper */
-    assert_int_equal(tk_router_add(r, "GET", "/x/lit", h_a, 1), 0);
-    assert_int_equal(tk_router_add(r, "GET", "/x/{p}/deep", h_b, 2), 0);
+    assert_true(tk_router_add(r, "GET", "/x/lit", h_a) >= 0);
+    assert_true(tk_router_add(r, "GET", "/x/{p}/deep", h_b) >= 0);
     tk_router_match_t m;
     assert_int_equal(match(r, "GET", "/x/lit/deep", &m), TK_ROUTE_FOUND);
     assert_ptr_equal(m.fn, h_b);
@@ -127,14 +128,14 @@ static void test_methods(void **state)
 {
     (void)state;
     tk_router_t *r = tk_router_new();
-    assert_int_equal(tk_router_add(r, "GET", "/users/{id}", h_a, 1), 0);
-    assert_int_equal(tk_router_add(r, "PUT", "/users/{id}", h_b, 2), 0);
-    assert_int_equal(tk_router_add(r, "DELETE", "/users/{id}", h_c, 3), 0);
-    assert_int_equal(tk_router_add(r, "POST", "/only-post", h_d, 4), 0);
+    assert_true(tk_router_add(r, "GET", "/users/{id}", h_a) >= 0);
+    assert_true(tk_router_add(r, "PUT", "/users/{id}", h_b) >= 0);
+    assert_true(tk_router_add(r, "DELETE", "/users/{id}", h_c) >= 0);
+    assert_true(tk_router_add(r, "POST", "/only-post", h_d) >= 0);
     tk_router_match_t m;
     assert_int_equal(match(r, "PUT", "/users/7", &m), TK_ROUTE_FOUND);
     assert_ptr_equal(m.fn, h_b);
-    assert_int_equal(m.route_id, 2);
+    assert_int_equal(m.route_id, 1);
     assert_true(param_eq(&m, "id", "7"));
     /* HEAD is served by GET */
     assert_int_equal(match(r, "HEAD", "/users/7", &m), TK_ROUTE_FOUND);
@@ -157,8 +158,8 @@ static void test_explicit_head(void **state)
 {
     (void)state;
     tk_router_t *r = tk_router_new();
-    assert_int_equal(tk_router_add(r, "GET", "/f", h_a, 1), 0);
-    assert_int_equal(tk_router_add(r, "HEAD", "/f", h_b, 2), 0);
+    assert_true(tk_router_add(r, "GET", "/f", h_a) >= 0);
+    assert_true(tk_router_add(r, "HEAD", "/f", h_b) >= 0);
     tk_router_match_t m;
     assert_int_equal(match(r, "HEAD", "/f", &m), TK_ROUTE_FOUND);
     assert_ptr_equal(m.fn, h_b);
@@ -172,24 +173,22 @@ static void test_bad_patterns(void **state)
     (void)state;
     tk_router_t *r = tk_router_new();
     char err[128];
-    assert_int_equal(tk_router_add_err(r, "GET", "users", h_a, 1, err, sizeof(err)), -1);
+    assert_int_equal(tk_router_add_err(r, "GET", "users", h_a, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "start with"));
-    assert_int_equal(tk_router_add(r, "GET", "/u/{", h_a, 1), -1);
-    assert_int_equal(tk_router_add(r, "GET", "/u/{}", h_a, 1), -1);
-    assert_int_equal(tk_router_add(r, "GET", "/u/{a}b", h_a, 1), -1);
-    assert_int_equal(tk_router_add(r, "GET", "/u/x{a}", h_a, 1), -1);
-    assert_int_equal(tk_router_add(r, "G ET", "/u", h_a, 1), -1);
-    assert_int_equal(tk_router_add(r, "", "/u", h_a, 1), -1);
-    assert_int_equal(tk_router_add(r, "GET", "/u", NULL, 1), -1);
-    assert_int_equal(tk_router_add(r, "GET", "/u", h_a, -1), -1);
-    assert_int_equal(tk_router_add(r, "GET", "/u", h_a, TK_ROUTER_MAX_ROUTES), -1);
-    assert_int_equal(tk_router_add(r, "GET", "/u/{a}/{b}/{c}/{d}/{e}/{f}/{g}/{h}/{i}", h_a, 1), -1);
-    assert_int_equal(tk_router_add(r, "GET", "/u/{a}/{b}/{c}/{d}/{e}/{f}/{g}/{h}", h_a, 1), 0);
+    assert_int_equal(tk_router_add(r, "GET", "/u/{", h_a), -1);
+    assert_int_equal(tk_router_add(r, "GET", "/u/{}", h_a), -1);
+    assert_int_equal(tk_router_add(r, "GET", "/u/{a}b", h_a), -1);
+    assert_int_equal(tk_router_add(r, "GET", "/u/x{a}", h_a), -1);
+    assert_int_equal(tk_router_add(r, "G ET", "/u", h_a), -1);
+    assert_int_equal(tk_router_add(r, "", "/u", h_a), -1);
+    assert_int_equal(tk_router_add(r, "GET", "/u", NULL), -1);
+    assert_int_equal(tk_router_add(r, "GET", "/u/{a}/{b}/{c}/{d}/{e}/{f}/{g}/{h}/{i}", h_a), -1);
+    assert_true(tk_router_add(r, "GET", "/u/{a}/{b}/{c}/{d}/{e}/{f}/{g}/{h}", h_a) >= 0);
     /* duplicates and conflicting parameter names */
-    assert_int_equal(tk_router_add(r, "GET", "/v/{id}", h_a, 1), 0);
-    assert_int_equal(tk_router_add_err(r, "GET", "/v/{id}", h_b, 1, err, sizeof(err)), -1);
+    assert_true(tk_router_add(r, "GET", "/v/{id}", h_a) >= 0);
+    assert_int_equal(tk_router_add_err(r, "GET", "/v/{id}", h_b, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "twice"));
-    assert_int_equal(tk_router_add(r, "PUT", "/v/{key}", h_b, 1), -1);
+    assert_int_equal(tk_router_add(r, "PUT", "/v/{key}", h_b), -1);
     tk_router_match_t m;
     assert_int_equal(match(r, "GET", "/u/1/2/3/4/5/6/7/8", &m), TK_ROUTE_FOUND);
     assert_int_equal(m.nparams, 8);
@@ -209,13 +208,64 @@ static void test_foreach(void **state)
 {
     (void)state;
     tk_router_t *r = tk_router_new();
-    assert_int_equal(tk_router_add(r, "GET", "/a", h_a, 1), 0);
-    assert_int_equal(tk_router_add(r, "POST", "/a", h_a, 1), 0);
-    assert_int_equal(tk_router_add(r, "GET", "/b/{x}", h_a, 2), 0);
+    assert_true(tk_router_add(r, "GET", "/a", h_a) >= 0);
+    assert_true(tk_router_add(r, "POST", "/a", h_a) >= 0);
+    assert_true(tk_router_add(r, "GET", "/b/{x}", h_a) >= 0);
     int n = 0;
     tk_router_foreach(r, count_cb, &n);
     assert_int_equal(n, 3);
     tk_router_free(r);
+}
+
+/* Every (method, pattern) gets its own id and label; a router sharing the
+ * ids gives the same label the same id. */
+static void test_ids_and_labels(void **state)
+{
+    (void)state;
+    tk_router_t *r = tk_router_new();
+    tk_router_t *a = tk_router_new_shared(r);
+    assert_int_equal(tk_router_add(r, "GET", "/users", h_a), 0);
+    assert_int_equal(tk_router_add(r, "POST", "/users", h_b), 1);
+    assert_int_equal(tk_router_add(r, "GET", "/health", h_c), 2);
+    assert_int_equal(tk_router_add(a, "GET", "/metrics", h_d), 3);
+    assert_int_equal(tk_router_add(a, "GET", "/health", h_c), 2);
+    assert_string_equal(tk_router_label(r, 0), "GET /users");
+    assert_string_equal(tk_router_label(a, 1), "POST /users");
+    assert_string_equal(tk_router_label(r, 3), "GET /metrics");
+    assert_null(tk_router_label(r, 4));
+    assert_null(tk_router_label(r, -1));
+    tk_router_match_t m;
+    assert_int_equal(match(r, "POST", "/users", &m), TK_ROUTE_FOUND);
+    assert_int_equal(m.route_id, 1);
+    assert_int_equal(match(r, "HEAD", "/users", &m), TK_ROUTE_FOUND);
+    assert_int_equal(m.route_id, 0); /* HEAD answered by GET counts as GET */
+    assert_string_equal(tk_router_error(r), "");
+    tk_router_free(r); /* a still holds the ids */
+    assert_string_equal(tk_router_label(a, 3), "GET /metrics");
+    tk_router_free(a);
+}
+
+/* One limit: TK_ROUTER_MAX_ROUTES labels (= the metrics' route slots); the
+ * next registration fails and the router keeps the error for start-up. */
+static void test_route_limit(void **state)
+{
+    (void)state;
+    assert_int_equal(TK_ROUTER_MAX_ROUTES, TK_METRICS_MAX_ROUTES);
+    tk_router_t *r = tk_router_new();
+    tk_router_t *a = tk_router_new_shared(r);
+    char pat[32], err[128];
+    for (int i = 0; i < TK_ROUTER_MAX_ROUTES; i++) {
+        snprintf(pat, sizeof(pat), "/r%d", i);
+        assert_int_equal(tk_router_add(i % 2 ? a : r, "GET", pat, h_a), i);
+    }
+    assert_string_equal(tk_router_error(r), "");
+    assert_int_equal(tk_router_add_err(a, "GET", "/one-more", h_a, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "more than"));
+    assert_non_null(strstr(tk_router_error(a), "GET /one-more"));
+    /* an existing label still resolves to its id */
+    assert_int_equal(tk_router_add(a, "GET", "/r0", h_a), 0);
+    tk_router_free(r);
+    tk_router_free(a);
 }
 
 int main(void)
@@ -224,7 +274,8 @@ int main(void)
         cmocka_unit_test(test_literals),      cmocka_unit_test(test_params),
         cmocka_unit_test(test_backtracking),  cmocka_unit_test(test_methods),
         cmocka_unit_test(test_explicit_head), cmocka_unit_test(test_bad_patterns),
-        cmocka_unit_test(test_foreach),
+        cmocka_unit_test(test_foreach),       cmocka_unit_test(test_ids_and_labels),
+        cmocka_unit_test(test_route_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
