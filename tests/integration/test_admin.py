@@ -120,12 +120,13 @@ def test_debug_stats_mirrors_tenkctl():
             assert ours["db"]["configured"] is True
             missing = set(db) - set(ours["db"]) - {"name", "master_pid", "generation", "uptime_s"}
             assert not missing, "tenkctl db fields missing: %s" % sorted(missing)
-            for k in ("max_open", "acquires", "wait_count"):
+            for k in ("max_open", "wait_count"):
                 assert ours["db"][k] == db[k], (k, ours["db"][k], db[k])
             assert ours["db"]["acquires"] >= 5
-            # the gauges move by themselves (a worker's db timer turns an unused shared
-            # connection idle, or back): they must agree once two snapshots see the same state
-            gauges = ("open", "in_use", "idle")
+            # these can move between two snapshots (a worker's db timer turns an unused shared
+            # connection idle, or back; acquires was seen 7 vs 8): they must agree once two
+            # snapshots see the same state
+            gauges = ("open", "in_use", "idle", "acquires")
             deadline = time.monotonic() + 5
             while True:
                 a = admin_json(t, "/debug/stats")["db"]
