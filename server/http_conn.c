@@ -664,8 +664,13 @@ static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t
         uintptr_t base0 = (uintptr_t)(c->in.data + c->in_off);
         int st = conn_read_body(c, req, head_len, &consumed);
         uintptr_t base1 = (uintptr_t)(c->in.data + c->in_off);
-        if (base1 != base0)
+        if (base1 != base0) {
             request_rebase(req, base0, head_len, base1);
+            /* the path parameters point into the head too: without this a
+             * large body left /users/{id} reading freed memory */
+            for (int i = 0; rr == TK_ROUTE_FOUND && i < m.nparams; i++)
+                rebase_str(&m.params[i].value, base0, head_len, base1);
+        }
         if (st != 0) {
             if (st > 0)
                 conn_error(c, st,
