@@ -802,6 +802,13 @@ static void conn_serve(void *arg)
             rc = SERVE_LINGER;
             goto out;
         }
+        {
+            /* for the stack-overflow report: peer, method and target */
+            const char *parts[2] = {c->peer, req.method.p};
+            size_t lens[2] = {strlen(c->peer),
+                              (size_t)(req.target.p + req.target.len - req.method.p)};
+            tk_gt_set_note(tk_gt_self(), 2, parts, lens);
+        }
         rc = conn_request(c, &req, (size_t)n);
         if (rc != SERVE_NEXT)
             goto out;
