@@ -72,7 +72,7 @@ def test_hostile_input_deep_json_and_limits_kill_no_worker():
     limit at and one past its edge on every route: 4xx with a JSON body, restart counts unchanged
     (2,000 '[' used to overflow a green thread's stack and kill the worker)."""
     res = torture.case_hostile(_ctx())
-    assert res["requests"] >= 300 and res["statuses"].get(400, 0) >= 20, res
+    assert res["requests"] >= 200 and res["statuses"].get(400, 0) >= 20, res
     _show("hostile", res)
 
 
