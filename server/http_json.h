@@ -13,8 +13,11 @@
 
 struct cJSON;
 
-/* Deepest nesting a request body may have ([ and { count one level each). */
+/* Deepest nesting a request body may have ([ and { count one level each).
+ * Overridable only so that the fuzz target can be shown to fail without it. */
+#ifndef TK_HTTP_JSON_MAX_DEPTH
 #define TK_HTTP_JSON_MAX_DEPTH 32
+#endif
 
 /* Deepest nesting of '[' and '{' in p[0..len), not counting brackets inside
  * strings (escapes understood). Linear, no recursion, and stops as soon as the
