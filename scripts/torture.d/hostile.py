@@ -3,7 +3,8 @@
 Two families of requests, each on a fresh connection, against a tenkd with an admin listener:
 - deeply nested JSON of every shape (arrays, objects, the two mixed, openers never closed) from
   10^2 to 10^6 levels, and brackets hidden in strings, on every endpoint that takes a JSON body:
-  400 with a JSON error when the body fits, 413 when it is above limits.max_body_size;
+  400 with a JSON error when the body fits, 413 when it is above limits.max_body_size; paths of
+  4,000 segments (404);
 - on every route (public and admin), a body, a request target and a header section exactly at
   their limit (the route's ordinary answer) and one byte past it (413, 414, 431), and 100 then
   101 header fields.
@@ -110,6 +111,13 @@ def deep_json(chk, port, uid, depths):
     chk.check("POST /users 32 levels", port, json_req("POST", "/users", body), 201)
 
 
+def deep_paths(chk, port):
+    """The router recurses once per path segment only along registered routes: 4,000 segments
+    cost it no more than three."""
+    for path in ("/" + "a/" * 4000, "/users/" + "1/" * 4000, "/users/1" + "/" * 4000, "/" * 8000):
+        chk.check("GET %s... (%d bytes)" % (path[:12], len(path)), port, build_request("GET", path), 404)
+
+
 def user_body(size, email):
     """A valid users body padded with whitespace to exactly size bytes."""
     b = json.dumps({"name": "limit", "email": email}).encode()
@@ -185,5 +193,6 @@ def run(t, depths):
     uid = json.loads(body)["id"]
     seq = [int(time.time() * 1000) % 10**9 * 100]
     deep_json(chk, t.port, uid, depths)
+    deep_paths(chk, t.port)
     limits(chk, t.port, t.admin_port, uid, seq)
     return chk
