@@ -125,14 +125,17 @@ def measure(label, listener, reqs, over, want, stack=None):
         with Tenkd(workers=1, db=db, redis=redis) as w:
             st, h, _ = w.request("GET", "/users/%d" % over["warm"])
             assert st == 200, st
+    t0 = psql("SELECT clock_timestamp()").strip()
     with Tenkd(workers=1, db=db, redis=redis, admin=True, conf=conf) as t:
         port = t.port if listener == "pub" else t.admin_port
         before = _quiet(t, 1)["created"]  # the readiness probe's thread is counted
         # With Redis, a worker warms its cache at start and opens a database connection then,
         # off any request. End the backends, so that the request's own green thread connects
         # again (libpq connect + the query: the deepest database path), as after a restart.
+        # (only those opened since this tenkd started: other tests may share the database)
         psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-             "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+             "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+             "AND backend_start >= '%s'" % t0)
         for m, p, h, b in reqs:
             st, hd, body = _exchange(port, m, p, h, b)
             assert st == want, (label, st, body[:200])

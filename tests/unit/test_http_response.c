@@ -432,18 +432,19 @@ static void test_json_depth(void **state)
     assert_int_equal(D("{}", 32), 1);
     assert_int_equal(D("[[]]", 32), 2);
     assert_int_equal(D("[{\"a\":[1]}]", 32), 3);
-    assert_int_equal(D("[\"[[[[\"]", 32), 1);           /* in a string */
-    assert_int_equal(D("[\"\\\"[[\"]", 32), 1);      /* escaped quote stays in the string */
+    assert_int_equal(D("[\"[[[[\"]", 32), 1);       /* in a string */
+    assert_int_equal(D("[\"\\\"[[\"]", 32), 1);     /* escaped quote stays in the string */
     assert_int_equal(D("[\"\\\\\",[[1]]]", 32), 3); /* escaped backslash ends before the quote */
-    assert_int_equal(D("]]]][[", 32), 2);               /* unbalanced: left to the parser */
-    assert_int_equal(D("[[[[[", 3), 4);                 /* stops at limit + 1 */
+    assert_int_equal(D("]]]][[", 32), 2);           /* unbalanced: left to the parser */
+    assert_int_equal(D("[[[[[", 3), 4);             /* stops at limit + 1 */
     assert_int_equal(D("[[[]]]", 3), 3);
 #undef D
     size_t n = 1024 * 1024;
     char *deep = malloc(n);
     assert_non_null(deep);
     memset(deep, '[', n);
-    assert_int_equal(tk_http_json_depth(deep, n, TK_HTTP_JSON_MAX_DEPTH), TK_HTTP_JSON_MAX_DEPTH + 1);
+    assert_int_equal(tk_http_json_depth(deep, n, TK_HTTP_JSON_MAX_DEPTH),
+                     TK_HTTP_JSON_MAX_DEPTH + 1);
     memset(deep, ' ', n);
     deep[0] = '"'; /* one long string of brackets: depth 0 */
     memset(deep + 1, '{', n - 2);
