@@ -1017,8 +1017,11 @@ static void h_threads(tk_http_ctx_t *ctx)
             n++;
             p += 6;
         }
-        tk_http_buf_printf(&workers, "%s{\"slot\":%u,\"pid\":%d,\"threads\":%u",
-                           workers.len ? "," : "", i, (int)tab[i].pid, n);
+        const tk_metrics_sh_t *ms = tk_shm_metrics(shm, i); /* high-water: runtime.stack_paint */
+        tk_http_buf_printf(
+            &workers, "%s{\"slot\":%u,\"pid\":%d,\"threads\":%u,\"stack_max_used\":%llu",
+            workers.len ? "," : "", i, (int)tab[i].pid, n,
+            ms ? (unsigned long long)__atomic_load_n(&ms->stack_max_used, __ATOMIC_RELAXED) : 0ull);
         if (rc != 0) {
             tk_http_buf_append_str(&workers, ",\"error\":");
             put_json_str(&workers, err, strlen(err));

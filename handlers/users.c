@@ -14,6 +14,7 @@
 #include "cache.h"
 #include "db.h"
 #include "handlers.h"
+#include "http_json.h"
 #include "http_response.h"
 #include "sched.h"
 #include "worker.h"
@@ -320,25 +321,6 @@ static void h_get(tk_http_ctx_t *ctx)
     free(val);
 }
 
-/* Whether the JSON text holds a NUL in a string (raw or \u0000): cJSON
- * would silently cut the string there, and PostgreSQL text cannot hold it. */
-static int json_has_nul(const char *s, size_t len)
-{
-    /* a raw NUL anywhere, even right after a backslash (which the escape
-     * scan below steps over) */
-    if (memchr(s, '\0', len) != NULL)
-        return 1;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] == '\\' && i + 1 < len) {
-            if (s[i + 1] == 'u' && i + 5 < len && s[i + 2] == '0' && s[i + 3] == '0' &&
-                s[i + 4] == '0' && s[i + 5] == '0')
-                return 1;
-            i++; /* skip the escaped character (so \\u0000 is not a NUL) */
-        }
-    }
-    return 0;
-}
-
 /* Count UTF-8 characters; -1 if the bytes are not valid UTF-8. */
 static long utf8_chars(const char *s)
 {
@@ -383,28 +365,11 @@ static int email_ok(const char *e)
 /* Parse and validate {"name","email"}; answers 400/415 itself. */
 static int read_user(tk_http_ctx_t *ctx, cJSON **doc, const char **name, const char **email)
 {
-    tk_str_t ct = tk_http_header(ctx, "Content-Type");
-    tk_str_t body = tk_http_body(ctx);
-    static const char json_type[] = "application/json";
-    size_t jl = sizeof(json_type) - 1;
-
-    if (ct.p == NULL || ct.len < jl || strncasecmp(ct.p, json_type, jl) != 0 ||
-        (ct.len > jl && ct.p[jl] != ';' && ct.p[jl] != ' ' && ct.p[jl] != '\t')) {
-        tk_http_respond_error(ctx, 415, "the body must be application/json");
+    /* 415/400 answered there; nesting is bounded before cJSON's recursion */
+    *doc = tk_http_json_body(ctx);
+    if (*doc == NULL)
         return -1;
-    }
-    if (json_has_nul(body.p, body.len)) {
-        tk_http_respond_error(ctx, 400, "strings must not contain NUL characters");
-        return -1;
-    }
-    /* One JSON object and nothing after it but whitespace: "{...} garbage" is
-     * not a body we understand, whatever cJSON made of its start. */
-    const char *end = NULL;
-    *doc = cJSON_ParseWithLengthOpts(body.p, body.len, &end, 0);
-    while (*doc != NULL && end < body.p + body.len &&
-           (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
-        end++;
-    if (*doc == NULL || !cJSON_IsObject(*doc) || end != body.p + body.len) {
+    if (!cJSON_IsObject(*doc)) {
         cJSON_Delete(*doc);
         tk_http_respond_error(ctx, 400, "the body must be a JSON object");
         return -1;

@@ -82,6 +82,7 @@ static const setting_t settings[] = {
     {"runtime", "max_threads", T_UINT, F(max_threads), 0, TK_SCHED_THREADS_MAX, "0 = unlimited"},
     {"runtime", "long_run", T_ULL_MS, F(long_run_ms), TK_SCHED_LONG_RUN_MIN_NS / 1000000,
      TK_SCHED_LONG_RUN_MAX_NS / 1000000, NULL},
+    {"runtime", "stack_paint", T_BOOL, F(stack_paint), 0, 1, NULL},
 
     {"limits", "max_request_line", T_SIZE, F(max_request_line), 256, MIB, NULL},
     {"limits", "max_header_size", T_SIZE, F(max_header_size), KIB, MIB, NULL},

@@ -27,6 +27,7 @@ typedef struct {
     size_t stack_size;              /* 65536 */
     unsigned max_threads;           /* per worker; 0 = unlimited */
     unsigned long long long_run_ms; /* 50 */
+    int stack_paint;                /* measure stack use (high-water mark); 0 */
 
     /* [limits] */
     size_t max_request_line;   /* request target; 8192 -> 414 */

@@ -52,10 +52,14 @@ struct tk_coro_pool {
     tk_coro_t *all;      /* every mapped stack, in use or idle */
     tk_coro_t *cursor;   /* where the next residency refresh starts */
     size_t resident_sum; /* sum of the stacks' last measured residency */
+    int paint;           /* fill stacks with PAINT to measure their use */
     unsigned long mapped, mmaps, munmaps;
 };
 
 #define ALIGN16(n) (((n) + 15u) & ~(size_t)15u)
+
+/* What an untouched word of a painted stack holds ("tkSTACK!" little-endian). */
+#define PAINT 0x214b434154536b74ull
 
 #if defined(TK_CORO_X86_64) || defined(TK_CORO_AARCH64)
 /* In coro_<arch>.S: save callee-saved registers on the current stack, store sp
@@ -203,6 +207,42 @@ size_t tk_coro_pool_resident(const tk_coro_pool_t *p)
     return res;
 }
 
+/* The first frame starts just below the header, 16-byte aligned. */
+static inline uintptr_t stack_top(const tk_coro_t *c)
+{
+    return (uintptr_t)c & ~(uintptr_t)15;
+}
+
+static void paint_range(uint64_t *lo, uint64_t *hi)
+{
+    while (lo < hi)
+        *lo++ = PAINT;
+}
+
+/* The lowest word of c's stack that no longer holds the paint (the top if
+ * none). Not instrumented: ASan may still hold dead frames' redzones
+ * poisoned here. */
+__attribute__((no_sanitize_address)) static uint64_t *lowest_used(const tk_coro_t *c)
+{
+    const volatile uint64_t *w = (const uint64_t *)(c->map + TK_CORO_GUARD);
+    const uint64_t *top = (const uint64_t *)stack_top(c);
+    while (w < top && *w == PAINT)
+        w++;
+    return (uint64_t *)(uintptr_t)w;
+}
+
+void tk_coro_pool_set_paint(tk_coro_pool_t *p, int on)
+{
+    p->paint = on != 0;
+}
+
+size_t tk_coro_stack_used(const tk_coro_t *c)
+{
+    if (c->pool == NULL || !c->pool->paint)
+        return 0;
+    return (size_t)(stack_top(c) - (uintptr_t)lowest_used(c));
+}
+
 /* Map a fresh stack: guard zone PROT_NONE, the rest read/write. MAP_NORESERVE
  * so an untouched page costs neither memory nor commit charge. */
 static tk_coro_t *stack_map(tk_coro_pool_t *p)
@@ -231,6 +271,8 @@ static tk_coro_t *stack_map(tk_coro_pool_t *p)
     p->all = c;
     p->mapped++;
     p->mmaps++;
+    if (p->paint)
+        paint_range((uint64_t *)(map + TK_CORO_GUARD), (uint64_t *)stack_top(c));
     return c;
 }
 
@@ -265,8 +307,7 @@ tk_coro_t *tk_coro_new(tk_coro_pool_t *p, tk_coro_fn fn, void *arg)
     c->next = NULL;
     c->fn = fn;
     c->arg = arg;
-    /* the first frame starts just below the header, 16-byte aligned */
-    uintptr_t sp0 = (uintptr_t)c & ~(uintptr_t)15;
+    uintptr_t sp0 = stack_top(c);
 
 #if defined(TK_CORO_X86_64)
     /* Mirror of what tk_coro_ctx_swap pops, lowest address first. */
@@ -311,6 +352,8 @@ void tk_coro_free(tk_coro_t *c)
     ASAN_UNPOISON_MEMORY_REGION(c->map + TK_CORO_GUARD,
                                 (size_t)((char *)c - c->map) - TK_CORO_GUARD);
 #endif
+    if (p->paint)
+        paint_range(lowest_used(c), (uint64_t *)stack_top(c));
     if (p->idle < p->pool_max) {
         c->next = p->free;
         p->free = c;

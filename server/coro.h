@@ -72,6 +72,18 @@ void tk_coro_switch(tk_coro_t *from, tk_coro_t *to);
  * ending): lets ASan release its fake stack. Does not return. */
 void tk_coro_switch_final(tk_coro_t *from, tk_coro_t *to) __attribute__((noreturn));
 
+/* Stack painting, to measure how deep coroutines go: with it on, every stack
+ * is filled with a pattern when it is mapped and the part a coroutine used is
+ * filled again when its stack goes back to the pool. Costs the whole stack
+ * resident from its first use and a scan plus a repaint per coroutine, so it
+ * is off by default (runtime.stack_paint). Set it before the first
+ * tk_coro_new(). */
+void tk_coro_pool_set_paint(tk_coro_pool_t *p, int on);
+/* Deepest stack use of c since it took its stack, in bytes from the top of
+ * the stack (its first frame included); 0 when the pool does not paint. A
+ * frame that reserves more than it writes is seen only as deep as it wrote. */
+size_t tk_coro_stack_used(const tk_coro_t *c);
+
 /* Usable stack bytes (without the guard zone). */
 size_t tk_coro_stack_size(const tk_coro_t *c);
 /* Resident bytes of this coroutine's stack mapping (mincore). */

@@ -664,8 +664,13 @@ static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t
         uintptr_t base0 = (uintptr_t)(c->in.data + c->in_off);
         int st = conn_read_body(c, req, head_len, &consumed);
         uintptr_t base1 = (uintptr_t)(c->in.data + c->in_off);
-        if (base1 != base0)
+        if (base1 != base0) {
             request_rebase(req, base0, head_len, base1);
+            /* the path parameters point into the head too: without this a
+             * large body left /users/{id} reading freed memory */
+            for (int i = 0; rr == TK_ROUTE_FOUND && i < m.nparams; i++)
+                rebase_str(&m.params[i].value, base0, head_len, base1);
+        }
         if (st != 0) {
             if (st > 0)
                 conn_error(c, st,
@@ -796,6 +801,13 @@ static void conn_serve(void *arg)
                        c->in.len - c->in_off);
             rc = SERVE_LINGER;
             goto out;
+        }
+        {
+            /* for the stack-overflow report: peer, method and target */
+            const char *parts[2] = {c->peer, req.method.p};
+            size_t lens[2] = {strlen(c->peer),
+                              (size_t)(req.target.p + req.target.len - req.method.p)};
+            tk_gt_set_note(tk_gt_self(), 2, parts, lens);
         }
         rc = conn_request(c, &req, (size_t)n);
         if (rc != SERVE_NEXT)

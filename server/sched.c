@@ -86,6 +86,7 @@ struct tk_gt {
     gt_defer_t *defers; /* defer_inline, or malloc'd when more are needed */
     gt_defer_t defer_inline[GT_INLINE_DEFERS];
     char name[32];
+    char note[TK_GT_NOTE_MAX]; /* for the overflow report: always NUL-terminated */
 };
 
 struct tk_sched {
@@ -128,6 +129,7 @@ void tk_sched_opts_default(tk_sched_opts_t *o)
     o->max_threads = 0;
     o->pool_max = 1024;
     o->long_run_ns = 50000000ull;
+    o->stack_paint = 0;
 }
 
 int tk_sched_opts_check(const tk_sched_opts_t *o, char *err, size_t errlen)
@@ -201,7 +203,7 @@ static void segv_handler(int sig, siginfo_t *si, void *uctx)
     tk_gt_t *g = s ? s->cur : NULL;
 
     if (g != NULL && tk_coro_guard_hit(g->coro, si->si_addr)) {
-        char buf[192];
+        char buf[96 + sizeof(g->name) + sizeof(g->note)];
         size_t n = 0;
         n += fmt_str(buf + n, "green thread ", 32);
         n += fmt_u64(buf + n, g->id);
@@ -209,15 +211,19 @@ static void segv_handler(int sig, siginfo_t *si, void *uctx)
         n += fmt_str(buf + n, g->name, sizeof(g->name));
         n += fmt_str(buf + n, ") overflowed its ", 32);
         n += fmt_u64(buf + n, tk_coro_stack_size(g->coro));
-        n += fmt_str(buf + n, "-byte stack\n", 16);
+        n += fmt_str(buf + n, "-byte stack", 16);
+        if (g->note[0]) {
+            n += fmt_str(buf + n, " serving ", 16);
+            n += fmt_str(buf + n, g->note, sizeof(g->note) - 1);
+        }
+        buf[n++] = '\n';
         ssize_t w = write(2, buf, n);
         (void)w;
-        struct sigaction dfl;
-        memset(&dfl, 0, sizeof(dfl));
-        dfl.sa_handler = SIG_DFL;
-        sigemptyset(&dfl.sa_mask);
-        sigaction(SIGSEGV, &dfl, NULL);
-        return; /* the access faults again, now fatally: the worker dies with SIGSEGV */
+        /* The access faults again, now fatally: the worker dies with SIGSEGV
+         * (or ASan, when it handled SIGSEGV before us, reports it: a fuzzer
+         * then saves the input). */
+        sigaction(SIGSEGV, &g_old_segv, NULL);
+        return;
     }
     /* Not a stack overflow: give the fault to whoever handled it before us
      * (the default action, or ASan's reporter). */
@@ -381,6 +387,11 @@ static void wake(tk_gt_t *g, int result)
 
 static void gt_release(tk_sched_t *s, tk_gt_t *g)
 {
+    if (s->opts.stack_paint) {
+        uint64_t used = tk_coro_stack_used(g->coro);
+        if (used > s->st.stack_max_used)
+            s->st.stack_max_used = used;
+    }
     if (g->defers != g->defer_inline)
         free(g->defers);
     tk_coro_free(g->coro);
@@ -507,6 +518,8 @@ tk_sched_t *tk_sched_new(struct event_base *base, const tk_sched_opts_t *opts)
     s->base = base;
     s->opts = *opts;
     s->pool = tk_coro_pool_new(opts->stack_size, sizeof(tk_gt_t), opts->pool_max);
+    if (s->pool)
+        tk_coro_pool_set_paint(s->pool, opts->stack_paint);
     s->main = tk_coro_main_new();
     if (s->pool == NULL || s->main == NULL ||
         event_assign(&s->drain_ev, base, -1, 0, drain_cb, s) != 0 ||
@@ -699,7 +712,8 @@ tk_gt_t *tk_gt_spawn(tk_sched_t *s, const char *name, tk_gt_fn fn, void *arg)
     tk_gt_t *g = tk_coro_udata(c);
     /* everything but the embedded event, which event_assign() initialises */
     memset(g, 0, offsetof(tk_gt_t, ev));
-    memset(&g->deadline_ms, 0, sizeof(*g) - offsetof(tk_gt_t, deadline_ms));
+    memset(&g->deadline_ms, 0, offsetof(tk_gt_t, note) - offsetof(tk_gt_t, deadline_ms));
+    g->note[0] = '\0'; /* the rest is never read past the NUL */
     g->s = s;
     g->coro = c;
     g->id = ++s->next_id;
@@ -717,6 +731,20 @@ tk_gt_t *tk_gt_spawn(tk_sched_t *s, const char *name, tk_gt_fn fn, void *arg)
     rq_append(s, g);
     kick(s);
     return g;
+}
+
+void tk_gt_set_note(tk_gt_t *gt, int n, const char *const parts[], const size_t lens[])
+{
+    /* per request on the hot path: plain copies, no per-byte work */
+    size_t o = 0, room = sizeof(gt->note) - 1;
+    for (int i = 0; i < n && o < room; i++) {
+        if (i > 0)
+            gt->note[o++] = ' ';
+        size_t k = lens[i] < room - o ? lens[i] : room - o;
+        memcpy(gt->note + o, parts[i], k);
+        o += k;
+    }
+    gt->note[o] = '\0';
 }
 
 tk_gt_t *tk_gt_self(void)

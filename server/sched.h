@@ -53,6 +53,7 @@ typedef struct {
     unsigned max_threads; /* live green threads at most; 0 = unlimited */
     unsigned pool_max;    /* freed stacks kept for reuse; default 1024 */
     unsigned long long long_run_ns; /* "ran too long without yielding"; default 50 ms */
+    int stack_paint;                /* measure stack use (tk_coro_pool_set_paint); default off */
 } tk_sched_opts_t;
 
 /* Accepted ranges, checked by tk_sched_opts_check() and the configuration. */
@@ -75,10 +76,13 @@ typedef struct {
     uint64_t stack_reserved; /* bytes of address space held by live + pooled stacks */
     uint64_t stack_resident; /* bytes actually resident (mincore), see tk_sched_stats() */
     uint64_t pooled_stacks;  /* stacks idle in the pool */
+    uint64_t stack_max_used; /* deepest stack use of any ended thread (stack_paint; else 0) */
 } tk_sched_stats_t;
 
 /* Create the scheduler for this thread on base; installs the guard-page
- * SIGSEGV handler (on an alternate signal stack) once per process. */
+ * SIGSEGV handler (on an alternate signal stack) once per process. The
+ * handler reports the thread's id, name, stack size and note (see
+ * tk_gt_set_note()) before the process dies. */
 tk_sched_t *tk_sched_new(struct event_base *base, const tk_sched_opts_t *opts);
 /* Cancels every live green thread, runs their defers, frees all stacks. */
 void tk_sched_free(tk_sched_t *s);
@@ -149,6 +153,12 @@ void tk_gt_set_name(tk_gt_t *gt, const char *name);
 tk_gt_state_t tk_gt_state(const tk_gt_t *gt);
 /* tk_now_ns() when it was first scheduled; 0 before its first run. */
 uint64_t tk_gt_started_ns(const tk_gt_t *gt);
+/* What the thread is doing, for the stack-overflow report: the n parts (text)
+ * are joined with spaces and copied, truncated to TK_GT_NOTE_MAX - 1 bytes,
+ * into a buffer in the thread's own struct, because a signal handler can follow
+ * no pointer it cannot trust. n == 0 clears it. */
+#define TK_GT_NOTE_MAX 160
+void tk_gt_set_note(tk_gt_t *gt, int n, const char *const parts[], const size_t lens[]);
 /* Opaque per-thread user pointer (e.g. the request being served). */
 void tk_gt_set_data(tk_gt_t *gt, void *data);
 void *tk_gt_data(const tk_gt_t *gt);

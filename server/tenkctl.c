@@ -24,7 +24,8 @@
  *            workers_running, stopping, layout_version, workers[{slot,pid,generation,
  *            state,index,uptime_s,restarts,last_exit,heartbeat_age_s,accepting}]
  *   threads: total{STATE:n}, percent{STATE:%}, threads, created, switches, long_runs,
- *            stack_reserved_bytes, stack_resident_bytes, workers[{.., by_state{..}}]
+ *            stack_reserved_bytes, stack_resident_bytes, stack_max_used_bytes (0 unless
+ *            runtime.stack_paint), workers[{.., by_state{..}}]
  *   db:      configured, max_open, max_idle, open, in_use, idle, free_slots, waiting,
  *            waiting_high_water, wait_count, wait_duration_us, *_closed, acquires,
  *            acquire_timeouts, queue_full, query_timeouts, connect_errors,
@@ -489,6 +490,7 @@ static int cmd_threads(tk_view_t *v)
         {"long runs", offsetof(tk_metrics_sh_t, gt_long_runs), 0},
         {"stack reserved", offsetof(tk_metrics_sh_t, stack_reserved), 1},
         {"stack resident", offsetof(tk_metrics_sh_t, stack_resident), 1},
+        {"stack max used", offsetof(tk_metrics_sh_t, stack_max_used), 1}, /* stack_paint */
     };
     for (unsigned k = 0; k < sizeof(rows) / sizeof(rows[0]); k++) {
         printf("%-14s", rows[k].label);

@@ -435,6 +435,7 @@ static int worker_setup(worker_t *w)
     so.max_threads = conf->max_threads;
     if (conf->long_run_ms)
         so.long_run_ns = conf->long_run_ms * 1000000ull;
+    so.stack_paint = conf->stack_paint;
     w->sched = tk_sched_new(w->base, &so);
     if (!w->sched) {
         TK_LOG_ERRNO(TK_LOG_ERR, errno, "tk_sched_new() failed");

@@ -258,6 +258,8 @@ void tk_metrics_sched_publish(const tk_sched_stats_t *st)
     M->stack_reserved = st->stack_reserved;
     M->stack_resident = st->stack_resident;
     M->pooled_stacks = st->pooled_stacks;
+    if (st->stack_max_used > M->stack_max_used) /* kept across respawns */
+        M->stack_max_used = st->stack_max_used;
     tk_metrics_wend(M);
 }
 
@@ -410,6 +412,8 @@ void tk_metrics_merge(tk_metrics_snap_t *dst, const tk_metrics_snap_t *src)
     d->stack_reserved += s->stack_reserved;
     d->stack_resident += s->stack_resident;
     d->pooled_stacks += s->pooled_stacks;
+    if (s->stack_max_used > d->stack_max_used)
+        d->stack_max_used = s->stack_max_used;
     d->rss_bytes += s->rss_bytes;
     d->cpu_user_ns += s->cpu_user_ns;
     d->cpu_sys_ns += s->cpu_sys_ns;

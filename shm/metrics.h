@@ -87,6 +87,8 @@ typedef struct {
     uint64_t gt_by_state[TK_GT_NSTATES];
     uint64_t gt_created, gt_exited, gt_switches, gt_long_runs;
     uint64_t stack_reserved, stack_resident, pooled_stacks;
+    uint64_t stack_max_used; /* deepest stack use (runtime.stack_paint; else 0); the
+                                total is the maximum over workers, not a sum */
 
     /* process (from /proc/self/stat): rss is a gauge; cpu adds per-process deltas */
     uint64_t rss_bytes;

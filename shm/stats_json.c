@@ -82,6 +82,7 @@ void tk_stats_json_gt_counters(cJSON *o, const tk_metrics_sh_t *m)
     cJSON_AddNumberToObject(o, "long_runs", U(m->gt_long_runs));
     cJSON_AddNumberToObject(o, "stack_reserved_bytes", U(m->stack_reserved));
     cJSON_AddNumberToObject(o, "stack_resident_bytes", U(m->stack_resident));
+    cJSON_AddNumberToObject(o, "stack_max_used_bytes", U(m->stack_max_used));
 }
 
 static void add_hist(cJSON *o, const tk_metrics_sh_t *m)

@@ -40,7 +40,8 @@ cJSON *tk_stats_json_latency(const tk_metrics_snap_t *s, unsigned flags);
 cJSON *tk_stats_json_status(const uint64_t st[6]);
 /* {STATE: n, ...}: green threads by state. */
 cJSON *tk_stats_json_gt_by_state(const tk_metrics_sh_t *m);
-/* Adds threads, created, switches, long_runs, stack_reserved_bytes, stack_resident_bytes. */
+/* Adds threads, created, switches, long_runs, stack_reserved_bytes, stack_resident_bytes,
+ * stack_max_used_bytes (the stack high-water mark; 0 unless runtime.stack_paint). */
 void tk_stats_json_gt_counters(cJSON *o, const tk_metrics_sh_t *m);
 /* Adds the block shown for the totals and for each worker: requests_total,
  * requests_per_second, latency_us, errors_total, errors_per_second, errors,

@@ -631,6 +631,30 @@ def case_malformed(ctx):
                 "rss_kb": [base["rss_kb"], now["rss_kb"]], "db": end.get("db")}
 
 
+def case_hostile(ctx):
+    """Deeply nested JSON and inputs at and one past every size limit (scripts/torture.d/hostile.py):
+    each gets its answer (a 4xx with a JSON body past a limit), and no worker dies."""
+    import hostile
+    depths = ctx.pick([10**2, 10**3, 2000, 10**4, 10**5, 10**6], [10**2, 10**3, 2000, 10**4, 10**5, 10**6],
+                      [10**2, 2000, 10**5, 10**6])
+    with Tenkd(workers=2, db=ctx.db, redis=ctx.redis, admin=True, conf=short_timeouts(True)) as t:
+        healthy(t)
+        before = ctl_json(t, "status")
+        restarts = {w["index"]: w["restarts"] for w in before["workers"] if w["state"] == "running"}
+        pids = sorted(t.worker_pids())
+        chk = hostile.run(t, depths)
+        after = ctl_json(t, "status")
+        now = {w["index"]: w["restarts"] for w in after["workers"] if w["state"] == "running"}
+        overflows = [line for line in t.log().splitlines() if "overflowed" in line]
+        assert not overflows, "stack overflow(s): %s" % overflows[:5]
+        assert now == restarts and sorted(t.worker_pids()) == pids, \
+            "a worker died: restarts %s -> %s, pids %s -> %s" % (restarts, now, pids, t.worker_pids())
+        assert not chk.bad, "%d of %d answers wrong: %s" % (len(chk.bad), chk.checked, chk.bad[:10])
+        end = healthy(t)
+        return {"requests": chk.checked, "depths": depths, "statuses": chk.statuses, "restarts": now,
+                "db": end.get("db")}
+
+
 def case_memory(ctx):
     """10 minutes of mixed load: RSS ends within 10% of its post-warm-up value (full mode only)."""
     if sanitized():
@@ -673,9 +697,10 @@ CASES = {
     "slow": case_slow,
     "flood": case_flood,
     "malformed": case_malformed,
+    "hostile": case_hostile,
     "memory": case_memory,
 }
-QUICK_DEFAULT = ["kill9", "reload", "pg", "redis", "slow", "flood", "malformed"]
+QUICK_DEFAULT = ["kill9", "reload", "pg", "redis", "slow", "flood", "malformed", "hostile"]
 FULL_DEFAULT = QUICK_DEFAULT + ["memory"]
 
 

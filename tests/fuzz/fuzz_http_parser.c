@@ -7,8 +7,9 @@
  *
  * The first input byte picks the mode: bit 0 = raw chunked body instead of a
  * request, bit 1 = tiny limits (so the 413/414/431 paths are reached); the
- * rest of that byte seeds the split sizes. */
-// fuzz-sources: server/http_parser.c
+ * rest of that byte seeds the split sizes. It runs on a green thread, as in a
+ * worker (gt_run.h). */
+// fuzz-sources: server/http_parser.c @runtime
 #include "config.h"
 
 #include <stdint.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 
 #include "http_parser.h"
+#include "gt_run.h"
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
@@ -186,7 +188,7 @@ static void fuzz_chunked(const uint8_t *body, size_t len, uint32_t seed, size_t 
     free(two);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static int one_input(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
@@ -233,5 +235,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     free(keep);
     free(one);
+    return 0;
+}
+
+/* On a green thread with the configured stack size, as in a worker (gt_run.h). */
+struct input {
+    const uint8_t *data;
+    size_t size;
+};
+
+static void input_on_gt(void *arg)
+{
+    struct input *in = arg;
+    one_input(in->data, in->size);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct input in = {data, size};
+    fuzz_gt_run(input_on_gt, &in);
     return 0;
 }

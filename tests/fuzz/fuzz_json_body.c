@@ -6,14 +6,18 @@
  * body, error answer, buffer reserve). Everything else users.c references (database, cache,
  * router) is never reached and left unresolved at link time.
  *
+ * The body is parsed on a tk green thread with the configured stack size (gt_run.h), as in a
+ * worker: a recursion that input can drive deeper than that stack is a crash here too.
+ *
  * Input: one byte picks the Content-Type, the rest is the body. Checks, any failure aborts:
- * - exactly one answer on rejection, 415 iff the Content-Type is not JSON, else 400;
+ * - exactly one answer on rejection, 415 iff the Content-Type is not JSON, else 400, and a
+ *   body nested deeper than TK_HTTP_JSON_MAX_DEPTH is always rejected;
  * - an accepted body really is one JSON object (nothing but whitespace after it, no NUL
  *   anywhere) whose "name" is 1..100 UTF-8 characters and whose "email" has one '@', a
  *   dotted domain, no space or control byte, at most 254 bytes;
  * - json_str (how users.c writes strings into responses) round-trips through cJSON for the
  *   accepted fields and for the raw input: what goes out parses back to the same bytes. */
-// fuzz-sources: server/uri.c
+// fuzz-sources: server/uri.c server/http_json.c @runtime
 // fuzz-libs: -I/usr/include/postgresql -I/usr/include/hiredis -lcjson -lpq
 // fuzz-libs: -no-pie -Wl,--unresolved-symbols=ignore-all
 #include "config.h"
@@ -25,6 +29,7 @@
 #include <strings.h>
 
 #include "../../handlers/users.c"
+#include "gt_run.h"
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
@@ -125,6 +130,20 @@ static void roundtrip(const char *s, size_t len)
     free(b.data);
 }
 
+/* read_user() on a green thread, as the handler calls it. */
+struct read_call {
+    struct tk_http_ctx *ctx;
+    cJSON *doc;
+    const char *name, *email;
+    int rc;
+};
+
+static void read_on_gt(void *arg)
+{
+    struct read_call *r = arg;
+    r->rc = read_user(r->ctx, &r->doc, &r->name, &r->email);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
@@ -138,9 +157,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(body, data + 1, size - 1);
     ctx.body.p = body;
 
-    cJSON *doc = NULL;
-    const char *name = NULL, *email = NULL;
-    int rc = read_user(&ctx, &doc, &name, &email);
+    struct read_call rd = {&ctx, NULL, NULL, NULL, 0};
+    fuzz_gt_run(read_on_gt, &rd);
+    cJSON *doc = rd.doc;
+    const char *name = rd.name, *email = rd.email;
+    int rc = rd.rc;
+    if (tk_http_json_depth(body, size - 1, TK_HTTP_JSON_MAX_DEPTH) > TK_HTTP_JSON_MAX_DEPTH)
+        CHECK(rc != 0);
     if (rc != 0) {
         CHECK(ctx.answers == 1);
         CHECK(ctx.status == (ct_is_json(ct) ? 400 : 415));

@@ -3,8 +3,9 @@
  * Input: a key length byte, the key, then the query string / path. Checks
  * that decoding never grows, that in-place and out-of-place decoding agree,
  * that validation agrees with decoding, and that a lookup finds what an
- * iteration over the pairs finds. Any disagreement aborts. */
-// fuzz-sources: server/uri.c
+ * iteration over the pairs finds. Any disagreement aborts. Runs on a green
+ * thread, as in a worker (gt_run.h). */
+// fuzz-sources: server/uri.c @runtime
 #include "config.h"
 
 #include <stdint.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 
 #include "uri.h"
+#include "gt_run.h"
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
@@ -52,7 +54,7 @@ static void check_decode(tk_str_t in, int query)
     free(inplace);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static int one_input(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
@@ -110,5 +112,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(pairs_bytes <= qlen);
     CHECK(got == want);
     free(q);
+    return 0;
+}
+
+/* On a green thread with the configured stack size, as in a worker (gt_run.h). */
+struct input {
+    const uint8_t *data;
+    size_t size;
+};
+
+static void input_on_gt(void *arg)
+{
+    struct input *in = arg;
+    one_input(in->data, in->size);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct input in = {data, size};
+    fuzz_gt_run(input_on_gt, &in);
     return 0;
 }

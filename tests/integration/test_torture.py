@@ -67,6 +67,15 @@ def test_malformed_barrage_answers_4xx_or_closes_and_leaks_nothing():
     _show("malformed", res)
 
 
+def test_hostile_input_deep_json_and_limits_kill_no_worker():
+    """Issue 15: nested JSON from 10^2 to 10^6 levels on every body-taking endpoint and every
+    limit at and one past its edge on every route: 4xx with a JSON body, restart counts unchanged
+    (2,000 '[' used to overflow a green thread's stack and kill the worker)."""
+    res = torture.case_hostile(_ctx())
+    assert res["requests"] >= 200 and res["statuses"].get(400, 0) >= 20, res
+    _show("hostile", res)
+
+
 def test_fd_flood_no_crash_no_busy_loop_service_resumes():
     res = torture.case_flood(_ctx())
     assert res["connected"] >= 2500, res

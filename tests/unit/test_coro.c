@@ -217,6 +217,52 @@ static void test_layout_and_resident(void **state)
     tk_coro_pool_free(p);
 }
 
+/* Painted stacks: the high-water mark covers the deepest frame (a 20,000-byte
+ * buffer and the call below it), and a stack that goes back to the pool is
+ * repainted, so the next user's measure starts from zero. */
+static void deep_fn(void *arg)
+{
+    volatile char buf[20000];
+    for (size_t i = 0; i < sizeof(buf); i += 64)
+        buf[i] = 1;
+    tk_coro_switch_final(g_co, g_main);
+}
+
+static void shallow_fn(void *arg)
+{
+    volatile char buf[1000];
+    for (size_t i = 0; i < sizeof(buf); i += 64)
+        buf[i] = 1;
+    tk_coro_switch_final(g_co, g_main);
+}
+
+static void test_stack_paint(void **state)
+{
+    tk_coro_pool_t *p = tk_coro_pool_new(64 * 1024, 64, 4);
+    g_main = tk_coro_main_new();
+    g_co = tk_coro_new(p, deep_fn, NULL);
+    assert_int_equal(tk_coro_stack_used(g_co), 0); /* not painting */
+    tk_coro_free(g_co);
+    tk_coro_pool_free(p);
+
+    p = tk_coro_pool_new(64 * 1024, 64, 4);
+    tk_coro_pool_set_paint(p, 1);
+    g_co = tk_coro_new(p, deep_fn, NULL);
+    assert_true(tk_coro_stack_used(g_co) < 256); /* the prepared first frame */
+    tk_coro_switch(g_main, g_co);
+    size_t deep = tk_coro_stack_used(g_co);
+    assert_true(deep >= 20000 && deep < 20000 + 4096);
+    tk_coro_free(g_co);
+    g_co = tk_coro_new(p, shallow_fn, NULL); /* the same stack, from the pool */
+    assert_int_equal(tk_coro_pool_mmaps(p), 1);
+    tk_coro_switch(g_main, g_co);
+    size_t shallow = tk_coro_stack_used(g_co);
+    assert_true(shallow >= 1000 && shallow < 1000 + 4096);
+    tk_coro_free(g_co);
+    tk_coro_main_free(g_main);
+    tk_coro_pool_free(p);
+}
+
 /* The budgeted residency refresh converges on the full scan. */
 static void test_resident_refresh(void **state)
 {
@@ -267,7 +313,7 @@ int main(void)
         cmocka_unit_test(test_switch_pingpong),     cmocka_unit_test(test_callee_saved),
         cmocka_unit_test(test_fpu_control),         cmocka_unit_test(test_pool_reuse),
         cmocka_unit_test(test_layout_and_resident), cmocka_unit_test(test_pool_args),
-        cmocka_unit_test(test_resident_refresh),
+        cmocka_unit_test(test_resident_refresh),    cmocka_unit_test(test_stack_paint),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,6 +16,7 @@
 #include <zlib.h>
 
 #include "http_conn.h"
+#include "http_json.h"
 #include "http_response.h"
 
 /* The response head as a NUL-terminated copy, and where the body starts. */
@@ -420,6 +421,38 @@ static void test_ctx_respond(void **state)
     fake_fini(&f);
 }
 
+/* The JSON depth pre-scan: brackets in strings and escapes do not count, it
+ * stops at limit + 1, and it is linear (a megabyte of '[' is one pass). */
+static void test_json_depth(void **state)
+{
+    (void)state;
+#define D(s, lim) tk_http_json_depth(s, sizeof(s) - 1, lim)
+    assert_int_equal(D("", 32), 0);
+    assert_int_equal(D("1", 32), 0);
+    assert_int_equal(D("{}", 32), 1);
+    assert_int_equal(D("[[]]", 32), 2);
+    assert_int_equal(D("[{\"a\":[1]}]", 32), 3);
+    assert_int_equal(D("[\"[[[[\"]", 32), 1);       /* in a string */
+    assert_int_equal(D("[\"\\\"[[\"]", 32), 1);     /* escaped quote stays in the string */
+    assert_int_equal(D("[\"\\\\\",[[1]]]", 32), 3); /* escaped backslash ends before the quote */
+    assert_int_equal(D("]]]][[", 32), 2);           /* unbalanced: left to the parser */
+    assert_int_equal(D("[[[[[", 3), 4);             /* stops at limit + 1 */
+    assert_int_equal(D("[[[]]]", 3), 3);
+#undef D
+    size_t n = 1024 * 1024;
+    char *deep = malloc(n);
+    assert_non_null(deep);
+    memset(deep, '[', n);
+    assert_int_equal(tk_http_json_depth(deep, n, TK_HTTP_JSON_MAX_DEPTH),
+                     TK_HTTP_JSON_MAX_DEPTH + 1);
+    memset(deep, ' ', n);
+    deep[0] = '"'; /* one long string of brackets: depth 0 */
+    memset(deep + 1, '{', n - 2);
+    deep[n - 1] = '"';
+    assert_int_equal(tk_http_json_depth(deep, n, TK_HTTP_JSON_MAX_DEPTH), 0);
+    free(deep);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -431,6 +464,7 @@ int main(void)
         cmocka_unit_test(test_write_gzip),
         cmocka_unit_test(test_ctx_request),
         cmocka_unit_test(test_ctx_respond),
+        cmocka_unit_test(test_json_depth),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1073,6 +1073,9 @@ static int recurse(int depth)
 
 static void overflow_fn(void *arg)
 {
+    static const char *const parts[] = {"192.0.2.7", "POST /users?x=1"};
+    static const size_t lens[] = {9, 15};
+    tk_gt_set_note(tk_gt_self(), 2, parts, lens);
     recurse(0);
 }
 
@@ -1107,7 +1110,8 @@ static void test_overflow(void **state)
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFSIGNALED(status));
     assert_int_equal(WTERMSIG(status), SIGSEGV);
-    assert_non_null(strstr(out, "green thread 2 (deep-recursion) overflowed its 32768-byte stack"));
+    assert_non_null(strstr(out, "green thread 2 (deep-recursion) overflowed its 32768-byte stack "
+                                "serving 192.0.2.7 POST /users?x=1\n"));
 }
 
 int main(void)
