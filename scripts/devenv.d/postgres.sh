@@ -184,14 +184,6 @@ pgbouncer_up() {
     wait_for 10 "PgBouncer on port $port" pgbouncer_answers "$port"
 }
 
-pgbouncer_down() {
-    local pid i
-    pid=$(pgbouncer_pid) || return 0
-    tk_say "stopping PgBouncer"
-    kill -TERM "$pid"
-    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-    tk_die "PgBouncer (pid $pid) did not stop"
-}
 
 # --- var/devenv.env, status, psql --------------------------------------------------------------
 pg_env() {

@@ -154,16 +154,7 @@ sentinels_up() {
     wait_for 30 "$total Sentinels to see each other and $replicas replicas" sentinels_know "$total" "$replicas"
 }
 
-sentinels_down() {
-    local j pid i
-    for j in $(sentinels); do
-        pid=$(sentinel_pid "$j") || continue
-        tk_say "stopping Sentinel $j"
-        kill -TERM "$pid"
-        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        ! kill -0 "$pid" 2>/dev/null || tk_die "Sentinel $j (pid $pid) did not stop"
-    done
-}
+sentinel_pids() { local j; for j in $(sentinels); do sentinel_pid "$j" || true; done; }
 
 # Every Redis node's INFO-able address: the master's socket, then each replica's.
 redis_nodes() {
@@ -191,10 +182,16 @@ redis_all_follow() {
     done < <(redis_nodes)
 }
 
-# redis_failover: SENTINEL FAILOVER tenk, then wait until all Sentinels name the new master and
-# every other node follows it; prints the new master's HOST:PORT.
+# redis_failover [--wait-replicas]: SENTINEL FAILOVER tenk, then wait until all Sentinels name
+# the new master and it says it is one; with --wait-replicas also until every other node
+# follows it (the old master is turned into a replica some 10 s later). Prints HOST:PORT.
 redis_failover() {
-    local first old new r i t0
+    local first old new r i t0 all=0
+    case "${1:-}" in
+    --wait-replicas) all=1 ;;
+    '') ;;
+    *) tk_die "usage: scripts/devenv redis-failover [--wait-replicas]" ;;
+    esac
     [ -n "$(sentinels)" ] || tk_die "no Sentinels (scripts/devenv up --redis-replicas 2 --sentinels 3)"
     first=$(sentinel_port "$(sentinels | head -n 1)")
     old=$(sentinel_master "$first")
@@ -210,8 +207,10 @@ redis_failover() {
     wait_for 30 "every Sentinel to name a new master" sentinels_agree "$old"
     new=$(sentinel_master "$first")
     tk_say "master moved from $old to $new; every Sentinel agrees after $((($(date +%s%N) - t0) / 1000000)) ms"
-    wait_for 60 "every Redis node to follow $new" redis_all_follow "$new"
-    tk_say "every other Redis node follows $new after $((($(date +%s%N) - t0) / 1000000)) ms"
+    if [ $all = 1 ]; then
+        wait_for 60 "every Redis node to follow $new" redis_all_follow "$new"
+        tk_say "every other Redis node follows $new after $((($(date +%s%N) - t0) / 1000000)) ms"
+    fi
     echo "$new"
 }
 
