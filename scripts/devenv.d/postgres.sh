@@ -50,9 +50,11 @@ pg_replica_up() {
         # A slot left by an earlier replica K whose folder was deleted would keep WAL forever.
         psql_admin -At -c "select pg_drop_replication_slot(slot_name) from pg_replication_slots
             where slot_name = '$slot' and not active" >/dev/null
-        # -R writes standby.signal, primary_conninfo and primary_slot_name; -C creates the slot.
+        # -R writes standby.signal, primary_conninfo and primary_slot_name; -C creates the slot;
+        # --no-sync and fsync = off below: a replica is rebuilt, not recovered, after an OS crash,
+        # and syncing every file at its first start took seconds on a busy machine.
         as_dev "$bin/pg_basebackup" -h "$RUN_DIR" -p "$PG_PORT" -U postgres -D "$dir" \
-            -X stream -C -S "$slot" -R -c fast ||
+            -X stream -C -S "$slot" -R -c fast --no-sync ||
             { rm -rf "$dir"; tk_die "pg_basebackup for replica $k failed"; }
         # cluster_name is also the walreceiver's application_name in pg_stat_replication.
         cat >> "$dir/postgresql.conf" <<CONF
@@ -62,6 +64,7 @@ cluster_name = '$slot'
 hot_standby = on
 hot_standby_feedback = on
 shared_buffers = 32MB
+fsync = off
 CONF
     fi
     if ! pg_node_running "$dir"; then
