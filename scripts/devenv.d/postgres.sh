@@ -71,7 +71,7 @@ CONF
         port=$(pg_replica_port "$k")
         port_free "$port" || tk_die "port $port of PostgreSQL replica $k is taken by something else"
         tk_say "starting PostgreSQL replica $k on port $port"
-        as_dev "$bin/pg_ctl" -D "$dir" -l "$TK_VAR/pg-replica-$k.log" -w -t 60 start >/dev/null ||
+        retry_bind "$TK_VAR/pg-replica-$k.log" as_dev "$bin/pg_ctl" -D "$dir" -l "$TK_VAR/pg-replica-$k.log" -w -t 60 start >/dev/null ||
             { tail -n 20 "$TK_VAR/pg-replica-$k.log" >&2; tk_die "PostgreSQL replica $k did not start"; }
     fi
 }
@@ -182,7 +182,7 @@ pgbouncer_up() {
     port_free "$port" || tk_die "port $port for PgBouncer is taken: set TENK_PGBOUNCER_PORT"
     pgbouncer_conf "$port"
     tk_say "starting PgBouncer on port $port (transaction pooling, primary on port $(pg_primary_port))"
-    as_dev "$(command -v pgbouncer)" -d -q "$PGB_INI" ||
+    retry_bind "$PGB_DIR/pgbouncer.log" as_dev "$(command -v pgbouncer)" -d -q "$PGB_INI" ||
         { tail -n 20 "$PGB_DIR/pgbouncer.log" >&2; tk_die "PgBouncer did not start"; }
     wait_for 10 "PgBouncer on port $port" pgbouncer_answers "$port"
 }
