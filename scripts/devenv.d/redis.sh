@@ -186,7 +186,7 @@ redis_all_follow() {
 # the new master and it says it is one; with --wait-replicas also until every other node
 # follows it (the old master is turned into a replica some 10 s later). Prints HOST:PORT.
 redis_failover() {
-    local first old new r i t0 all=0
+    local first old new r t0 all=0
     case "${1:-}" in
     --wait-replicas) all=1 ;;
     '') ;;
@@ -198,7 +198,7 @@ redis_failover() {
     t0=$(date +%s%N)
     # Refused (NOGOODSLAVE, INPROG) until the Sentinel has seen a replica in sync, and while an
     # earlier failover still runs: retried for up to 20 s.
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         r=$(rcli -p "$first" sentinel failover tenk)
         [ "$r" = OK ] && break
         sleep 0.2
