@@ -2,7 +2,10 @@
 # Finds the source tree, installs missing Debian packages, builds out of tree.
 
 TK_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TK_VAR="$TK_SRC/var"
+# TENK_VAR_DIR moves the devenv's state (data, sockets, devenv.env) elsewhere, e.g. for a second,
+# throw-away devenv beside the usual one (tests/devenv/test_devenv.sh).
+TK_VAR=${TENK_VAR_DIR:-$TK_SRC/var}
+case "$TK_VAR" in /*) ;; *) TK_VAR="$PWD/$TK_VAR" ;; esac
 # The unprivileged user of the devenv's servers and of scripts/run's workers (when run as root).
 TK_DEV_USER=tenkdev
 
@@ -13,6 +16,8 @@ tk_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 TK_PKGS_BUILD="autoconf automake libtool pkg-config make gcc libevent-dev libcjson-dev libpq-dev
   libhiredis-dev zlib1g-dev libsystemd-dev libcmocka-dev"
 TK_PKGS_RUN="postgresql postgresql-contrib redis-server redis-tools procps passwd util-linux"
+# Only for the replicated devenv (scripts/devenv up --pgbouncer; Sentinels are redis-server --sentinel).
+TK_PKGS_HA="pgbouncer"
 TK_PKGS_TEST="python3 clang libclang-rt-14-dev tmux systemd curl wrk psmisc prometheus chromium nodejs
   slowhttptest valgrind debhelper dh-autoreconf lintian dpkg-dev fakeroot adduser"
 
