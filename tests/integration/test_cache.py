@@ -350,7 +350,7 @@ class PgProxy:
     def __init__(self, needle):
         self.needle = needle.encode()
         self.port = free_port()
-        self.pg_port = int(os.environ.get("TENK_PG_PORT", "54329"))
+        self.pg_port = int(os.environ.get("TENK_PG_PORT", "62329"))
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind(("127.0.0.1", self.port))
