@@ -22,6 +22,9 @@ struct tk_shm {
     size_t size;  /* its length */
     int writable; /* mapped PROT_WRITE */
     unsigned nslots;
+    /* offsets of the parts, computed here from nslots: the header's copies
+     * are writable by every worker, so the master never follows them */
+    size_t worker_off, metrics_off, broker_off;
     char name[TK_SHM_NAME_MAX];
 };
 
@@ -231,6 +234,9 @@ tk_shm_t *tk_shm_create_ex(const char *name, unsigned nslots, unsigned db_max_op
             shm->size = l.total;
             shm->writable = 1;
             shm->nslots = nslots;
+            shm->worker_off = l.worker_off;
+            shm->metrics_off = l.metrics_off;
+            shm->broker_off = l.broker_off;
             snprintf(shm->name, sizeof(shm->name), "%s", name);
             return shm;
         }
@@ -378,6 +384,9 @@ tk_shm_t *tk_shm_attach(const char *name, int writable, char *err, size_t errlen
     shm->size = l.total;
     shm->writable = writable;
     shm->nslots = h.nslots;
+    shm->worker_off = l.worker_off;
+    shm->metrics_off = l.metrics_off;
+    shm->broker_off = l.broker_off;
     snprintf(shm->name, sizeof(shm->name), "%s", name);
     return shm;
 }
@@ -421,19 +430,19 @@ tk_shm_worker_sh_t *tk_shm_worker(tk_shm_t *shm, unsigned slot)
 {
     if (slot >= shm->nslots)
         return NULL;
-    return (tk_shm_worker_sh_t *)((char *)shm->base + tk_shm_header(shm)->worker_off) + slot;
+    return (tk_shm_worker_sh_t *)((char *)shm->base + shm->worker_off) + slot;
 }
 
 tk_metrics_sh_t *tk_shm_metrics(tk_shm_t *shm, unsigned slot)
 {
     if (slot >= shm->nslots)
         return NULL;
-    return (tk_metrics_sh_t *)((char *)shm->base + tk_shm_header(shm)->metrics_off) + slot;
+    return (tk_metrics_sh_t *)((char *)shm->base + shm->metrics_off) + slot;
 }
 
 tk_broker_sh_t *tk_shm_broker(tk_shm_t *shm)
 {
-    return (tk_broker_sh_t *)((char *)shm->base + tk_shm_header(shm)->broker_off);
+    return (tk_broker_sh_t *)((char *)shm->base + shm->broker_off);
 }
 
 /* --- master side -------------------------------------------------------------------- */
