@@ -624,8 +624,8 @@ int tk_broker_check_locked(const tk_broker_sh_t *b, char *err, size_t errlen)
     CHECK(totidle == b->nidle, "nidle %u, counted %u", b->nidle, totidle);
     n = 0;
     for (int s = LD(b->sfree); s >= 0; s = LD(b->slots[s].next_free)) {
-        CHECK(s < nslots(b) && b->slots[s].state == TK_BROKER_SLOT_FREE,
-              "slot %d on the free list", s);
+        CHECK(s < nslots(b) && b->slots[s].state == TK_BROKER_SLOT_FREE, "slot %d on the free list",
+              s);
         CHECK(++n <= nfree, "slot free list longer than nfree");
     }
     CHECK(n == nfree, "slot free list has %u, nfree %u", n, nfree);
@@ -638,8 +638,7 @@ int tk_broker_check_locked(const tk_broker_sh_t *b, char *err, size_t errlen)
         const tk_broker_entry_sh_t *x = &b->entries[e];
         CHECK(x->prev == prev, "entry %d: prev %d, expected %d", e, x->prev, prev);
         CHECK(n == 0 || x->ticket > last, "queue not in ticket order at entry %d", e);
-        CHECK(++n <= b->qlen && n <= TK_BROKER_MAX_WAITERS, "queue longer than qlen %u",
-              b->qlen);
+        CHECK(++n <= b->qlen && n <= TK_BROKER_MAX_WAITERS, "queue longer than qlen %u", b->qlen);
         last = x->ticket;
         prev = e;
     }
