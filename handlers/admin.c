@@ -579,8 +579,6 @@ static void metrics_cache(tk_http_buf_t *b, const tk_view_t *v)
 
 static void h_metrics(tk_http_ctx_t *ctx)
 {
-    if (!authorized(ctx))
-        return;
     tk_view_t v;
     if (get_segment(ctx, &v) != 0)
         return;
@@ -639,8 +637,6 @@ static void last_exit(char *buf, size_t len, int status)
 
 static void h_stats(tk_http_ctx_t *ctx)
 {
-    if (!authorized(ctx))
-        return;
     tk_view_t v;
     if (get_segment(ctx, &v) != 0)
         return;
@@ -975,8 +971,6 @@ static int ask_worker(pid_t pid, int slot, tk_http_buf_t *b, int *first, int64_t
 
 static void h_threads(tk_http_ctx_t *ctx)
 {
-    if (!authorized(ctx))
-        return;
     tk_shm_t *shm = segment(ctx);
     if (!shm) {
         tk_http_respond_error(ctx, 503, "shared memory not available");
@@ -1126,8 +1120,6 @@ static void mask_conninfo(const char *in, char *out, size_t outlen)
 
 static void h_config(tk_http_ctx_t *ctx)
 {
-    if (!authorized(ctx))
-        return;
     const tk_conf_t *c = ctx->srv->conf;
     char buf[1024];
     cJSON *o = cJSON_CreateObject();
@@ -1212,22 +1204,53 @@ static void h_dashboard(tk_http_ctx_t *ctx)
                     tk_admin_dashboard_html_len);
 }
 
+/* Every admin-only route. Each is served through admin_route(), which asks
+ * for the token (when admin.token is set) before anything else, so a route
+ * added here can't forget it. OPEN: /dashboard only (see h_dashboard). TEST:
+ * served only with admin.debug_endpoints on (404 otherwise).
+ * tests/integration/test_trust.py reads this table. */
+enum { OPEN = 1, TEST = 2 };
+static const struct {
+    const char *method, *pattern;
+    tk_http_handler_fn fn;
+    int id;
+    int flags;
+} admin_routes[] = {
+    {"GET", "/metrics", h_metrics, ROUTE_METRICS, 0},
+    {"GET", "/debug/stats", h_stats, ROUTE_STATS, 0},
+    {"GET", "/debug/threads", h_threads, ROUTE_THREADS, 0},
+    {"GET", "/debug/config", h_config, ROUTE_CONFIG, 0},
+    {"GET", "/dashboard", h_dashboard, ROUTE_DASHBOARD, OPEN},
+    {"GET", "/debug/stream", tk_handlers_debug_stream, TK_ROUTE_ADMIN_FIRST + 30, TEST},
+    {"POST", "/debug/echo", tk_handlers_debug_echo, TK_ROUTE_ADMIN_FIRST + 31, TEST},
+};
+#define NADMIN_ROUTES (sizeof(admin_routes) / sizeof(admin_routes[0]))
+
+static void admin_route(tk_http_ctx_t *ctx)
+{
+    for (size_t i = 0; i < NADMIN_ROUTES; i++) {
+        if (admin_routes[i].id != ctx->route_id)
+            continue;
+        if (!(admin_routes[i].flags & OPEN) && !authorized(ctx))
+            return;
+        if ((admin_routes[i].flags & TEST) && !ctx->srv->conf->admin_debug_endpoints) {
+            tk_http_respond_error(ctx, 404, "not found (admin.debug_endpoints is off)");
+            return;
+        }
+        admin_routes[i].fn(ctx);
+        return;
+    }
+    tk_http_respond_error(ctx, 404, "not found");
+}
+
 void tk_handlers_register_admin(tk_router_t *r)
 {
-    static const struct {
-        const char *pattern;
-        tk_http_handler_fn fn;
-        int id;
-    } routes[] = {
-        {"/metrics", h_metrics, ROUTE_METRICS},       {"/debug/stats", h_stats, ROUTE_STATS},
-        {"/debug/threads", h_threads, ROUTE_THREADS}, {"/debug/config", h_config, ROUTE_CONFIG},
-        {"/dashboard", h_dashboard, ROUTE_DASHBOARD},
-    };
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-        tk_router_add(r, "GET", routes[i].pattern, routes[i].fn, routes[i].id);
+    for (size_t i = 0; i < NADMIN_ROUTES; i++) {
+        tk_router_add(r, admin_routes[i].method, admin_routes[i].pattern, admin_route,
+                      admin_routes[i].id);
         char name[TK_METRICS_ROUTE_NAME];
-        snprintf(name, sizeof(name), "GET %s", routes[i].pattern);
-        tk_metrics_route_register((unsigned)routes[i].id, name);
+        snprintf(name, sizeof(name), "%s %s", admin_routes[i].method, admin_routes[i].pattern);
+        tk_metrics_route_register((unsigned)admin_routes[i].id, name);
     }
     responder_start();
 }

@@ -68,6 +68,7 @@ typedef struct {
     /* [admin] */
     char admin_listen[128]; /* "127.0.0.1:6060"; "" = off */
     char admin_token[128];  /* bearer token; "" = none */
+    int admin_debug_endpoints; /* 0: /debug/echo, /debug/stream (for tests) answer 404 */
 
     /* [log] */
     char log_level[16];         /* "notice" */

@@ -361,7 +361,6 @@ static void register_routes(worker_t *w)
     tk_handlers_register_users(w->router);
     tk_handlers_register_heavy(w->router);
     tk_handlers_register_health(w->admin_router);
-    tk_handlers_register_debug(w->admin_router);
     tk_handlers_register_admin(w->admin_router);
     static const int all = 0, admin_only = TK_ROUTE_ADMIN_FIRST;
     tk_router_foreach(w->router, name_route, (void *)&all);
