@@ -27,6 +27,7 @@
 #include "http_conn.h"
 #include "http_parser.h"
 #include "http_response.h"
+#include "log.h"
 #include "metrics.h"
 #include "sched.h"
 #include "segment.h"
@@ -50,6 +51,9 @@ enum {
 #define THREADS_TIMEOUT_MS 2000
 /* Threads listed per worker at most. */
 #define THREADS_LIMIT 100000
+/* Bytes of another worker's answer kept at most (THREADS_LIMIT threads of
+ * ~250 bytes); a longer one is dropped whole and reported. */
+#define THREADS_REPLY_MAX (32u << 20)
 
 /* --- the segment ---------------------------------------------------------------------- */
 
@@ -857,11 +861,14 @@ static void responder_cb(evutil_socket_t lfd, short what, void *arg)
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return;
-        /* abstract sockets have no file permissions: answer our own user only */
+        /* abstract sockets have no file permissions: answer our own user
+         * only, and only a sibling (another worker of our master) */
         struct ucred cr;
         socklen_t cl = sizeof(cr);
+        tk_procstat_t ps;
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 ||
-            (cr.uid != geteuid() && cr.uid != 0)) {
+            (cr.uid != geteuid() && cr.uid != 0) || tk_procstat_read(cr.pid, &ps) != 0 ||
+            ps.ppid != getppid()) {
             close(fd);
             continue;
         }
@@ -893,6 +900,12 @@ static void responder_start(void)
     struct sockaddr_un sa;
     socklen_t len = gt_addr(getpid(), &sa);
     if (bind(fd, (struct sockaddr *)&sa, len) != 0 || listen(fd, 64) != 0) {
+        /* EADDRINUSE: another process took our name first; the others'
+         * /debug/threads then see it is not us (SO_PEERCRED) and say so */
+        TK_LOG_ERRNO(TK_LOG_WARN, errno,
+                     "bind() of the thread-dump socket @tenk-gt-%d failed: /debug/threads will "
+                     "miss this worker",
+                     (int)getpid());
         close(fd);
         return;
     }
@@ -924,7 +937,26 @@ static int ask_worker(pid_t pid, int slot, tk_http_buf_t *b, int *first, int64_t
     int rl = snprintf(req, sizeof(req), "threads %d\n", slot);
     /* a Unix stream connect completes at once (EAGAIN: its backlog is full) and
      * the line fits in the socket buffer */
-    if (connect(fd, (struct sockaddr *)&sa, len) != 0 || write(fd, req, (size_t)rl) != rl) {
+    if (connect(fd, (struct sockaddr *)&sa, len) != 0) {
+        snprintf(err, errlen, "asking it failed: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    /* Any local process can bind the name first: talk only to the worker
+     * itself (the pid we asked for, our user, a child of our master). */
+    struct ucred cr;
+    socklen_t cl = sizeof(cr);
+    tk_procstat_t ps;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 || cr.pid != pid ||
+        (cr.uid != geteuid() && cr.uid != 0) || tk_procstat_read(pid, &ps) != 0 ||
+        ps.ppid != getppid()) {
+        snprintf(err, errlen, "@tenk-gt-%d is held by pid %d (uid %u), not by that worker: ignored",
+                 (int)pid, (int)cr.pid, (unsigned)cr.uid);
+        TK_LOG(TK_LOG_WARN, "/debug/threads: %s", err);
+        close(fd);
+        return -1;
+    }
+    if (write(fd, req, (size_t)rl) != rl) {
         snprintf(err, errlen, "asking it failed: %s", strerror(errno));
         close(fd);
         return -1;
@@ -935,6 +967,12 @@ static int ask_worker(pid_t pid, int slot, tk_http_buf_t *b, int *first, int64_t
     size_t body = b->len;
     int rc = 0;
     for (;;) {
+        if (b->len - body > THREADS_REPLY_MAX) {
+            snprintf(err, errlen, "answer over %u MiB: dropped", THREADS_REPLY_MAX >> 20);
+            TK_LOG(TK_LOG_WARN, "/debug/threads: worker pid %d: %s", (int)pid, err);
+            rc = -1;
+            break;
+        }
         char *w = tk_http_buf_reserve(b, 65536);
         if (!w) {
             snprintf(err, errlen, "out of memory");
