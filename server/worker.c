@@ -377,7 +377,8 @@ static int cache_setup(worker_t *w)
         return 0;
     tk_cache_opts_t o;
     tk_cache_opts_default(&o);
-    o.addr = conf->redis_addr;
+    /* a host name there was resolved by the master (tk_resolve_conf) */
+    o.addr = conf->redis_resolved[0] ? conf->redis_resolved : conf->redis_addr;
     o.password = conf->redis_password;
     o.db = conf->redis_db;
     if (conf->redis_timeout_ms > 0)

@@ -15,7 +15,8 @@ import subprocess
 import tempfile
 import threading
 
-from tenkharness import SRCDIR, TENKD, TENKCTL, Tenkd, free_port, skip, wait_until
+from tenkharness import (SRCDIR, TENK_DB, TENK_REDIS, TENKD, TENKCTL, Tenkd, need_db, need_redis,
+                         skip, wait_until)
 
 # tk_shm_header_sh_t's stable prefix: magic u64, layout_version u32, master_pid i32,
 # master_start_ticks u64
@@ -304,3 +305,30 @@ def test_thread_dump_socket_stand_in():
             assert t.request("GET", "/health")[0] == 200
         finally:
             stand_in.close()
+
+
+def test_host_names_resolved_by_the_master_only():
+    """Names in db.conninfo / redis.addr are resolved once by the master (tenkd -t and start-up
+    refuse one that does not resolve, naming the setting); the workers get addresses."""
+    conf = os.path.join(tempfile.mkdtemp(prefix="tenk-it-"), "check.conf")
+    for text, want in (("[db]\nconninfo = host=no-such-host.invalid dbname=tenk\n", "hostaddr"),
+                       ("[redis]\naddr = no-such-host.invalid:6379\n", "IP address")):
+        with open(conf, "w") as f:
+            f.write(text)
+        r = subprocess.run([TENKD, "-t", "-c", conf], capture_output=True, text=True, timeout=30)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0 and "no-such-host.invalid" in out and want in out, (text, out)
+    need_db()
+    need_redis()
+    port = re.search(r"port=(\d+)", TENK_DB)
+    if not port:
+        skip("TENK_DB has no port")
+    db = "host=localhost " + re.sub(r"host=\S+", "", TENK_DB)
+    redis = "localhost:%s" % TENK_REDIS.rsplit(":", 1)[1]
+    with Tenkd(workers=1, admin=True, db=db, redis=redis) as t:
+        st, _, body = t.request("GET", "/db")
+        assert st == 200, (st, body)
+        for _ in range(2):  # a miss, then a hit: both through the resolved Redis address
+            assert t.request("GET", "/users/1")[0] in (200, 404)
+        wait_until(lambda: t.get_json("/debug/stats", port=t.admin_port)[1]["cache"]["connected"] >= 1,
+                   10, "the cache client connected")
