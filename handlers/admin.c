@@ -127,7 +127,7 @@ static int get_segment(tk_http_ctx_t *ctx, tk_view_t *v)
         return -1;
     }
     *v = (tk_view_t){0};
-    if (tk_view_load(v, shm) != 0) {
+    if (tk_view_load_nowait(v, shm) != 0) { /* never sleeps: we are on the loop */
         tk_http_respond_error(ctx, 500, "out of memory");
         return -1;
     }

@@ -564,7 +564,8 @@ static void update_status(void)
         tk_metrics_sh_t *m = tk_shm_metrics(M.shm, i);
         if (m == NULL)
             continue;
-        tk_metrics_snapshot(m, &snap);
+        /* a worker stopped mid-update must not stall supervision: no sleep */
+        tk_metrics_snapshot_nowait(m, &snap);
         tk_metrics_rate_t r;
         tk_metrics_rate(&snap, now_sec, 5, &r);
         rps += r.requests;

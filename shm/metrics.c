@@ -380,6 +380,24 @@ int tk_metrics_snapshot(const tk_metrics_sh_t *slot, tk_metrics_snap_t *out)
     return 1;
 }
 
+int tk_metrics_snapshot_nowait(const tk_metrics_sh_t *slot, tk_metrics_snap_t *out)
+{
+    for (unsigned tries = 0; tries < TK_METRICS_SNAP_TRIES; tries++) {
+        uint64_t s1 = __atomic_load_n(&slot->seq, __ATOMIC_ACQUIRE);
+        if (s1 & 1)
+            continue;
+        tk_metrics_copy(&out->m, slot);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&slot->seq, __ATOMIC_RELAXED) == s1) {
+            out->torn = 0;
+            return 0;
+        }
+    }
+    tk_metrics_copy(&out->m, slot);
+    out->torn = 1;
+    return 1;
+}
+
 void tk_metrics_merge(tk_metrics_snap_t *dst, const tk_metrics_snap_t *src)
 {
     tk_metrics_sh_t *d = &dst->m;

@@ -41,7 +41,7 @@ void tk_view_free(tk_view_t *v)
     memset(v, 0, sizeof(*v));
 }
 
-int tk_view_load(tk_view_t *v, tk_shm_t *shm)
+static int view_load(tk_view_t *v, tk_shm_t *shm, int nowait)
 {
     tk_view_free(v);
     unsigned n = tk_shm_nslots(shm);
@@ -66,7 +66,10 @@ int tk_view_load(tk_view_t *v, tk_shm_t *shm)
         vw->slot = i;
         vw->w = w;
         v->nw++;
-        tk_metrics_snapshot(tk_shm_metrics(shm, i), vw->snap);
+        if (nowait)
+            tk_metrics_snapshot_nowait(tk_shm_metrics(shm, i), vw->snap);
+        else
+            tk_metrics_snapshot(tk_shm_metrics(shm, i), vw->snap);
         /* a dead slot's counters stay in the totals: they only ever grow (its
          * gauges were zeroed when the master reaped it) */
         tk_metrics_merge(v->total, vw->snap);
@@ -76,6 +79,16 @@ oom:
     tk_view_free(v);
     errno = ENOMEM;
     return -1;
+}
+
+int tk_view_load(tk_view_t *v, tk_shm_t *shm)
+{
+    return view_load(v, shm, 0);
+}
+
+int tk_view_load_nowait(tk_view_t *v, tk_shm_t *shm)
+{
+    return view_load(v, shm, 1);
 }
 
 int tk_view_live_state(uint32_t s)
