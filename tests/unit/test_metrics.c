@@ -475,7 +475,8 @@ static void test_snapshot_nowait(void **state)
     t0 = now_ns();
     assert_int_equal(tk_metrics_snapshot(slot, s), 1);
     assert_true(now_ns() - t0 >= 40000000ull); /* the sleeping reader's wait */
-    tk_metrics_bind(slot); /* repaired by the next bind */
+    /* repaired by the next bind */
+    tk_metrics_bind(slot);
     assert_int_equal(tk_metrics_snapshot_nowait(slot, s), 0);
     free_slot(slot);
     free(s);
