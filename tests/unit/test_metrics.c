@@ -501,10 +501,10 @@ static void test_private_slot(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_buckets),       cmocka_unit_test(test_percentiles),
-        cmocka_unit_test(test_counters),      cmocka_unit_test(test_respawn_and_gauges),
-        cmocka_unit_test(test_merge),         cmocka_unit_test(test_seqlock_concurrent),
-        cmocka_unit_test(test_killed_writer), cmocka_unit_test(test_private_slot),
+        cmocka_unit_test(test_buckets),         cmocka_unit_test(test_percentiles),
+        cmocka_unit_test(test_counters),        cmocka_unit_test(test_respawn_and_gauges),
+        cmocka_unit_test(test_merge),           cmocka_unit_test(test_seqlock_concurrent),
+        cmocka_unit_test(test_killed_writer),   cmocka_unit_test(test_private_slot),
         cmocka_unit_test(test_snapshot_nowait),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
