@@ -1214,6 +1214,7 @@ static void h_config(tk_http_ctx_t *ctx)
     cJSON *ad = cJSON_AddObjectToObject(o, "admin");
     cJSON_AddStringToObject(ad, "listen", c->admin_listen);
     cJSON_AddStringToObject(ad, "token", c->admin_token[0] ? MASK : "");
+    cJSON_AddBoolToObject(ad, "debug_endpoints", c->admin_debug_endpoints);
     cJSON *lg = cJSON_AddObjectToObject(o, "log");
     cJSON_AddStringToObject(lg, "level", c->log_level);
     cJSON_AddStringToObject(lg, "error_log", c->error_log);
