@@ -170,6 +170,7 @@ static struct {
      * was busy (tk_broker_reclaim_pid() gives up after
      * TK_BROKER_MASTER_LOCK_MS); retried on every tick */
     pid_t reclaim[TK_SHM_MAX_SLOTS];
+    int64_t reclaim_after_ms; /* after a timeout, no new attempt before this */
 } M;
 
 static volatile sig_atomic_t sig_hup, sig_term, sig_quit, sig_usr1, sig_chld;
@@ -752,18 +753,19 @@ static void reload_abort(const char *why)
 static void reclaim_retry(unsigned slot)
 {
     pid_t pid = M.reclaim[slot];
-    if (pid <= 0)
-        return;
+    if (pid <= 0 || now_ms() < M.reclaim_after_ms)
+        return; /* (one 100 ms wait per half second at most, however many died) */
     if (tk_broker_reclaim_pid(tk_shm_broker(M.shm), pid) >= 0) {
         M.reclaim[slot] = 0;
         return;
     }
-    if (errno == ETIMEDOUT)
+    if (errno == ETIMEDOUT) {
+        M.reclaim_after_ms = now_ms() + 500;
         TK_LOG(TK_LOG_WARN,
                "database broker lock held for over %u ms (a worker stopped or stuck inside "
                "it?): reclaiming pid %d's connection slots later",
                TK_BROKER_MASTER_LOCK_MS, (int)pid);
-    else {
+    } else {
         TK_LOG_ERRNO(TK_LOG_ERR, errno, "tk_broker_reclaim_pid(%d) failed", (int)pid);
         M.reclaim[slot] = 0;
     }
