@@ -340,6 +340,9 @@ static void tk_metrics_copy(tk_metrics_sh_t *dst, const tk_metrics_sh_t *src)
     if (n > TK_METRICS_MAX_ROUTES)
         n = TK_METRICS_MAX_ROUTES;
     memcpy(dst->routes, src->routes, n * sizeof(dst->routes[0]));
+    /* a worker wrote the names: the copy's are always terminated */
+    for (uint64_t i = 0; i < n; i++)
+        dst->routes[i].name[sizeof(dst->routes[i].name) - 1] = '\0';
     memset(dst->routes + n, 0, (TK_METRICS_MAX_ROUTES - n) * sizeof(dst->routes[0]));
 }
 

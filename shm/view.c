@@ -47,6 +47,10 @@ static int view_load(tk_view_t *v, tk_shm_t *shm, int nowait)
     unsigned n = tk_shm_nslots(shm);
     v->shm = shm;
     memcpy(&v->h, tk_shm_header(shm), sizeof(v->h));
+    /* the workers can write the header too: its strings end inside it */
+    v->h.name[sizeof(v->h.name) - 1] = '\0';
+    v->h.conf_path[sizeof(v->h.conf_path) - 1] = '\0';
+    v->h.reload_error[sizeof(v->h.reload_error) - 1] = '\0';
     v->w = calloc(n ? n : 1, sizeof(*v->w));
     v->total = calloc(1, sizeof(*v->total));
     if (!v->w || !v->total)
