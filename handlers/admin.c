@@ -27,6 +27,7 @@
 #include "http_conn.h"
 #include "http_parser.h"
 #include "http_response.h"
+#include "log.h"
 #include "metrics.h"
 #include "sched.h"
 #include "segment.h"
@@ -42,6 +43,9 @@ extern const size_t tk_admin_dashboard_html_len;
 #define THREADS_TIMEOUT_MS 2000
 /* Threads listed per worker at most. */
 #define THREADS_LIMIT 100000
+/* Bytes of another worker's answer kept at most (THREADS_LIMIT threads of
+ * ~250 bytes); a longer one is dropped whole and reported. */
+#define THREADS_REPLY_MAX (32u << 20)
 
 /* --- the segment ---------------------------------------------------------------------- */
 
@@ -115,7 +119,7 @@ static int get_segment(tk_http_ctx_t *ctx, tk_view_t *v)
         return -1;
     }
     *v = (tk_view_t){0};
-    if (tk_view_load(v, shm) != 0) {
+    if (tk_view_load_nowait(v, shm) != 0) { /* never sleeps: we are on the loop */
         tk_http_respond_error(ctx, 500, "out of memory");
         return -1;
     }
@@ -571,8 +575,6 @@ static void metrics_cache(tk_http_buf_t *b, const tk_view_t *v)
 
 static void h_metrics(tk_http_ctx_t *ctx)
 {
-    if (!authorized(ctx))
-        return;
     tk_view_t v;
     if (get_segment(ctx, &v) != 0)
         return;
@@ -631,8 +633,6 @@ static void last_exit(char *buf, size_t len, int status)
 
 static void h_stats(tk_http_ctx_t *ctx)
 {
-    if (!authorized(ctx))
-        return;
     tk_view_t v;
     if (get_segment(ctx, &v) != 0)
         return;
@@ -853,11 +853,14 @@ static void responder_cb(evutil_socket_t lfd, short what, void *arg)
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return;
-        /* abstract sockets have no file permissions: answer our own user only */
+        /* abstract sockets have no file permissions: answer our own user
+         * only, and only a sibling (another worker of our master) */
         struct ucred cr;
         socklen_t cl = sizeof(cr);
+        tk_procstat_t ps;
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 ||
-            (cr.uid != geteuid() && cr.uid != 0)) {
+            (cr.uid != geteuid() && cr.uid != 0) || tk_procstat_read(cr.pid, &ps) != 0 ||
+            ps.ppid != getppid()) {
             close(fd);
             continue;
         }
@@ -889,6 +892,12 @@ static void responder_start(void)
     struct sockaddr_un sa;
     socklen_t len = gt_addr(getpid(), &sa);
     if (bind(fd, (struct sockaddr *)&sa, len) != 0 || listen(fd, 64) != 0) {
+        /* EADDRINUSE: another process took our name first; the others'
+         * /debug/threads then see it is not us (SO_PEERCRED) and say so */
+        TK_LOG_ERRNO(TK_LOG_WARN, errno,
+                     "bind() of the thread-dump socket @tenk-gt-%d failed: /debug/threads will "
+                     "miss this worker",
+                     (int)getpid());
         close(fd);
         return;
     }
@@ -920,7 +929,26 @@ static int ask_worker(pid_t pid, int slot, tk_http_buf_t *b, int *first, int64_t
     int rl = snprintf(req, sizeof(req), "threads %d\n", slot);
     /* a Unix stream connect completes at once (EAGAIN: its backlog is full) and
      * the line fits in the socket buffer */
-    if (connect(fd, (struct sockaddr *)&sa, len) != 0 || write(fd, req, (size_t)rl) != rl) {
+    if (connect(fd, (struct sockaddr *)&sa, len) != 0) {
+        snprintf(err, errlen, "asking it failed: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    /* Any local process can bind the name first: talk only to the worker
+     * itself (the pid we asked for, our user, a child of our master). */
+    struct ucred cr;
+    socklen_t cl = sizeof(cr);
+    tk_procstat_t ps;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 || cr.pid != pid ||
+        (cr.uid != geteuid() && cr.uid != 0) || tk_procstat_read(pid, &ps) != 0 ||
+        ps.ppid != getppid()) {
+        snprintf(err, errlen, "@tenk-gt-%d is held by pid %d (uid %u), not by that worker: ignored",
+                 (int)pid, (int)cr.pid, (unsigned)cr.uid);
+        TK_LOG(TK_LOG_WARN, "/debug/threads: %s", err);
+        close(fd);
+        return -1;
+    }
+    if (write(fd, req, (size_t)rl) != rl) {
         snprintf(err, errlen, "asking it failed: %s", strerror(errno));
         close(fd);
         return -1;
@@ -931,6 +959,12 @@ static int ask_worker(pid_t pid, int slot, tk_http_buf_t *b, int *first, int64_t
     size_t body = b->len;
     int rc = 0;
     for (;;) {
+        if (b->len - body > THREADS_REPLY_MAX) {
+            snprintf(err, errlen, "answer over %u MiB: dropped", THREADS_REPLY_MAX >> 20);
+            TK_LOG(TK_LOG_WARN, "/debug/threads: worker pid %d: %s", (int)pid, err);
+            rc = -1;
+            break;
+        }
         char *w = tk_http_buf_reserve(b, 65536);
         if (!w) {
             snprintf(err, errlen, "out of memory");
@@ -967,8 +1001,6 @@ static int ask_worker(pid_t pid, int slot, tk_http_buf_t *b, int *first, int64_t
 
 static void h_threads(tk_http_ctx_t *ctx)
 {
-    if (!authorized(ctx))
-        return;
     tk_shm_t *shm = segment(ctx);
     if (!shm) {
         tk_http_respond_error(ctx, 503, "shared memory not available");
@@ -1121,8 +1153,6 @@ static void mask_conninfo(const char *in, char *out, size_t outlen)
 
 static void h_config(tk_http_ctx_t *ctx)
 {
-    if (!authorized(ctx))
-        return;
     const tk_conf_t *c = ctx->srv->conf;
     char buf[1024];
     cJSON *o = cJSON_CreateObject();
@@ -1179,6 +1209,7 @@ static void h_config(tk_http_ctx_t *ctx)
     cJSON *ad = cJSON_AddObjectToObject(o, "admin");
     cJSON_AddStringToObject(ad, "listen", c->admin_listen);
     cJSON_AddStringToObject(ad, "token", c->admin_token[0] ? MASK : "");
+    cJSON_AddBoolToObject(ad, "debug_endpoints", c->admin_debug_endpoints);
     cJSON *lg = cJSON_AddObjectToObject(o, "log");
     cJSON_AddStringToObject(lg, "level", c->log_level);
     cJSON_AddStringToObject(lg, "error_log", c->error_log);
@@ -1207,13 +1238,51 @@ static void h_dashboard(tk_http_ctx_t *ctx)
                     tk_admin_dashboard_html_len);
 }
 
+/* Every admin-only route. Each is served through admin_route(), which asks
+ * for the token (when admin.token is set) before anything else, so a route
+ * added here can't forget it. OPEN: /dashboard only (see h_dashboard). TEST:
+ * served only with admin.debug_endpoints on (404 otherwise).
+ * tests/integration/test_trust.py reads this table. */
+enum { OPEN = 1, TEST = 2 };
+static const struct {
+    const char *method, *pattern;
+    tk_http_handler_fn fn;
+    int flags;
+} admin_routes[] = {
+    {"GET", "/metrics", h_metrics, 0},
+    {"GET", "/debug/stats", h_stats, 0},
+    {"GET", "/debug/threads", h_threads, 0},
+    {"GET", "/debug/config", h_config, 0},
+    {"GET", "/dashboard", h_dashboard, OPEN},
+    {"GET", "/debug/stream", tk_handlers_debug_stream, TEST},
+    {"POST", "/debug/echo", tk_handlers_debug_echo, TEST},
+};
+#define NADMIN_ROUTES (sizeof(admin_routes) / sizeof(admin_routes[0]))
+/* The router's id of each row, filled at registration (-1: not registered). */
+static int admin_route_ids[NADMIN_ROUTES];
+
+static void admin_route(tk_http_ctx_t *ctx)
+{
+    for (size_t i = 0; i < NADMIN_ROUTES; i++) {
+        if (admin_route_ids[i] != ctx->route_id)
+            continue;
+        if (!(admin_routes[i].flags & OPEN) && !authorized(ctx))
+            return;
+        if ((admin_routes[i].flags & TEST) && !ctx->srv->conf->admin_debug_endpoints) {
+            tk_http_respond_error(ctx, 404, "not found (admin.debug_endpoints is off)");
+            return;
+        }
+        admin_routes[i].fn(ctx);
+        return;
+    }
+    tk_http_respond_error(ctx, 404, "not found");
+}
+
 void tk_handlers_register_admin(tk_router_t *r)
 {
-    tk_router_add(r, "GET", "/metrics", h_metrics);
-    tk_router_add(r, "GET", "/debug/stats", h_stats);
-    tk_router_add(r, "GET", "/debug/threads", h_threads);
-    tk_router_add(r, "GET", "/debug/config", h_config);
-    tk_router_add(r, "GET", "/dashboard", h_dashboard);
+    for (size_t i = 0; i < NADMIN_ROUTES; i++)
+        admin_route_ids[i] =
+            tk_router_add(r, admin_routes[i].method, admin_routes[i].pattern, admin_route);
     responder_start();
 }
 

@@ -11,9 +11,12 @@ void tk_handlers_register_health(tk_router_t *r); /* /health, /json, /plaintext 
 void tk_handlers_register_tfb(tk_router_t *r);    /* TechEmpower /db, /queries, ... */
 void tk_handlers_register_users(tk_router_t *r);  /* /users */
 void tk_handlers_register_heavy(tk_router_t *r);  /* /heavy */
-/* Admin listener (/metrics, /debug/..., /dashboard). */
+/* Admin listener (/metrics, /debug/..., /dashboard, and the test endpoints
+ * below): every admin-only route is in admin.c's table, behind the token. */
 void tk_handlers_register_admin(tk_router_t *r);
-/* Admin listener: POST /debug/echo, GET /debug/stream (handlers/health.c), for tests. */
-void tk_handlers_register_debug(tk_router_t *r);
+/* POST /debug/echo, GET /debug/stream (handlers/health.c), for tests; admin.c
+ * registers them, served only with admin.debug_endpoints on. */
+void tk_handlers_debug_echo(tk_http_ctx_t *ctx);
+void tk_handlers_debug_stream(tk_http_ctx_t *ctx);
 
 #endif

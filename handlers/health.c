@@ -47,10 +47,10 @@ static void plaintext(tk_http_ctx_t *ctx)
     tk_http_respond(ctx, 200, "text/plain", body, sizeof(body) - 1);
 }
 
-/* POST /debug/echo (admin listener only): the request body back, with its
- * content type; lets tests drive request bodies, chunked uploads,
- * 100-continue and gzip through the real engine. */
-static void echo(tk_http_ctx_t *ctx)
+/* POST /debug/echo (admin listener only, registered by admin.c): the request
+ * body back, with its content type; lets tests drive request bodies, chunked
+ * uploads, 100-continue and gzip through the real engine. */
+void tk_handlers_debug_echo(tk_http_ctx_t *ctx)
 {
     char ct[128] = "application/octet-stream";
     tk_str_t v = tk_http_header(ctx, "Content-Type");
@@ -62,10 +62,10 @@ static void echo(tk_http_ctx_t *ctx)
     tk_http_respond(ctx, 200, ct, body.p, body.len);
 }
 
-/* GET /debug/stream?n=N (admin listener only): N lines sent as separate
- * chunks, a yield between them; exercises chunked (1.1) and close-delimited
- * (1.0) responses. */
-static void stream(tk_http_ctx_t *ctx)
+/* GET /debug/stream?n=N (admin listener only, registered by admin.c): N lines
+ * sent as separate chunks, a yield between them; exercises chunked (1.1) and
+ * close-delimited (1.0) responses. */
+void tk_handlers_debug_stream(tk_http_ctx_t *ctx)
 {
     char v[16];
     int n = 3;
@@ -85,12 +85,6 @@ static void stream(tk_http_ctx_t *ctx)
         tk_gt_yield();
     }
     tk_http_stream_end(ctx);
-}
-
-void tk_handlers_register_debug(tk_router_t *r)
-{
-    tk_router_add(r, "POST", "/debug/echo", echo);
-    tk_router_add(r, "GET", "/debug/stream", stream);
 }
 
 void tk_handlers_register_health(tk_router_t *r)

@@ -122,6 +122,7 @@ static const setting_t settings[] = {
 
     {"admin", "listen", T_ADDR, F(admin_listen), 0, 0, "\"\" = off"},
     {"admin", "token", T_STR, F(admin_token), 0, 0, NULL},
+    {"admin", "debug_endpoints", T_BOOL, F(admin_debug_endpoints), 0, 1, NULL},
 
     {"log", "level", T_LEVEL, F(log_level), 0, 0, NULL},
     {"log", "error_log", T_STR, F(error_log), 0, 0, NULL},

@@ -69,6 +69,7 @@ typedef struct {
     /* [admin] */
     char admin_listen[128]; /* "127.0.0.1:6060"; "" = off */
     char admin_token[128];  /* bearer token; "" = none */
+    int admin_debug_endpoints; /* 0: /debug/echo, /debug/stream (for tests) answer 404 */
 
     /* [log] */
     char log_level[16];         /* "notice" */
@@ -78,6 +79,10 @@ typedef struct {
 
     /* not from the file */
     char conf_file[256]; /* the file this came from, "" if none */
+    /* Set by tk_resolve_conf() in the master (server/resolve.h), so that the
+     * workers never resolve a name on their loop; "" = nothing to resolve. */
+    char db_hostaddr[512];    /* libpq hostaddr list for db.conninfo's host list */
+    char redis_resolved[128]; /* redis.addr with its host name as an address */
     int foreground;
     /* Where each setting was last set, by table index: 0 = default, -1 = the
      * command line, else the line in conf_file. Lets tk_conf_validate() name

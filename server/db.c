@@ -567,16 +567,18 @@ static tk_db_conn_t *conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st
     c->slot = slot;
     c->created_ns = tk_now_ns();
     STAT(open, 1);
-    /* PQconnectStart does not block on the network; host names are resolved
-     * synchronously (use an address or a local socket path in db.conninfo). */
+    /* PQconnectStart does not block on the network, but resolves host names
+     * synchronously: the master resolved them (tk_resolve_conf) and hostaddr,
+     * placed after the conninfo, hands libpq the addresses. */
     /* Generic plans for our prepared statements: with the default
      * plan_cache_mode, a statement like "... WHERE id > $1 ORDER BY id
      * LIMIT $2" is re-planned on every execution (the generic plan's
      * estimate looks worse than the custom plans'), which more than halves
      * the database's throughput (pgbench: 7.9k -> 17.5k per second here).
      * Placed before the conninfo, so an "options" there overrides it. */
-    static const char *const kw[] = {"options", "dbname", NULL};
-    const char *const val[] = {"-c plan_cache_mode=force_generic_plan", D.conf->db_conninfo, NULL};
+    static const char *const kw[] = {"options", "dbname", "hostaddr", NULL};
+    const char *const val[] = {"-c plan_cache_mode=force_generic_plan", D.conf->db_conninfo,
+                               D.conf->db_hostaddr[0] ? D.conf->db_hostaddr : NULL, NULL};
     c->pg = PQconnectStartParams(kw, val, 1);
     c->poll = PGRES_POLLING_WRITING;
     if (c->pg)

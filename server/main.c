@@ -5,6 +5,7 @@
 #include "conf.h"
 #include "log.h"
 #include "master.h"
+#include "resolve.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -87,7 +88,10 @@ static int load_conf(tk_conf_t *c, char *err, size_t errlen, void *arg)
         snprintf(c->log_level, sizeof(c->log_level), "%s", cl->verbose > 1 ? "debug" : "info");
     c->foreground = cl->foreground;
     tk_conf_derive(c);
-    return tk_conf_validate(c, err, errlen);
+    if (tk_conf_validate(c, err, errlen) != 0)
+        return -1;
+    /* here, in the master (or tenkd -t): the workers get addresses only */
+    return tk_resolve_conf(c, err, errlen);
 }
 
 /* Fork into the background; the parent exits once the master reports ready

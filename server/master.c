@@ -166,6 +166,11 @@ static struct {
     int wd_warned;
     int64_t status_next_ms;
     unsigned long long crashes_total;
+    /* dead workers whose broker entries are still to be reclaimed: the lock
+     * was busy (tk_broker_reclaim_pid() gives up after
+     * TK_BROKER_MASTER_LOCK_MS); retried on every tick */
+    pid_t reclaim[TK_SHM_MAX_SLOTS];
+    int64_t reclaim_after_ms; /* after a timeout, no new attempt before this */
 } M;
 
 static volatile sig_atomic_t sig_hup, sig_term, sig_quit, sig_usr1, sig_chld;
@@ -560,7 +565,8 @@ static void update_status(void)
         tk_metrics_sh_t *m = tk_shm_metrics(M.shm, i);
         if (m == NULL)
             continue;
-        tk_metrics_snapshot(m, &snap);
+        /* a worker stopped mid-update must not stall supervision: no sleep */
+        tk_metrics_snapshot_nowait(m, &snap);
         tk_metrics_rate_t r;
         tk_metrics_rate(&snap, now_sec, 5, &r);
         rps += r.requests;
@@ -700,7 +706,11 @@ static void reload_finish(void)
     tk_shm_set_conf(M.shm, nc->conf_file, (unsigned)tk_conf_workers(nc));
     tk_shm_set_generation(M.shm, M.gen);
     tk_shm_reload_done(M.shm, 1, NULL);
-    tk_broker_set_max_idle(tk_shm_broker(M.shm), (unsigned)nc->db_max_idle);
+    if (tk_broker_set_max_idle(tk_shm_broker(M.shm), (unsigned)nc->db_max_idle) != 0)
+        TK_LOG(TK_LOG_WARN,
+               "database broker lock held for over %u ms: db.max_idle %d not applied (a worker "
+               "stopped or stuck inside it?)",
+               TK_BROKER_MASTER_LOCK_MS, nc->db_max_idle);
 
     tk_log_level_t lv;
     if (tk_log_level_parse(nc->log_level, &lv) == 0)
@@ -736,6 +746,31 @@ static void reload_abort(const char *why)
 
 /* --- reaping ------------------------------------------------------------------------ */
 
+/* Reclaim the broker entries of the dead worker recorded for slot. The broker
+ * lock is one any worker can hold (or a stopped one keep), so the master only
+ * waits TK_BROKER_MASTER_LOCK_MS for it and otherwise logs and tries again on
+ * the next tick; the slot's next worker also reclaims it when it attaches. */
+static void reclaim_retry(unsigned slot)
+{
+    pid_t pid = M.reclaim[slot];
+    if (pid <= 0 || now_ms() < M.reclaim_after_ms)
+        return; /* (one 100 ms wait per half second at most, however many died) */
+    if (tk_broker_reclaim_pid(tk_shm_broker(M.shm), pid) >= 0) {
+        M.reclaim[slot] = 0;
+        return;
+    }
+    if (errno == ETIMEDOUT) {
+        M.reclaim_after_ms = now_ms() + 500;
+        TK_LOG(TK_LOG_WARN,
+               "database broker lock held for over %u ms (a worker stopped or stuck inside "
+               "it?): reclaiming pid %d's connection slots later",
+               TK_BROKER_MASTER_LOCK_MS, (int)pid);
+    } else {
+        TK_LOG_ERRNO(TK_LOG_ERR, errno, "tk_broker_reclaim_pid(%d) failed", (int)pid);
+        M.reclaim[slot] = 0;
+    }
+}
+
 static void reap(void)
 {
     for (;;) {
@@ -755,7 +790,8 @@ static void reap(void)
         /* Free what the dead process held in shared memory: its gauges and any
          * database slot or queue entry, which other workers may be waiting for. */
         tk_shm_worker_reap(M.shm, (unsigned)slot, st);
-        tk_broker_reclaim_pid(tk_shm_broker(M.shm), pid);
+        M.reclaim[slot] = pid;
+        reclaim_retry((unsigned)slot);
         w->pid = 0;
 
         int64_t now = now_ms();
@@ -927,6 +963,8 @@ static int64_t tick(void)
     int starting = 0;
     for (unsigned i = 0; i < M.nslots; i++) {
         wk_t *w = &M.w[i];
+        if (M.reclaim[i] > 0)
+            reclaim_retry(i);
         if (w->state == WK_STARTING) {
             if (is_accepting(i))
                 set_state(i, WK_RUNNING);

@@ -201,11 +201,16 @@ static uint64_t gt_total(const tk_metrics_sh_t *m)
 
 /* --- reading the segment --------------------------------------------------------------- */
 
-/* Attach read-only and require a live master. On failure print why, return NULL. */
+/* Attach read-only and require a live master the segment can be trusted for
+ * (tk_shm_trust: start time, owner). On failure print why, return NULL. */
 static tk_shm_t *ctl_attach(void)
 {
     char err[512];
     tk_shm_t *shm = tk_view_attach(opt.name, 1, err, sizeof(err));
+    if (shm && tk_shm_trust(shm, NULL, err, sizeof(err)) != 0) {
+        tk_shm_detach(shm);
+        shm = NULL;
+    }
     if (!shm)
         fprintf(stderr, "tenkctl: %s\n", err);
     return shm;
@@ -930,10 +935,17 @@ out:
 
 /* --- reload / stop ------------------------------------------------------------------ */
 
+/* Signal only a master verified as this segment's tenkd (tk_shm_signal_master). */
 static int ctl_signal_master(tk_shm_t *shm, int sig)
 {
-    pid_t pid = tk_shm_header(shm)->master_pid;
-    if (kill(pid, sig) < 0) {
+    char err[512];
+    pid_t pid = 0;
+    int r = tk_shm_signal_master(shm, sig, &pid, err, sizeof(err));
+    if (r == -2) {
+        fprintf(stderr, "tenkctl: %s\n", err);
+        return -1;
+    }
+    if (r < 0) {
         if (errno == EPERM)
             fprintf(stderr,
                     "tenkctl: permission denied signalling master pid %d: run as its user or "

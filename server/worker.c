@@ -362,7 +362,6 @@ static int register_routes(worker_t *w)
     tk_handlers_register_users(w->router);
     tk_handlers_register_heavy(w->router);
     tk_handlers_register_health(w->admin_router);
-    tk_handlers_register_debug(w->admin_router);
     tk_handlers_register_admin(w->admin_router);
     const char *err = tk_router_error(w->router);
     if (!err[0])
@@ -386,7 +385,8 @@ static int cache_setup(worker_t *w)
         return 0;
     tk_cache_opts_t o;
     tk_cache_opts_default(&o);
-    o.addr = conf->redis_addr;
+    /* a host name there was resolved by the master (tk_resolve_conf) */
+    o.addr = conf->redis_resolved[0] ? conf->redis_resolved : conf->redis_addr;
     o.password = conf->redis_password;
     o.db = conf->redis_db;
     if (conf->redis_timeout_ms > 0)

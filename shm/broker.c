@@ -71,6 +71,33 @@
 static int g_wake_fds[TK_BROKER_MAX_WORKERS];
 static int g_nwake;
 
+/* Untrusted indices. Every worker can write the segment, and the master, which
+ * runs as root, runs the reclaim, the repair and the checker on it. So on
+ * those paths every index and count read from the table is loaded once (LD)
+ * and range-checked where it is used, and every walk is bounded: a corrupted
+ * or hostile table costs wrong books, never a write outside the table or a
+ * hang in the master. */
+#define LD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+
+static inline int e_ok(int32_t e)
+{
+    return e >= 0 && e < TK_BROKER_MAX_WAITERS;
+}
+static inline int s_ok(int32_t s)
+{
+    return s >= 0 && s < TK_BROKER_MAX_SLOTS;
+}
+static inline int w_ok(int32_t w)
+{
+    return w >= 0 && w < TK_BROKER_MAX_WORKERS;
+}
+/* db.max_open as read from the table, clamped to the arrays. */
+static inline int nslots(const tk_broker_sh_t *b)
+{
+    uint32_t m = LD(b->max_open);
+    return m > TK_BROKER_MAX_SLOTS ? TK_BROKER_MAX_SLOTS : (int)m;
+}
+
 static uint64_t now_ns(void)
 {
     struct timespec ts;
@@ -92,10 +119,11 @@ static void hwm_raise(uint32_t *hwm, uint32_t v)
 static void q_push(tk_broker_sh_t *b, int e)
 {
     tk_broker_entry_sh_t *x = &b->entries[e];
+    int32_t t = LD(b->qtail);
     x->next = -1;
-    x->prev = b->qtail;
-    if (b->qtail >= 0)
-        b->entries[b->qtail].next = e;
+    x->prev = t;
+    if (e_ok(t))
+        b->entries[t].next = e;
     else
         b->qhead = e;
     b->qtail = e;
@@ -104,24 +132,26 @@ static void q_push(tk_broker_sh_t *b, int e)
 static void q_remove(tk_broker_sh_t *b, int e)
 {
     tk_broker_entry_sh_t *x = &b->entries[e];
-    if (x->prev >= 0)
-        b->entries[x->prev].next = x->next;
+    int32_t p = LD(x->prev), n = LD(x->next);
+    if (e_ok(p))
+        b->entries[p].next = n;
     else
-        b->qhead = x->next;
-    if (x->next >= 0)
-        b->entries[x->next].prev = x->prev;
+        b->qhead = n;
+    if (e_ok(n))
+        b->entries[n].prev = p;
     else
-        b->qtail = x->prev;
+        b->qtail = p;
     x->prev = x->next = -1;
 }
 
 static void w_push(tk_broker_sh_t *b, tk_broker_worker_sh_t *w, int e)
 {
     tk_broker_entry_sh_t *x = &b->entries[e];
+    int32_t t = LD(w->wtail);
     x->wnext = -1;
-    x->wprev = w->wtail;
-    if (w->wtail >= 0)
-        b->entries[w->wtail].wnext = e;
+    x->wprev = t;
+    if (e_ok(t))
+        b->entries[t].wnext = e;
     else
         w->whead = e;
     w->wtail = e;
@@ -131,14 +161,15 @@ static void w_push(tk_broker_sh_t *b, tk_broker_worker_sh_t *w, int e)
 static void w_remove(tk_broker_sh_t *b, tk_broker_worker_sh_t *w, int e)
 {
     tk_broker_entry_sh_t *x = &b->entries[e];
-    if (x->wprev >= 0)
-        b->entries[x->wprev].wnext = x->wnext;
+    int32_t p = LD(x->wprev), n = LD(x->wnext);
+    if (e_ok(p))
+        b->entries[p].wnext = n;
     else
-        w->whead = x->wnext;
-    if (x->wnext >= 0)
-        b->entries[x->wnext].wprev = x->wprev;
+        w->whead = n;
+    if (e_ok(n))
+        b->entries[n].wprev = p;
     else
-        w->wtail = x->wprev;
+        w->wtail = p;
     x->wprev = x->wnext = -1;
     w->nwaiting--;
 }
@@ -147,22 +178,24 @@ static void w_remove(tk_broker_sh_t *b, tk_broker_worker_sh_t *w, int e)
 static void g_push(tk_broker_sh_t *b, tk_broker_worker_sh_t *w, int e)
 {
     tk_broker_entry_sh_t *x = &b->entries[e];
+    int32_t h = LD(w->ghead);
     x->prev = -1;
-    x->next = w->ghead;
-    if (w->ghead >= 0)
-        b->entries[w->ghead].prev = e;
+    x->next = h;
+    if (e_ok(h))
+        b->entries[h].prev = e;
     w->ghead = e;
 }
 
 static void g_remove(tk_broker_sh_t *b, tk_broker_worker_sh_t *w, int e)
 {
     tk_broker_entry_sh_t *x = &b->entries[e];
-    if (x->prev >= 0)
-        b->entries[x->prev].next = x->next;
+    int32_t p = LD(x->prev), n = LD(x->next);
+    if (e_ok(p))
+        b->entries[p].next = n;
     else
-        w->ghead = x->next;
-    if (x->next >= 0)
-        b->entries[x->next].prev = x->prev;
+        w->ghead = n;
+    if (e_ok(n))
+        b->entries[n].prev = p;
     x->prev = x->next = -1;
 }
 
@@ -197,12 +230,14 @@ static void s_free(tk_broker_sh_t *b, int s)
 
 static int s_pop(tk_broker_sh_t *b)
 {
-    int s = b->sfree;
-    if (s >= 0) {
-        b->sfree = b->slots[s].next_free;
-        b->slots[s].next_free = -1;
-        b->nfree--;
+    int32_t s = LD(b->sfree);
+    if (!s_ok(s)) {
+        b->sfree = -1; /* (a broken list: the slots wait for the next repair) */
+        return -1;
     }
+    b->sfree = LD(b->slots[s].next_free);
+    b->slots[s].next_free = -1;
+    b->nfree--;
     return s;
 }
 
@@ -222,21 +257,29 @@ static void s_hold(tk_broker_sh_t *b, int s, int w)
 /* Take waiting entry e out of the queue. */
 static void unqueue(tk_broker_sh_t *b, int e)
 {
-    tk_broker_entry_sh_t *x = &b->entries[e];
+    int32_t w = LD(b->entries[e].worker);
     q_remove(b, e);
-    w_remove(b, &b->workers[x->worker], e);
+    if (w_ok(w))
+        w_remove(b, &b->workers[w], e);
     b->qlen--;
 }
 
-/* Promise slot s (owned by nobody or being passed on) to waiting entry e. */
+/* Promise slot s (owned by nobody or being passed on) to waiting entry e.
+ * Returns the worker to wake, or -1 if the entry names no valid worker (it
+ * is dropped; the caller still owns s). */
 static int grant(tk_broker_sh_t *b, int s, int e)
 {
     tk_broker_entry_sh_t *x = &b->entries[e];
     tk_broker_slot_sh_t *sl = &b->slots[s];
+    int32_t w = LD(x->worker);
     if (x->state == TK_BROKER_ENTRY_WAITING)
         unqueue(b, e); /* (a PROMISED one is out of the queue already) */
+    if (!w_ok(w)) {
+        e_free(b, e);
+        return -1;
+    }
     sl->state = TK_BROKER_SLOT_GRANTED;
-    sl->worker = x->worker;
+    sl->worker = w;
     sl->pid = x->pid;
     sl->gen = x->gen;
     sl->entry = e;
@@ -245,19 +288,27 @@ static int grant(tk_broker_sh_t *b, int s, int e)
     sl->since_ns = now_ns();
     x->slot = s;
     x->state = TK_BROKER_ENTRY_GRANTED;
-    g_push(b, &b->workers[x->worker], e);
-    b->workers[x->worker].nheld++;
-    return x->worker;
+    g_push(b, &b->workers[w], e);
+    b->workers[w].nheld++;
+    return w;
 }
 
 /* Serve queued entries with free slots (after a reclaim or a repair). Marks
- * the workers to wake in wake[] (by index). */
+ * the workers to wake in wake[] (by index). At most one pass per queue entry
+ * and slot: a looping list can't hold the caller. */
 static void serve_free(tk_broker_sh_t *b, unsigned char *wake)
 {
-    while (b->qhead >= 0 && b->sfree >= 0) {
+    for (int n = 0; n < TK_BROKER_MAX_WAITERS + TK_BROKER_MAX_SLOTS; n++) {
+        int32_t h = LD(b->qhead);
+        if (!e_ok(h) || LD(b->entries[h].state) != TK_BROKER_ENTRY_WAITING || LD(b->sfree) < 0)
+            break;
         int s = s_pop(b);
-        int w = grant(b, s, b->qhead);
-        if (wake)
+        if (s < 0)
+            break;
+        int w = grant(b, s, h);
+        if (w < 0)
+            s_free(b, s);
+        else if (wake)
             wake[w] = 1;
     }
 }
@@ -317,12 +368,14 @@ fail:
     return -1;
 }
 
-void tk_broker_set_max_idle(tk_broker_sh_t *b, unsigned max_idle)
+int tk_broker_set_max_idle(tk_broker_sh_t *b, unsigned max_idle)
 {
-    if (tk_broker_lock(b) != 0)
-        return;
-    b->max_idle = (max_idle == 0 || max_idle > b->max_open) ? b->max_open : max_idle;
+    if (tk_broker_lock_timed(b, TK_BROKER_MASTER_LOCK_MS) != 0)
+        return -1;
+    unsigned mo = (unsigned)nslots(b);
+    b->max_idle = (max_idle == 0 || max_idle > mo) ? mo : max_idle;
     tk_broker_unlock(b);
+    return 0;
 }
 
 void tk_broker_set_starve(tk_broker_sh_t *b, uint64_t starve_ns)
@@ -333,60 +386,76 @@ void tk_broker_set_starve(tk_broker_sh_t *b, uint64_t starve_ns)
     tk_broker_unlock(b);
 }
 
-static int cmp_ticket(const void *a, const void *c, void *arg)
+/* Waiting entries sorted by ticket. The tickets are copied out first: a
+ * comparator reading the shared table could see them change mid-sort. */
+typedef struct {
+    uint64_t ticket;
+    int32_t e;
+} tk_broker_order_t;
+
+static int cmp_ticket(const void *a, const void *c)
 {
-    const tk_broker_sh_t *b = arg;
-    uint64_t x = b->entries[*(const int32_t *)a].ticket;
-    uint64_t y = b->entries[*(const int32_t *)c].ticket;
+    uint64_t x = ((const tk_broker_order_t *)a)->ticket, y = ((const tk_broker_order_t *)c)->ticket;
     return x < y ? -1 : x > y;
 }
 
 int tk_broker_repair_locked(tk_broker_sh_t *b)
 {
-    static int32_t order[TK_BROKER_MAX_WAITERS]; /* under the lock: one user at a time */
+    static tk_broker_order_t order[TK_BROKER_MAX_WAITERS]; /* under the lock: one user at a time */
     uint32_t old_qlen = b->qlen, old_nfree = b->nfree, old_nidle = b->nidle;
     int32_t old_qhead = b->qhead;
     int changed = 0, n = 0;
     char err[128];
 
     changed = tk_broker_check_locked(b, err, sizeof(err)) != 0;
+    if (b->max_open < 1 || b->max_open > TK_BROKER_MAX_SLOTS) {
+        b->max_open = b->max_open < 1 ? 1 : TK_BROKER_MAX_SLOTS;
+        changed = 1;
+    }
+    int ns = nslots(b);
 
     /* Slots and entries are the truth; a state that disagrees with its peer
      * (the dead holder stopped between the two writes of a grant) falls back
      * to the safe side: a GRANTED slot whose entry does not point back is
-     * freed, a GRANTED entry whose slot does not point back is dropped. */
-    for (int s = 0; s < (int)b->max_open; s++) {
+     * freed, a GRANTED entry whose slot does not point back is dropped. Each
+     * index is read once and written back checked (see LD). */
+    for (int s = 0; s < ns; s++) {
         tk_broker_slot_sh_t *x = &b->slots[s];
-        if (x->state == TK_BROKER_SLOT_GRANTED) {
-            int e = x->entry;
-            if (e < 0 || e >= TK_BROKER_MAX_WAITERS ||
-                b->entries[e].state != TK_BROKER_ENTRY_GRANTED || b->entries[e].slot != s)
-                x->state = TK_BROKER_SLOT_FREE;
-        }
-        if (x->state == TK_BROKER_SLOT_HELD &&
-            (x->worker < 0 || x->worker >= TK_BROKER_MAX_WORKERS))
-            x->state = TK_BROKER_SLOT_FREE;
-        if (x->state == TK_BROKER_SLOT_HELD && x->entry >= 0 &&
-            (x->entry >= TK_BROKER_MAX_WAITERS ||
-             b->entries[x->entry].state != TK_BROKER_ENTRY_PROMISED ||
-             b->entries[x->entry].slot != s))
-            x->entry = -1; /* a broken promise: the slot goes to the head when freed */
-        if (x->state == TK_BROKER_SLOT_FREE)
-            x->entry = -1;
+        uint32_t st = LD(x->state);
+        int32_t e = LD(x->entry), w = LD(x->worker);
+        if (st == TK_BROKER_SLOT_GRANTED &&
+            (!e_ok(e) || b->entries[e].state != TK_BROKER_ENTRY_GRANTED || b->entries[e].slot != s))
+            st = TK_BROKER_SLOT_FREE;
+        if (st != TK_BROKER_SLOT_FREE && st != TK_BROKER_SLOT_GRANTED && st != TK_BROKER_SLOT_HELD)
+            st = TK_BROKER_SLOT_FREE;
+        if (st != TK_BROKER_SLOT_FREE && !w_ok(w))
+            st = TK_BROKER_SLOT_FREE;
+        if (st == TK_BROKER_SLOT_HELD && e >= 0 &&
+            (!e_ok(e) || b->entries[e].state != TK_BROKER_ENTRY_PROMISED ||
+             b->entries[e].slot != s))
+            e = -1; /* a broken promise: the slot goes to the head when freed */
+        if (st == TK_BROKER_SLOT_FREE)
+            e = -1, w = -1;
+        x->state = st;
+        x->entry = e;
+        x->worker = w;
     }
     for (int e = 0; e < TK_BROKER_MAX_WAITERS; e++) {
         tk_broker_entry_sh_t *x = &b->entries[e];
-        if (x->state != TK_BROKER_ENTRY_FREE &&
-            (x->worker < 0 || x->worker >= TK_BROKER_MAX_WORKERS))
-            x->state = TK_BROKER_ENTRY_FREE;
-        if (x->state == TK_BROKER_ENTRY_GRANTED &&
-            (x->slot < 0 || x->slot >= (int)b->max_open ||
-             b->slots[x->slot].state != TK_BROKER_SLOT_GRANTED || b->slots[x->slot].entry != e))
-            x->state = TK_BROKER_ENTRY_FREE;
-        if (x->state == TK_BROKER_ENTRY_PROMISED &&
-            (x->slot < 0 || x->slot >= (int)b->max_open ||
-             b->slots[x->slot].state != TK_BROKER_SLOT_HELD || b->slots[x->slot].entry != e))
-            x->state = TK_BROKER_ENTRY_WAITING; /* queued again, in ticket order below */
+        uint32_t st = LD(x->state);
+        int32_t w = LD(x->worker), s = LD(x->slot);
+        if (st > TK_BROKER_ENTRY_PROMISED || (st != TK_BROKER_ENTRY_FREE && !w_ok(w)))
+            st = TK_BROKER_ENTRY_FREE;
+        if (st == TK_BROKER_ENTRY_GRANTED &&
+            (s < 0 || s >= ns || b->slots[s].state != TK_BROKER_SLOT_GRANTED ||
+             b->slots[s].entry != e))
+            st = TK_BROKER_ENTRY_FREE;
+        if (st == TK_BROKER_ENTRY_PROMISED &&
+            (s < 0 || s >= ns || b->slots[s].state != TK_BROKER_SLOT_HELD ||
+             b->slots[s].entry != e))
+            st = TK_BROKER_ENTRY_WAITING; /* queued again, in ticket order below */
+        x->state = st;
+        x->worker = st == TK_BROKER_ENTRY_FREE ? -1 : w;
     }
 
     /* Rebuild every list and count. */
@@ -404,35 +473,47 @@ int tk_broker_repair_locked(tk_broker_sh_t *b)
     }
     for (int e = TK_BROKER_MAX_WAITERS - 1; e >= 0; e--) {
         tk_broker_entry_sh_t *x = &b->entries[e];
-        if (x->state == TK_BROKER_ENTRY_FREE)
+        uint32_t st = LD(x->state);
+        int32_t w = LD(x->worker);
+        if (st == TK_BROKER_ENTRY_FREE || !w_ok(w))
             e_free(b, e);
-        else if (x->state == TK_BROKER_ENTRY_WAITING)
-            order[n++] = e;
-        else if (x->state == TK_BROKER_ENTRY_GRANTED)
-            g_push(b, &b->workers[x->worker], e);
+        else if (st == TK_BROKER_ENTRY_WAITING)
+            order[n].ticket = LD(x->ticket), order[n++].e = e;
+        else if (st == TK_BROKER_ENTRY_GRANTED)
+            g_push(b, &b->workers[w], e);
         /* PROMISED: on no list */
     }
-    qsort_r(order, (size_t)n, sizeof(order[0]), cmp_ticket, b);
+    qsort(order, (size_t)n, sizeof(order[0]), cmp_ticket);
     for (int i = 0; i < n; i++) {
-        q_push(b, order[i]);
-        w_push(b, &b->workers[b->entries[order[i]].worker], order[i]);
+        int32_t e = order[i].e, w = LD(b->entries[e].worker);
+        if (!w_ok(w)) {
+            e_free(b, e);
+            continue;
+        }
+        q_push(b, e);
+        w_push(b, &b->workers[w], e);
         b->qlen++;
     }
-    for (int s = (int)b->max_open - 1; s >= 0; s--) {
+    for (int s = ns - 1; s >= 0; s--) {
         tk_broker_slot_sh_t *x = &b->slots[s];
-        if (x->state == TK_BROKER_SLOT_FREE) {
+        uint32_t st = LD(x->state);
+        int32_t w = LD(x->worker), e = LD(x->entry);
+        if (st == TK_BROKER_SLOT_FREE || !w_ok(w)) {
             s_free(b, s);
             continue;
         }
-        b->workers[x->worker].nheld++;
-        if (x->state != TK_BROKER_SLOT_HELD)
+        b->workers[w].nheld++;
+        if (st != TK_BROKER_SLOT_HELD)
             x->moving = 0;
         if (x->moving)
-            b->workers[x->worker].nout++;
-        if (x->state == TK_BROKER_SLOT_HELD && x->entry >= 0)
-            b->workers[b->entries[x->entry].worker].nin++;
-        if (x->state == TK_BROKER_SLOT_HELD && x->idle) {
-            b->workers[x->worker].nidle++;
+            b->workers[w].nout++;
+        if (st == TK_BROKER_SLOT_HELD && e_ok(e)) {
+            int32_t ew = LD(b->entries[e].worker);
+            if (w_ok(ew))
+                b->workers[ew].nin++;
+        }
+        if (st == TK_BROKER_SLOT_HELD && x->idle) {
+            b->workers[w].nidle++;
             b->nidle++;
         } else {
             x->idle = 0;
@@ -447,9 +528,9 @@ int tk_broker_repair_locked(tk_broker_sh_t *b)
     return changed;
 }
 
-int tk_broker_lock(tk_broker_sh_t *b)
+/* After pthread_mutex_*lock() returned r. */
+static int locked(tk_broker_sh_t *b, int r)
 {
-    int r = pthread_mutex_lock(&b->lock);
     if (r == 0)
         return 0;
     if (r == EOWNERDEAD) {
@@ -465,6 +546,24 @@ int tk_broker_lock(tk_broker_sh_t *b)
     }
     errno = r;
     return -1;
+}
+
+int tk_broker_lock(tk_broker_sh_t *b)
+{
+    return locked(b, pthread_mutex_lock(&b->lock));
+}
+
+int tk_broker_lock_timed(tk_broker_sh_t *b, unsigned timeout_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return locked(b, pthread_mutex_clocklock(&b->lock, CLOCK_MONOTONIC, &ts));
 }
 
 void tk_broker_unlock(tk_broker_sh_t *b)
@@ -490,30 +589,33 @@ int tk_broker_check_locked(const tk_broker_sh_t *b, char *err, size_t errlen)
 
     CHECK(b->magic == TK_BROKER_MAGIC && b->version == TK_BROKER_VERSION, "bad magic/version");
     CHECK(b->max_open >= 1 && b->max_open <= TK_BROKER_MAX_SLOTS, "bad max_open %u", b->max_open);
-    for (int s = 0; s < (int)b->max_open; s++) {
+    /* (read once and range-checked before use: see LD) */
+    for (int s = 0; s < nslots(b); s++) {
         const tk_broker_slot_sh_t *x = &b->slots[s];
-        if (x->state == TK_BROKER_SLOT_FREE) {
+        uint32_t st = LD(x->state);
+        int32_t w = LD(x->worker), e = LD(x->entry);
+        if (st == TK_BROKER_SLOT_FREE) {
             nfree++;
             continue;
         }
-        CHECK(x->worker >= 0 && x->worker < TK_BROKER_MAX_WORKERS, "slot %d: worker %d", s,
-              x->worker);
-        nheld[x->worker]++;
-        if (x->state == TK_BROKER_SLOT_GRANTED) {
-            CHECK(x->entry >= 0 && x->entry < TK_BROKER_MAX_WAITERS &&
-                      b->entries[x->entry].state == TK_BROKER_ENTRY_GRANTED &&
-                      b->entries[x->entry].slot == s,
-                  "slot %d granted to entry %d that does not point back", s, x->entry);
+        CHECK(w_ok(w), "slot %d: worker %d", s, w);
+        nheld[w]++;
+        if (st == TK_BROKER_SLOT_GRANTED) {
+            CHECK(e_ok(e) && b->entries[e].state == TK_BROKER_ENTRY_GRANTED &&
+                      b->entries[e].slot == s,
+                  "slot %d granted to entry %d that does not point back", s, e);
         } else {
-            CHECK(x->entry < 0 || (x->entry < TK_BROKER_MAX_WAITERS &&
-                                   b->entries[x->entry].state == TK_BROKER_ENTRY_PROMISED &&
-                                   b->entries[x->entry].slot == s),
-                  "slot %d promised to entry %d that does not point back", s, x->entry);
-            nout[x->worker] += x->moving != 0;
-            if (x->entry >= 0)
-                nin[b->entries[x->entry].worker]++;
+            CHECK(e < 0 || (e_ok(e) && b->entries[e].state == TK_BROKER_ENTRY_PROMISED &&
+                            b->entries[e].slot == s),
+                  "slot %d promised to entry %d that does not point back", s, e);
+            nout[w] += x->moving != 0;
+            if (e >= 0) {
+                int32_t ew = LD(b->entries[e].worker);
+                CHECK(w_ok(ew), "entry %d: worker %d", e, ew);
+                nin[ew]++;
+            }
             if (x->idle) {
-                nidle[x->worker]++;
+                nidle[w]++;
                 totidle++;
             }
         }
@@ -521,22 +623,22 @@ int tk_broker_check_locked(const tk_broker_sh_t *b, char *err, size_t errlen)
     CHECK(nfree == b->nfree, "nfree %u, counted %u", b->nfree, nfree);
     CHECK(totidle == b->nidle, "nidle %u, counted %u", b->nidle, totidle);
     n = 0;
-    for (int s = b->sfree; s >= 0; s = b->slots[s].next_free) {
-        CHECK(s < (int)b->max_open && b->slots[s].state == TK_BROKER_SLOT_FREE,
-              "slot %d on the free list", s);
+    for (int s = LD(b->sfree); s >= 0; s = LD(b->slots[s].next_free)) {
+        CHECK(s < nslots(b) && b->slots[s].state == TK_BROKER_SLOT_FREE, "slot %d on the free list",
+              s);
         CHECK(++n <= nfree, "slot free list longer than nfree");
     }
     CHECK(n == nfree, "slot free list has %u, nfree %u", n, nfree);
     CHECK(b->qlen == 0 || nfree == 0, "%u free slots while %u wait", nfree, b->qlen);
 
     n = 0;
-    for (int e = b->qhead; e >= 0; e = b->entries[e].next) {
-        const tk_broker_entry_sh_t *x = &b->entries[e];
-        CHECK(e < TK_BROKER_MAX_WAITERS && x->state == TK_BROKER_ENTRY_WAITING,
+    for (int e = LD(b->qhead); e >= 0; e = LD(b->entries[e].next)) {
+        CHECK(e_ok(e) && b->entries[e].state == TK_BROKER_ENTRY_WAITING,
               "entry %d in queue not waiting", e);
+        const tk_broker_entry_sh_t *x = &b->entries[e];
         CHECK(x->prev == prev, "entry %d: prev %d, expected %d", e, x->prev, prev);
         CHECK(n == 0 || x->ticket > last, "queue not in ticket order at entry %d", e);
-        CHECK(++n <= b->qlen, "queue longer than qlen %u", b->qlen);
+        CHECK(++n <= b->qlen && n <= TK_BROKER_MAX_WAITERS, "queue longer than qlen %u", b->qlen);
         last = x->ticket;
         prev = e;
     }
@@ -551,25 +653,29 @@ int tk_broker_check_locked(const tk_broker_sh_t *b, char *err, size_t errlen)
               wk->nout, nout[w], wk->nin, nin[w]);
         n = 0;
         prev = -1;
-        for (int e = wk->whead; e >= 0; e = b->entries[e].wnext) {
-            CHECK(b->entries[e].state == TK_BROKER_ENTRY_WAITING && b->entries[e].worker == w,
+        for (int e = LD(wk->whead); e >= 0; e = LD(b->entries[e].wnext)) {
+            CHECK(e_ok(e) && b->entries[e].state == TK_BROKER_ENTRY_WAITING &&
+                      b->entries[e].worker == w,
                   "worker %d: entry %d on its waiting list", w, e);
             CHECK(b->entries[e].wprev == prev, "worker %d: entry %d wprev", w, e);
-            CHECK(++n <= wk->nwaiting, "worker %d: waiting list too long", w);
+            CHECK(++n <= wk->nwaiting && n <= TK_BROKER_MAX_WAITERS,
+                  "worker %d: waiting list too long", w);
             prev = e;
         }
         CHECK(n == wk->nwaiting && prev == wk->wtail, "worker %d: waiting list %u/%u", w, n,
               wk->nwaiting);
         n = 0;
-        for (int e = wk->ghead; e >= 0; e = b->entries[e].next) {
-            CHECK(b->entries[e].state == TK_BROKER_ENTRY_GRANTED && b->entries[e].worker == w,
+        for (int e = LD(wk->ghead); e >= 0; e = LD(b->entries[e].next)) {
+            CHECK(e_ok(e) && b->entries[e].state == TK_BROKER_ENTRY_GRANTED &&
+                      b->entries[e].worker == w,
                   "worker %d: entry %d on its granted list", w, e);
             CHECK(++n <= TK_BROKER_MAX_SLOTS, "worker %d: granted list loops", w);
         }
     }
     n = 0;
-    for (int e = b->efree; e >= 0; e = b->entries[e].next) {
-        CHECK(b->entries[e].state == TK_BROKER_ENTRY_FREE, "entry %d free-listed, not free", e);
+    for (int e = LD(b->efree); e >= 0; e = LD(b->entries[e].next)) {
+        CHECK(e_ok(e) && b->entries[e].state == TK_BROKER_ENTRY_FREE,
+              "entry %d free-listed, not free", e);
         CHECK(++n <= TK_BROKER_MAX_WAITERS, "entry free list loops");
     }
     {
@@ -587,43 +693,69 @@ int tk_broker_check_locked(const tk_broker_sh_t *b, char *err, size_t errlen)
  * Returns the number of slots freed; freed slots then serve the queue. */
 static int reclaim_locked(tk_broker_sh_t *b, int w, pid_t pid, unsigned char *wake, int *nent)
 {
-    int freed = 0;
+    int freed = 0, bad = 0;
     *nent = 0;
+    /* Every index below comes from the table (see LD): out of range, the
+     * books it would have adjusted are left alone and a repair is run. */
     for (int e = 0; e < TK_BROKER_MAX_WAITERS; e++) {
         tk_broker_entry_sh_t *x = &b->entries[e];
-        if (x->state == TK_BROKER_ENTRY_FREE)
+        uint32_t st = LD(x->state);
+        int32_t xw = LD(x->worker);
+        if (st == TK_BROKER_ENTRY_FREE)
             continue;
-        if (pid ? x->pid != pid : x->worker != w)
+        if (pid ? LD(x->pid) != pid : xw != w)
             continue;
-        if (x->state == TK_BROKER_ENTRY_WAITING)
+        if (st == TK_BROKER_ENTRY_WAITING) {
             unqueue(b, e);
-        else if (x->state == TK_BROKER_ENTRY_PROMISED) {
-            b->slots[x->slot].entry = -1; /* its slot's holder frees it to the head */
-            b->workers[x->worker].nin--;
-        } else
-            g_remove(b, &b->workers[x->worker], e); /* its slot is freed below */
+        } else if (st == TK_BROKER_ENTRY_PROMISED) {
+            int32_t xs = LD(x->slot);
+            if (s_ok(xs))
+                b->slots[xs].entry = -1; /* its slot's holder frees it to the head */
+            if (w_ok(xw))
+                b->workers[xw].nin--;
+            bad |= !s_ok(xs) || !w_ok(xw);
+        } else if (w_ok(xw)) {
+            g_remove(b, &b->workers[xw], e); /* its slot is freed below */
+        } else {
+            bad = 1;
+        }
         e_free(b, e);
         (*nent)++;
     }
-    for (int s = 0; s < (int)b->max_open; s++) {
+    for (int s = 0; s < nslots(b); s++) {
         tk_broker_slot_sh_t *x = &b->slots[s];
-        if (x->state == TK_BROKER_SLOT_FREE)
+        uint32_t st = LD(x->state);
+        int32_t xw = LD(x->worker), xe = LD(x->entry);
+        if (st == TK_BROKER_SLOT_FREE)
             continue;
-        if (pid ? x->pid != pid : x->worker != w)
+        if (pid ? LD(x->pid) != pid : xw != w)
             continue;
-        tk_broker_worker_sh_t *wk = &b->workers[x->worker];
-        if (x->state == TK_BROKER_SLOT_HELD && x->idle) {
-            b->nidle--;
-            wk->nidle--;
+        if (w_ok(xw)) {
+            tk_broker_worker_sh_t *wk = &b->workers[xw];
+            if (st == TK_BROKER_SLOT_HELD && x->idle) {
+                b->nidle--;
+                wk->nidle--;
+            }
+            wk->nheld--;
+            if (st == TK_BROKER_SLOT_HELD && x->moving)
+                wk->nout--;
+        } else {
+            bad = 1;
         }
-        wk->nheld--;
-        if (x->state == TK_BROKER_SLOT_HELD && x->moving) {
-            x->moving = 0;
-            wk->nout--;
+        x->moving = 0;
+        int to = -1;
+        if (st == TK_BROKER_SLOT_HELD && xe >= 0) {
+            if (e_ok(xe) && LD(b->entries[xe].state) == TK_BROKER_ENTRY_PROMISED &&
+                LD(b->entries[xe].slot) == s) {
+                int32_t ew = LD(b->entries[xe].worker);
+                if (w_ok(ew))
+                    b->workers[ew].nin--;
+                to = grant(b, s, xe); /* it was promised to a waiter */
+            } else {
+                bad = 1;
+            }
         }
-        if (x->state == TK_BROKER_SLOT_HELD && x->entry >= 0) {
-            b->workers[b->entries[x->entry].worker].nin--;
-            int to = grant(b, s, x->entry); /* it was promised to a waiter */
+        if (to >= 0) {
             if (wake)
                 wake[to] = 1;
         } else {
@@ -631,6 +763,8 @@ static int reclaim_locked(tk_broker_sh_t *b, int w, pid_t pid, unsigned char *wa
         }
         freed++;
     }
+    if (bad)
+        tk_broker_repair_locked(b);
     serve_free(b, wake);
     return freed;
 }
@@ -992,11 +1126,15 @@ int tk_broker_reclaim_pid(tk_broker_sh_t *b, pid_t pid)
     unsigned char wake[TK_BROKER_MAX_WORKERS] = {0};
     int n, nent;
 
-    if (pid <= 0 || tk_broker_lock(b) != 0)
+    if (pid <= 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (tk_broker_lock_timed(b, TK_BROKER_MASTER_LOCK_MS) != 0)
         return -1;
     n = reclaim_locked(b, -1, pid, wake, &nent);
     for (int w = 0; w < TK_BROKER_MAX_WORKERS; w++)
-        if (b->workers[w].pid == pid) {
+        if (LD(b->workers[w].pid) == pid) {
             b->workers[w].pid = 0;
             zero_gauges(b, &b->workers[w]);
         }

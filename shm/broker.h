@@ -154,13 +154,22 @@ int tk_broker_sh_init(tk_broker_sh_t *b, unsigned max_open);
 /* The waiting time after which a queue head is served by the next release
  * anywhere, whatever it costs (db.c sets 3/4 of db.acquire_timeout). */
 void tk_broker_set_starve(tk_broker_sh_t *b, uint64_t starve_ns);
-/* Change db.max_idle (0 = max_open). */
-void tk_broker_set_max_idle(tk_broker_sh_t *b, unsigned max_idle);
+/* Change db.max_idle (0 = max_open). The master calls it: the lock is taken
+ * with tk_broker_lock_timed(TK_BROKER_MASTER_LOCK_MS); -1 (ETIMEDOUT) if it
+ * could not be, else 0. */
+int tk_broker_set_max_idle(tk_broker_sh_t *b, unsigned max_idle);
 
 /* Take the lock; repairs the structure if the previous holder died. Returns 0,
  * or -1 (ENOTRECOVERABLE: should never happen). Process-level blocking, but
  * every section is O(1). */
 int tk_broker_lock(tk_broker_sh_t *b);
+/* The same, giving up after timeout_ms (CLOCK_MONOTONIC): -1 with errno
+ * ETIMEDOUT. For the master, which must never wait unboundedly on a lock a
+ * worker can hold (a worker stopped inside a section holds it for as long as
+ * it is stopped). */
+int tk_broker_lock_timed(tk_broker_sh_t *b, unsigned timeout_ms);
+/* How long the master waits for the lock before it gives up and retries later. */
+#define TK_BROKER_MASTER_LOCK_MS 100u
 void tk_broker_unlock(tk_broker_sh_t *b);
 /* Rebuild every list and count from the per-slot/per-entry states (called
  * under the lock after EOWNERDEAD; exposed for tests). Returns 0 if the data
@@ -251,7 +260,10 @@ unsigned tk_broker_qlen(const tk_broker_sh_t *b);
  * it reaps a worker); freed slots are granted to the queue's head and the
  * workers that got them are woken through the eventfds of
  * tk_broker_wake_create(). Zeroes the dead worker's gauges. Returns the number
- * of slots reclaimed, -1 if the lock is unusable. */
+ * of slots reclaimed, -1 if the lock is unusable or was not free within
+ * TK_BROKER_MASTER_LOCK_MS (errno ETIMEDOUT: nothing was changed; call again
+ * later). The table is not trusted: an out-of-range index in it is skipped
+ * and the table repaired, never followed. */
 int tk_broker_reclaim_pid(tk_broker_sh_t *b, pid_t pid);
 
 /* --- wake-up eventfds (process-local) --------------------------------------------- */

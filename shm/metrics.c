@@ -342,6 +342,9 @@ static void tk_metrics_copy(tk_metrics_sh_t *dst, const tk_metrics_sh_t *src)
     if (n > TK_METRICS_MAX_ROUTES)
         n = TK_METRICS_MAX_ROUTES;
     memcpy(dst->routes, src->routes, n * sizeof(dst->routes[0]));
+    /* a worker wrote the names: the copy's are always terminated */
+    for (uint64_t i = 0; i < n; i++)
+        dst->routes[i].name[sizeof(dst->routes[i].name) - 1] = '\0';
     memset(dst->routes + n, 0, (TK_METRICS_MAX_ROUTES - n) * sizeof(dst->routes[0]));
 }
 
@@ -375,6 +378,24 @@ int tk_metrics_snapshot(const tk_metrics_sh_t *slot, tk_metrics_snap_t *out)
             /* let a preempted writer run */
             struct timespec ts = {0, 20000};
             nanosleep(&ts, NULL);
+        }
+    }
+    tk_metrics_copy(&out->m, slot);
+    out->torn = 1;
+    return 1;
+}
+
+int tk_metrics_snapshot_nowait(const tk_metrics_sh_t *slot, tk_metrics_snap_t *out)
+{
+    for (unsigned tries = 0; tries < TK_METRICS_SNAP_TRIES; tries++) {
+        uint64_t s1 = __atomic_load_n(&slot->seq, __ATOMIC_ACQUIRE);
+        if (s1 & 1)
+            continue;
+        tk_metrics_copy(&out->m, slot);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&slot->seq, __ATOMIC_RELAXED) == s1) {
+            out->torn = 0;
+            return 0;
         }
     }
     tk_metrics_copy(&out->m, slot);

@@ -158,6 +158,13 @@ typedef struct {
  * writer died mid-update) the last copy is kept and out->torn is set. Returns 0,
  * or 1 when torn. */
 int tk_metrics_snapshot(const tk_metrics_sh_t *slot, tk_metrics_snap_t *out);
+/* The same for a reader that must never sleep (a worker's loop): at most
+ * TK_METRICS_SNAP_TRIES copies, back to back, no nanosleep and no clock. A
+ * writer that stays mid-update through all of them (preempted, stopped or
+ * dead) gets its last copy returned as torn: 1, out->torn set (/debug/stats
+ * then says "consistent": false). Worst case ~TRIES copies of the slot. */
+#define TK_METRICS_SNAP_TRIES 64
+int tk_metrics_snapshot_nowait(const tk_metrics_sh_t *slot, tk_metrics_snap_t *out);
 /* dst += src for counters, gauges and histogram; the ring is merged by second;
  * routes are merged by name. dst may start zeroed (memset). */
 void tk_metrics_merge(tk_metrics_snap_t *dst, const tk_metrics_snap_t *src);

@@ -28,20 +28,42 @@ int tk_procstat_read(pid_t pid, tk_procstat_t *out)
     if (p == NULL)
         return -1;
     char c = 0;
+    int ppid = 0;
     unsigned long long ut = 0, st = 0, start = 0;
     long long rss = 0;
     /* fields 3..24: state ppid pgrp session tty tpgid flags minflt cminflt majflt
      * cmajflt utime stime cutime cstime priority nice threads itrealvalue starttime
      * vsize rss */
     if (sscanf(p + 1,
-               " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d %*d "
+               " %c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d %*d "
                "%llu %*u %lld",
-               &c, &ut, &st, &start, &rss) != 5)
+               &c, &ppid, &ut, &st, &start, &rss) != 6)
         return -1;
     out->state = c;
+    out->ppid = (pid_t)ppid;
     out->utime_ticks = ut;
     out->stime_ticks = st;
     out->start_ticks = start;
     out->rss_pages = rss > 0 ? (uint64_t)rss : 0;
+    return 0;
+}
+
+int tk_procstat_uid(pid_t pid, uid_t *uid)
+{
+    char path[64], buf[4096];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    const char *p = strstr(buf, "\nUid:");
+    unsigned long u;
+    if (p == NULL || sscanf(p + 5, "%lu", &u) != 1)
+        return -1;
+    *uid = (uid_t)u;
     return 0;
 }

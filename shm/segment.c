@@ -13,7 +13,11 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <limits.h>
+#include <pwd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,6 +26,12 @@ struct tk_shm {
     size_t size;  /* its length */
     int writable; /* mapped PROT_WRITE */
     unsigned nslots;
+    /* offsets of the parts, computed here from nslots: the header's copies
+     * are writable by every worker, so the master never follows them */
+    size_t worker_off, metrics_off, broker_off;
+    uid_t owner; /* the file's owner, device and inode when it was mapped */
+    dev_t dev;
+    ino_t ino;
     char name[TK_SHM_NAME_MAX];
 };
 
@@ -105,11 +115,13 @@ static int tk_shm_proc_stat(pid_t pid, char *state, uint64_t *start_ticks)
     return 0;
 }
 
-/* Is the master recorded in a header prefix alive? A zombie, a vanished pid or a
- * pid reused by another process (different start time) all count as gone. */
+/* Is the master recorded in a header prefix alive? A zombie, a vanished pid, a
+ * pid reused by another process (different start time) and a header without a
+ * start time (never written by a master: tk_shm_init() always records it) all
+ * count as gone. */
 static int tk_shm_pid_alive(pid_t pid, uint64_t start_ticks)
 {
-    if (pid <= 0)
+    if (pid <= 0 || start_ticks == 0)
         return 0;
     if (kill(pid, 0) < 0 && errno == ESRCH)
         return 0;
@@ -119,9 +131,191 @@ static int tk_shm_pid_alive(pid_t pid, uint64_t start_ticks)
         return 1; /* exists (kill said so) but /proc hides it: assume alive */
     if (state == 'Z' || state == 'X')
         return 0;
-    if (start_ticks && st != start_ticks)
+    if (st != start_ticks)
         return 0;
     return 1;
+}
+
+/* The file name of the program pid runs (/proc/PID/exe; pid 0: this one)
+ * into buf. 0, or -1 with errno if the link can't be read (ENOENT: no such
+ * process; EACCES: another user's, seen without privileges). */
+static int tk_shm_pid_exe(pid_t pid, char *buf, size_t len)
+{
+    char path[64], exe[PATH_MAX];
+    if (pid)
+        snprintf(path, sizeof(path), "/proc/%d/exe", (int)pid);
+    else
+        snprintf(path, sizeof(path), "/proc/self/exe");
+    ssize_t n = readlink(path, exe, sizeof(exe) - 1);
+    if (n < 0)
+        return -1;
+    exe[n] = '\0';
+    /* an upgraded binary shows as "/usr/sbin/tenkd (deleted)" */
+    static const char del[] = " (deleted)";
+    size_t l = (size_t)n;
+    if (l > sizeof(del) - 1 && strcmp(exe + l - (sizeof(del) - 1), del) == 0)
+        exe[l - (sizeof(del) - 1)] = '\0';
+    const char *base = strrchr(exe, '/');
+    snprintf(buf, len, "%s", base ? base + 1 : exe);
+    return 0;
+}
+
+/* Does pid run a program named want (NULL: the same name as this process's,
+ * for tenkd looking at another master)? 1 yes, 0 no, -1 if it can't be told. */
+static int tk_shm_pid_runs(pid_t pid, const char *want)
+{
+    char exe[PATH_MAX], self[PATH_MAX];
+    if (tk_shm_pid_exe(pid, exe, sizeof(exe)) < 0)
+        return errno == ENOENT ? 0 : -1;
+    if (!want) {
+        if (tk_shm_pid_exe(0, self, sizeof(self)) < 0)
+            return -1;
+        want = self;
+    }
+    return strcmp(exe, want) == 0;
+}
+
+/* Does pid have the file dev:ino mapped (/proc/PID/maps)? 1, 0, or -1 if the
+ * maps can't be read. A tenkd master maps only a segment it created itself. */
+static int tk_shm_pid_maps(pid_t pid, dev_t dev, ino_t ino)
+{
+    char path[64], line[1024];
+    snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -1;
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f)) {
+        unsigned maj, min;
+        unsigned long long inode;
+        if (sscanf(line, "%*s %*s %*s %x:%x %llu", &maj, &min, &inode) == 3 &&
+            makedev(maj, min) == dev && (ino_t)inode == ino)
+            found = 1;
+        /* a line longer than the buffer: skip its rest */
+        while (!strchr(line, '\n') && fgets(line, sizeof(line), f))
+            ;
+    }
+    fclose(f);
+    return found;
+}
+
+/* "name" of uid, or "uid N" if it has none. */
+static const char *tk_shm_user_name(uid_t uid, char *buf, size_t len)
+{
+    struct passwd pw, *res = NULL;
+    char tmp[1024];
+    if (getpwuid_r(uid, &pw, tmp, sizeof(tmp), &res) == 0 && res)
+        snprintf(buf, len, "%s", res->pw_name);
+    else
+        snprintf(buf, len, "uid %u", (unsigned)uid);
+    return buf;
+}
+
+/* Checks of tk_shm_trust(), see segment.h. */
+static int tk_shm_verify(tk_shm_t *shm, int to_signal, pid_t *out, char *err, size_t errlen)
+{
+    tk_shm_header_sh_t *h = tk_shm_header(shm);
+    pid_t pid = __atomic_load_n(&h->master_pid, __ATOMIC_ACQUIRE);
+    uint64_t start = __atomic_load_n(&h->master_start_ticks, __ATOMIC_RELAXED);
+    char path[128], who[64];
+    tk_shm_path(shm->name, path, sizeof(path));
+    tk_shm_user_name(shm->owner, who, sizeof(who));
+    *out = pid;
+    if (start == 0 || pid <= 1) {
+        tk_shm_err(err, errlen,
+                   "%s (owner %s) records master pid %d with no start time: no tenkd master "
+                   "wrote that; refusing to trust it",
+                   path, who, (int)pid);
+        return -1;
+    }
+    tk_procstat_t ps;
+    if (tk_procstat_read(pid, &ps) < 0 || ps.state == 'Z' || ps.state == 'X') {
+        tk_shm_err(err, errlen,
+                   "no tenk server named '%s' is running (master pid %d of %s is gone)", shm->name,
+                   (int)pid, path);
+        return -1;
+    }
+    if (ps.start_ticks != start) {
+        tk_shm_err(err, errlen,
+                   "pid %d started at tick %llu, not at %llu as %s (owner %s) records: it is not "
+                   "that segment's master (a reused pid, or a forged file); refusing",
+                   (int)pid, (unsigned long long)ps.start_ticks, (unsigned long long)start, path,
+                   who);
+        return -1;
+    }
+    int maps = tk_shm_pid_maps(pid, shm->dev, shm->ino);
+    uid_t me = getuid();
+    if (shm->owner != 0 && shm->owner != me && shm->owner != geteuid() && maps != 1) {
+        tk_shm_err(err, errlen,
+                   "%s is owned by %s, neither root nor you, and its recorded master pid %d does "
+                   "not map it: refusing to trust it",
+                   path, who, (int)pid);
+        return -1;
+    }
+    if (!to_signal)
+        return 0;
+    int exe = tk_shm_pid_runs(pid, "tenkd");
+    if (exe != 1 || maps != 1) {
+        if (exe < 0 || maps < 0)
+            tk_shm_err(err, errlen,
+                       "can't verify that pid %d is the tenkd master of %s (/proc/%d is not "
+                       "readable): run as its user or root",
+                       (int)pid, path, (int)pid);
+        else
+            tk_shm_err(err, errlen,
+                       "pid %d, recorded as the master in %s (owner %s), is %s: refusing to "
+                       "signal it",
+                       (int)pid, path, who,
+                       exe != 1 ? "not a tenkd (/proc/PID/exe)" : "a tenkd that does not map it");
+        return -1;
+    }
+    return 0;
+}
+
+int tk_shm_trust(tk_shm_t *shm, pid_t *master, char *err, size_t errlen)
+{
+    pid_t pid;
+    int r = tk_shm_verify(shm, 0, &pid, err, errlen);
+    if (master)
+        *master = pid;
+    return r;
+}
+
+int tk_shm_signal_master(tk_shm_t *shm, int sig, pid_t *master, char *err, size_t errlen)
+{
+    pid_t pid = __atomic_load_n(&tk_shm_header(shm)->master_pid, __ATOMIC_ACQUIRE);
+    /* A pidfd names one process for good: verified after it is opened, the
+     * signal can't reach a process that took the pid over in between. */
+    int pfd = pid > 1 ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+    if (pfd < 0 && pid > 1 && errno != ENOSYS) {
+        int e = errno;
+        tk_shm_err(err, errlen, "no tenk server named '%s' is running (master pid %d: %s)",
+                   shm->name, (int)pid, strerror(e));
+        errno = ESRCH;
+        return -1;
+    }
+    pid_t checked;
+    if (tk_shm_verify(shm, 1, &checked, err, errlen) < 0 || checked != pid) {
+        if (checked != pid)
+            tk_shm_err(err, errlen, "the master pid of '%s' changed while being verified",
+                       shm->name);
+        if (pfd >= 0)
+            close(pfd);
+        errno = EPERM;
+        return -2;
+    }
+    if (master)
+        *master = pid;
+    int r = pfd >= 0 ? (int)syscall(SYS_pidfd_send_signal, pfd, sig, NULL, 0) : kill(pid, sig);
+    int e = errno;
+    if (pfd >= 0)
+        close(pfd);
+    if (r < 0) {
+        tk_shm_err(err, errlen, "signalling master pid %d failed: %s", (int)pid, strerror(e));
+        errno = e;
+        return -1;
+    }
+    return 0;
 }
 
 int tk_shm_master_alive(tk_shm_t *shm)
@@ -216,6 +410,9 @@ tk_shm_t *tk_shm_create_ex(const char *name, unsigned nslots, unsigned db_max_op
                 close(fd);
                 return NULL;
             }
+            struct stat cst;
+            if (fstat(fd, &cst) < 0)
+                memset(&cst, 0, sizeof(cst));
             /* unlock explicitly: the mapping keeps the open file description
              * (and so its flock) alive after close() */
             flock(fd, LOCK_UN);
@@ -231,6 +428,12 @@ tk_shm_t *tk_shm_create_ex(const char *name, unsigned nslots, unsigned db_max_op
             shm->size = l.total;
             shm->writable = 1;
             shm->nslots = nslots;
+            shm->worker_off = l.worker_off;
+            shm->metrics_off = l.metrics_off;
+            shm->broker_off = l.broker_off;
+            shm->owner = cst.st_uid;
+            shm->dev = cst.st_dev;
+            shm->ino = cst.st_ino;
             snprintf(shm->name, sizeof(shm->name), "%s", name);
             return shm;
         }
@@ -239,8 +442,9 @@ tk_shm_t *tk_shm_create_ex(const char *name, unsigned nslots, unsigned db_max_op
             return NULL;
         }
 
-        /* It exists: whose is it? */
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        /* It exists: whose is it? (O_NONBLOCK: a FIFO planted there must not
+         * hold the start-up) */
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
         if (fd < 0) {
             if (errno == ENOENT)
                 continue; /* vanished meanwhile: try again */
@@ -248,8 +452,46 @@ tk_shm_t *tk_shm_create_ex(const char *name, unsigned nslots, unsigned db_max_op
             return NULL;
         }
         struct stat fst, pst;
-        if (flock(fd, LOCK_EX) < 0 || fstat(fd, &fst) < 0) {
-            tk_shm_err(err, errlen, "locking %s failed: %s", path, strerror(errno));
+        if (fstat(fd, &fst) < 0) {
+            tk_shm_err(err, errlen, "fstat() of %s failed: %s", path, strerror(errno));
+            close(fd);
+            return NULL;
+        }
+        /* Only a segment of ours (this process's user or the one it hands
+         * the segment to) is ever read, replaced or removed: anyone else's
+         * may be bait, and deciding on its contents would let its owner
+         * steer us. */
+        uid_t me = geteuid();
+        if (!S_ISREG(fst.st_mode) ||
+            (fst.st_uid != me && (uid == (uid_t)-1 || fst.st_uid != uid))) {
+            char who[64], us[64];
+            tk_shm_user_name(fst.st_uid, who, sizeof(who));
+            tk_shm_user_name(uid != (uid_t)-1 ? uid : me, us, sizeof(us));
+            if (!S_ISREG(fst.st_mode))
+                tk_shm_err(err, errlen,
+                           "%s exists and is not a regular file (owner %s): remove it, or choose "
+                           "another name",
+                           path, who);
+            else
+                tk_shm_err(err, errlen,
+                           "%s exists and is owned by %s, not by %s: tenkd never reuses or "
+                           "removes a segment it does not own; remove it if it is not another "
+                           "instance's, or choose another name",
+                           path, who, us);
+            close(fd);
+            errno = EPERM;
+            return NULL;
+        }
+        /* Its owner could hold the lock forever: wait a bounded time. */
+        int locked = -1;
+        for (int i = 0;
+             i < 500 && (locked = flock(fd, LOCK_EX | LOCK_NB)) < 0 && errno == EWOULDBLOCK; i++) {
+            struct timespec ts = {0, 10000000};
+            nanosleep(&ts, NULL);
+        }
+        if (locked < 0) {
+            tk_shm_err(err, errlen, "locking %s failed: %s", path,
+                       errno == EWOULDBLOCK ? "held by another process for 5 s" : strerror(errno));
             close(fd);
             return NULL;
         }
@@ -265,8 +507,10 @@ tk_shm_t *tk_shm_create_ex(const char *name, unsigned nslots, unsigned db_max_op
         } pre;
         memset(&pre, 0, sizeof(pre));
         ssize_t n = pread(fd, &pre, sizeof(pre), 0);
+        /* alive: the recorded pid runs, started when recorded, and is a
+         * program of our name (or can't be told: another user's process) */
         if (n == (ssize_t)sizeof(pre) && pre.magic == TK_SHM_MAGIC &&
-            tk_shm_pid_alive(pre.pid, pre.start_ticks)) {
+            tk_shm_pid_alive(pre.pid, pre.start_ticks) && tk_shm_pid_runs(pre.pid, NULL) != 0) {
             close(fd);
             tk_shm_err(err, errlen,
                        "another tenkd (master pid %d) is running with the name '%s' (%s); stop "
@@ -302,7 +546,7 @@ tk_shm_t *tk_shm_attach(const char *name, int writable, char *err, size_t errlen
         tk_shm_err(err, errlen, "invalid instance name '%s'", name ? name : "");
         return NULL;
     }
-    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW);
+    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) {
         int e = errno;
         if (e == ENOENT)
@@ -324,7 +568,7 @@ tk_shm_t *tk_shm_attach(const char *name, int writable, char *err, size_t errlen
     }
     struct stat st;
     tk_shm_header_sh_t h;
-    if (fstat(fd, &st) < 0 || (size_t)st.st_size < sizeof(h) ||
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size < sizeof(h) ||
         pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) || h.magic != TK_SHM_MAGIC) {
         close(fd);
         tk_shm_err(err, errlen, "%s is not a tenk segment (or is still being created)", path);
@@ -378,6 +622,12 @@ tk_shm_t *tk_shm_attach(const char *name, int writable, char *err, size_t errlen
     shm->size = l.total;
     shm->writable = writable;
     shm->nslots = h.nslots;
+    shm->worker_off = l.worker_off;
+    shm->metrics_off = l.metrics_off;
+    shm->broker_off = l.broker_off;
+    shm->owner = st.st_uid;
+    shm->dev = st.st_dev;
+    shm->ino = st.st_ino;
     snprintf(shm->name, sizeof(shm->name), "%s", name);
     return shm;
 }
@@ -421,19 +671,19 @@ tk_shm_worker_sh_t *tk_shm_worker(tk_shm_t *shm, unsigned slot)
 {
     if (slot >= shm->nslots)
         return NULL;
-    return (tk_shm_worker_sh_t *)((char *)shm->base + tk_shm_header(shm)->worker_off) + slot;
+    return (tk_shm_worker_sh_t *)((char *)shm->base + shm->worker_off) + slot;
 }
 
 tk_metrics_sh_t *tk_shm_metrics(tk_shm_t *shm, unsigned slot)
 {
     if (slot >= shm->nslots)
         return NULL;
-    return (tk_metrics_sh_t *)((char *)shm->base + tk_shm_header(shm)->metrics_off) + slot;
+    return (tk_metrics_sh_t *)((char *)shm->base + shm->metrics_off) + slot;
 }
 
 tk_broker_sh_t *tk_shm_broker(tk_shm_t *shm)
 {
-    return (tk_broker_sh_t *)((char *)shm->base + tk_shm_header(shm)->broker_off);
+    return (tk_broker_sh_t *)((char *)shm->base + shm->broker_off);
 }
 
 /* --- master side -------------------------------------------------------------------- */

@@ -79,8 +79,11 @@ typedef struct tk_shm tk_shm_t;
 
 /* Create /dev/shm/tenk-NAME (mode 0600, chowned to uid:gid unless -1) with nslots
  * worker slots, initialise header, table and broker (db_max_open slots), and
- * record this process as the master. A segment whose master is gone is
- * replaced; a live one is refused with the reason in err. NULL on error. */
+ * record this process as the master. An existing file is only looked into if
+ * it is a regular file owned by this process's user or by uid (else refused
+ * with err naming the file and its owner: EPERM); then, a segment whose
+ * master is gone (or is not a tenkd) is replaced; a live one is refused with
+ * the reason in err. NULL on error. */
 tk_shm_t *tk_shm_create(const char *name, unsigned nslots, uid_t uid, gid_t gid, char *err,
                         size_t errlen);
 /* Same, choosing the broker's slot budget (db.max_open). tk_shm_create uses 25. */
@@ -105,8 +108,23 @@ tk_broker_sh_t *tk_shm_broker(tk_shm_t *shm);
 void *tk_shm_base(tk_shm_t *shm); /* for offset arithmetic in other shm modules */
 int tk_shm_writable(const tk_shm_t *shm);
 
-/* 1 if the segment's master process is alive (same pid and start time, not a zombie). */
+/* 1 if the segment's master process is alive (same pid and start time, not a
+ * zombie; a header without a start time never has a live master). */
 int tk_shm_master_alive(tk_shm_t *shm);
+
+/* tenkctl's checks before it believes a segment it attached: the header's
+ * master has a start time, runs, and started then (/proc/PID/stat field 22),
+ * and the file is owned by root or by the caller, or else is mapped by that
+ * master (/proc/PID/maps: a tenkd maps only a segment it created). 0 with
+ * *master, or -1 with the reason (naming the file and its owner) in err. */
+int tk_shm_trust(tk_shm_t *shm, pid_t *master, char *err, size_t errlen);
+/* Signal the segment's master after tk_shm_trust()'s checks and two more: its
+ * /proc/PID/exe is a program named tenkd, and it maps this very file (same
+ * device and inode). The pid is pinned with a pidfd before the checks, so a
+ * pid reused meanwhile is never signalled. 0 with *master; -2 if the checks
+ * refused (reason in err); -1 with errno if the signal failed (EPERM: not
+ * allowed). */
+int tk_shm_signal_master(tk_shm_t *shm, int sig, pid_t *master, char *err, size_t errlen);
 
 /* --- master side -------------------------------------------------------------------- */
 

@@ -41,12 +41,16 @@ void tk_view_free(tk_view_t *v)
     memset(v, 0, sizeof(*v));
 }
 
-int tk_view_load(tk_view_t *v, tk_shm_t *shm)
+static int view_load(tk_view_t *v, tk_shm_t *shm, int nowait)
 {
     tk_view_free(v);
     unsigned n = tk_shm_nslots(shm);
     v->shm = shm;
     memcpy(&v->h, tk_shm_header(shm), sizeof(v->h));
+    /* the workers can write the header too: its strings end inside it */
+    v->h.name[sizeof(v->h.name) - 1] = '\0';
+    v->h.conf_path[sizeof(v->h.conf_path) - 1] = '\0';
+    v->h.reload_error[sizeof(v->h.reload_error) - 1] = '\0';
     v->w = calloc(n ? n : 1, sizeof(*v->w));
     v->total = calloc(1, sizeof(*v->total));
     if (!v->w || !v->total)
@@ -66,7 +70,10 @@ int tk_view_load(tk_view_t *v, tk_shm_t *shm)
         vw->slot = i;
         vw->w = w;
         v->nw++;
-        tk_metrics_snapshot(tk_shm_metrics(shm, i), vw->snap);
+        if (nowait)
+            tk_metrics_snapshot_nowait(tk_shm_metrics(shm, i), vw->snap);
+        else
+            tk_metrics_snapshot(tk_shm_metrics(shm, i), vw->snap);
         /* a dead slot's counters stay in the totals: they only ever grow (its
          * gauges were zeroed when the master reaped it) */
         tk_metrics_merge(v->total, vw->snap);
@@ -76,6 +83,16 @@ oom:
     tk_view_free(v);
     errno = ENOMEM;
     return -1;
+}
+
+int tk_view_load(tk_view_t *v, tk_shm_t *shm)
+{
+    return view_load(v, shm, 0);
+}
+
+int tk_view_load_nowait(tk_view_t *v, tk_shm_t *shm)
+{
+    return view_load(v, shm, 1);
 }
 
 int tk_view_live_state(uint32_t s)

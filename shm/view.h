@@ -43,6 +43,9 @@ tk_shm_t *tk_view_attach(const char *name, int require_live, char *err, size_t e
 /* Copy shm into v, freeing what v held before. 0, or -1 with errno ENOMEM
  * (v is then empty). */
 int tk_view_load(tk_view_t *v, tk_shm_t *shm);
+/* The same without ever sleeping, for a worker's loop (the admin endpoints):
+ * each slot is read with tk_metrics_snapshot_nowait(). */
+int tk_view_load_nowait(tk_view_t *v, tk_shm_t *shm);
 /* Free the copies (not the mapping) and zero v. */
 void tk_view_free(tk_view_t *v);
 

@@ -190,7 +190,7 @@ class Tenkd:
     """A real tenkd master with real workers, on a free loopback port."""
 
     def __init__(self, workers=2, conf="", args=(), name=None, env=None, port=None,
-                 admin=False, db=None, redis=None, wait=True, timeout=15.0):
+                 admin=False, db=None, redis=None, wait=True, timeout=15.0, debug_endpoints=True):
         _counter[0] += 1
         self.name = name or "t%d-%d" % (os.getpid(), _counter[0])
         self.port = port or free_port()
@@ -198,6 +198,9 @@ class Tenkd:
         while admin and self.admin_port in (None, self.port):
             self.admin_port = free_port()
         self.workers = workers
+        # the admin listener's test endpoints (/debug/echo, /debug/stream): off by default in
+        # tenkd, on in the tests that have an admin listener unless they ask otherwise
+        self.debug_endpoints = debug_endpoints
         self.extra_conf = conf
         self.args = list(args)
         self.env = dict(os.environ)
@@ -222,6 +225,8 @@ class Tenkd:
         text = "\n".join(server) + "\n"
         if self.admin_port:
             text += "\n[admin]\nlisten = 127.0.0.1:%d\n" % self.admin_port
+            if self.debug_endpoints:
+                text += "debug_endpoints = on\n"
         if self.db:
             text += "\n[db]\nconninfo = %s\n" % self.db
         if self.redis:

@@ -755,6 +755,114 @@ static void test_closing_slot_stays_held(void **state)
     assert_consistent();
 }
 
+/* The master reclaims with indices it reads from a table any worker can
+ * write: out-of-range slot, entry and worker numbers must be skipped (and
+ * the table repaired), never followed. Far-away values make a followed index
+ * fault even without a sanitizer. */
+static void test_reclaim_hostile_table(void **state)
+{
+    int s0, s1, e, wake;
+    uint64_t t;
+    const pid_t dead = 999998;
+    (void)state;
+    assert_int_equal(tk_broker_sh_init(B, 4), 0);
+    uint32_t g0 = tk_broker_worker_attach(B, 0, getpid());
+    uint32_t g1 = tk_broker_worker_attach(B, 1, getpid());
+    assert_int_equal(tk_broker_acquire(B, 0, g0, &s0, &e, &t, &wake), TK_BROKER_GOT);
+    assert_int_equal(tk_broker_acquire(B, 0, g0, &s1, &e, &t, &wake), TK_BROKER_GOT);
+    int e1;
+    assert_int_equal(tk_broker_acquire(B, 1, g1, &s0, &e, &t, &wake), TK_BROKER_GOT);
+    assert_int_equal(tk_broker_acquire(B, 1, g1, &s0, &e, &t, &wake), TK_BROKER_GOT);
+    assert_int_equal(tk_broker_acquire(B, 1, g1, &s0, &e1, &t, &wake), TK_BROKER_QUEUED);
+    assert_consistent();
+
+    /* The "dead worker" 0 scribbled over everything it could reach. */
+    B->workers[0].pid = dead;
+    B->slots[s1].pid = dead;
+    B->slots[s1].worker = 0x7fffff00;
+    B->slots[s1].entry = 0x7ffff000;
+    B->slots[s1].state = TK_BROKER_SLOT_HELD;
+    B->slots[0].pid = dead;
+    B->slots[0].worker = -0x7fffff00;
+    tk_broker_entry_sh_t *x = &B->entries[e1];
+    x->pid = dead;
+    x->prev = 0x7fffff00;
+    x->next = -0x7ffff000 + 5;
+    x->wprev = 0x6fffff00;
+    x->wnext = 0x6ffff000;
+    x->worker = 0x7ffffff0;
+    x->slot = -0x7ffffff0;
+    /* a second entry of the dead process, PROMISED a slot that does not exist */
+    tk_broker_entry_sh_t *y = &B->entries[(e1 + 1) % TK_BROKER_MAX_WAITERS];
+    y->state = TK_BROKER_ENTRY_PROMISED;
+    y->pid = dead;
+    y->worker = -0x7fffff00;
+    y->slot = 0x7fffff00;
+    B->qhead = 0x7ffffff0;
+    B->qtail = -0x7ffffff0;
+    B->sfree = 0x7ffffff0;
+    B->max_open = 0xffffffffu;
+
+    assert_true(tk_broker_reclaim_pid(B, dead) >= 0);
+    /* The repair left a table that passes every check and still works. */
+    assert_int_equal(B->max_open, TK_BROKER_MAX_SLOTS);
+    assert_consistent();
+    assert_int_equal(tk_broker_lock(B), 0);
+    tk_broker_unlock(B);
+
+    /* The checker itself follows nothing it has not range-checked either. */
+    B->workers[3].whead = 0x7ffffff0;
+    B->workers[4].ghead = -0x7ffffff0 + 1;
+    B->efree = 0x7ffffff0;
+    char err[256];
+    assert_int_equal(tk_broker_lock(B), 0);
+    assert_int_equal(tk_broker_check_locked(B, err, sizeof(err)), -1);
+    assert_int_equal(tk_broker_repair_locked(B), 1);
+    assert_int_equal(tk_broker_check_locked(B, err, sizeof(err)), 0);
+    tk_broker_unlock(B);
+}
+
+/* A worker stopped inside a locked section (SIGSTOP) must not stall the
+ * master: the reclaim gives up after TK_BROKER_MASTER_LOCK_MS with
+ * ETIMEDOUT, changes nothing, and works once the holder lets go. */
+static void test_reclaim_times_out_on_held_lock(void **state)
+{
+    int pfd[2];
+    (void)state;
+    assert_int_equal(tk_broker_sh_init(B, 2), 0);
+    assert_int_equal(pipe(pfd), 0);
+    pid_t p = fork();
+    assert_true(p >= 0);
+    if (p == 0) {
+        if (tk_broker_lock(B) != 0 || write(pfd[1], "x", 1) != 1)
+            _exit(1);
+        raise(SIGSTOP);
+        tk_broker_unlock(B);
+        _exit(0);
+    }
+    char ch;
+    assert_int_equal(read(pfd[0], &ch, 1), 1);
+    int st;
+    assert_int_equal(waitpid(p, &st, WUNTRACED), p);
+    assert_true(WIFSTOPPED(st));
+
+    uint64_t t0 = mono_ms();
+    errno = 0;
+    assert_int_equal(tk_broker_reclaim_pid(B, 999997), -1);
+    assert_int_equal(errno, ETIMEDOUT);
+    uint64_t took = mono_ms() - t0;
+    assert_true(took >= TK_BROKER_MASTER_LOCK_MS - 5 && took < 2000);
+    assert_int_equal(tk_broker_set_max_idle(B, 1), -1);
+
+    assert_int_equal(kill(p, SIGCONT), 0);
+    assert_int_equal(waitpid(p, &st, 0), p);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(tk_broker_reclaim_pid(B, 999997), 0);
+    assert_int_equal(tk_broker_set_max_idle(B, 1), 0);
+    close(pfd[0]);
+    close(pfd[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -768,6 +876,8 @@ int main(void)
         cmocka_unit_test(test_reclaim_killed_holder),
         cmocka_unit_test(test_robust_lock_recovery),
         cmocka_unit_test(test_wake_and_stats),
+        cmocka_unit_test(test_reclaim_hostile_table),
+        cmocka_unit_test(test_reclaim_times_out_on_held_lock),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

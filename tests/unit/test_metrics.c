@@ -450,6 +450,39 @@ static void test_killed_writer(void **state)
     tk_metrics_bind(NULL);
 }
 
+/* A worker's loop reads the other slots (/metrics, /debug/stats) without ever
+ * sleeping: a slot stuck mid-update costs a bounded number of copies and
+ * comes back torn, where the tool's reader waits 50 ms for it. */
+static void test_snapshot_nowait(void **state)
+{
+    (void)state;
+    tk_metrics_snap_t *s = malloc(sizeof(*s));
+    assert_non_null(s);
+    tk_metrics_sh_t *slot = shared_slot();
+    tk_metrics_bind(slot);
+    tk_metrics_request(0, 200, 5000, 1, 1);
+    assert_int_equal(tk_metrics_snapshot_nowait(slot, s), 0);
+    assert_int_equal(s->torn, 0);
+    assert_int_equal(s->m.requests, 1);
+
+    slot->seq |= 1; /* a writer stopped between its two stores */
+    uint64_t t0 = now_ns();
+    assert_int_equal(tk_metrics_snapshot_nowait(slot, s), 1);
+    uint64_t took = now_ns() - t0;
+    assert_int_equal(s->torn, 1);
+    assert_int_equal(s->m.requests, 1); /* the last copy, flagged */
+    assert_true(took < 5000000ull);
+    t0 = now_ns();
+    assert_int_equal(tk_metrics_snapshot(slot, s), 1);
+    assert_true(now_ns() - t0 >= 40000000ull); /* the sleeping reader's wait */
+    /* repaired by the next bind */
+    tk_metrics_bind(slot);
+    assert_int_equal(tk_metrics_snapshot_nowait(slot, s), 0);
+    free_slot(slot);
+    free(s);
+    tk_metrics_bind(NULL);
+}
+
 /* Unbound (shm-less) runs write to a private slot. */
 static void test_private_slot(void **state)
 {
@@ -468,10 +501,11 @@ static void test_private_slot(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_buckets),       cmocka_unit_test(test_percentiles),
-        cmocka_unit_test(test_counters),      cmocka_unit_test(test_respawn_and_gauges),
-        cmocka_unit_test(test_merge),         cmocka_unit_test(test_seqlock_concurrent),
-        cmocka_unit_test(test_killed_writer), cmocka_unit_test(test_private_slot),
+        cmocka_unit_test(test_buckets),         cmocka_unit_test(test_percentiles),
+        cmocka_unit_test(test_counters),        cmocka_unit_test(test_respawn_and_gauges),
+        cmocka_unit_test(test_merge),           cmocka_unit_test(test_seqlock_concurrent),
+        cmocka_unit_test(test_killed_writer),   cmocka_unit_test(test_private_slot),
+        cmocka_unit_test(test_snapshot_nowait),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
