@@ -35,14 +35,15 @@
 /* Back-off after EMFILE/ENFILE/ENOMEM: stop accepting instead of spinning on a
  * listen socket that stays readable. */
 #define ACCEPT_BACKOFF_MS 100
-/* Load spreading: hold back from accepting for half a tick while this worker
- * has more than avg + avg/8 + slack open connections (avg = the other
- * accepting workers'). Checked before every accept: a client that opens its
- * connections in one burst (wrk, a pool) keeps the spread it got at first. */
+/* Load spreading: hold back from accepting while this worker has more than
+ * avg + avg/8 + slack open connections (avg = the other live workers') and
+ * another worker is accepting. Checked every 8 accepts: a client that opens
+ * its connections in one burst (wrk, a pool) keeps the spread it got at first. */
 #define BALANCE_SLACK 4
-/* How long a hold-back lasts: also the longest a queued connection can wait
- * because of one. */
-#define BALANCE_PAUSE_MS 10
+/* A hold-back is looked at again at every close and this often: it ends as
+ * soon as this worker is no longer above the others, or nobody else accepts
+ * (the queue is never left to nobody; issue #21). */
+#define BALANCE_POLL_MS 1
 /* Fast stop: what in-flight requests get. */
 #define FAST_STOP_MS 1000
 
@@ -60,7 +61,8 @@ typedef struct {
     struct event *sig_ev[4];
     int registered;         /* listen sockets are in epfd */
     int full;               /* at max_connections */
-    int64_t pause_until_ms; /* EMFILE back-off or load hold-back */
+    int64_t pause_until_ms; /* EMFILE back-off */
+    int held_back;          /* load hold-back: out of the waiters while overloaded() */
     int64_t last_emfile_log_ms;
     int stopping;             /* 0 serving, 1 draining, 2 fast stop */
     int64_t stop_deadline_ms; /* exit by then whatever is left */
@@ -99,17 +101,22 @@ static void accept_set(worker_t *w, int on)
 /* Whether this worker should accept right now. */
 static int accept_wanted(worker_t *w)
 {
-    return w->stopping == 0 && !w->full && tk_now_ms() >= w->pause_until_ms;
+    return w->stopping == 0 && !w->full && !w->held_back && tk_now_ms() >= w->pause_until_ms;
 }
 
 /* The cross-process cousin of work stealing: a worker far above the others'
- * average number of open connections lets them take the next ones. */
+ * average number of open connections lets them take the next ones, provided
+ * one of them is accepting right now. Without that proviso two workers could
+ * each find the other lower at the same instant (with a connection per
+ * request the counts swing from 0 to a batch in microseconds) and both leave,
+ * with the accept queue full and nobody woken for it (issue #21). */
 static int overloaded(worker_t *w)
 {
     tk_shm_t *shm = w->a->shm;
     if (!shm)
         return 0;
     uint64_t sum = 0, n = 0, now = tk_now_ns();
+    int taker = 0;
     unsigned nslots = tk_shm_nslots(shm);
     for (unsigned i = 0; i < nslots; i++) {
         if ((int)i == w->a->slot)
@@ -128,8 +135,9 @@ static int overloaded(worker_t *w)
         sum += __atomic_load_n(&m->conns_active, __ATOMIC_RELAXED) +
                __atomic_load_n(&m->conns_idle, __ATOMIC_RELAXED);
         n++;
+        taker |= __atomic_load_n(&m->live.accepting, __ATOMIC_RELAXED) != 0;
     }
-    if (n == 0)
+    if (n == 0 || !taker)
         return 0;
     uint64_t avg = sum / n;
     return w->http.nconns > avg + avg / 8 + BALANCE_SLACK;
@@ -140,14 +148,43 @@ static void accept_update(worker_t *w)
     accept_set(w, accept_wanted(w));
 }
 
-static void resume_cb(evutil_socket_t fd, short what, void *arg)
+static const struct timeval balance_poll = {0, BALANCE_POLL_MS * 1000};
+
+/* End a hold-back once it has no reason left; 1 if it ended. */
+static int hold_back_end(worker_t *w)
 {
-    (void)fd;
-    (void)what;
-    accept_update(arg);
+    if (w->stopping == 0 && overloaded(w))
+        return 0;
+    w->held_back = 0;
+    accept_update(w);
+    return 1;
 }
 
-/* Stop accepting for ms (a back-off or a hold-back), then resume. */
+/* Leave the waiters while overloaded() says so. */
+static void hold_back(worker_t *w)
+{
+    w->held_back = 1;
+    accept_set(w, 0); /* clears our accepting flag */
+    /* Two workers leaving at once each saw the other accepting; after the
+     * fence at least one of them sees the other's cleared flag and stays. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (!hold_back_end(w))
+        event_add(w->resume_ev, &balance_poll);
+}
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    worker_t *w = arg;
+    (void)fd;
+    (void)what;
+    if (w->held_back && !hold_back_end(w)) {
+        event_add(w->resume_ev, &balance_poll);
+        return;
+    }
+    accept_update(w);
+}
+
+/* Stop accepting for ms (a back-off), then resume. */
 static void pause_accept(worker_t *w, int ms)
 {
     w->pause_until_ms = tk_now_ms() + ms;
@@ -207,12 +244,10 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
         if (accept_some(w, evs[i].data.fd, ACCEPT_BATCH))
             return;
     if (w->registered && overloaded(w)) {
-        /* Hold back: leave the exclusive waiters, so the next connections
-         * wake another worker, for a short pause only: connections already
-         * queued (the kernel woke only us for them) are taken by whoever is
-         * woken next, or by us when the pause ends. */
+        /* Hold back: leave the waiters, so the next connections go to a
+         * worker that still accepts, until we are no longer above it. */
         TK_LOG(TK_LOG_DEBUG, "holding back from accepting: %u connections open", w->http.nconns);
-        pause_accept(w, BALANCE_PAUSE_MS);
+        hold_back(w);
     }
 }
 
@@ -245,6 +280,10 @@ static void admin_cb(evutil_socket_t fd, short what, void *arg)
 static void on_conn_closed(tk_http_server_t *srv)
 {
     worker_t *w = srv->user;
+    /* with a connection per request the hold-back's reason is gone within
+     * microseconds, not at the next poll */
+    if (w->held_back)
+        hold_back_end(w); /* its poll then finds nothing to do */
     if (w->full &&
         (w->conf->max_connections <= 0 || srv->nconns < (unsigned)w->conf->max_connections)) {
         w->full = 0;
