@@ -7,7 +7,6 @@
 #include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -339,8 +338,7 @@ int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *pee
         close(fd);
         return -1;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* TCP_NODELAY: inherited from the listener (master.c) */
     c->srv = srv;
     c->fd = fd;
     c->id = ++srv->next_id;
@@ -364,8 +362,14 @@ int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *pee
      * one (a second socket poll per request) */
     event_assign(&c->ev, srv->base, c->fd, EV_READ | EV_PERSIST | EV_ET, idle_cb, c);
     c->req_start_ms = tk_now_ms();
-    conn_idle(c);
     publish_conns(srv);
+    /* Read first: a client's request usually comes with the handshake's last
+     * ACK, so by the accept it is often here. Serving it now spares a wake-up,
+     * and a connection answered and closed at once never enters epoll (an add
+     * and a delete, issue #21); if nothing is here, the read says EAGAIN and
+     * the connection waits idle as before. */
+    conn_wake(c);
+    tk_sched_run_ready(srv->sched);
     return 0;
 }
 
@@ -566,7 +570,9 @@ static void request_rebase(tk_http_request_t *req, uintptr_t from, size_t len, u
     }
 }
 
-typedef enum { SERVE_NEXT, SERVE_IDLE, SERVE_CLOSE, SERVE_LINGER } serve_rc_t;
+/* SERVE_FIN: answered the client's last request, all of which was read:
+ * flush and close, without lingering. */
+typedef enum { SERVE_NEXT, SERVE_IDLE, SERVE_CLOSE, SERVE_LINGER, SERVE_FIN } serve_rc_t;
 
 /* Read the body of req (head_len bytes of head at in_off) into the input
  * buffer; on success req->body is set and *consumed is head + raw body bytes.
@@ -654,12 +660,16 @@ static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t
         tk_router_match(router, req->method.p, req->method.len, req->path.p, req->path.len, &m);
     int has_body = req->chunked || req->content_length > 0;
     size_t consumed = head_len;
+    /* Connection: close, or HTTP/1.0 without keep-alive: the client sends no
+     * further request on this connection (RFC 9112 9.6) */
+    int last = !req->keep_alive, unread = 0;
     if (rr != TK_ROUTE_FOUND && has_body &&
         (req->expect_continue || req->chunked ||
          c->in.len - c->in_off < head_len + (size_t)req->content_length)) {
         /* no handler wants this body: answer now and close rather than read it */
         consumed = c->in.len - c->in_off;
         req->keep_alive = 0;
+        unread = 1;
     } else {
         uintptr_t base0 = (uintptr_t)(c->in.data + c->in_off);
         int st = conn_read_body(c, req, head_len, &consumed);
@@ -732,8 +742,15 @@ static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t
         c->in_off = c->in.len = 0;
     if (ctx.client_gone)
         return SERVE_CLOSE;
-    if (!ctx.keep_alive)
+    if (!ctx.keep_alive) {
+        /* The client's last request, read to its end, nothing after it: no
+         * byte can arrive for a close to answer with a reset, so the
+         * lingering close (a shutdown, two epoll changes, a wake-up and a
+         * read per connection) has nothing to protect (issue #21). */
+        if (last && !unread && c->in.len == 0)
+            return SERVE_FIN;
         return SERVE_LINGER;
+    }
     return SERVE_NEXT;
 }
 
@@ -808,7 +825,7 @@ static void conn_serve(void *arg)
 close:
     rc = SERVE_CLOSE;
 out:
-    if (rc == SERVE_LINGER || rc == SERVE_IDLE) {
+    if (rc == SERVE_LINGER || rc == SERVE_IDLE || rc == SERVE_FIN) {
         if (c->out.len > c->out_off && conn_flush(c) != 0)
             rc = SERVE_CLOSE;
     }
