@@ -58,6 +58,7 @@ struct tk_http_conn {
      * the keep-alive sweep's. rd_pending: bytes may be waiting that no edge
      * will announce again */
     unsigned admin : 1, ev_armed : 1, lingering : 1, ev_timed : 1, rd_pending : 1;
+    unsigned first_read : 1; /* served at the accept, before its first read */
     size_t linger_bytes;
     char peer[INET6_ADDRSTRLEN];
 };
@@ -96,6 +97,13 @@ static void buf_put(tk_http_buf_t *b)
 static void idle_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_close(tk_http_conn_t *c);
 
+/* Read-first at the accept (see tk_http_conn_start) pays when the request is
+ * already there: a hit adds a point, a miss (a read that says EAGAIN, then an
+ * epoll add all the same) takes two, up to READ_FIRST_MAX. At 0 connections
+ * wait for epoll, and one in READ_FIRST_PROBE tries again. */
+#define READ_FIRST_MAX   8
+#define READ_FIRST_PROBE 16
+
 /* Open connections, for the workers' load spreading: published when the
  * count changes; the active/idle split is refreshed by the worker's tick, not
  * per request. */
@@ -133,6 +141,7 @@ void tk_http_server_init(tk_http_server_t *srv, const tk_conf_t *conf, tk_sched_
     srv->conf = conf;
     srv->sched = sched;
     srv->base = base;
+    srv->read_first = READ_FIRST_MAX;
     tk_http_limits_default(&srv->limits);
     if (conf->max_request_line)
         srv->limits.max_request_line = conf->max_request_line;
@@ -363,13 +372,19 @@ int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *pee
     event_assign(&c->ev, srv->base, c->fd, EV_READ | EV_PERSIST | EV_ET, idle_cb, c);
     c->req_start_ms = tk_now_ms();
     publish_conns(srv);
-    /* Read first: a client's request usually comes with the handshake's last
-     * ACK, so by the accept it is often here. Serving it now spares a wake-up,
-     * and a connection answered and closed at once never enters epoll (an add
-     * and a delete, issue #21); if nothing is here, the read says EAGAIN and
-     * the connection waits idle as before. */
-    conn_wake(c);
-    tk_sched_run_ready(srv->sched);
+    /* Read first: a client's request usually comes right after the
+     * handshake, so under load it is often here by the accept. Serving it now
+     * spares a wake-up, and a connection answered and closed at once never
+     * enters epoll (an add and a delete, issue #21); if nothing is here, the
+     * read says EAGAIN and the connection waits idle, which costs a read more
+     * than waiting at once: hence the score. */
+    if (srv->read_first > 0 || c->id % READ_FIRST_PROBE == 0) {
+        c->first_read = 1;
+        conn_wake(c);
+        tk_sched_run_ready(srv->sched);
+    } else {
+        conn_idle(c);
+    }
     return 0;
 }
 
@@ -791,6 +806,13 @@ static void conn_serve(void *arg)
                 goto out;
             }
             ssize_t r = conn_read(c, 0);
+            if (c->first_read) {
+                c->first_read = 0;
+                if (r > 0)
+                    srv->read_first += srv->read_first < READ_FIRST_MAX;
+                else
+                    srv->read_first = srv->read_first > 2 ? srv->read_first - 2 : 0;
+            }
             if (r > 0)
                 continue;
             if (r == 0 || errno != EAGAIN)
