@@ -82,9 +82,12 @@ static void accept_set(worker_t *w, int on)
     for (int i = 0; i < w->a->nlisten; i++) {
         int lfd = w->a->listen_fds[i];
         if (on) {
-            /* EPOLLEXCLUSIVE: one waiting worker is woken per connection, not
-             * all of them (it can only be set with EPOLL_CTL_ADD, hence the
-             * DEL/ADD pair rather than MOD) */
+            /* EPOLLEXCLUSIVE is meant to wake one waiting worker per
+             * connection, but this epoll is nested in the loop's, and the
+             * kernel counts a nested epoll as no waiter, so it wakes every
+             * accepting worker (strace -f: both return from epoll_wait for one
+             * connection, one gets EAGAIN; issue #21). It can only be set with
+             * EPOLL_CTL_ADD, hence the DEL/ADD pair rather than MOD. */
             struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.fd = lfd};
             if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, lfd, &ev) != 0)
                 TK_LOG_ERRNO(TK_LOG_ERR, errno, "epoll_ctl(ADD, %d) failed", lfd);
