@@ -36,13 +36,15 @@
  * listen socket that stays readable. */
 #define ACCEPT_BACKOFF_MS 100
 /* Load spreading: hold back from accepting while this worker has more than
- * avg + avg/8 + slack open connections (avg = the other live workers') and
- * another worker is accepting. Checked every 8 accepts: a client that opens
- * its connections in one burst (wrk, a pool) keeps the spread it got at first. */
+ * avg + avg/8 + slack open connections (avg = the other live workers').
+ * Checked every 8 accepts: a client that opens its connections in one burst
+ * (wrk, a pool) keeps the spread it got at first. */
 #define BALANCE_SLACK 4
-/* A hold-back is looked at again at every close and this often: it ends as
- * soon as this worker is no longer above the others, or nobody else accepts
- * (the queue is never left to nobody; issue #21). */
+/* A hold-back is looked at again at every close and this often, and ends as
+ * soon as this worker is no longer above the others. Not all workers can be
+ * above the others' average at once, so when every worker holds back, one
+ * resumes within this time: the longest a queued connection waits for the
+ * spreading (it was a blind 10 ms, issue #21). */
 #define BALANCE_POLL_MS 1
 /* Fast stop: what in-flight requests get. */
 #define FAST_STOP_MS 1000
@@ -108,18 +110,13 @@ static int accept_wanted(worker_t *w)
 }
 
 /* The cross-process cousin of work stealing: a worker far above the others'
- * average number of open connections lets them take the next ones, provided
- * one of them is accepting right now. Without that proviso two workers could
- * each find the other lower at the same instant (with a connection per
- * request the counts swing from 0 to a batch in microseconds) and both leave,
- * with the accept queue full and nobody woken for it (issue #21). */
+ * average number of open connections lets them take the next ones. */
 static int overloaded(worker_t *w)
 {
     tk_shm_t *shm = w->a->shm;
     if (!shm)
         return 0;
     uint64_t sum = 0, n = 0, now = tk_now_ns();
-    int taker = 0;
     unsigned nslots = tk_shm_nslots(shm);
     for (unsigned i = 0; i < nslots; i++) {
         if ((int)i == w->a->slot)
@@ -138,9 +135,8 @@ static int overloaded(worker_t *w)
         sum += __atomic_load_n(&m->conns_active, __ATOMIC_RELAXED) +
                __atomic_load_n(&m->conns_idle, __ATOMIC_RELAXED);
         n++;
-        taker |= __atomic_load_n(&m->live.accepting, __ATOMIC_RELAXED) != 0;
     }
-    if (n == 0 || !taker)
+    if (n == 0)
         return 0;
     uint64_t avg = sum / n;
     return w->http.nconns > avg + avg / 8 + BALANCE_SLACK;
@@ -167,12 +163,8 @@ static int hold_back_end(worker_t *w)
 static void hold_back(worker_t *w)
 {
     w->held_back = 1;
-    accept_set(w, 0); /* clears our accepting flag */
-    /* Two workers leaving at once each saw the other accepting; after the
-     * fence at least one of them sees the other's cleared flag and stays. */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (!hold_back_end(w))
-        event_add(w->resume_ev, &balance_poll);
+    accept_set(w, 0);
+    event_add(w->resume_ev, &balance_poll);
 }
 
 static void resume_cb(evutil_socket_t fd, short what, void *arg)
