@@ -7,7 +7,6 @@
 #include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -59,6 +58,7 @@ struct tk_http_conn {
      * the keep-alive sweep's. rd_pending: bytes may be waiting that no edge
      * will announce again */
     unsigned admin : 1, ev_armed : 1, lingering : 1, ev_timed : 1, rd_pending : 1;
+    unsigned first_read : 1; /* served at the accept, before its first read */
     size_t linger_bytes;
     char peer[INET6_ADDRSTRLEN];
 };
@@ -97,6 +97,13 @@ static void buf_put(tk_http_buf_t *b)
 static void idle_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_close(tk_http_conn_t *c);
 
+/* Read-first at the accept (see tk_http_conn_start) pays when the request is
+ * already there: a hit adds a point, a miss (a read that says EAGAIN, then an
+ * epoll add all the same) takes two, up to READ_FIRST_MAX. At 0 connections
+ * wait for epoll, and one in READ_FIRST_PROBE tries again. */
+#define READ_FIRST_MAX   8
+#define READ_FIRST_PROBE 16
+
 /* Open connections, for the workers' load spreading: published when the
  * count changes; the active/idle split is refreshed by the worker's tick, not
  * per request. */
@@ -134,6 +141,7 @@ void tk_http_server_init(tk_http_server_t *srv, const tk_conf_t *conf, tk_sched_
     srv->conf = conf;
     srv->sched = sched;
     srv->base = base;
+    srv->read_first = READ_FIRST_MAX;
     tk_http_limits_default(&srv->limits);
     if (conf->max_request_line)
         srv->limits.max_request_line = conf->max_request_line;
@@ -339,8 +347,7 @@ int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *pee
         close(fd);
         return -1;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* TCP_NODELAY: inherited from the listener (master.c) */
     c->srv = srv;
     c->fd = fd;
     c->id = ++srv->next_id;
@@ -364,8 +371,20 @@ int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *pee
      * one (a second socket poll per request) */
     event_assign(&c->ev, srv->base, c->fd, EV_READ | EV_PERSIST | EV_ET, idle_cb, c);
     c->req_start_ms = tk_now_ms();
-    conn_idle(c);
     publish_conns(srv);
+    /* Read first: a client's request usually comes right after the
+     * handshake, so under load it is often here by the accept. Serving it now
+     * spares a wake-up, and a connection answered and closed at once never
+     * enters epoll (an add and a delete, issue #21); if nothing is here, the
+     * read says EAGAIN and the connection waits idle, which costs a read more
+     * than waiting at once: hence the score. */
+    if (srv->read_first > 0 || c->id % READ_FIRST_PROBE == 0) {
+        c->first_read = 1;
+        conn_wake(c);
+        tk_sched_run_ready(srv->sched);
+    } else {
+        conn_idle(c);
+    }
     return 0;
 }
 
@@ -566,7 +585,9 @@ static void request_rebase(tk_http_request_t *req, uintptr_t from, size_t len, u
     }
 }
 
-typedef enum { SERVE_NEXT, SERVE_IDLE, SERVE_CLOSE, SERVE_LINGER } serve_rc_t;
+/* SERVE_FIN: answered the client's last request, all of which was read:
+ * flush and close, without lingering. */
+typedef enum { SERVE_NEXT, SERVE_IDLE, SERVE_CLOSE, SERVE_LINGER, SERVE_FIN } serve_rc_t;
 
 /* Read the body of req (head_len bytes of head at in_off) into the input
  * buffer; on success req->body is set and *consumed is head + raw body bytes.
@@ -654,12 +675,16 @@ static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t
         tk_router_match(router, req->method.p, req->method.len, req->path.p, req->path.len, &m);
     int has_body = req->chunked || req->content_length > 0;
     size_t consumed = head_len;
+    /* Connection: close, or HTTP/1.0 without keep-alive: the client sends no
+     * further request on this connection (RFC 9112 9.6) */
+    int last = !req->keep_alive, unread = 0;
     if (rr != TK_ROUTE_FOUND && has_body &&
         (req->expect_continue || req->chunked ||
          c->in.len - c->in_off < head_len + (size_t)req->content_length)) {
         /* no handler wants this body: answer now and close rather than read it */
         consumed = c->in.len - c->in_off;
         req->keep_alive = 0;
+        unread = 1;
     } else {
         uintptr_t base0 = (uintptr_t)(c->in.data + c->in_off);
         int st = conn_read_body(c, req, head_len, &consumed);
@@ -737,8 +762,15 @@ static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t
         c->in_off = c->in.len = 0;
     if (ctx.client_gone)
         return SERVE_CLOSE;
-    if (!ctx.keep_alive)
+    if (!ctx.keep_alive) {
+        /* The client's last request, read to its end, nothing after it: no
+         * byte can arrive for a close to answer with a reset, so the
+         * lingering close (a shutdown, two epoll changes, a wake-up and a
+         * read per connection) has nothing to protect (issue #21). */
+        if (last && !unread && c->in.len == 0)
+            return SERVE_FIN;
         return SERVE_LINGER;
+    }
     return SERVE_NEXT;
 }
 
@@ -779,6 +811,13 @@ static void conn_serve(void *arg)
                 goto out;
             }
             ssize_t r = conn_read(c, 0);
+            if (c->first_read) {
+                c->first_read = 0;
+                if (r > 0)
+                    srv->read_first += srv->read_first < READ_FIRST_MAX;
+                else
+                    srv->read_first = srv->read_first > 2 ? srv->read_first - 2 : 0;
+            }
             if (r > 0)
                 continue;
             if (r == 0 || errno != EAGAIN)
@@ -820,7 +859,7 @@ static void conn_serve(void *arg)
 close:
     rc = SERVE_CLOSE;
 out:
-    if (rc == SERVE_LINGER || rc == SERVE_IDLE) {
+    if (rc == SERVE_LINGER || rc == SERVE_IDLE || rc == SERVE_FIN) {
         if (c->out.len > c->out_off && conn_flush(c) != 0)
             rc = SERVE_CLOSE;
     }

@@ -41,6 +41,9 @@ typedef struct tk_http_server {
     unsigned nactive; /* connections with a green thread (a request in progress) */
     uint64_t next_id;
     tk_http_conn_t *conns; /* doubly linked list of every open connection */
+    /* Whether a new connection's request is usually there at the accept: a
+     * score of recent first reads (0: wait for epoll instead). */
+    unsigned read_first;
 
     /* Called after a connection closed (the worker resumes accepting). */
     void (*on_close)(struct tk_http_server *srv);

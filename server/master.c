@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
@@ -290,6 +291,12 @@ static int open_listener(const char *addr, int backlog)
     int one = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
         TK_LOG_ERRNO(TK_LOG_WARN, errno, "setsockopt(SO_REUSEADDR) on %s failed", addr);
+    /* Accepted sockets inherit TCP_NODELAY from their listener (Linux copies
+     * the listener's options to each child): one setsockopt per connection
+     * fewer in the workers, which count on it (issue #21). */
+    if ((l->ss.ss_family == AF_INET || l->ss.ss_family == AF_INET6) &&
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
+        TK_LOG_ERRNO(TK_LOG_WARN, errno, "setsockopt(TCP_NODELAY) on %s failed", addr);
     /* [::]:P should not also take 0.0.0.0:P: both may be listed. */
     if (l->ss.ss_family == AF_INET6 &&
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0)

@@ -35,14 +35,17 @@
 /* Back-off after EMFILE/ENFILE/ENOMEM: stop accepting instead of spinning on a
  * listen socket that stays readable. */
 #define ACCEPT_BACKOFF_MS 100
-/* Load spreading: hold back from accepting for half a tick while this worker
- * has more than avg + avg/8 + slack open connections (avg = the other
- * accepting workers'). Checked before every accept: a client that opens its
- * connections in one burst (wrk, a pool) keeps the spread it got at first. */
+/* Load spreading: hold back from accepting while this worker has more than
+ * avg + avg/8 + slack open connections (avg = the other live workers').
+ * Checked every 8 accepts: a client that opens its connections in one burst
+ * (wrk, a pool) keeps the spread it got at first. */
 #define BALANCE_SLACK 4
-/* How long a hold-back lasts: also the longest a queued connection can wait
- * because of one. */
-#define BALANCE_PAUSE_MS 10
+/* A hold-back is looked at again at every close and this often, and ends as
+ * soon as this worker is no longer above the others. Not all workers can be
+ * above the others' average at once, so when every worker holds back, one
+ * resumes within this time: the longest a queued connection waits for the
+ * spreading (it was a blind 10 ms, issue #21). */
+#define BALANCE_POLL_MS 1
 /* Fast stop: what in-flight requests get. */
 #define FAST_STOP_MS 1000
 
@@ -60,7 +63,8 @@ typedef struct {
     struct event *sig_ev[4];
     int registered;         /* listen sockets are in epfd */
     int full;               /* at max_connections */
-    int64_t pause_until_ms; /* EMFILE back-off or load hold-back */
+    int64_t pause_until_ms; /* EMFILE back-off */
+    int held_back;          /* load hold-back: out of the waiters while overloaded() */
     int64_t last_emfile_log_ms;
     int stopping;             /* 0 serving, 1 draining, 2 fast stop */
     int64_t stop_deadline_ms; /* exit by then whatever is left */
@@ -80,9 +84,12 @@ static void accept_set(worker_t *w, int on)
     for (int i = 0; i < w->a->nlisten; i++) {
         int lfd = w->a->listen_fds[i];
         if (on) {
-            /* EPOLLEXCLUSIVE: one waiting worker is woken per connection, not
-             * all of them (it can only be set with EPOLL_CTL_ADD, hence the
-             * DEL/ADD pair rather than MOD) */
+            /* EPOLLEXCLUSIVE is meant to wake one waiting worker per
+             * connection, but this epoll is nested in the loop's, and the
+             * kernel counts a nested epoll as no waiter, so it wakes every
+             * accepting worker (strace -f: both return from epoll_wait for one
+             * connection, one gets EAGAIN; issue #21). It can only be set with
+             * EPOLL_CTL_ADD, hence the DEL/ADD pair rather than MOD. */
             struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.fd = lfd};
             if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, lfd, &ev) != 0)
                 TK_LOG_ERRNO(TK_LOG_ERR, errno, "epoll_ctl(ADD, %d) failed", lfd);
@@ -99,7 +106,7 @@ static void accept_set(worker_t *w, int on)
 /* Whether this worker should accept right now. */
 static int accept_wanted(worker_t *w)
 {
-    return w->stopping == 0 && !w->full && tk_now_ms() >= w->pause_until_ms;
+    return w->stopping == 0 && !w->full && !w->held_back && tk_now_ms() >= w->pause_until_ms;
 }
 
 /* The cross-process cousin of work stealing: a worker far above the others'
@@ -140,14 +147,39 @@ static void accept_update(worker_t *w)
     accept_set(w, accept_wanted(w));
 }
 
-static void resume_cb(evutil_socket_t fd, short what, void *arg)
+static const struct timeval balance_poll = {0, BALANCE_POLL_MS * 1000};
+
+/* End a hold-back once it has no reason left; 1 if it ended. */
+static int hold_back_end(worker_t *w)
 {
-    (void)fd;
-    (void)what;
-    accept_update(arg);
+    if (w->stopping == 0 && overloaded(w))
+        return 0;
+    w->held_back = 0;
+    accept_update(w);
+    return 1;
 }
 
-/* Stop accepting for ms (a back-off or a hold-back), then resume. */
+/* Leave the waiters while overloaded() says so. */
+static void hold_back(worker_t *w)
+{
+    w->held_back = 1;
+    accept_set(w, 0);
+    event_add(w->resume_ev, &balance_poll);
+}
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    worker_t *w = arg;
+    (void)fd;
+    (void)what;
+    if (w->held_back && !hold_back_end(w)) {
+        event_add(w->resume_ev, &balance_poll);
+        return;
+    }
+    accept_update(w);
+}
+
+/* Stop accepting for ms (a back-off), then resume. */
 static void pause_accept(worker_t *w, int ms)
 {
     w->pause_until_ms = tk_now_ms() + ms;
@@ -207,12 +239,10 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
         if (accept_some(w, evs[i].data.fd, ACCEPT_BATCH))
             return;
     if (w->registered && overloaded(w)) {
-        /* Hold back: leave the exclusive waiters, so the next connections
-         * wake another worker, for a short pause only: connections already
-         * queued (the kernel woke only us for them) are taken by whoever is
-         * woken next, or by us when the pause ends. */
+        /* Hold back: leave the waiters, so the next connections go to a
+         * worker that still accepts, until we are no longer above it. */
         TK_LOG(TK_LOG_DEBUG, "holding back from accepting: %u connections open", w->http.nconns);
-        pause_accept(w, BALANCE_PAUSE_MS);
+        hold_back(w);
     }
 }
 
@@ -245,6 +275,10 @@ static void admin_cb(evutil_socket_t fd, short what, void *arg)
 static void on_conn_closed(tk_http_server_t *srv)
 {
     worker_t *w = srv->user;
+    /* with a connection per request the hold-back's reason is gone within
+     * microseconds, not at the next poll */
+    if (w->held_back)
+        hold_back_end(w); /* its poll then finds nothing to do */
     if (w->full &&
         (w->conf->max_connections <= 0 || srv->nconns < (unsigned)w->conf->max_connections)) {
         w->full = 0;

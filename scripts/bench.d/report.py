@@ -19,7 +19,9 @@ import statistics
 import subprocess
 import sys
 
-HTTP_SERVERS = ("tenk", "tenk-nocache", "nginx", "go")
+HTTP_SERVERS = ("tenk", "tenk-nocache", "nginx", "h2o", "go")
+# connection churn runs are recorded as SCENARIO-Nw (N workers)
+CHURN_RE = re.compile(r"^(close-100|http10-50|connect-storm)-(\d+)w$")
 ERR_KINDS = ("connect", "read", "write", "timeout", "status")
 
 # The figures the issues ask for: (scenario, peer, what, threshold)
@@ -38,6 +40,10 @@ TARGETS = [
     ("users-load", "go", "p99_le", 0.5, "issue 6: p99 <= half of Go's"),
     ("users-load", "pgbench", "rps_ratio", 0.75, "issue 6: >= 0.75x pgbench"),
     ("users-100", "pgbench", "rps_ratio", 0.75, "issue 6: >= 0.75x pgbench"),
+    ("close-100-2w", "nginx", "rps_ratio", 1.0, "issue 21: >= 1.0x nginx req/s, a connection per request"),
+    ("http10-50-2w", "nginx", "rps_ratio", 1.0, "issue 21: >= 1.0x nginx req/s, a connection per request"),
+    ("close-100-2w", "nginx", "p99_le", 1.0, "issue 21: p99 no worse than nginx"),
+    ("http10-50-2w", "nginx", "p99_le", 1.0, "issue 21: p99 no worse than nginx"),
 ]
 
 
@@ -82,6 +88,43 @@ def parse_wrk(text):
         "p999": pct["99.9"] / 1000, "mean": d["lat_mean_us"] / 1000, "max": d["lat_max_us"] / 1000,
         "errors": {k: d[k] for k in ERR_KINDS},
     }
+
+
+def parse_ab(text, csvpath):
+    """ApacheBench's summary; p50/p99 from its -e file (ms with decimals; the summary's are whole ms)."""
+    m = re.search(r"Requests per second:\s*([\d.]+)", text)
+    if not m:
+        return None
+    r = {"rps": float(m.group(1)), "errors": {}}
+    m = re.search(r"Complete requests:\s*(\d+)", text)
+    if m:
+        r["requests"] = int(m.group(1))
+    m = re.search(r"Failed requests:\s*(\d+)", text)
+    if m:
+        r["errors"]["failed"] = int(m.group(1))
+    m = re.search(r"Non-2xx responses:\s*(\d+)", text)
+    if m:
+        r["errors"]["status"] = int(m.group(1))
+    pc = {}
+    for line in read(csvpath).splitlines():
+        a, _, b = line.partition(",")
+        try:
+            pc[int(a)] = float(b)
+        except ValueError:
+            continue
+    for q, k in ((50, "p50"), (90, "p90"), (99, "p99")):
+        if q in pc:
+            r[k] = pc[q]
+    return r
+
+
+def parse_storm(doc):
+    """storm.py's JSON: req/s = answered / time until all were answered."""
+    if not isinstance(doc, dict):
+        return None
+    return {"rps": doc.get("rps"), "requests": doc.get("answered"), "p50": doc.get("p50_ms"),
+            "p99": doc.get("p99_ms"), "max": doc.get("max_ms"), "errors": doc.get("errors") or {},
+            "all_answered_s": doc.get("all_answered_s"), "elapsed_s": doc.get("elapsed_s")}
 
 
 def parse_pgbench(text):
@@ -283,6 +326,10 @@ def load(resdir):
                     res = parse_wrk(text)
                 elif tool == "pgbench":
                     res = parse_pgbench(text)
+                elif tool == "ab":
+                    res = parse_ab(text, raw[:-4] + ".csv")
+                elif tool == "storm":
+                    res = parse_storm(load_json(raw))
                 elif tool == "redis-benchmark":
                     res = parse_redis(text)
                 elif tool == "h2load":
@@ -534,7 +581,8 @@ def report(resdir):
              "(transactions/s or commands/s over 25 / 50 connections).")
     L.append("")
     rows = []
-    wrk_like = [k for k in order if k[0] not in ("idle10k", "fixed-rate", "pool-sizing", "timeseries", "cpu")]
+    wrk_like = [k for k in order if k[0] not in ("idle10k", "fixed-rate", "pool-sizing", "timeseries", "cpu")
+                and not CHURN_RE.match(k[0])]
     for key in wrk_like:
         scn, v = key
         g = agg[key]
@@ -617,6 +665,8 @@ def report(resdir):
         L.append("")
         L.append(md_table(["target", "scenario", "measured", "paired", ""], trows))
         L.append("")
+
+    churn_section(L, resdir, agg, order, wrk_like)
 
     # ---- idle
     idle = [k for k in order if k[0] == "idle10k"]
@@ -874,6 +924,103 @@ def report(resdir):
                    "agg": {"%s|%s" % k: {kk: vv for kk, vv in g.items() if kk != "runs"}
                            for k, g in agg.items()}}, f, indent=1)
     return 0
+
+
+def worker_counts(doc, field):
+    """[per-worker connections.FIELD] from `tenkctl stats --json`, by slot; None if absent."""
+    ws = (doc or {}).get("workers") if isinstance(doc, dict) else None
+    if not isinstance(ws, list):
+        return None
+    out = []
+    for w in sorted(ws, key=lambda w: w.get("slot", 0)):
+        c = w.get("connections") or {}
+        if field not in c:
+            return None
+        out.append(c[field])
+    return out
+
+
+def accept_shares(resdir, run):
+    """Each tenk worker's share of the connections accepted during a run (stats before/after)."""
+    base = os.path.join(resdir, run["raw"].rsplit(".", 1)[0])
+    b = worker_counts(load_json(base + ".stats-before.json"), "accepted")
+    a = worker_counts(load_json(base + ".stats-after.json"), "accepted")
+    if not a or not b or len(a) != len(b):
+        return None
+    d = [x - y for x, y in zip(a, b)]
+    tot = sum(d)
+    return [x / float(tot) for x in d] if tot > 0 else None
+
+
+def cpu_us_per_req(run):
+    sd, n = run.get("sample_doc") or {}, run["res"].get("requests")
+    if sd.get("cpu_s") is None or not n:
+        return None
+    return sd["cpu_s"] * 1e6 / n
+
+
+def churn_section(L, resdir, agg, order, wrk_like):
+    """Connection churn rows (SCENARIO-Nw), and beside them how tenk spread the keep-alive
+    scenarios' long-lived connections over its workers."""
+    keys = [k for k in order if CHURN_RE.match(k[0])]
+    if not keys:
+        return
+    L.append("## Connection churn: a new connection per request")
+    L.append("")
+    L.append("`close-100`: wrk with `Connection: close`, 100 connections; `http10-50`: ab (HTTP/1.0, no "
+             "keep-alive), 50 concurrent; `connect-storm`: 10,000 connections opened at once by "
+             "`scripts/bench.d/storm.py`, one request each (req/s = 10,000 ÷ the time until all were "
+             "answered, latency from the connect). Every server restarted at each worker count (h2o: "
+             "threads, Go: GOMAXPROCS). *CPU µs/req*: the server's CPU time (all processes) ÷ the "
+             "requests answered, median of rounds. *Largest worker share*: tenk's busiest worker's "
+             "share of the accepted connections (tenkctl counters; 50% is even with 2 workers).")
+    L.append("")
+    rows = []
+    for key in keys:
+        scn, v = key
+        g = agg[key]
+        m = CHURN_RE.match(scn)
+        if g["na"]:
+            rows.append([m.group(1), m.group(2), server_label(scn, v), "*%s*" % g["na"], "", "", "", "", "", ""])
+            continue
+        ok = [r for r in g["runs"] if r["status"] == "ok"]
+        cpu = med([cpu_us_per_req(r) for r in ok])
+        share = ""
+        if v == "tenk":
+            sh = [accept_shares(resdir, r) for r in ok]
+            sh = [max(x) for x in sh if x]
+            if sh:
+                share = "%.0f%% (max %.0f%%)" % (100 * med(sh), 100 * max(sh))
+        extra = ""
+        if m.group(1) == "connect-storm":
+            t = med([r["res"].get("all_answered_s") for r in ok])
+            extra = "" if t is None else " · all in %.2f s" % t
+        pp = paired(agg, scn, "nginx") if v == "tenk" else None
+        rows.append([m.group(1), m.group(2), server_label(scn, v), rate_cell(g) + extra, f_ms(g["p50"]),
+                     f_ms(g["p99"]), f_err(g["errors"]), "–" if cpu is None else "%.1f" % cpu, share,
+                     f_paired(pp) if pp else ""])
+    L.append(md_table(["scenario", "workers", "server", "req/s median (min–max)", "p50", "p99", "errors (sum)",
+                       "CPU µs/req", "largest worker share", "tenk ÷ nginx, paired"], rows))
+    L.append("")
+    rows = []
+    for scn, v in wrk_like:
+        if v != "tenk":
+            continue
+        spreads = []
+        for r in agg[(scn, v)]["runs"]:
+            if r["status"] != "ok" or r["raw"] in ("", "-"):
+                continue
+            c = worker_counts(load_json(os.path.join(resdir, r["raw"][:-4] + ".stats-mid.json")), "open")
+            if c:
+                spreads.append("/".join(str(x) for x in c))
+        if spreads:
+            rows.append([scn, ", ".join(spreads)])
+    if rows:
+        L.append("Beside it, the load-aware accept's purpose: tenk's open connections per worker half-way "
+                 "through each keep-alive round (worker 0/worker 1/…; `tenkctl stats --json`).")
+        L.append("")
+        L.append(md_table(["keep-alive scenario", "open connections per worker, each round"], rows))
+        L.append("")
 
 
 # Kernel symbols: scheduling, else network/system-call path, else "kernel, other".
