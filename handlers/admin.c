@@ -18,21 +18,21 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
-#include "admin.h"
-#include "procstat.h"
-#include "broker.h"
-#include "cache.h"
-#include "conf.h"
-#include "handlers.h"
-#include "http_conn.h"
-#include "http_parser.h"
-#include "http_response.h"
-#include "log.h"
-#include "metrics.h"
-#include "sched.h"
-#include "segment.h"
-#include "stats_json.h"
-#include "view.h"
+#include "handlers/admin.h"
+#include "shm/procstat.h"
+#include "shm/broker.h"
+#include "cache/cache.h"
+#include "proc/conf.h"
+#include "handlers/handlers.h"
+#include "http/http_conn.h"
+#include "http/http_parser.h"
+#include "http/http_response.h"
+#include "proc/log.h"
+#include "shm/metrics.h"
+#include "runtime/sched.h"
+#include "shm/segment.h"
+#include "shm/stats_json.h"
+#include "shm/view.h"
 
 /* The page, generated at build time from handlers/dashboard.html by
  * scripts/lib/embed.sh (handlers/dashboard_html.c). */

@@ -2,7 +2,7 @@
 #ifndef TK_HANDLERS_H
 #define TK_HANDLERS_H
 
-#include "router.h"
+#include "http/router.h"
 
 /* Route ids (per-route metrics) are the router's: see tk_router_add(). */
 

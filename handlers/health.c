@@ -7,9 +7,9 @@
 
 #include <cjson/cJSON.h>
 
-#include "handlers.h"
-#include "http_response.h"
-#include "sched.h"
+#include "handlers/handlers.h"
+#include "http/http_response.h"
+#include "runtime/sched.h"
 
 /* GET /health: liveness, cheap enough to poll under any load. */
 static void health(tk_http_ctx_t *ctx)

@@ -6,10 +6,10 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "db.h"
-#include "handlers.h"
-#include "http_response.h"
-#include "sched.h"
+#include "db/db.h"
+#include "handlers/handlers.h"
+#include "http/http_response.h"
+#include "runtime/sched.h"
 
 #define HEAVY_ROUNDS 400000u /* ~1-2 ms of mixing on this class of machine */
 #define HEAVY_SLICE_NS                                                                             \

@@ -7,13 +7,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cache.h"
-#include "db.h"
-#include "handlers.h"
-#include "http_response.h"
-#include "log.h"
-#include "sched.h"
-#include "worker.h"
+#include "cache/cache.h"
+#include "db/db.h"
+#include "handlers/handlers.h"
+#include "http/http_response.h"
+#include "proc/log.h"
+#include "runtime/sched.h"
+#include "proc/worker.h"
 
 #define TFB_ROWS        10000
 #define TFB_MAX_QUERIES 500

@@ -11,13 +11,13 @@
 
 #include <cjson/cJSON.h>
 
-#include "cache.h"
-#include "db.h"
-#include "handlers.h"
-#include "http_json.h"
-#include "http_response.h"
-#include "sched.h"
-#include "worker.h"
+#include "cache/cache.h"
+#include "db/db.h"
+#include "handlers/handlers.h"
+#include "http/http_json.h"
+#include "http/http_response.h"
+#include "runtime/sched.h"
+#include "proc/worker.h"
 
 #define USERS_DEFAULT_LIMIT 10
 #define USERS_MAX_LIMIT     100

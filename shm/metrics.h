@@ -5,8 +5,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cache.h"
-#include "sched.h"
+#include "cache/cache.h"
+#include "runtime/sched.h"
 
 /* --- layout constants ------------------------------------------------------------ */
 

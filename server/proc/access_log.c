@@ -1,7 +1,7 @@
 /* access_log.c: per-worker buffered access log (combined or JSON lines), reopened on SIGUSR1. */
 #include "config.h"
 
-#include "access_log.h"
+#include "proc/access_log.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,7 +12,7 @@
 
 #include <event2/event.h>
 
-#include "http_conn.h"
+#include "http/http_conn.h"
 
 /* One per worker process: the worker is single-threaded, so no locks. */
 static struct {

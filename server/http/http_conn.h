@@ -11,11 +11,11 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "conf.h"
-#include "http_parser.h"
-#include "http_response.h"
-#include "router.h"
-#include "sched.h"
+#include "proc/conf.h"
+#include "http/http_parser.h"
+#include "http/http_response.h"
+#include "http/router.h"
+#include "runtime/sched.h"
 
 struct event_base;
 struct event;

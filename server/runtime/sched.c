@@ -22,10 +22,10 @@
  * waiting allocates. */
 #include "config.h"
 
-#include "sched.h"
+#include "runtime/sched.h"
 
-#include "coro.h"
-#include "log.h"
+#include "runtime/coro.h"
+#include "proc/log.h"
 
 #include <assert.h>
 #include <errno.h>

@@ -2,7 +2,7 @@
  * same datagram written to $NOTIFY_SOCKET by hand (path or '@' abstract name). */
 #include "config.h"
 
-#include "notify.h"
+#include "proc/notify.h"
 
 #include <errno.h>
 #include <stdarg.h>

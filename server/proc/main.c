@@ -2,10 +2,10 @@
  * then the master. */
 #include "config.h"
 
-#include "conf.h"
-#include "log.h"
-#include "master.h"
-#include "resolve.h"
+#include "proc/conf.h"
+#include "proc/log.h"
+#include "proc/master.h"
+#include "proc/resolve.h"
 
 #include <errno.h>
 #include <fcntl.h>

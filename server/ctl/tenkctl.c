@@ -49,12 +49,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "broker.h"
-#include "metrics.h"
-#include "sched.h"
-#include "segment.h"
-#include "stats_json.h"
-#include "view.h"
+#include "shm/broker.h"
+#include "shm/metrics.h"
+#include "runtime/sched.h"
+#include "shm/segment.h"
+#include "shm/stats_json.h"
+#include "shm/view.h"
 
 #define CTL_DEFAULT_NAME "tenk"
 

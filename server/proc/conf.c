@@ -9,11 +9,11 @@
  * (tests/fuzz/fuzz_conf.c). */
 #include "config.h"
 
-#include "conf.h"
-#include "broker.h"
-#include "http_parser.h"
-#include "log.h"
-#include "sched.h"
+#include "proc/conf.h"
+#include "shm/broker.h"
+#include "http/http_parser.h"
+#include "proc/log.h"
+#include "runtime/sched.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

@@ -1,7 +1,7 @@
 /* http_parser.c: strict, zero-copy, incremental HTTP/1.1 request parser (RFC 9112). */
 #include "config.h"
 
-#include "http_parser.h"
+#include "http/http_parser.h"
 
 #include <assert.h>
 #include <stdint.h>

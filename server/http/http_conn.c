@@ -1,7 +1,7 @@
 /* http_conn.c: one HTTP/1.1 connection: read, parse, route, serve, write; idle without a stack. */
 #include "config.h"
 
-#include "http_conn.h"
+#include "http/http_conn.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -16,9 +16,9 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
-#include "log.h"
-#include "metrics.h"
-#include "uri.h"
+#include "proc/log.h"
+#include "shm/metrics.h"
+#include "http/uri.h"
 
 /* Read and write buffers start at this size (a typical request head or
  * response fits) and come from a small per-process pool, so keep-alive

@@ -13,8 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "conf.h"
-#include "http_response.h"
+#include "proc/conf.h"
+#include "http/http_response.h"
 
 struct event_base;
 

@@ -10,14 +10,14 @@
  * and the watchdog). */
 #include "config.h"
 
-#include "master.h"
+#include "proc/master.h"
 
-#include "broker.h"
-#include "log.h"
-#include "metrics.h"
-#include "notify.h"
-#include "segment.h"
-#include "worker.h"
+#include "shm/broker.h"
+#include "proc/log.h"
+#include "shm/metrics.h"
+#include "proc/notify.h"
+#include "shm/segment.h"
+#include "proc/worker.h"
 
 #include <assert.h>
 #include <errno.h>

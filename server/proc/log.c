@@ -2,7 +2,7 @@
  * write(2), so lines from the master and all workers never interleave. */
 #include "config.h"
 
-#include "log.h"
+#include "proc/log.h"
 
 #include <errno.h>
 #include <fcntl.h>

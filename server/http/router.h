@@ -11,8 +11,8 @@
 
 #include <stddef.h>
 
-#include "http_response.h"
-#include "metrics.h"
+#include "http/http_response.h"
+#include "shm/metrics.h"
 
 /* A handler answers with tk_http_respond*() (see http_response.h). */
 typedef void (*tk_http_handler_fn)(tk_http_ctx_t *ctx);

@@ -1,7 +1,7 @@
 /* uri.c: percent-decoding of request paths and query strings, query lookup. */
 #include "config.h"
 
-#include "uri.h"
+#include "http/uri.h"
 
 #include <string.h>
 

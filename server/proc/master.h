@@ -5,7 +5,7 @@
 
 #include <stddef.h>
 
-#include "conf.h"
+#include "proc/conf.h"
 
 /* Build a complete, validated configuration (defaults, file, flags) into out;
  * the master calls it again on SIGHUP. 0, or -1 with a message in err. */

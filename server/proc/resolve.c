@@ -1,7 +1,7 @@
 /* resolve.c: the master turns the host names in db.conninfo and redis.addr into addresses. */
 #include "config.h"
 
-#include "resolve.h"
+#include "proc/resolve.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>

@@ -1,7 +1,7 @@
 /* worker.c: one worker process: event loop, scheduler, accept, drain, heartbeat. */
 #include "config.h"
 
-#include "worker.h"
+#include "proc/worker.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -15,16 +15,16 @@
 
 #include <event2/event.h>
 
-#include "access_log.h"
-#include "admin.h"
-#include "db.h"
-#include "handlers.h"
-#include "http_conn.h"
-#include "log.h"
-#include "metrics.h"
-#include "router.h"
-#include "sched.h"
-#include "segment.h"
+#include "proc/access_log.h"
+#include "handlers/admin.h"
+#include "db/db.h"
+#include "handlers/handlers.h"
+#include "http/http_conn.h"
+#include "proc/log.h"
+#include "shm/metrics.h"
+#include "http/router.h"
+#include "runtime/sched.h"
+#include "shm/segment.h"
 
 #define TICK_MS 100
 /* Connections taken per listener per wake-up: enough that a burst of new

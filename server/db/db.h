@@ -16,8 +16,8 @@
 #include <libpq-fe.h>
 #include <stdint.h>
 
-#include "broker.h"
-#include "conf.h"
+#include "shm/broker.h"
+#include "proc/conf.h"
 
 struct event_base;
 

@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 
-#include "conf.h"
+#include "proc/conf.h"
 
 /* getaddrinfo() blocks, and libpq and hiredis call it inside their
  * "non-blocking" connects, so a worker handed a host name would stall its

@@ -1,7 +1,7 @@
 /* coro.c: coroutine stacks (mmap + guard zone, pooled) and the context switch glue. */
 #include "config.h"
 
-#include "coro.h"
+#include "runtime/coro.h"
 
 #include <assert.h>
 #include <errno.h>

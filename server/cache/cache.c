@@ -12,8 +12,8 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
-#include "cache.h"
-#include "sched.h"
+#include "cache/cache.h"
+#include "runtime/sched.h"
 
 /* The breaker's three states. */
 enum { BRK_CLOSED, BRK_OPEN, BRK_HALF_OPEN };

@@ -1,7 +1,7 @@
 /* http_json.c: JSON request bodies: Content-Type, NUL and depth checks, then cJSON. */
 #include "config.h"
 
-#include "http_json.h"
+#include "http/http_json.h"
 
 #include <string.h>
 #include <strings.h>

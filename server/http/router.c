@@ -1,7 +1,7 @@
 /* router.c: a segment trie from method + path pattern to handler. */
 #include "config.h"
 
-#include "router.h"
+#include "http/router.h"
 
 #include <assert.h>
 #include <errno.h>

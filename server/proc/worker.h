@@ -21,8 +21,8 @@
 
 #include <stdint.h>
 
-#include "cache.h"
-#include "conf.h"
+#include "cache/cache.h"
+#include "proc/conf.h"
 
 struct tk_shm;
 

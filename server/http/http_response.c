@@ -1,7 +1,7 @@
 /* http_response.c: response building: buffers, Date, status line, headers, gzip, handler API. */
 #include "config.h"
 
-#include "http_response.h"
+#include "http/http_response.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -13,8 +13,8 @@
 #include <cjson/cJSON.h>
 #include <zlib.h>
 
-#include "http_conn.h"
-#include "uri.h"
+#include "http/http_conn.h"
+#include "http/uri.h"
 
 /* --- buffers ------------------------------------------------------------------------ */
 

@@ -9,7 +9,7 @@
 
 #include <stddef.h>
 
-#include "http_response.h"
+#include "http/http_response.h"
 
 struct cJSON;
 

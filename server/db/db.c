@@ -1,7 +1,7 @@
 /* db.c: PostgreSQL through asynchronous libpq on green threads, within the broker's budget. */
 #include "config.h"
 
-#include "db.h"
+#include "db/db.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -15,8 +15,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "sched.h"
+#include "proc/log.h"
+#include "runtime/sched.h"
 
 #define TK_DB_MAX_STMTS      64
 #define TK_DB_BACKOFF_MIN_MS 50
