@@ -29,7 +29,7 @@
 #include "http/http_response.h"
 #include "proc/log.h"
 #include "shm/metrics.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 #include "shm/segment.h"
 #include "shm/stats_json.h"
 #include "shm/view.h"

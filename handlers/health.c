@@ -9,7 +9,7 @@
 
 #include "handlers/handlers.h"
 #include "http/http_response.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 
 /* GET /health: liveness, cheap enough to poll under any load. */
 static void health(tk_http_ctx_t *ctx)

@@ -9,7 +9,7 @@
 #include "db/db.h"
 #include "handlers/handlers.h"
 #include "http/http_response.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 
 #define HEAVY_ROUNDS 400000u /* ~1-2 ms of mixing on this class of machine */
 #define HEAVY_SLICE_NS                                                                             \

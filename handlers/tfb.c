@@ -12,7 +12,7 @@
 #include "handlers/handlers.h"
 #include "http/http_response.h"
 #include "proc/log.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 #include "proc/worker.h"
 
 #define TFB_ROWS        10000

@@ -16,7 +16,7 @@
 #include "handlers/handlers.h"
 #include "http/http_json.h"
 #include "http/http_response.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 #include "proc/worker.h"
 
 #define USERS_DEFAULT_LIMIT 10

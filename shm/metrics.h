@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 #include "cache/cache.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 
 /* --- layout constants ------------------------------------------------------------ */
 

@@ -13,7 +13,7 @@
 #include <hiredis/hiredis.h>
 
 #include "cache/cache.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 
 /* The breaker's three states. */
 enum { BRK_CLOSED, BRK_OPEN, BRK_HALF_OPEN };

@@ -51,7 +51,7 @@
 
 #include "shm/broker.h"
 #include "shm/metrics.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 #include "shm/segment.h"
 #include "shm/stats_json.h"
 #include "shm/view.h"

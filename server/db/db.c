@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "proc/log.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 
 #define TK_DB_MAX_STMTS      64
 #define TK_DB_BACKOFF_MIN_MS 50

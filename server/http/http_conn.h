@@ -15,7 +15,7 @@
 #include "http/http_parser.h"
 #include "http/http_response.h"
 #include "http/router.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 
 struct event_base;
 struct event;

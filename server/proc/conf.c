@@ -13,7 +13,7 @@
 #include "shm/broker.h"
 #include "http/http_parser.h"
 #include "proc/log.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

@@ -23,7 +23,7 @@
 #include "proc/log.h"
 #include "shm/metrics.h"
 #include "http/router.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 #include "shm/segment.h"
 
 #define TICK_MS 100

@@ -12,7 +12,7 @@
 #include <event2/event.h>
 
 #include "runtime/coro.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 
 #define REPS 5
 

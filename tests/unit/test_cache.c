@@ -23,7 +23,7 @@
 #include <hiredis/hiredis.h>
 
 #include "cache/cache.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 
 /* cmocka's failures longjmp, which must not cross a coroutine stack: green
  * threads record the first failure here and return; the test asserts after. */

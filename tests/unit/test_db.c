@@ -17,7 +17,7 @@
 #include "shm/broker.h"
 #include "proc/conf.h"
 #include "db/db.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 
 /* cmocka's failures longjmp, which must not cross a coroutine stack: green
  * threads record the first failure here and return; the test asserts after. */

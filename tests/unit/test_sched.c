@@ -1,4 +1,4 @@
-/* test_sched.c: unit tests for the green-thread scheduler (server/runtime/sched.c). */
+/* test_sched.c: unit tests for the green-thread scheduler (server/runtime/scheduler.c). */
 #include "config.h"
 
 #include <errno.h>
@@ -19,7 +19,7 @@
 
 #include "runtime/coro.h"
 #include "proc/log.h"
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 
 typedef struct {
     struct event_base *base;

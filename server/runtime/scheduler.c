@@ -22,7 +22,7 @@
  * waiting allocates. */
 #include "config.h"
 
-#include "runtime/sched.h"
+#include "runtime/scheduler.h"
 
 #include "runtime/coro.h"
 #include "proc/log.h"
