@@ -1,4 +1,4 @@
-/* sched.c: the per-worker green-thread scheduler on a libevent loop.
+/* scheduler.c: the per-worker green-thread scheduler on a libevent loop.
  *
  * Shape: the thread's own stack is the scheduler context ("main"). Green
  * threads switch to main whenever they park, yield or end; main pops the next

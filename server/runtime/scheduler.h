@@ -1,28 +1,12 @@
-/* sched.h: the per-worker green-thread scheduler on a libevent loop.
+/* scheduler.h: the per-worker green-thread scheduler on a libevent loop.
  *
  * Names mirror pthreads where they can, so handler code reads like ordinary
  * blocking code. Every function marked "may yield" can park the calling green
  * thread; code between two yields owns the worker, so per-worker state needs no
  * locks. Only one scheduler runs per thread (the current one is thread-local). */
 
-/* This file shadows the C library's <sched.h> for every file compiled with
- * -I server (pthread.h includes <sched.h>): pull the real one in as well, so
- * both sets of declarations exist whichever way this file was reached. Outside
- * the include guard on purpose: reached as "sched.h" from server/ itself, the
- * include_next finds this file again through -I server, and that copy's
- * include_next then reaches the system header. */
-#if defined(__clang__) /* it works as intended; clang merely notes the search order */
-#pragma clang diagnostic push
-#pragma clang diagnostic ignored "-Wunknown-warning-option"
-#pragma clang diagnostic ignored "-Winclude-next-absolute-path"
-#endif
-#include_next <sched.h>
-#if defined(__clang__)
-#pragma clang diagnostic pop
-#endif
-
-#ifndef TK_SCHED_H
-#define TK_SCHED_H
+#ifndef TK_SCHEDULER_H
+#define TK_SCHEDULER_H
 
 #include <stddef.h>
 #include <stdint.h>
