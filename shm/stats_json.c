@@ -6,9 +6,9 @@
 
 #include <cjson/cJSON.h>
 
+#include "shm/abi.h"
 #include "shm/broker.h"
 #include "shm/metrics.h"
-#include "runtime/scheduler.h"
 #include "shm/segment.h"
 #include "shm/stats_json.h"
 

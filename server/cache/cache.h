@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "shm/abi.h" /* TK_CACHE_LAT_*, tk_cache_stats_t */
+
 struct event_base;
 
 typedef enum {
@@ -53,40 +55,6 @@ typedef struct {
 } tk_cache_opts_t;
 
 void tk_cache_opts_default(tk_cache_opts_t *o);
-
-/* Latency histogram: bucket i counts commands whose reply took at most
- * TK_CACHE_LAT_BOUNDS_US[i] microseconds; the last bucket is "more". */
-#define TK_CACHE_LAT_NBUCKETS 12
-#define TK_CACHE_LAT_BOUNDS_US                                                                     \
-    {                                                                                              \
-        50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, UINT64_MAX               \
-    }
-
-/* Statistics of one worker's client: plain data, no pointers, so it can be
- * copied into shared memory as is. Counters only grow. */
-typedef struct {
-    uint64_t hits;             /* keys found (get, each key of an mget) */
-    uint64_t misses;           /* keys not found */
-    uint64_t errors;           /* commands failed: error reply or connection lost */
-    uint64_t timeouts;         /* commands that ran past timeout_ms (not in errors) */
-    uint64_t bypasses;         /* calls that skipped Redis (no connection, breaker open) */
-    uint64_t commands;         /* commands sent */
-    uint64_t late_replies;     /* replies that arrived after their command timed out */
-    uint64_t connects;         /* connections established (handshake done) */
-    uint64_t reconnects;       /* connections established after a failed or lost one */
-    uint64_t connect_failures; /* connect or handshake failed or timed out */
-    uint64_t disconnects;      /* established connections lost or dropped */
-    uint64_t breaker_opens;    /* times the breaker opened */
-    uint64_t flight_loads;     /* loader calls made by tk_cache_flight_do() */
-    uint64_t flight_shared;    /* callers that waited for another's load instead */
-    uint64_t connected;        /* gauge: 1 while the connection is up */
-    uint64_t breaker_open;     /* gauge: 1 while the breaker is open or half open */
-    uint64_t inflight;         /* gauge: commands sent and not yet answered */
-    uint64_t inflight_peak;    /* most commands ever in flight at once (pipeline depth) */
-    uint64_t lat_sum_us;       /* sum of reply latencies (for the mean) */
-    uint64_t lat_count;        /* replies measured */
-    uint64_t lat_buckets[TK_CACHE_LAT_NBUCKETS];
-} tk_cache_stats_t;
 
 typedef struct tk_cache tk_cache_t;
 

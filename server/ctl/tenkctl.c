@@ -49,9 +49,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "shm/abi.h"
 #include "shm/broker.h"
 #include "shm/metrics.h"
-#include "runtime/scheduler.h"
 #include "shm/segment.h"
 #include "shm/stats_json.h"
 #include "shm/view.h"

@@ -113,16 +113,6 @@ static __thread tk_sched_t *t_sched;
 
 /* --- options ------------------------------------------------------------------ */
 
-static const char *const state_names[TK_GT_NSTATES] = {
-    "running",     "runnable",   "wait_net", "wait_db",
-    "wait_broker", "wait_cache", "sleeping", "wait_gt",
-};
-
-const char *tk_gt_state_name(tk_gt_state_t s)
-{
-    return (unsigned)s < TK_GT_NSTATES ? state_names[s] : "invalid";
-}
-
 void tk_sched_opts_default(tk_sched_opts_t *o)
 {
     o->stack_size = 64u * 1024u;

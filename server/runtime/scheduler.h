@@ -11,22 +11,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "shm/abi.h" /* tk_gt_state_t, tk_gt_state_name(), tk_sched_stats_t */
+
 struct event_base;
-
-/* Every green thread is in exactly one of these states at any time. */
-typedef enum {
-    TK_GT_RUNNING = 0,
-    TK_GT_RUNNABLE,
-    TK_GT_WAIT_NET,    /* parked on a client socket */
-    TK_GT_WAIT_DB,     /* parked on a PostgreSQL socket */
-    TK_GT_WAIT_BROKER, /* queued for a database connection slot */
-    TK_GT_WAIT_CACHE,  /* parked on Redis */
-    TK_GT_SLEEPING,
-    TK_GT_WAIT_GT, /* join, mutex, semaphore, condition, channel */
-    TK_GT_NSTATES
-} tk_gt_state_t;
-
-const char *tk_gt_state_name(tk_gt_state_t s);
 
 typedef struct tk_sched tk_sched_t;
 typedef struct tk_gt tk_gt_t;
@@ -50,18 +37,6 @@ typedef struct {
 void tk_sched_opts_default(tk_sched_opts_t *o);
 /* 0 if valid; else -1 and a message naming the setting and its range. */
 int tk_sched_opts_check(const tk_sched_opts_t *o, char *err, size_t errlen);
-
-/* Counters, ready to be copied to shared memory. */
-typedef struct {
-    uint64_t by_state[TK_GT_NSTATES]; /* current count per state */
-    uint64_t created, exited;
-    uint64_t switches;
-    uint64_t long_runs;      /* times a green thread ran past long_run_ns */
-    uint64_t stack_reserved; /* bytes of address space held by live + pooled stacks */
-    uint64_t stack_resident; /* bytes actually resident (mincore), see tk_sched_stats() */
-    uint64_t pooled_stacks;  /* stacks idle in the pool */
-    uint64_t stack_max_used; /* deepest stack use of any ended thread (stack_paint; else 0) */
-} tk_sched_stats_t;
 
 /* Create the scheduler for this thread on base; installs the guard-page
  * SIGSEGV handler (on an alternate signal stack) once per process. The
