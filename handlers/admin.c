@@ -1278,8 +1278,9 @@ static void admin_route(tk_http_ctx_t *ctx)
     tk_http_respond_error(ctx, 404, "not found");
 }
 
-void tk_handlers_register_admin(tk_router_t *r)
+void tk_handlers_register_admin(tk_router_t *r, const tk_handlers_env_t *env)
 {
+    (void)env; /* needs none of the worker's services */
     for (size_t i = 0; i < NADMIN_ROUTES; i++)
         admin_route_ids[i] =
             tk_router_add(r, admin_routes[i].method, admin_routes[i].pattern, admin_route);

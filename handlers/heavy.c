@@ -110,8 +110,9 @@ fail:
     db_fail(ctx, st);
 }
 
-void tk_handlers_register_heavy(tk_router_t *r)
+void tk_handlers_register_heavy(tk_router_t *r, const tk_handlers_env_t *env)
 {
+    (void)env; /* needs none of the worker's services */
     const unsigned rj = TK_DB_READ | TK_DB_JOINABLE;
     st_user = tk_db_stmt("SELECT id, name FROM users WHERE id >= $1 ORDER BY id LIMIT 1", 1, rj);
     st_world = tk_db_stmt("SELECT id, randomnumber FROM world WHERE id = $1", 1, rj);

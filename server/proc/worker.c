@@ -17,6 +17,7 @@
 
 #include "proc/access_log.h"
 #include "handlers/admin.h"
+#include "cache/cache.h"
 #include "db/db.h"
 #include "handlers/handlers.h"
 #include "http/http_conn.h"
@@ -68,10 +69,8 @@ typedef struct {
     int db_started;
     tk_cache_t *cache;         /* NULL: no redis.addr */
     tk_cache_flight_t *flight; /* single flight for cache-aside loads */
+    tk_handlers_env_t henv;    /* what the handlers get of the above */
 } worker_t;
-
-/* This process's worker, for the getters handlers call. */
-static worker_t *self;
 
 static void accept_set(worker_t *w, int on)
 {
@@ -352,17 +351,18 @@ static void name_route(const char *method, const char *pattern, int route_id, vo
     tk_metrics_route_register((unsigned)route_id, name);
 }
 
-/* Every handler file registers its routes here (see handlers.h); the router
- * numbers them. A route that could not be registered (too many, a
- * duplicate) stops the worker at start-up. Returns 0 or -1 (logged). */
+/* Every handler file registers its routes (handlers.c's table), with the
+ * services it may use (w->henv); the router numbers them. A route that could
+ * not be registered (too many, a duplicate) stops the worker at start-up.
+ * Returns 0 or -1 (logged). */
 static int register_routes(worker_t *w)
 {
-    tk_handlers_register_health(w->router);
-    tk_handlers_register_tfb(w->router);
-    tk_handlers_register_users(w->router);
-    tk_handlers_register_heavy(w->router);
-    tk_handlers_register_health(w->admin_router);
-    tk_handlers_register_admin(w->admin_router);
+    w->henv = (tk_handlers_env_t){.conf = w->conf,
+                                  .cache = w->cache,
+                                  .flight = w->flight,
+                                  .shm = w->a->shm,
+                                  .slot = w->a->slot};
+    tk_handlers_register(w->router, w->admin_router, &w->henv);
     const char *err = tk_router_error(w->router);
     if (!err[0])
         err = tk_router_error(w->admin_router);
@@ -511,6 +511,8 @@ static void worker_teardown(worker_t *w)
     tk_cache_free(w->cache);
     w->flight = NULL;
     w->cache = NULL;
+    w->henv.flight = NULL;
+    w->henv.cache = NULL;
     if (w->base) {
         tk_http_server_fini(&w->http);
         tk_metrics_conns_set(0, 0);
@@ -538,7 +540,6 @@ int tk_worker_main(const tk_worker_args_t *a)
     w.a = a;
     w.conf = a->conf;
     w.epfd = -1;
-    self = &w;
     tk_log_set_worker(a->slot);
     int rc = 1;
     if (worker_setup(&w) == 0) {
@@ -554,32 +555,5 @@ int tk_worker_main(const tk_worker_args_t *a)
             TK_LOG(TK_LOG_WARN, "exiting with %u connections still open", w.http.nconns);
     }
     worker_teardown(&w);
-    self = NULL;
     return rc;
-}
-
-tk_cache_t *tk_worker_cache(void)
-{
-    return self ? self->cache : NULL;
-}
-
-tk_cache_flight_t *tk_worker_cache_flight(void)
-{
-    return self ? self->flight : NULL;
-}
-
-int tk_worker_first(void)
-{
-    if (!self)
-        return 0;
-    if (!self->a->shm)
-        return 1;
-    tk_shm_worker_sh_t *ws = tk_shm_worker(self->a->shm, (unsigned)self->a->slot);
-    if (!ws)
-        return 0;
-    /* the master fills the entry just after fork: trust the index once the
-     * entry names this process (the state is stored last, with release) */
-    uint32_t st = __atomic_load_n(&ws->state, __ATOMIC_ACQUIRE);
-    return (st == TK_SHM_W_STARTING || st == TK_SHM_W_RUNNING) &&
-           __atomic_load_n(&ws->pid, __ATOMIC_RELAXED) == (int32_t)getpid() && ws->index == 0;
 }

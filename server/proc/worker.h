@@ -21,7 +21,6 @@
 
 #include <stdint.h>
 
-#include "cache/cache.h"
 #include "proc/conf.h"
 
 struct tk_shm;
@@ -43,14 +42,5 @@ typedef struct {
 /* Run the worker until it is told to stop. Returns the process exit code
  * (0 on a clean stop). */
 int tk_worker_main(const tk_worker_args_t *a);
-
-/* For handlers, inside a worker: its Redis client (NULL when redis.addr is
- * empty, or outside a worker) and its single-flight group (NULL without a
- * client); every tk_cache_* call accepts NULL and then skips Redis. */
-tk_cache_t *tk_worker_cache(void);
-tk_cache_flight_t *tk_worker_cache_flight(void);
-/* 1 in the worker with index 0 of its generation (or without shared memory):
- * the one that loads start-up data such as cachedworld into Redis. */
-int tk_worker_first(void);
 
 #endif
