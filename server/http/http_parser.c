@@ -66,17 +66,6 @@ static inline int is_ows(unsigned char c)
     return c == ' ' || c == '\t';
 }
 
-static inline int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static int fail(tk_http_error_t *err, int status, const char *msg)
 {
     err->status = status;
@@ -640,7 +629,7 @@ int tk_http_chunked_decode(tk_http_chunked_t *d, char *buf, size_t len, size_t *
         switch (d->state) {
         case CH_SIZE0:
         case CH_SIZE: {
-            int h = hexval(c);
+            int h = tk_str_hexval(c);
             if (++d->line > TK_HTTP_MAX_CHUNK_LINE) {
                 rc = ch_fail(d, 400, "chunk size line too long");
                 goto out;

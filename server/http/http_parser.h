@@ -42,15 +42,7 @@
 #include <stdint.h>
 #include <string.h>
 
-/* A borrowed slice of bytes; p == NULL means "absent". Not NUL-terminated.
- * (Also defined, identically, by http_response.h and uri.h.) */
-#ifndef TK_STR_T_DEFINED
-#define TK_STR_T_DEFINED
-typedef struct {
-    const char *p;
-    size_t len;
-} tk_str_t;
-#endif
+#include "http/str.h"
 
 /* Whether s equals the string literal lit (case-sensitive). */
 #define tk_str_eq_lit(s, lit)                                                                      \

@@ -22,16 +22,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct cJSON;
+#include "http/str.h"
 
-/* A borrowed slice of bytes; p == NULL means "absent". Not NUL-terminated. */
-#ifndef TK_STR_T_DEFINED
-#define TK_STR_T_DEFINED
-typedef struct {
-    const char *p;
-    size_t len;
-} tk_str_t;
-#endif
+struct cJSON;
 
 /* A growable byte buffer (the output buffer, a handler's body buffer). */
 typedef struct {

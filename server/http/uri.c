@@ -5,17 +5,6 @@
 
 #include <string.h>
 
-static inline int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decode in into out (which may alias in.p: the write index never passes the
  * read index). plus: '+' means space (query strings). out may be NULL to only
  * validate. */
@@ -28,8 +17,8 @@ static int decode(tk_str_t in, int plus, char *out, size_t outlen, size_t *outn)
         unsigned char c = (unsigned char)in.p[i];
         if (c == '%') {
             int h, l;
-            if (in.len - i < 3 || (h = hexval((unsigned char)in.p[i + 1])) < 0 ||
-                (l = hexval((unsigned char)in.p[i + 2])) < 0)
+            if (in.len - i < 3 || (h = tk_str_hexval((unsigned char)in.p[i + 1])) < 0 ||
+                (l = tk_str_hexval((unsigned char)in.p[i + 2])) < 0)
                 return TK_URI_EINVAL;
             c = (unsigned char)(h << 4 | l);
             if (c == 0)
@@ -115,8 +104,8 @@ static int key_matches(tk_str_t k, const char *key, size_t keylen)
         unsigned char c = (unsigned char)k.p[i];
         if (c == '%') {
             int h, l;
-            if (k.len - i < 3 || (h = hexval((unsigned char)k.p[i + 1])) < 0 ||
-                (l = hexval((unsigned char)k.p[i + 2])) < 0 || (h | l) == 0)
+            if (k.len - i < 3 || (h = tk_str_hexval((unsigned char)k.p[i + 1])) < 0 ||
+                (l = tk_str_hexval((unsigned char)k.p[i + 2])) < 0 || (h | l) == 0)
                 return -1;
             c = (unsigned char)(h << 4 | l);
             i += 2;

@@ -10,15 +10,7 @@
 
 #include <stddef.h>
 
-/* A borrowed slice of bytes; p == NULL means "absent". Not NUL-terminated.
- * (Also defined, identically, by http_parser.h and http_response.h.) */
-#ifndef TK_STR_T_DEFINED
-#define TK_STR_T_DEFINED
-typedef struct {
-    const char *p;
-    size_t len;
-} tk_str_t;
-#endif
+#include "http/str.h"
 
 #define TK_URI_OK       0
 #define TK_URI_EINVAL   -1 /* invalid or truncated escape, or %00 */
