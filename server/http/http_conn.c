@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include "http/http_conn.h"
+#include "http/http_ctx.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -531,6 +532,7 @@ static void conn_error(tk_http_conn_t *c, int status, const char *msg, uint64_t 
     memset(&ctx, 0, sizeof(ctx));
     ctx.conn = c;
     ctx.srv = c->srv;
+    ctx.conf = c->srv ? c->srv->conf : NULL;
     ctx.out = &c->out;
     ctx.route_id = -1;
     ctx.conn_id = c->id;
@@ -687,6 +689,7 @@ static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t
     memset(&ctx, 0, sizeof(ctx));
     ctx.conn = c;
     ctx.srv = srv;
+    ctx.conf = srv->conf;
     ctx.req = req;
     ctx.match = &m;
     ctx.out = &c->out;

@@ -63,25 +63,6 @@ int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *pee
  * response (fast: connections waiting for a request are closed at once). */
 void tk_http_server_drain(tk_http_server_t *srv, int fast, int linger_ms);
 
-/* The request context given to handlers (see http_response.h); it lives on
- * the serving green thread's stack. */
-struct tk_http_ctx {
-    tk_http_conn_t *conn;
-    tk_http_server_t *srv;
-    const tk_http_request_t *req;
-    const tk_router_match_t *match;
-    tk_http_buf_t *out; /* the connection's output buffer */
-    tk_http_buf_t hdrs; /* extra response headers, formatted */
-    tk_http_buf_t body; /* scratch body (tk_http_body_buf) */
-    int route_id;
-    int status; /* status sent, 0 until answered */
-    unsigned head : 1, keep_alive : 1, http10 : 1, gzip_ok : 1, responded : 1, streaming : 1,
-        stream_chunked : 1, admin : 1, stream_ended : 1, client_gone : 1;
-    uint64_t conn_id;
-    const char *peer;
-    size_t bytes_out; /* bytes of this response queued so far */
-};
-
 /* Called after every response to a parsed request (the access log hangs
  * here): ctx is complete (req, status, bytes_out); latency from the end of
  * the head to the response queued. Not called for requests the parser
@@ -91,9 +72,5 @@ void tk_http_set_done_hook(tk_http_done_fn fn);
 
 /* While a handler runs, tk_gt_data() of its green thread is its
  * tk_http_ctx_t (for /debug/threads: method, path, route). */
-
-/* Write everything queued in ctx's connection output buffer, waiting for the
- * socket (write timeout). 0, or -1 when the client is gone. May yield. */
-int tk_http_conn_flush_ctx(tk_http_ctx_t *ctx);
 
 #endif

@@ -13,7 +13,7 @@
 #include <cjson/cJSON.h>
 #include <zlib.h>
 
-#include "http/http_conn.h"
+#include "http/http_ctx.h"
 #include "http/uri.h"
 
 /* --- buffers ------------------------------------------------------------------------ */
@@ -528,6 +528,26 @@ const char *tk_http_peer(const tk_http_ctx_t *ctx)
     return ctx->peer ? ctx->peer : "-";
 }
 
+const tk_http_request_t *tk_http_request(const tk_http_ctx_t *ctx)
+{
+    return ctx->req;
+}
+
+const tk_conf_t *tk_http_conf(const tk_http_ctx_t *ctx)
+{
+    return ctx->conf;
+}
+
+int tk_http_status(const tk_http_ctx_t *ctx)
+{
+    return ctx->status;
+}
+
+size_t tk_http_bytes_out(const tk_http_ctx_t *ctx)
+{
+    return ctx->bytes_out;
+}
+
 /* A header name or value must not smuggle a line break into the response. */
 static int header_safe(const char *s, int is_name)
 {
@@ -580,7 +600,7 @@ void tk_http_set_close(tk_http_ctx_t *ctx)
 
 static void resp_fill(tk_http_ctx_t *ctx, tk_http_resp_t *r, int status, const char *ct)
 {
-    const tk_conf_t *conf = ctx->srv ? ctx->srv->conf : NULL;
+    const tk_conf_t *conf = ctx->conf;
     memset(r, 0, sizeof(*r));
     r->status = status;
     r->content_type = ct;

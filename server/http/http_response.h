@@ -22,7 +22,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "http/http_parser.h"
 #include "http/str.h"
+#include "proc/conf.h"
 
 struct cJSON;
 
@@ -96,6 +98,13 @@ uint64_t tk_http_conn_id(const tk_http_ctx_t *ctx);
 int tk_http_is_admin(const tk_http_ctx_t *ctx);
 /* The peer address as text ("127.0.0.1"); never NULL. */
 const char *tk_http_peer(const tk_http_ctx_t *ctx);
+/* The parsed request (NULL for an answer the engine gave a request it could
+ * not parse), the configuration the worker serves with (NULL in tests). */
+const tk_http_request_t *tk_http_request(const tk_http_ctx_t *ctx);
+const tk_conf_t *tk_http_conf(const tk_http_ctx_t *ctx);
+/* The status sent (0 until answered) and the bytes of the response queued so far. */
+int tk_http_status(const tk_http_ctx_t *ctx);
+size_t tk_http_bytes_out(const tk_http_ctx_t *ctx);
 
 /* --- the response -------------------------------------------------------------- */
 

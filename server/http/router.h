@@ -11,8 +11,11 @@
 
 #include <stddef.h>
 
-#include "http/http_response.h"
+#include "http/str.h"
 #include "shm/metrics.h"
+
+/* The request context (http_response.h); the router only stores handlers. */
+typedef struct tk_http_ctx tk_http_ctx_t;
 
 /* A handler answers with tk_http_respond*() (see http_response.h). */
 typedef void (*tk_http_handler_fn)(tk_http_ctx_t *ctx);

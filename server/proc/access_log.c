@@ -235,15 +235,15 @@ static tk_str_t cstr(const char *s)
 static tk_str_t header(const tk_http_ctx_t *ctx, const char *name)
 {
     tk_str_t none = {NULL, 0};
-    return ctx->req ? tk_http_header(ctx, name) : none;
+    return tk_http_request(ctx) ? tk_http_header(ctx, name) : none;
 }
 
 int tk_access_log_format_line(tk_http_buf_t *b, tk_access_log_format_t fmt,
                               const tk_http_ctx_t *ctx, uint64_t bytes_in, uint64_t duration_ns,
                               int64_t unix_ms, int worker)
 {
-    const tk_http_request_t *req = ctx->req;
-    const char *peer = ctx->peer ? ctx->peer : "-";
+    const tk_http_request_t *req = tk_http_request(ctx);
+    const char *peer = tk_http_peer(ctx);
     time_t t = (time_t)(unix_ms / 1000);
     struct tm tm;
     int rc = 0;
@@ -269,7 +269,7 @@ int tk_access_log_format_line(tk_http_buf_t *b, tk_access_log_format_t fmt,
         } else {
             rc |= tk_http_buf_append(b, "-", 1);
         }
-        rc |= tk_http_buf_printf(b, "\" %d %zu \"", ctx->status, ctx->bytes_out);
+        rc |= tk_http_buf_printf(b, "\" %d %zu \"", tk_http_status(ctx), tk_http_bytes_out(ctx));
         rc |= put_quoted(b, header(ctx, "Referer"));
         rc |= tk_http_buf_append(b, "\" \"", 3);
         rc |= put_quoted(b, header(ctx, "User-Agent"));
@@ -291,17 +291,17 @@ int tk_access_log_format_line(tk_http_buf_t *b, tk_access_log_format_t fmt,
         rc |= tk_http_buf_printf(b, ",\"protocol\":\"HTTP/1.%d\"", req->version_minor);
     else
         rc |= tk_http_buf_append_str(b, ",\"protocol\":null");
-    rc |= tk_http_buf_printf(b, ",\"status\":%d", ctx->status);
+    rc |= tk_http_buf_printf(b, ",\"status\":%d", tk_http_status(ctx));
     if (bytes_in != TK_ACCESS_LOG_UNKNOWN)
         rc |= tk_http_buf_printf(b, ",\"bytes_in\":%llu", (unsigned long long)bytes_in);
-    rc |=
-        tk_http_buf_printf(b, ",\"bytes_out\":%zu,\"duration_s\":%.6f,\"referer\":", ctx->bytes_out,
-                           (double)duration_ns / 1e9);
+    rc |= tk_http_buf_printf(b, ",\"bytes_out\":%zu,\"duration_s\":%.6f,\"referer\":",
+                             tk_http_bytes_out(ctx), (double)duration_ns / 1e9);
     rc |= put_json(b, header(ctx, "Referer"));
     rc |= tk_http_buf_append_str(b, ",\"user_agent\":");
     rc |= put_json(b, header(ctx, "User-Agent"));
     rc |= tk_http_buf_printf(b, ",\"worker\":%d,\"conn\":%llu,\"admin\":%s}\n", worker,
-                             (unsigned long long)ctx->conn_id, ctx->admin ? "true" : "false");
+                             (unsigned long long)tk_http_conn_id(ctx),
+                             tk_http_is_admin(ctx) ? "true" : "false");
     return rc ? -1 : 0;
 }
 

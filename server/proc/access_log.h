@@ -56,8 +56,8 @@ uint64_t tk_access_log_dropped(void);
 
 /* One finished response: ctx after the handler (or the engine) answered,
  * bytes_in the request's bytes on the wire (or TK_ACCESS_LOG_UNKNOWN),
- * duration_ns the time to answer. ctx->req may be NULL (a request the parser
- * refused): the request line is then logged as "-". */
+ * duration_ns the time to answer. tk_http_request(ctx) may be NULL (a
+ * request the parser refused): the request line is then logged as "-". */
 void tk_access_log_request(const tk_http_ctx_t *ctx, uint64_t bytes_in, uint64_t duration_ns);
 /* The same with the HTTP engine's tk_http_done_fn signature. */
 void tk_access_log_hook(const tk_http_ctx_t *ctx, uint64_t latency_ns);

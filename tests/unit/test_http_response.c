@@ -16,6 +16,7 @@
 #include <zlib.h>
 
 #include "http/http_conn.h"
+#include "http/http_ctx.h"
 #include "http/http_json.h"
 #include "http/http_response.h"
 
