@@ -18,21 +18,20 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
-#include "admin.h"
-#include "procstat.h"
-#include "broker.h"
-#include "cache.h"
-#include "conf.h"
-#include "handlers.h"
-#include "http_conn.h"
-#include "http_parser.h"
-#include "http_response.h"
-#include "log.h"
-#include "metrics.h"
-#include "sched.h"
-#include "segment.h"
-#include "stats_json.h"
-#include "view.h"
+#include "handlers/admin.h"
+#include "shm/procstat.h"
+#include "shm/broker.h"
+#include "cache/cache.h"
+#include "proc/conf.h"
+#include "handlers/handlers.h"
+#include "http/http_parser.h"
+#include "http/http_response.h"
+#include "proc/log.h"
+#include "shm/metrics.h"
+#include "runtime/scheduler.h"
+#include "shm/segment.h"
+#include "shm/stats_json.h"
+#include "shm/view.h"
 
 /* The page, generated at build time from handlers/dashboard.html by
  * scripts/lib/embed.sh (handlers/dashboard_html.c). */
@@ -55,10 +54,10 @@ static tk_shm_t *g_shm;
 
 static tk_shm_t *segment(const tk_http_ctx_t *ctx)
 {
-    if (!g_shm && ctx->srv && ctx->srv->conf) {
+    if (!g_shm && tk_http_conf(ctx)) {
         char err[256];
         /* our own master: no liveness check */
-        g_shm = tk_view_attach(ctx->srv->conf->name, 0, err, sizeof(err));
+        g_shm = tk_view_attach(tk_http_conf(ctx)->name, 0, err, sizeof(err));
     }
     return g_shm;
 }
@@ -91,7 +90,7 @@ static int token_equal(const char *want, size_t wlen, const char *got, size_t gl
 /* admin.token set: require "Authorization: Bearer TOKEN". */
 static int authorized(tk_http_ctx_t *ctx)
 {
-    const char *tok = ctx->srv && ctx->srv->conf ? ctx->srv->conf->admin_token : "";
+    const char *tok = tk_http_conf(ctx) ? tk_http_conf(ctx)->admin_token : "";
     if (!tok[0])
         return 1;
     tk_str_t h = tk_http_header(ctx, "Authorization");
@@ -587,9 +586,9 @@ static void h_metrics(tk_http_ctx_t *ctx)
     metrics_sched(b, &v);
     metrics_process(b, &v);
     const tk_broker_sh_t *br = tk_view_broker(v.shm);
-    if (br && ctx->srv->conf->db_conninfo[0])
+    if (br && tk_http_conf(ctx)->db_conninfo[0])
         metrics_db(b, &v, br);
-    if (ctx->srv->conf->redis_addr[0])
+    if (tk_http_conf(ctx)->redis_addr[0])
         metrics_cache(b, &v);
     tk_view_free(&v);
     tk_http_respond_buf(ctx, 200, "text/plain; version=0.0.4; charset=utf-8");
@@ -682,7 +681,7 @@ static void h_stats(tk_http_ctx_t *ctx)
         cJSON_AddItemToArray(a, x);
     }
     cJSON_AddItemToObject(
-        o, "db", json_db(&v, ctx->srv->conf->db_conninfo[0] ? tk_view_broker(v.shm) : NULL));
+        o, "db", json_db(&v, tk_http_conf(ctx)->db_conninfo[0] ? tk_view_broker(v.shm) : NULL));
     tk_view_free(&v);
     tk_http_add_header(ctx, "Cache-Control", "no-store");
     tk_http_respond_json(ctx, 200, o);
@@ -776,15 +775,17 @@ static void dump_one(tk_gt_t *gt, void *arg)
      * the handler runs (the context lives on that thread's stack, which stays
      * put while it is parked) */
     const tk_http_ctx_t *ctx = tk_gt_data(gt);
-    if (ctx && ctx->req) {
-        tk_http_buf_printf(b, ",\"conn\":%llu,\"method\":", (unsigned long long)ctx->conn_id);
-        put_json_str(b, ctx->req->method.p, ctx->req->method.len);
+    const tk_http_request_t *req = ctx ? tk_http_request(ctx) : NULL;
+    if (req) {
+        tk_http_buf_printf(b,
+                           ",\"conn\":%llu,\"method\":", (unsigned long long)tk_http_conn_id(ctx));
+        put_json_str(b, req->method.p, req->method.len);
         tk_http_buf_append_str(b, ",\"path\":");
-        put_json_str(b, ctx->req->path.p, ctx->req->path.len);
-        if (ctx->peer) {
-            tk_http_buf_append_str(b, ",\"peer\":");
-            put_json_str(b, ctx->peer, strlen(ctx->peer));
-        }
+        put_json_str(b, req->path.p, req->path.len);
+        /* a parsed request always has its connection's peer */
+        const char *peer = tk_http_peer(ctx);
+        tk_http_buf_append_str(b, ",\"peer\":");
+        put_json_str(b, peer, strlen(peer));
     } else {
         tk_http_buf_append_str(b, ",\"method\":null,\"path\":null");
     }
@@ -1153,7 +1154,7 @@ static void mask_conninfo(const char *in, char *out, size_t outlen)
 
 static void h_config(tk_http_ctx_t *ctx)
 {
-    const tk_conf_t *c = ctx->srv->conf;
+    const tk_conf_t *c = tk_http_conf(ctx);
     char buf[1024];
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "conf_file", c->conf_file);
@@ -1264,11 +1265,11 @@ static int admin_route_ids[NADMIN_ROUTES];
 static void admin_route(tk_http_ctx_t *ctx)
 {
     for (size_t i = 0; i < NADMIN_ROUTES; i++) {
-        if (admin_route_ids[i] != ctx->route_id)
+        if (admin_route_ids[i] != tk_http_route_id(ctx))
             continue;
         if (!(admin_routes[i].flags & OPEN) && !authorized(ctx))
             return;
-        if ((admin_routes[i].flags & TEST) && !ctx->srv->conf->admin_debug_endpoints) {
+        if ((admin_routes[i].flags & TEST) && !tk_http_conf(ctx)->admin_debug_endpoints) {
             tk_http_respond_error(ctx, 404, "not found (admin.debug_endpoints is off)");
             return;
         }
@@ -1278,8 +1279,9 @@ static void admin_route(tk_http_ctx_t *ctx)
     tk_http_respond_error(ctx, 404, "not found");
 }
 
-void tk_handlers_register_admin(tk_router_t *r)
+void tk_handlers_register_admin(tk_router_t *r, const tk_handlers_env_t *env)
 {
+    (void)env; /* needs none of the worker's services */
     for (size_t i = 0; i < NADMIN_ROUTES; i++)
         admin_route_ids[i] =
             tk_router_add(r, admin_routes[i].method, admin_routes[i].pattern, admin_route);

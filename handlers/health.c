@@ -7,9 +7,9 @@
 
 #include <cjson/cJSON.h>
 
-#include "handlers.h"
-#include "http_response.h"
-#include "sched.h"
+#include "handlers/handlers.h"
+#include "http/http_response.h"
+#include "runtime/scheduler.h"
 
 /* GET /health: liveness, cheap enough to poll under any load. */
 static void health(tk_http_ctx_t *ctx)
@@ -87,8 +87,9 @@ void tk_handlers_debug_stream(tk_http_ctx_t *ctx)
     tk_http_stream_end(ctx);
 }
 
-void tk_handlers_register_health(tk_router_t *r)
+void tk_handlers_register_health(tk_router_t *r, const tk_handlers_env_t *env)
 {
+    (void)env; /* needs none of the worker's services */
     tk_router_add(r, "GET", "/health", health);
     tk_router_add(r, "GET", "/json", json);
     tk_router_add(r, "GET", "/plaintext", plaintext);

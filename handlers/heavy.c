@@ -6,10 +6,10 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "db.h"
-#include "handlers.h"
-#include "http_response.h"
-#include "sched.h"
+#include "db/db.h"
+#include "handlers/handlers.h"
+#include "http/http_response.h"
+#include "runtime/scheduler.h"
 
 #define HEAVY_ROUNDS 400000u /* ~1-2 ms of mixing on this class of machine */
 #define HEAVY_SLICE_NS                                                                             \
@@ -110,8 +110,9 @@ fail:
     db_fail(ctx, st);
 }
 
-void tk_handlers_register_heavy(tk_router_t *r)
+void tk_handlers_register_heavy(tk_router_t *r, const tk_handlers_env_t *env)
 {
+    (void)env; /* needs none of the worker's services */
     const unsigned rj = TK_DB_READ | TK_DB_JOINABLE;
     st_user = tk_db_stmt("SELECT id, name FROM users WHERE id >= $1 ORDER BY id LIMIT 1", 1, rj);
     st_world = tk_db_stmt("SELECT id, randomnumber FROM world WHERE id = $1", 1, rj);

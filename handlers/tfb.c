@@ -7,13 +7,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cache.h"
-#include "db.h"
-#include "handlers.h"
-#include "http_response.h"
-#include "log.h"
-#include "sched.h"
-#include "worker.h"
+#include "cache/cache.h"
+#include "db/db.h"
+#include "handlers/handlers.h"
+#include "http/http_response.h"
+#include "proc/log.h"
+#include "runtime/scheduler.h"
 
 #define TFB_ROWS        10000
 #define TFB_MAX_QUERIES 500
@@ -23,6 +22,8 @@
 #define TFB_MAX_REFILLS 4
 
 static int st_world = -1, st_fortune = -1, st_update = -1, st_cworld = -1, st_cworld_all = -1;
+/* The worker's services (tk_handlers_register_tfb), for the worker's life. */
+static const tk_handlers_env_t *env;
 static int refills_running;
 
 /* Per-worker PRNG (xorshift64*): no locks, no syscalls. */
@@ -369,7 +370,7 @@ typedef struct {
 static void refill_main(void *arg)
 {
     refill_t *f = arg;
-    tk_cache_t *c = tk_worker_cache();
+    tk_cache_t *c = env->cache;
     char key[CWORLD_KEY_MAX], val[16];
     for (int i = 0; i < f->n; i++) {
         int kl = snprintf(key, sizeof(key), "cachedworld:%d", f->ids[i]);
@@ -481,7 +482,7 @@ static void h_cached_queries(tk_http_ctx_t *ctx)
         q->keylen[i] = (size_t)snprintf(q->keys[i], CWORLD_KEY_MAX, "cachedworld:%d", q->ids[i]);
         q->keyp[i] = q->keys[i];
     }
-    tk_cache_rc_t rc = tk_cache_mget(tk_worker_cache(), q->keyp, q->keylen, (size_t)n, q->items);
+    tk_cache_rc_t rc = tk_cache_mget(env->cache, q->keyp, q->keylen, (size_t)n, q->items);
     for (int i = 0; i < n; i++) {
         q->rns[i] =
             q->items[i].rc == TK_CACHE_HIT ? parse_rn(q->items[i].val, q->items[i].len) : -1;
@@ -509,7 +510,7 @@ static void h_cached_queries(tk_http_ctx_t *ctx)
 }
 
 /* Start-up load of every cachedworld row into Redis, by one worker
- * (tk_worker_first()): one query, then SETs from a few green threads so that
+ * (tk_handlers_first()): one query, then SETs from a few green threads so that
  * they pipeline on the connection instead of paying a round trip each. */
 #define WARM_THREADS 8
 #define WARM_WAIT_MS 10000 /* for the connection to Redis */
@@ -525,7 +526,7 @@ typedef struct {
 static void warm_setter(void *arg)
 {
     warm_t *w = arg;
-    tk_cache_t *c = tk_worker_cache();
+    tk_cache_t *c = env->cache;
     char key[CWORLD_KEY_MAX];
     while (!w->failed && w->next < w->rows) {
         int i = w->next++;
@@ -551,7 +552,7 @@ static void warm_setter(void *arg)
 
 static void warm_main(void *arg)
 {
-    tk_cache_t *c = tk_worker_cache();
+    tk_cache_t *c = env->cache;
     int64_t deadline = tk_now_ms() + WARM_WAIT_MS;
     (void)arg;
     while (!tk_cache_ready(c)) {
@@ -563,7 +564,7 @@ static void warm_main(void *arg)
         if (tk_gt_sleep_ms(20) != 0)
             return;
     }
-    if (!tk_worker_first()) {
+    if (!tk_handlers_first(env)) {
         TK_LOG(TK_LOG_DEBUG, "cachedworld: another worker loads it");
         return;
     }
@@ -589,8 +590,9 @@ static void warm_main(void *arg)
     }
 }
 
-void tk_handlers_register_tfb(tk_router_t *r)
+void tk_handlers_register_tfb(tk_router_t *r, const tk_handlers_env_t *e)
 {
+    env = e;
     /* Reads, never TK_DB_JOINABLE: TechEmpower's verifier counts the queries
      * each request runs, so identical ones must each run. */
     st_world = tk_db_stmt("SELECT id, randomnumber FROM world WHERE id = $1", 1, TK_DB_READ);
@@ -607,6 +609,6 @@ void tk_handlers_register_tfb(tk_router_t *r)
     st_cworld_all = tk_db_stmt("SELECT id, randomnumber FROM cachedworld", 0, TK_DB_READ);
     tk_router_add(r, "GET", "/cached-queries", h_cached_queries);
     /* runs once the worker's loop turns */
-    if (tk_worker_cache() != NULL && tk_sched_current() != NULL)
+    if (env->cache != NULL && tk_sched_current() != NULL)
         tk_gt_spawn(tk_sched_current(), "cachedworld-load", warm_main, NULL);
 }

@@ -11,13 +11,12 @@
 
 #include <cjson/cJSON.h>
 
-#include "cache.h"
-#include "db.h"
-#include "handlers.h"
-#include "http_json.h"
-#include "http_response.h"
-#include "sched.h"
-#include "worker.h"
+#include "cache/cache.h"
+#include "db/db.h"
+#include "handlers/handlers.h"
+#include "http/http_json.h"
+#include "http/http_response.h"
+#include "runtime/scheduler.h"
 
 #define USERS_DEFAULT_LIMIT 10
 #define USERS_MAX_LIMIT     100
@@ -25,6 +24,8 @@
 #define EMAIL_MAX_BYTES     254
 
 static int st_list, st_get, st_insert, st_update, st_delete;
+/* The worker's services (tk_handlers_register_users), for the worker's life. */
+static const tk_handlers_env_t *env;
 
 #define USER_COLS                                                                                  \
     "id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
@@ -216,7 +217,7 @@ static void user_invalidate(const char *id, size_t idlen)
     memcpy(idz, id, idlen);
     idz[idlen] = '\0';
     size_t kl = user_key(key, idz);
-    tk_cache_invalidate(tk_worker_cache(), tk_worker_cache_flight(), key, kl);
+    tk_cache_invalidate(env->cache, env->flight, key, kl);
 }
 
 /* Run a statement that returns one user row and answer with it; with
@@ -298,14 +299,13 @@ static void h_get(tk_http_ctx_t *ctx)
     char id[24], key[32];
     if (path_id(ctx, id) != 0)
         return;
-    tk_cache_t *c = tk_worker_cache();
+    tk_cache_t *c = env->cache;
     size_t kl = user_key(key, id);
     user_load_t l = {id, TK_DB_UNAVAILABLE};
     char *val;
     size_t len;
     int hit;
-    int rc =
-        tk_cache_fetch(c, tk_worker_cache_flight(), key, kl, 0, user_load, &l, &val, &len, &hit);
+    int rc = tk_cache_fetch(c, env->flight, key, kl, 0, user_load, &l, &val, &len, &hit);
     if (rc < 0) {
         /* a waiter of a failed single-flight load has no status of its own */
         db_fail(ctx, tk_gt_cancelled(tk_gt_self()) ? TK_DB_CANCELLED : l.st);
@@ -441,8 +441,9 @@ static void h_delete(tk_http_ctx_t *ctx)
         tk_http_respond_error(ctx, 404, "no such user");
 }
 
-void tk_handlers_register_users(tk_router_t *r)
+void tk_handlers_register_users(tk_router_t *r, const tk_handlers_env_t *e)
 {
+    env = e;
     const unsigned rj = TK_DB_READ | TK_DB_JOINABLE;
     st_list =
         tk_db_stmt("SELECT id, name, email FROM users WHERE id > $1 ORDER BY id LIMIT $2", 2, rj);

@@ -1,7 +1,7 @@
 /* broker.c: the global connection-slot table and FIFO wait queue in shared memory. */
 #include "config.h"
 
-#include "broker.h"
+#include "shm/broker.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -3,7 +3,7 @@
  *
  * A "slot" is the right to hold one PostgreSQL connection; there are
  * db.max_open of them across all workers. The broker never sees a connection,
- * only slots: each worker keeps its own connections (server/db.c) and asks the
+ * only slots: each worker keeps its own connections (server/db/db.c) and asks the
  * broker for a slot when it has no idle connection of its own.
  *
  * Every structure here lives in shared memory: fixed size, no pointers (list
@@ -87,7 +87,7 @@ typedef struct {
     uint64_t wait_count;           /* acquisitions that had to queue (broker or local) */
     uint64_t wait_ns;              /* total time spent queued (broker or local) */
     uint64_t wait_count_local;     /* of wait_count: queued inside the worker only, for room on
-                                      its shared pipelined connections (server/db.c) */
+                                      its shared pipelined connections (server/db/db.c) */
     uint64_t local_waiting;        /* gauge: green threads queued that way now */
     uint64_t max_idle_closed;      /* closed because db.max_idle idle ones existed */
     uint64_t max_idle_time_closed; /* closed after db.max_idle_time unused */

@@ -2,8 +2,8 @@
  * readers. */
 #include "config.h"
 
-#include "metrics.h"
-#include "procstat.h"
+#include "shm/metrics.h"
+#include "shm/procstat.h"
 
 #include <fcntl.h>
 #include <stdio.h>

@@ -5,8 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cache.h"
-#include "sched.h"
+#include "shm/abi.h"
 
 /* --- layout constants ------------------------------------------------------------ */
 
@@ -96,7 +95,7 @@ typedef struct {
     uint64_t proc_start_ns; /* CLOCK_REALTIME when the current process bound the slot */
     uint64_t binds;         /* how many processes have bound this slot */
 
-    /* Redis cache client (server/cache.h stats): counters, and a gauge */
+    /* Redis cache client (tk_cache_stats_t, shm/abi.h): counters, and a gauge */
     uint64_t cache_hits, cache_misses, cache_errors;
     uint64_t cache_connected;                   /* gauge: 1 while connected */
     uint64_t cache_bypasses;                    /* calls that skipped Redis (down, breaker open) */

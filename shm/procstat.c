@@ -1,7 +1,7 @@
 /* procstat.c: one reader of /proc/PID/stat for the segment, the metrics and the admin views. */
 #include "config.h"
 
-#include "procstat.h"
+#include "shm/procstat.h"
 
 #include <fcntl.h>
 #include <stdio.h>

@@ -1,8 +1,8 @@
 /* segment.c: create, attach and lay out the instance's shared-memory segment. */
 #include "config.h"
 
-#include "segment.h"
-#include "procstat.h"
+#include "shm/segment.h"
+#include "shm/procstat.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -6,8 +6,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "broker.h"
-#include "metrics.h"
+#include "shm/broker.h"
+#include "shm/metrics.h"
 
 #define TK_SHM_MAGIC 0x314d48534b4e4554ull /* "TENKSHM1" little-endian */
 /* Bump whenever any shared struct (header, worker, metrics, broker) changes shape. */

@@ -6,11 +6,11 @@
 
 #include <cjson/cJSON.h>
 
-#include "broker.h"
-#include "metrics.h"
-#include "sched.h"
-#include "segment.h"
-#include "stats_json.h"
+#include "shm/abi.h"
+#include "shm/broker.h"
+#include "shm/metrics.h"
+#include "shm/segment.h"
+#include "shm/stats_json.h"
 
 #define U(x) ((double)(x))
 

@@ -7,9 +7,9 @@
 
 #include <cjson/cJSON.h>
 
-#include "broker.h"
-#include "metrics.h"
-#include "segment.h"
+#include "shm/broker.h"
+#include "shm/metrics.h"
+#include "shm/segment.h"
 
 /* Both tools print these objects, so their field names and order are one
  * contract (tests and scripts/bench.d/report.py read them): fields are only

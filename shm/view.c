@@ -7,10 +7,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "broker.h"
-#include "metrics.h"
-#include "segment.h"
-#include "view.h"
+#include "shm/broker.h"
+#include "shm/metrics.h"
+#include "shm/segment.h"
+#include "shm/view.h"
 
 static uint64_t clock_ns(clockid_t id)
 {

@@ -5,9 +5,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "broker.h"
-#include "metrics.h"
-#include "segment.h"
+#include "shm/broker.h"
+#include "shm/metrics.h"
+#include "shm/segment.h"
 
 /* tenkctl and the admin endpoints print the same segment: both map it
  * read-only by instance name and copy out, in one pass, the header, every used

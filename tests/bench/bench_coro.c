@@ -11,8 +11,8 @@
 
 #include <event2/event.h>
 
-#include "coro.h"
-#include "sched.h"
+#include "runtime/coro.h"
+#include "runtime/scheduler.h"
 
 #define REPS 5
 

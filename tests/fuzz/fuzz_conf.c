@@ -5,7 +5,7 @@
  * every setting inside its range and every string terminated, and validation
  * never crashes. The first byte also selects a tk_conf_set() round with the
  * first line as "section.key" and the rest as the value. Any breach aborts. */
-// fuzz-sources: server/conf.c server/log.c server/sched.c server/coro.c server/coro_x86_64.S
+// fuzz-sources: server/proc/conf.c server/proc/log.c server/runtime/scheduler.c server/runtime/coro.c server/runtime/coro_x86_64.S
 // fuzz-libs: -levent
 #include "config.h"
 
@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "conf.h"
+#include "proc/conf.h"
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \

@@ -9,7 +9,7 @@
  * request, bit 1 = tiny limits (so the 413/414/431 paths are reached); the
  * rest of that byte seeds the split sizes. It runs on a green thread, as in a
  * worker (gt_run.h). */
-// fuzz-sources: server/http_parser.c @runtime
+// fuzz-sources: server/http/http_parser.c @runtime
 #include "config.h"
 
 #include <stdint.h>
@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http_parser.h"
+#include "http/http_parser.h"
 #include "gt_run.h"
 
 #define CHECK(cond)                                                                                \

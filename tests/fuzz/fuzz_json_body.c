@@ -17,7 +17,7 @@
  *   dotted domain, no space or control byte, at most 254 bytes;
  * - json_str (how users.c writes strings into responses) round-trips through cJSON for the
  *   accepted fields and for the raw input: what goes out parses back to the same bytes. */
-// fuzz-sources: server/uri.c server/http_json.c @runtime
+// fuzz-sources: server/http/uri.c server/http/http_json.c @runtime
 // fuzz-libs: -I/usr/include/postgresql -I/usr/include/hiredis -lcjson -lpq
 // fuzz-libs: -no-pie -Wl,--unresolved-symbols=ignore-all
 #include "config.h"

@@ -5,7 +5,7 @@
  * that validation agrees with decoding, and that a lookup finds what an
  * iteration over the pairs finds. Any disagreement aborts. Runs on a green
  * thread, as in a worker (gt_run.h). */
-// fuzz-sources: server/uri.c @runtime
+// fuzz-sources: server/http/uri.c @runtime
 #include "config.h"
 
 #include <stdint.h>
@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "uri.h"
+#include "http/uri.h"
 #include "gt_run.h"
 
 #define CHECK(cond)                                                                                \

@@ -4,7 +4,7 @@
  * on input goes unnoticed: 2,000 nested '[' in a request body passed the
  * JSON target for months and killed real workers, whose green threads have
  * runtime.stack_size bytes. fuzz_gt_run() runs the code with the real
- * scheduler and coroutines (server/sched.c, server/coro.c) on a stack of the
+ * scheduler and coroutines (server/runtime/scheduler.c, server/runtime/coro.c) on a stack of the
  * configured default size (TENK_FUZZ_STACK=BYTES overrides it), so an overflow
  * hits the guard zone and is a crash the fuzzer reports and saves.
  *
@@ -17,7 +17,7 @@
 
 #include <event2/event.h>
 
-#include "sched.h"
+#include "runtime/scheduler.h"
 
 typedef struct {
     void (*fn)(void *);

@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "broker.h"
+#include "shm/broker.h"
 
 /* Shared between the test and its children. */
 typedef struct {

@@ -22,8 +22,8 @@
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 
-#include "cache.h"
-#include "sched.h"
+#include "cache/cache.h"
+#include "runtime/scheduler.h"
 
 /* cmocka's failures longjmp, which must not cross a coroutine stack: green
  * threads record the first failure here and return; the test asserts after. */

@@ -1,4 +1,4 @@
-/* test_conf.c: unit tests for the configuration (server/conf.c): defaults,
+/* test_conf.c: unit tests for the configuration (server/proc/conf.c): defaults,
  * units, ranges, overrides, and that every kind of error names file:line. */
 #include "config.h"
 
@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "conf.h"
+#include "proc/conf.h"
 
 static char err[1024];
 

@@ -1,4 +1,4 @@
-/* test_coro.c: unit tests for coroutine stacks and the context switch (server/coro.c). */
+/* test_coro.c: unit tests for coroutine stacks and the context switch (server/runtime/coro.c). */
 #include "config.h"
 
 #include <errno.h>
@@ -12,7 +12,7 @@
 
 #include <cmocka.h>
 
-#include "coro.h"
+#include "runtime/coro.h"
 
 static tk_coro_t *g_main, *g_co;
 static int g_steps[16], g_nsteps;

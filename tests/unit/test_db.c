@@ -14,10 +14,10 @@
 #include <cmocka.h>
 #include <event2/event.h>
 
-#include "broker.h"
-#include "conf.h"
-#include "db.h"
-#include "sched.h"
+#include "shm/broker.h"
+#include "proc/conf.h"
+#include "db/db.h"
+#include "runtime/scheduler.h"
 
 /* cmocka's failures longjmp, which must not cross a coroutine stack: green
  * threads record the first failure here and return; the test asserts after. */

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "http_parser.h"
+#include "http/http_parser.h"
 
 /* A raw request with its exact length (some contain NUL bytes). */
 #define R(s) s, sizeof(s) - 1

@@ -15,9 +15,10 @@
 #include <cjson/cJSON.h>
 #include <zlib.h>
 
-#include "http_conn.h"
-#include "http_json.h"
-#include "http_response.h"
+#include "http/http_conn.h"
+#include "http/http_ctx.h"
+#include "http/http_json.h"
+#include "http/http_response.h"
 
 /* The response head as a NUL-terminated copy, and where the body starts. */
 static char *head_of(const tk_http_buf_t *b, size_t *body_off)

@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "metrics.h"
+#include "shm/metrics.h"
 
 static uint64_t now_ns(void)
 {

@@ -10,8 +10,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "conf.h"
-#include "resolve.h"
+#include "proc/conf.h"
+#include "proc/resolve.h"
 
 static tk_conf_t C;
 

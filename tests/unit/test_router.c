@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "router.h"
+#include "http/router.h"
 
 static void h_a(tk_http_ctx_t *c)
 {

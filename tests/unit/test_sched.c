@@ -1,4 +1,4 @@
-/* test_sched.c: unit tests for the green-thread scheduler (server/sched.c). */
+/* test_sched.c: unit tests for the green-thread scheduler (server/runtime/scheduler.c). */
 #include "config.h"
 
 #include <errno.h>
@@ -17,9 +17,9 @@
 #include <cmocka.h>
 #include <event2/event.h>
 
-#include "coro.h"
-#include "log.h"
-#include "sched.h"
+#include "runtime/coro.h"
+#include "proc/log.h"
+#include "runtime/scheduler.h"
 
 typedef struct {
     struct event_base *base;

@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "segment.h"
+#include "shm/segment.h"
 
 static char name[64];
 static char path[128];

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "uri.h"
+#include "http/uri.h"
 
 static tk_str_t S(const char *c)
 {

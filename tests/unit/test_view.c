@@ -12,10 +12,10 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#include "broker.h"
-#include "metrics.h"
-#include "segment.h"
-#include "view.h"
+#include "shm/broker.h"
+#include "shm/metrics.h"
+#include "shm/segment.h"
+#include "shm/view.h"
 
 static char name[64];
 static char path[128];

@@ -1,0 +1,116 @@
+/* db.h: PostgreSQL through asynchronous libpq on green threads, within the
+ * global connection budget kept by the broker (shm/broker.h).
+ *
+ * Per worker: a pool of its own connections, each holding one broker slot.
+ * tk_db_acquire() reuses an idle connection of this worker, else takes a free
+ * global slot and connects, else queues in the broker's FIFO and parks (state
+ * TK_GT_WAIT_BROKER) until a slot or a connection is handed over, or
+ * db.acquire_timeout passes. Queries park on the connection's socket (state
+ * TK_GT_WAIT_DB); no libpq call here ever blocks the worker.
+ *
+ * Statements are registered once (tk_db_stmt()) and prepared lazily, once per
+ * connection. */
+#ifndef TK_DB_H
+#define TK_DB_H
+
+#include <libpq-fe.h>
+#include <stdint.h>
+
+#include "shm/broker.h"
+#include "proc/conf.h"
+
+struct event_base;
+
+typedef struct tk_db_conn tk_db_conn_t;
+
+typedef enum {
+    TK_DB_OK = 0,
+    TK_DB_UNAVAILABLE, /* no connection: acquire timeout, queue full, database down (503) */
+    TK_DB_TIMEOUT,     /* db.query_timeout passed; the query was cancelled (504) */
+    TK_DB_ERROR,       /* the server refused the statement: see tk_db_sqlstate() (500/409/...) */
+    TK_DB_CANCELLED,   /* the calling green thread was cancelled (client gone) */
+    TK_DB_DISABLED,    /* no [db] conninfo configured (503) */
+} tk_db_status_t;
+
+/* Set up the database client of this worker: b is the shared broker (from
+ * tk_shm_broker()), slot this worker's index (the eventfd of
+ * tk_broker_wake_create() with that index must exist: the master creates them
+ * before forking). Registers the wake eventfd and a maintenance timer on
+ * base. Call after tk_sched_new(). With conf->db_conninfo empty, every acquire
+ * answers TK_DB_DISABLED. Returns 0 or -1 (logged). */
+int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, const tk_conf_t *conf);
+/* Close every connection of this worker and give its slots back (worker exit). */
+void tk_db_worker_fini(void);
+
+/* What a statement declares about itself (tk_db_stmt() flags). Nothing is
+ * guessed from the SQL text: a statement without TK_DB_READ runs alone on a
+ * connection of its own and is never re-run. */
+enum {
+    /* Only reads, with no side effect (no FOR UPDATE/SHARE/KEY SHARE locks,
+     * no volatile function that writes or sets session state): it may share
+     * a pipelined connection with other green threads' queries (one implicit
+     * transaction per batch) and may be re-run when its batch or its
+     * connection failed before it ran. */
+    TK_DB_READ = 1u << 0,
+    /* With TK_DB_READ: identical queries not yet sent may be joined into one
+     * execution (each caller gets a copy of the result). Not for statements
+     * whose executions are counted (TechEmpower's verifier counts them). */
+    TK_DB_JOINABLE = 1u << 1,
+};
+
+/* Register a statement (SQL with $1..$n) with its TK_DB_* flags; returns its
+ * id (>= 0), or -1 when the table is full or TK_DB_JOINABLE comes without
+ * TK_DB_READ. Call at start-up (handler registration), before any query. */
+int tk_db_stmt(const char *sql, int nparams, unsigned flags);
+
+/* Get a connection for the calling green thread. May yield. NULL with *st set
+ * (UNAVAILABLE, CANCELLED, DISABLED) on failure. */
+tk_db_conn_t *tk_db_acquire(tk_db_status_t *st);
+/* Give it back. A connection with an error, an open transaction or a query
+ * still running is cleaned (drained, rolled back) in the background or closed:
+ * the next user always gets a clean one. Never yields. */
+void tk_db_release(tk_db_conn_t *c);
+
+/* Run registered statement stmt with text parameters (values[i] NULL = SQL
+ * NULL; lengths NULL = NUL-terminated). On TK_DB_OK *res holds the result
+ * (PGRES_TUPLES_OK or PGRES_COMMAND_OK): PQclear() it. May yield. */
+tk_db_status_t tk_db_exec(tk_db_conn_t *c, int stmt, int nparams, const char *const *values,
+                          const int *lengths, PGresult **res);
+/* Run SQL without parameters (BEGIN, COMMIT, ...). May yield. */
+tk_db_status_t tk_db_exec_sql(tk_db_conn_t *c, const char *sql, PGresult **res);
+/* SQLSTATE of the last TK_DB_ERROR on c ("23505" = unique violation), "" if none. */
+const char *tk_db_sqlstate(const tk_db_conn_t *c);
+/* The server's message for the last error on c (for logs), "" if none. */
+const char *tk_db_errmsg(const tk_db_conn_t *c);
+
+/* acquire + exec + release in one call. A statement declared TK_DB_READ does
+ * not take a connection for itself: it shares one of the worker's
+ * connections in libpq pipeline mode with other green threads' queries, and
+ * when also TK_DB_JOINABLE an identical query not yet sent is joined (one
+ * execution, each caller gets its own copy of the result). Same outcomes as the exclusive path: 503
+ * when it could not start within db.acquire_timeout, 504 after db.query_timeout. May yield. */
+tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, const int *lengths,
+                           PGresult **res, char sqlstate[6]);
+
+/* Run registered statement stmt n times, with parameters values[i * nparams
+ * + k] (text, NUL-terminated) for run i; res[i] gets each result (PQclear()
+ * them). TK_DB_READ statements are all sent at once on the worker's shared
+ * pipelined connections (n round trips' worth of queries in one); other
+ * statements run one after another on one connection. All or nothing: on
+ * failure every res[i] is NULL. May yield. */
+tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const *values,
+                                PGresult **res);
+
+/* Counters of this worker's client (tests, logs): queries sent on shared
+ * pipelined connections, and queries run again after their batch or their
+ * connection failed. */
+typedef struct {
+    uint64_t pipelined, retried;
+} tk_db_counts_t;
+void tk_db_counts(tk_db_counts_t *out);
+
+/* The HTTP status for a failed status (503, 504, 500, 503 ...). */
+int tk_db_http_status(tk_db_status_t st);
+const char *tk_db_status_name(tk_db_status_t st);
+
+#endif

@@ -1,0 +1,1227 @@
+/* master.c: the prefork master. It binds the listen sockets, creates shared
+ * memory, forks one worker per core and then only supervises: respawns crashed
+ * workers (with back-off), reloads on SIGHUP by starting a new generation
+ * before draining the old one, stops fast or gracefully, and speaks sd_notify.
+ * It never does request work and holds no lock a worker needs.
+ *
+ * Signals: handlers only set sig_atomic_t flags; every signal is blocked except
+ * inside ppoll(), which atomically unblocks them while it waits (the
+ * sigsuspend() pattern with a timeout for respawn, back-off, kill deadlines
+ * and the watchdog). */
+#include "config.h"
+
+#include "proc/master.h"
+
+#include "shm/broker.h"
+#include "proc/log.h"
+#include "shm/metrics.h"
+#include "proc/notify.h"
+#include "shm/segment.h"
+#include "proc/worker.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+/* --- process title ---------------------------------------------------------------- */
+
+static char *title_base;
+static size_t title_size;
+/* The moved environment: kept here too, because a later setenv() may replace
+ * environ with an array of its own and would leave ours unreferenced (valgrind
+ * then reports it as lost); "used" keeps the otherwise write-only store. */
+static char **title_environ __attribute__((used));
+
+void tk_master_title_init(int argc, char **argv)
+{
+    if (argc <= 0 || argv == NULL || argv[0] == NULL)
+        return;
+    /* The kernel lays argv strings and then environ strings out back to back;
+     * find the end of that contiguous run. */
+    char *base = argv[0], *end = argv[0];
+    for (int i = 0; i < argc; i++)
+        if (argv[i] == end)
+            end = argv[i] + strlen(argv[i]) + 1;
+    size_t n = 0;
+    while (environ[n] != NULL)
+        n++;
+    char **env = malloc((n + 1) * sizeof(*env));
+    if (env == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (environ[i] == end)
+            end = environ[i] + strlen(environ[i]) + 1;
+        env[i] = strdup(environ[i]);
+        if (env[i] == NULL)
+            return; /* keep the old environment; no title then */
+    }
+    env[n] = NULL;
+    for (int i = 0; i < argc; i++) {
+        char *copy = strdup(argv[i]);
+        if (copy == NULL)
+            return;
+        argv[i] = copy;
+    }
+    environ = title_environ = env;
+    title_base = base;
+    title_size = (size_t)(end - base);
+}
+
+void tk_master_set_title(const char *fmt, ...)
+{
+    char buf[128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    /* comm (top, /proc/PID/comm) is 15 bytes: "tenkd: worker 3" style. */
+    prctl(PR_SET_NAME, buf, 0, 0, 0);
+    if (title_base == NULL || title_size < 2)
+        return;
+    memset(title_base, 0, title_size);
+    snprintf(title_base, title_size, "%s", buf);
+}
+
+/* --- state ---------------------------------------------------------------------- */
+
+typedef enum {
+    WK_FREE = 0, /* no process; slot available */
+    WK_STARTING, /* forked, not yet accepting */
+    WK_RUNNING,  /* accepting */
+    WK_DRAINING, /* told to stop (SIGQUIT/SIGTERM); not respawned */
+    WK_BACKOFF,  /* crashed; a replacement is due at respawn_at */
+} wk_state_t;
+
+typedef struct {
+    pid_t pid;
+    wk_state_t state;
+    uint64_t gen;
+    unsigned index;
+    int64_t started_ms;
+    int64_t respawn_at_ms; /* WK_BACKOFF */
+    int64_t kill_at_ms;    /* WK_DRAINING: SIGKILL after this */
+    unsigned crashes;      /* consecutive fast deaths in this slot */
+} wk_t;
+
+typedef struct {
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    char addr[128];
+    int fd;
+} listener_t;
+
+#define MAX_LISTENERS (2 * (TK_CONF_MAX_LISTEN + 1))
+
+typedef enum { RUNNING = 0, STOP_GRACEFUL, STOP_FAST } stop_t;
+
+static struct {
+    tk_conf_t *conf; /* the current generation's configuration */
+    tk_conf_t *next; /* a reload in progress: the new configuration */
+    int next_forked; /* 0 while the reload waits for free slots */
+    uint64_t gen, next_gen;
+    uint64_t last_gen; /* generation numbers are never reused, even by a failed reload */
+    int hup_pending;   /* a SIGHUP that came during start-up or a reload */
+    int64_t next_deadline_ms;
+    tk_master_load_fn load;
+    void *load_arg;
+
+    tk_shm_t *shm;
+    unsigned nslots;
+    wk_t w[TK_SHM_MAX_SLOTS];
+    listener_t lst[MAX_LISTENERS];
+    int nlst;
+
+    int drop; /* drop privileges in workers */
+    uid_t uid;
+    gid_t gid;
+    char pid_path[300];
+    pid_t pid;
+    int ready_fd;
+    int ready_sent;
+    int daemon; /* detached: stderr must not keep the caller's pipe open */
+
+    stop_t stop;
+    int64_t stop_deadline_ms;
+    int killed_all;
+
+    uint64_t wd_usec;
+    int64_t wd_next_ms;
+    int wd_warned;
+    int64_t status_next_ms;
+    unsigned long long crashes_total;
+    /* dead workers whose broker entries are still to be reclaimed: the lock
+     * was busy (tk_broker_reclaim_pid() gives up after
+     * TK_BROKER_MASTER_LOCK_MS); retried on every tick */
+    pid_t reclaim[TK_SHM_MAX_SLOTS];
+    int64_t reclaim_after_ms; /* after a timeout, no new attempt before this */
+} M;
+
+static volatile sig_atomic_t sig_hup, sig_term, sig_quit, sig_usr1, sig_chld;
+
+static void on_signal(int sig)
+{
+    switch (sig) {
+    case SIGHUP:
+        sig_hup = 1;
+        break;
+    case SIGTERM:
+    case SIGINT:
+        sig_term = 1;
+        break;
+    case SIGQUIT:
+        sig_quit = 1;
+        break;
+    case SIGUSR1:
+        sig_usr1 = 1;
+        break;
+    case SIGCHLD:
+        sig_chld = 1;
+        break;
+    }
+}
+
+static const int handled_signals[] = {SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGCHLD};
+#define NHANDLED (sizeof(handled_signals) / sizeof(handled_signals[0]))
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* "exited with status 3" / "killed by signal 9 (Killed)" */
+static void describe_status(int st, char *buf, size_t len)
+{
+    if (WIFEXITED(st))
+        snprintf(buf, len, "exited with status %d", WEXITSTATUS(st));
+    else if (WIFSIGNALED(st))
+        snprintf(buf, len, "killed by signal %d (%s)%s", WTERMSIG(st), strsignal(WTERMSIG(st)),
+                 WCOREDUMP(st) ? ", core dumped" : "");
+    else
+        snprintf(buf, len, "wait status 0x%x", (unsigned)st);
+}
+
+/* Point fd 2 at /dev/null (a daemon with no error log file). */
+static void detach_stderr(void)
+{
+    int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        dup2(fd, 2);
+        close(fd);
+    }
+}
+
+/* --- listen sockets ----------------------------------------------------------------- */
+
+static int somaxconn(void)
+{
+    int fd = open("/proc/sys/net/core/somaxconn", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    char buf[32];
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    return atoi(buf);
+}
+
+static listener_t *find_listener(const char *addr)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    char err[160];
+    if (tk_conf_parse_addr(addr, &ss, &sl, err, sizeof(err)) != 0)
+        return NULL;
+    for (int i = 0; i < M.nlst; i++)
+        if (M.lst[i].sl == sl && memcmp(&M.lst[i].ss, &ss, sl) == 0)
+            return &M.lst[i];
+    return NULL;
+}
+
+/* Open addr unless already open. Non-blocking: every worker accepts from it.
+ * The backlog is capped by net.core.somaxconn (the kernel would silently). */
+static int open_listener(const char *addr, int backlog)
+{
+    if (find_listener(addr) != NULL)
+        return 0;
+    if (M.nlst == MAX_LISTENERS) {
+        TK_LOG(TK_LOG_ERR, "too many listen sockets");
+        return -1;
+    }
+    listener_t *l = &M.lst[M.nlst];
+    char err[160];
+    if (tk_conf_parse_addr(addr, &l->ss, &l->sl, err, sizeof(err)) != 0) {
+        TK_LOG(TK_LOG_ERR, "listen %s: %s", addr, err);
+        return -1;
+    }
+    snprintf(l->addr, sizeof(l->addr), "%s", addr);
+    int fd = socket(l->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        TK_LOG_ERRNO(TK_LOG_ERR, errno, "socket() for %s failed", addr);
+        return -1;
+    }
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
+        TK_LOG_ERRNO(TK_LOG_WARN, errno, "setsockopt(SO_REUSEADDR) on %s failed", addr);
+    /* Accepted sockets inherit TCP_NODELAY from their listener (Linux copies
+     * the listener's options to each child): one setsockopt per connection
+     * fewer in the workers, which count on it (issue #21). */
+    if ((l->ss.ss_family == AF_INET || l->ss.ss_family == AF_INET6) &&
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
+        TK_LOG_ERRNO(TK_LOG_WARN, errno, "setsockopt(TCP_NODELAY) on %s failed", addr);
+    /* [::]:P should not also take 0.0.0.0:P: both may be listed. */
+    if (l->ss.ss_family == AF_INET6 &&
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0)
+        TK_LOG_ERRNO(TK_LOG_WARN, errno, "setsockopt(IPV6_V6ONLY) on %s failed", addr);
+    if (bind(fd, (struct sockaddr *)&l->ss, l->sl) != 0) {
+        TK_LOG_ERRNO(TK_LOG_ERR, errno, "bind() to %s failed", addr);
+        close(fd);
+        return -1;
+    }
+    int max = somaxconn();
+    if (max > 0 && backlog > max) {
+        TK_LOG(TK_LOG_WARN,
+               "server.backlog %d exceeds net.core.somaxconn (%d) for %s; using %d (raise it "
+               "with sysctl -w net.core.somaxconn=%d)",
+               backlog, max, addr, max, backlog);
+        backlog = max;
+    }
+    if (listen(fd, backlog) != 0) {
+        TK_LOG_ERRNO(TK_LOG_ERR, errno, "listen() on %s failed", addr);
+        close(fd);
+        return -1;
+    }
+    l->fd = fd;
+    M.nlst++;
+    TK_LOG(TK_LOG_INFO, "listening on %s", addr);
+    return 0;
+}
+
+static int conf_uses(const tk_conf_t *c, const listener_t *l)
+{
+    if (c == NULL)
+        return 0;
+    for (int i = 0; i < c->nlisten; i++)
+        if (find_listener(c->listen[i]) == l)
+            return 1;
+    return c->admin_listen[0] && find_listener(c->admin_listen) == l;
+}
+
+/* Open every socket c needs. */
+static int open_listeners(const tk_conf_t *c)
+{
+    for (int i = 0; i < c->nlisten; i++)
+        if (open_listener(c->listen[i], c->backlog) != 0)
+            return -1;
+    if (c->admin_listen[0] && open_listener(c->admin_listen, 128) != 0)
+        return -1;
+    return 0;
+}
+
+/* Close the sockets neither a or b uses (the workers keep their own copies). */
+static void close_unused_listeners(const tk_conf_t *a, const tk_conf_t *b)
+{
+    for (int i = 0; i < M.nlst;) {
+        if (conf_uses(a, &M.lst[i]) || conf_uses(b, &M.lst[i])) {
+            i++;
+            continue;
+        }
+        TK_LOG(TK_LOG_NOTICE, "closing listen socket %s", M.lst[i].addr);
+        close(M.lst[i].fd);
+        M.lst[i] = M.lst[--M.nlst];
+    }
+}
+
+static void close_all_listeners(void)
+{
+    for (int i = 0; i < M.nlst; i++)
+        close(M.lst[i].fd);
+    M.nlst = 0;
+}
+
+/* --- workers ------------------------------------------------------------------------ */
+
+static void signal_worker(wk_t *w, int sig)
+{
+    if (w->pid > 0 && kill(w->pid, sig) != 0 && errno != ESRCH)
+        TK_LOG_ERRNO(TK_LOG_ERR, errno, "kill(%d, %d) failed", (int)w->pid, sig);
+}
+
+static void set_state(unsigned slot, wk_state_t st)
+{
+    M.w[slot].state = st;
+    if (M.shm == NULL)
+        return;
+    switch (st) {
+    case WK_STARTING:
+        tk_shm_worker_set_state(M.shm, slot, TK_SHM_W_STARTING);
+        break;
+    case WK_RUNNING:
+        tk_shm_worker_set_state(M.shm, slot, TK_SHM_W_RUNNING);
+        break;
+    case WK_DRAINING:
+        tk_shm_worker_set_state(M.shm, slot, TK_SHM_W_DRAINING);
+        break;
+    case WK_FREE:
+    case WK_BACKOFF:
+        break; /* tk_shm_worker_reap() already marked it DEAD */
+    }
+}
+
+/* In the child: become worker `slot` and never return. */
+static void __attribute__((noreturn))
+child_main(unsigned slot, uint64_t gen, const tk_conf_t *c, const int *fds, int nfds, int admin_fd)
+{
+    tk_log_set_worker((int)slot);
+    tk_master_set_title("tenkd: worker %u (%s)", slot, c->name);
+
+    /* Sockets of other generations' addresses are not ours to hold open. */
+    for (int i = 0; i < M.nlst; i++) {
+        int used = M.lst[i].fd == admin_fd;
+        for (int j = 0; j < nfds; j++)
+            used |= M.lst[i].fd == fds[j];
+        if (!used)
+            close(M.lst[i].fd);
+    }
+    if (M.ready_fd >= 0)
+        close(M.ready_fd);
+    if (M.daemon && c->error_log[0] == '\0')
+        detach_stderr(); /* else the caller of `tenkd` would wait for our EOF */
+
+    if (M.drop) {
+        if (setgroups(0, NULL) != 0 && errno != EPERM) {
+            TK_LOG_ERRNO(TK_LOG_ERR, errno, "setgroups() failed");
+            _exit(2);
+        }
+        if (initgroups(c->user, M.gid) != 0 || setgid(M.gid) != 0 || setuid(M.uid) != 0) {
+            TK_LOG_ERRNO(TK_LOG_ERR, errno, "dropping privileges to user %s failed", c->user);
+            _exit(2);
+        }
+        if (M.uid != 0 && setuid(0) == 0) {
+            TK_LOG(TK_LOG_ERR, "could regain root after dropping privileges; refusing to run");
+            _exit(2);
+        }
+    }
+    /* After setuid: a credential change clears the parent-death signal. If the
+     * master dies without stopping us (kill -9), stop fast rather than linger. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+    if (getppid() != M.pid)
+        _exit(1);
+
+    /* Defaults for the worker to override; HUP and USR1 stay ignored until it
+     * installs its own handlers, so a log reopen racing a fork kills nothing. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < NHANDLED; i++) {
+        int sig = handled_signals[i];
+        sa.sa_handler = (sig == SIGHUP || sig == SIGUSR1) ? SIG_IGN : SIG_DFL;
+        sigaction(sig, &sa, NULL);
+    }
+    sa.sa_handler = SIG_DFL;
+    sigaction(SIGPIPE, &sa, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
+    tk_worker_args_t a = {
+        .slot = (int)slot,
+        .generation = (uint32_t)gen,
+        .conf = c,
+        .listen_fds = fds,
+        .nlisten = nfds,
+        .admin_fd = admin_fd,
+        .shm = M.shm,
+    };
+    exit(tk_worker_main(&a));
+}
+
+/* Fork worker `index` of generation gen into slot. 0, or -1 if fork failed. */
+static int spawn(unsigned slot, uint64_t gen, unsigned index, const tk_conf_t *c)
+{
+    int fds[TK_CONF_MAX_LISTEN];
+    int nfds = 0, admin_fd = -1;
+    for (int i = 0; i < c->nlisten; i++) {
+        listener_t *l = find_listener(c->listen[i]);
+        assert(l != NULL);
+        fds[nfds++] = l->fd;
+    }
+    if (c->admin_listen[0]) {
+        listener_t *l = find_listener(c->admin_listen);
+        assert(l != NULL);
+        admin_fd = l->fd;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        TK_LOG_ERRNO(TK_LOG_ERR, errno, "fork() failed");
+        return -1;
+    }
+    if (pid == 0)
+        child_main(slot, gen, c, fds, nfds, admin_fd);
+    wk_t *w = &M.w[slot];
+    w->pid = pid;
+    w->gen = gen;
+    w->index = index;
+    w->started_ms = now_ms();
+    w->kill_at_ms = 0;
+    tk_shm_worker_started(M.shm, slot, pid, gen, index);
+    set_state(slot, WK_STARTING);
+    TK_LOG(TK_LOG_INFO, "started worker %u (pid %d, generation %llu)", slot, (int)pid,
+           (unsigned long long)gen);
+    return 0;
+}
+
+static int find_free_slot(void)
+{
+    for (unsigned i = 0; i < M.nslots; i++)
+        if (M.w[i].state == WK_FREE)
+            return (int)i;
+    return -1;
+}
+
+static unsigned count_free_slots(void)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < M.nslots; i++)
+        n += M.w[i].state == WK_FREE;
+    return n;
+}
+
+static unsigned count_live(void)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < M.nslots; i++)
+        n += M.w[i].pid > 0;
+    return n;
+}
+
+/* The worker in slot has bound its metrics and set accepting. */
+static int is_accepting(unsigned slot)
+{
+    tk_metrics_sh_t *m = tk_shm_metrics(M.shm, slot);
+    if (m == NULL)
+        return 0;
+    return __atomic_load_n(&m->live.accepting, __ATOMIC_ACQUIRE) == 1 &&
+           (pid_t)__atomic_load_n(&m->live.pid, __ATOMIC_ACQUIRE) == M.w[slot].pid;
+}
+
+/* --- notifications ------------------------------------------------------------------- */
+
+static void announce_ready(void)
+{
+    int n = 0;
+    for (unsigned i = 0; i < M.nslots; i++)
+        n += M.w[i].state == WK_RUNNING && M.w[i].gen == M.gen;
+    tk_notify_sendf("READY=1\nSTATUS=%d workers accepting (generation %llu)", n,
+                    (unsigned long long)M.gen);
+    if (M.ready_fd >= 0) {
+        char one = 1;
+        ssize_t r = write(M.ready_fd, &one, 1);
+        (void)r;
+        close(M.ready_fd);
+        M.ready_fd = -1;
+        /* Start-up is over: a daemon lets go of the terminal's stderr. */
+        if (M.conf->error_log[0] == '\0') {
+            TK_LOG(TK_LOG_NOTICE, "daemonized without log.error_log: further log lines are "
+                                  "discarded");
+            detach_stderr();
+        }
+    }
+}
+
+/* STATUS=: workers of the current generation and requests/s over 5 s. */
+static void update_status(void)
+{
+    static tk_metrics_snap_t snap; /* large: keep it off the stack */
+    double rps = 0;
+    int running = 0, want = tk_conf_workers(M.conf);
+    uint64_t now_sec = tk_metrics_now_sec();
+    for (unsigned i = 0; i < M.nslots; i++) {
+        if (M.w[i].pid <= 0)
+            continue;
+        if (M.w[i].state == WK_RUNNING && M.w[i].gen == M.gen)
+            running++;
+        tk_metrics_sh_t *m = tk_shm_metrics(M.shm, i);
+        if (m == NULL)
+            continue;
+        /* a worker stopped mid-update must not stall supervision: no sleep */
+        tk_metrics_snapshot_nowait(m, &snap);
+        tk_metrics_rate_t r;
+        tk_metrics_rate(&snap, now_sec, 5, &r);
+        rps += r.requests;
+    }
+    tk_notify_status("%d/%d workers (generation %llu), %.0f requests/s", running, want,
+                     (unsigned long long)M.gen, rps);
+}
+
+/* WATCHDOG=1 only while every accepting worker's heartbeat is fresh: a wedged
+ * worker loop then gets the whole service restarted by systemd. */
+static void watchdog_tick(void)
+{
+    uint64_t now = mono_ns(), limit = M.wd_usec * 1000ull;
+    for (unsigned i = 0; i < M.nslots; i++) {
+        if (M.w[i].state != WK_RUNNING)
+            continue;
+        tk_metrics_sh_t *m = tk_shm_metrics(M.shm, i);
+        uint64_t hb = m ? __atomic_load_n(&m->live.heartbeat_ns, __ATOMIC_ACQUIRE) : 0;
+        if (hb == 0 || now > hb + limit) {
+            if (!M.wd_warned)
+                TK_LOG(TK_LOG_ERR,
+                       "worker %u (pid %d) heartbeat is %.1f s old; withholding WATCHDOG=1", i,
+                       (int)M.w[i].pid, hb ? (double)(now - hb) / 1e9 : -1.0);
+            M.wd_warned = 1;
+            return;
+        }
+    }
+    M.wd_warned = 0;
+    tk_notify_watchdog();
+}
+
+/* --- reload ------------------------------------------------------------------------- */
+
+static void reload_refused(const char *why)
+{
+    TK_LOG(TK_LOG_ERR, "reload refused, keeping the running configuration: %s", why);
+    tk_shm_reload_done(M.shm, 0, why);
+    tk_notify_sendf("READY=1\nSTATUS=reload failed: %s", why);
+}
+
+/* Check what a reload cannot change while running. */
+static int reload_compatible(const tk_conf_t *nc, char *why, size_t len)
+{
+    const tk_conf_t *oc = M.conf;
+    if (strcmp(nc->name, oc->name) != 0)
+        snprintf(why, len, "server.name cannot change on reload (restart tenkd)");
+    else if (strcmp(nc->user, oc->user) != 0)
+        snprintf(why, len, "server.user cannot change on reload (restart tenkd)");
+    else if (strcmp(nc->pid_file, oc->pid_file) != 0)
+        snprintf(why, len, "server.pid_file cannot change on reload (restart tenkd)");
+    else if ((unsigned)tk_conf_workers(nc) > M.nslots / 2)
+        snprintf(why, len,
+                 "server.workers %d exceeds the %u this instance was started with room for "
+                 "(restart tenkd)",
+                 tk_conf_workers(nc), M.nslots / 2);
+    else
+        return 0;
+    return -1;
+}
+
+/* Fork the new generation once enough slots are free (draining workers of an
+ * earlier reload may still hold them). */
+static void reload_fork(void)
+{
+    unsigned need = (unsigned)tk_conf_workers(M.next);
+    if (count_free_slots() < need)
+        return; /* retried on the next tick */
+    M.next_forked = 1;
+    M.next_deadline_ms = now_ms() + TK_MASTER_START_TIMEOUT_MS;
+    for (unsigned i = 0; i < need; i++) {
+        int slot = find_free_slot();
+        if (slot < 0 || spawn((unsigned)slot, M.next_gen, i, M.next) != 0) {
+            M.next_deadline_ms = 0; /* fails the reload on this tick */
+            return;
+        }
+    }
+}
+
+static void reload_start(void)
+{
+    char err[768];
+    tk_notify_reloading();
+    TK_LOG(TK_LOG_NOTICE, "SIGHUP: reloading the configuration%s%s",
+           M.conf->conf_file[0] ? " from " : "", M.conf->conf_file);
+    tk_conf_t *nc = malloc(sizeof(*nc));
+    if (nc == NULL) {
+        reload_refused("out of memory");
+        return;
+    }
+    if (M.load(nc, err, sizeof(err), M.load_arg) != 0 ||
+        reload_compatible(nc, err, sizeof(err)) != 0) {
+        free(nc);
+        reload_refused(err);
+        return;
+    }
+    if (open_listeners(nc) != 0) {
+        close_unused_listeners(M.conf, NULL);
+        free(nc);
+        reload_refused("cannot open a new listen address (see the error above)");
+        return;
+    }
+    if (nc->db_max_open != M.conf->db_max_open)
+        TK_LOG(TK_LOG_WARN,
+               "db.max_open %d -> %d takes effect at the next restart (the shared "
+               "slot table keeps %d)",
+               M.conf->db_max_open, nc->db_max_open, M.conf->db_max_open);
+    M.next = nc;
+    M.next_gen = ++M.last_gen;
+    M.next_forked = 0;
+    reload_fork();
+}
+
+/* The new generation accepts on every socket: retire the old one. */
+static void reload_finish(void)
+{
+    tk_conf_t *nc = M.next;
+    int64_t now = now_ms();
+    unsigned draining = 0;
+    for (unsigned i = 0; i < M.nslots; i++) {
+        wk_t *w = &M.w[i];
+        if (w->gen == M.next_gen)
+            continue;
+        if (w->state == WK_BACKOFF) {
+            w->state = WK_FREE;
+        } else if (w->state == WK_STARTING || w->state == WK_RUNNING) {
+            signal_worker(w, SIGQUIT);
+            set_state(i, WK_DRAINING);
+            w->kill_at_ms = now + nc->shutdown_timeout_ms;
+            draining++;
+        }
+    }
+    close_unused_listeners(nc, NULL);
+    free(M.conf);
+    M.conf = nc;
+    M.next = NULL;
+    M.gen = M.next_gen;
+    tk_shm_set_conf(M.shm, nc->conf_file, (unsigned)tk_conf_workers(nc));
+    tk_shm_set_generation(M.shm, M.gen);
+    tk_shm_reload_done(M.shm, 1, NULL);
+    if (tk_broker_set_max_idle(tk_shm_broker(M.shm), (unsigned)nc->db_max_idle) != 0)
+        TK_LOG(TK_LOG_WARN,
+               "database broker lock held for over %u ms: db.max_idle %d not applied (a worker "
+               "stopped or stuck inside it?)",
+               TK_BROKER_MASTER_LOCK_MS, nc->db_max_idle);
+
+    tk_log_level_t lv;
+    if (tk_log_level_parse(nc->log_level, &lv) == 0)
+        tk_log_set_level(lv);
+    if (tk_log_open(nc->error_log) != 0)
+        TK_LOG_ERRNO(TK_LOG_ERR, errno, "open(\"%s\") failed", nc->error_log);
+    TK_LOG(TK_LOG_NOTICE, "reloaded: generation %llu with %d workers accepting, %u old draining",
+           (unsigned long long)M.gen, tk_conf_workers(nc), draining);
+    announce_ready();
+}
+
+/* The new generation failed: stop it, keep the old one. */
+static void reload_abort(const char *why)
+{
+    int64_t now = now_ms();
+    for (unsigned i = 0; i < M.nslots; i++) {
+        wk_t *w = &M.w[i];
+        if (w->gen != M.next_gen)
+            continue;
+        if (w->pid > 0) {
+            signal_worker(w, SIGTERM);
+            set_state(i, WK_DRAINING);
+            w->kill_at_ms = now + TK_MASTER_FAST_STOP_MS;
+        } else if (w->state == WK_BACKOFF) {
+            w->state = WK_FREE;
+        }
+    }
+    free(M.next);
+    M.next = NULL;
+    close_unused_listeners(M.conf, NULL);
+    reload_refused(why);
+}
+
+/* --- reaping ------------------------------------------------------------------------ */
+
+/* Reclaim the broker entries of the dead worker recorded for slot. The broker
+ * lock is one any worker can hold (or a stopped one keep), so the master only
+ * waits TK_BROKER_MASTER_LOCK_MS for it and otherwise logs and tries again on
+ * the next tick; the slot's next worker also reclaims it when it attaches. */
+static void reclaim_retry(unsigned slot)
+{
+    pid_t pid = M.reclaim[slot];
+    if (pid <= 0 || now_ms() < M.reclaim_after_ms)
+        return; /* (one 100 ms wait per half second at most, however many died) */
+    if (tk_broker_reclaim_pid(tk_shm_broker(M.shm), pid) >= 0) {
+        M.reclaim[slot] = 0;
+        return;
+    }
+    if (errno == ETIMEDOUT) {
+        M.reclaim_after_ms = now_ms() + 500;
+        TK_LOG(TK_LOG_WARN,
+               "database broker lock held for over %u ms (a worker stopped or stuck inside "
+               "it?): reclaiming pid %d's connection slots later",
+               TK_BROKER_MASTER_LOCK_MS, (int)pid);
+    } else {
+        TK_LOG_ERRNO(TK_LOG_ERR, errno, "tk_broker_reclaim_pid(%d) failed", (int)pid);
+        M.reclaim[slot] = 0;
+    }
+}
+
+static void reap(void)
+{
+    for (;;) {
+        int st;
+        pid_t pid = waitpid(-1, &st, WNOHANG);
+        if (pid <= 0)
+            break;
+        int slot = -1;
+        for (unsigned i = 0; i < M.nslots; i++)
+            if (M.w[i].pid == pid)
+                slot = (int)i;
+        if (slot < 0)
+            continue;
+        wk_t *w = &M.w[slot];
+        char how[96];
+        describe_status(st, how, sizeof(how));
+        /* Free what the dead process held in shared memory: its gauges and any
+         * database slot or queue entry, which other workers may be waiting for. */
+        tk_shm_worker_reap(M.shm, (unsigned)slot, st);
+        M.reclaim[slot] = pid;
+        reclaim_retry((unsigned)slot);
+        w->pid = 0;
+
+        int64_t now = now_ms();
+        if (w->state == WK_DRAINING || M.stop != RUNNING) {
+            TK_LOG(TK_LOG_INFO, "worker %d (pid %d, generation %llu) %s", slot, (int)pid,
+                   (unsigned long long)w->gen, how);
+            w->state = WK_FREE;
+            w->crashes = 0;
+            continue;
+        }
+        M.crashes_total++;
+        if (M.next != NULL && w->gen == M.next_gen && w->state == WK_STARTING) {
+            char why[200];
+            snprintf(why, sizeof(why), "worker %d of the new generation %s before accepting", slot,
+                     how);
+            TK_LOG(TK_LOG_ERR, "%s", why);
+            w->state = WK_FREE;
+            reload_abort(why);
+            continue;
+        }
+        if (w->gen != M.gen && w->gen != M.next_gen) {
+            w->state = WK_FREE; /* an old generation is never respawned */
+            continue;
+        }
+        /* Back off when a slot keeps dying young: 0, 100 ms, 200 ms, ... */
+        if (now - w->started_ms < TK_MASTER_FAST_DEATH_MS)
+            w->crashes++;
+        else
+            w->crashes = 1;
+        int64_t delay = 0;
+        if (w->crashes > 1) {
+            unsigned shift = w->crashes - 2 > 10 ? 10 : w->crashes - 2;
+            delay = 100LL << shift;
+            if (delay > TK_MASTER_BACKOFF_MAX_MS)
+                delay = TK_MASTER_BACKOFF_MAX_MS;
+        }
+        TK_LOG(TK_LOG_ERR, "worker %d (pid %d) %s; respawning%s (%u in a row, %llu in all)", slot,
+               (int)pid, how, delay ? " after a back-off" : "", w->crashes, M.crashes_total);
+        if (delay)
+            TK_LOG(TK_LOG_WARN, "worker %d keeps crashing: next start in %lld ms", slot,
+                   (long long)delay);
+        w->state = WK_BACKOFF;
+        w->respawn_at_ms = now + delay;
+    }
+}
+
+/* --- stop ------------------------------------------------------------------------- */
+
+static void stop_begin(stop_t how)
+{
+    if (M.stop == how || M.stop == STOP_FAST)
+        return;
+    int64_t now = now_ms();
+    int first = M.stop == RUNNING;
+    M.stop = how;
+    if (first) {
+        tk_notify_stopping();
+        tk_shm_set_stopping(M.shm);
+        if (M.next != NULL) {
+            free(M.next);
+            M.next = NULL;
+        }
+    }
+    TK_LOG(TK_LOG_NOTICE, "%s stop: %u workers", how == STOP_FAST ? "fast" : "graceful",
+           count_live());
+    M.stop_deadline_ms =
+        now + (how == STOP_FAST ? TK_MASTER_FAST_STOP_MS : M.conf->shutdown_timeout_ms);
+    for (unsigned i = 0; i < M.nslots; i++) {
+        wk_t *w = &M.w[i];
+        if (w->pid > 0) {
+            signal_worker(w, how == STOP_FAST ? SIGTERM : SIGQUIT);
+            set_state(i, WK_DRAINING);
+        } else if (w->state == WK_BACKOFF) {
+            w->state = WK_FREE;
+        }
+    }
+    /* Workers hold their own copies; no new worker needs ours. */
+    close_all_listeners();
+}
+
+/* --- pid file ------------------------------------------------------------------------ */
+
+static int write_pid_file(void)
+{
+    tk_conf_pid_path(M.conf, M.pid_path, sizeof(M.pid_path));
+    char dir[300];
+    snprintf(dir, sizeof(dir), "%s", M.pid_path);
+    char *slash = strrchr(dir, '/');
+    if (slash != NULL && slash != dir) {
+        *slash = '\0';
+        /* mkdir -p: the run-state directory of a --prefix install may not exist yet. */
+        for (char *p = dir + 1;; p++) {
+            if (*p != '/' && *p != '\0')
+                continue;
+            char saved = *p;
+            *p = '\0';
+            if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+                TK_LOG_ERRNO(TK_LOG_WARN, errno, "mkdir(\"%s\") failed", dir);
+                *p = saved;
+                break;
+            }
+            *p = saved;
+            if (saved == '\0')
+                break;
+        }
+    }
+    int fd = open(M.pid_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0) {
+        TK_LOG_ERRNO(TK_LOG_ERR, errno, "open(\"%s\") failed", M.pid_path);
+        M.pid_path[0] = '\0';
+        return -1;
+    }
+    char buf[32];
+    int n = snprintf(buf, sizeof(buf), "%d\n", (int)M.pid);
+    ssize_t w = write(fd, buf, (size_t)n);
+    close(fd);
+    if (w != n) {
+        TK_LOG_ERRNO(TK_LOG_ERR, errno, "write(\"%s\") failed", M.pid_path);
+        return -1;
+    }
+    return 0;
+}
+
+/* Remove the pid file only if it still names us. */
+static void remove_pid_file(void)
+{
+    if (M.pid_path[0] == '\0')
+        return;
+    FILE *f = fopen(M.pid_path, "re");
+    if (f == NULL)
+        return;
+    int pid = 0;
+    if (fscanf(f, "%d", &pid) != 1)
+        pid = 0;
+    fclose(f);
+    if (pid == (int)M.pid)
+        unlink(M.pid_path);
+}
+
+/* --- the loop ------------------------------------------------------------------------ */
+
+static void cleanup(void)
+{
+    close_all_listeners();
+    tk_broker_wake_close();
+    remove_pid_file();
+    if (M.shm != NULL) {
+        tk_shm_unlink(M.conf->name);
+        tk_shm_detach(M.shm);
+        M.shm = NULL;
+    }
+    free(M.next);
+    M.next = NULL;
+    free(M.conf);
+    M.conf = NULL;
+}
+
+/* One pass over timers and worker states; returns the ms until the next due
+ * event (-1 = none). */
+static int64_t tick(void)
+{
+    int64_t now = now_ms(), next = now + 1000;
+#define DUE(t)                                                                                     \
+    do {                                                                                           \
+        if ((t) < next)                                                                            \
+            next = (t);                                                                            \
+    } while (0)
+
+    int starting = 0;
+    for (unsigned i = 0; i < M.nslots; i++) {
+        wk_t *w = &M.w[i];
+        if (M.reclaim[i] > 0)
+            reclaim_retry(i);
+        if (w->state == WK_STARTING) {
+            if (is_accepting(i))
+                set_state(i, WK_RUNNING);
+            else
+                starting = 1;
+        }
+        if (w->state == WK_BACKOFF && M.stop == RUNNING) {
+            if (now >= w->respawn_at_ms) {
+                const tk_conf_t *c = w->gen == M.gen ? M.conf : M.next;
+                if (c == NULL || spawn(i, w->gen, w->index, c) != 0) {
+                    w->respawn_at_ms = now + 1000;
+                    DUE(w->respawn_at_ms);
+                } else {
+                    starting = 1;
+                }
+            } else {
+                DUE(w->respawn_at_ms);
+            }
+        }
+        if (w->state == WK_DRAINING && w->pid > 0 && w->kill_at_ms > 0 && M.stop == RUNNING) {
+            if (now >= w->kill_at_ms) {
+                TK_LOG(TK_LOG_WARN, "worker %u (pid %d) still draining after the timeout: SIGKILL",
+                       i, (int)w->pid);
+                signal_worker(w, SIGKILL);
+                w->kill_at_ms = 0;
+            } else {
+                DUE(w->kill_at_ms);
+            }
+        }
+    }
+
+    if (M.stop == RUNNING) {
+        /* First generation up: READY=1. */
+        if (!M.ready_sent) {
+            int all = 1;
+            for (unsigned i = 0; i < M.nslots; i++)
+                if (M.w[i].gen == M.gen && M.w[i].state != WK_FREE && M.w[i].state != WK_RUNNING)
+                    all = 0;
+            if (all) {
+                M.ready_sent = 1;
+                TK_LOG(TK_LOG_NOTICE, "ready: %d workers accepting", tk_conf_workers(M.conf));
+                announce_ready();
+            }
+        }
+        if (M.next != NULL && !M.next_forked) {
+            reload_fork();
+            starting = 1;
+        }
+        if (M.next != NULL && M.next_forked) {
+            int all = 1;
+            for (unsigned i = 0; i < M.nslots; i++)
+                if (M.w[i].gen == M.next_gen && M.w[i].state != WK_RUNNING &&
+                    M.w[i].state != WK_FREE)
+                    all = 0;
+            if (all)
+                reload_finish();
+            else if (now >= M.next_deadline_ms)
+                reload_abort(M.next_deadline_ms == 0
+                                 ? "could not fork the new generation"
+                                 : "the new generation did not start accepting in time");
+        }
+    } else {
+        if (now >= M.stop_deadline_ms && !M.killed_all) {
+            TK_LOG(TK_LOG_WARN, "stop timeout: SIGKILL to %u remaining workers", count_live());
+            for (unsigned i = 0; i < M.nslots; i++)
+                signal_worker(&M.w[i], SIGKILL);
+            M.killed_all = 1;
+        } else if (!M.killed_all) {
+            DUE(M.stop_deadline_ms);
+        }
+    }
+
+    if (M.wd_usec > 0 && M.stop == RUNNING) {
+        if (now >= M.wd_next_ms) {
+            watchdog_tick();
+            M.wd_next_ms = now + (int64_t)(M.wd_usec / 2000);
+        }
+        DUE(M.wd_next_ms);
+    }
+    if (M.ready_sent && M.stop == RUNNING && getenv("NOTIFY_SOCKET") != NULL) {
+        if (now >= M.status_next_ms) {
+            update_status();
+            M.status_next_ms = now + 5000;
+        }
+        DUE(M.status_next_ms);
+    }
+    /* Poll the accepting flags of starting workers often: they gate READY and
+     * the switch-over of a reload. */
+    if (starting || (M.next != NULL))
+        DUE(now + 5);
+#undef DUE
+    return next > now ? next - now : 0;
+}
+
+static void reopen_logs(void)
+{
+    if (tk_log_open(M.conf->error_log) != 0)
+        TK_LOG_ERRNO(TK_LOG_ERR, errno, "reopening the error log \"%s\" failed", M.conf->error_log);
+    else
+        TK_LOG(TK_LOG_NOTICE, "SIGUSR1: logs reopened");
+    for (unsigned i = 0; i < M.nslots; i++)
+        signal_worker(&M.w[i], SIGUSR1);
+}
+
+int tk_master_run(const tk_conf_t *conf, tk_master_load_fn load, void *load_arg, int ready_fd)
+{
+    char err[512];
+    memset(&M, 0, sizeof(M));
+    M.pid = getpid();
+    M.ready_fd = ready_fd;
+    M.daemon = ready_fd >= 0;
+    M.load = load;
+    M.load_arg = load_arg;
+    M.conf = malloc(sizeof(*M.conf));
+    if (M.conf == NULL)
+        return 1;
+    *M.conf = *conf;
+
+    tk_master_set_title("tenkd: master (%s)", conf->name);
+
+    /* Privileges: workers run as server.user; the master keeps root to bind
+     * and to manage the pid file and shared memory. */
+    uid_t shm_uid = (uid_t)-1;
+    gid_t shm_gid = (gid_t)-1;
+    if (conf->user[0]) {
+        struct passwd *pw = getpwnam(conf->user);
+        if (pw == NULL) {
+            TK_LOG(TK_LOG_ERR, "server.user: no such user '%s'", conf->user);
+            free(M.conf);
+            return 1;
+        }
+        if (geteuid() == 0) {
+            M.drop = 1;
+            M.uid = pw->pw_uid;
+            M.gid = pw->pw_gid;
+            shm_uid = pw->pw_uid;
+            shm_gid = pw->pw_gid;
+        } else if (geteuid() != pw->pw_uid) {
+            TK_LOG(TK_LOG_ERR, "server.user %s needs tenkd to start as root", conf->user);
+            free(M.conf);
+            return 1;
+        }
+    } else if (geteuid() == 0) {
+        TK_LOG(TK_LOG_WARN, "running as root without server.user (--user): workers keep root "
+                            "privileges");
+    }
+
+    int workers = tk_conf_workers(conf);
+    int room = workers < 8 ? 8 : workers;
+    M.nslots = TK_SHM_SLOTS(room);
+    if (M.nslots > TK_SHM_MAX_SLOTS)
+        M.nslots = TK_SHM_MAX_SLOTS;
+    if (M.nslots > TK_BROKER_MAX_WORKERS)
+        M.nslots = TK_BROKER_MAX_WORKERS;
+    M.shm = tk_shm_create_ex(conf->name, M.nslots, (unsigned)conf->db_max_open, shm_uid, shm_gid,
+                             err, sizeof(err));
+    if (M.shm == NULL) {
+        TK_LOG(TK_LOG_ERR, "shared memory: %s", err);
+        free(M.conf);
+        return 1;
+    }
+    tk_shm_set_conf(M.shm, conf->conf_file, (unsigned)workers);
+    tk_broker_set_max_idle(tk_shm_broker(M.shm), (unsigned)conf->db_max_idle);
+    M.gen = M.last_gen = 1;
+    tk_shm_set_generation(M.shm, M.gen);
+    if (tk_broker_wake_create((int)M.nslots) != 0) {
+        TK_LOG_ERRNO(TK_LOG_ERR, errno, "tk_broker_wake_create() failed");
+        cleanup();
+        return 1;
+    }
+    if (open_listeners(conf) != 0) {
+        cleanup();
+        return 1;
+    }
+    write_pid_file();
+
+    /* Block our signals; ppoll() unblocks them only while waiting. */
+    sigset_t block, waitmask;
+    sigemptyset(&block);
+    for (size_t i = 0; i < NHANDLED; i++)
+        sigaddset(&block, handled_signals[i]);
+    sigprocmask(SIG_BLOCK, &block, &waitmask);
+    for (size_t i = 0; i < NHANDLED; i++)
+        sigdelset(&waitmask, handled_signals[i]);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigfillset(&sa.sa_mask);
+    for (size_t i = 0; i < NHANDLED; i++)
+        sigaction(handled_signals[i], &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+
+    M.wd_usec = tk_notify_watchdog_usec();
+    if (M.wd_usec > 0)
+        TK_LOG(TK_LOG_INFO, "systemd watchdog: %llu ms", (unsigned long long)M.wd_usec / 1000);
+
+    TK_LOG(TK_LOG_NOTICE, "starting %d workers (pid %d, %s)", workers, (int)M.pid,
+           conf->conf_file[0] ? conf->conf_file : "built-in configuration");
+    for (int i = 0; i < workers; i++) {
+        if (spawn((unsigned)i, M.gen, (unsigned)i, M.conf) != 0) {
+            M.w[i].state = WK_BACKOFF;
+            M.w[i].gen = M.gen;
+            M.w[i].index = (unsigned)i;
+            M.w[i].respawn_at_ms = now_ms() + 1000;
+        }
+    }
+
+    for (;;) {
+        if (sig_chld) {
+            sig_chld = 0;
+            reap();
+        }
+        if (sig_term) {
+            sig_term = 0;
+            stop_begin(STOP_FAST);
+        }
+        if (sig_quit) {
+            sig_quit = 0;
+            stop_begin(STOP_GRACEFUL);
+        }
+        if (sig_usr1) {
+            sig_usr1 = 0;
+            reopen_logs();
+        }
+        if (sig_hup) {
+            sig_hup = 0;
+            if (M.stop != RUNNING)
+                TK_LOG(TK_LOG_NOTICE, "SIGHUP ignored: stopping");
+            else if (M.next != NULL || !M.ready_sent)
+                TK_LOG(TK_LOG_NOTICE, "SIGHUP queued until the workers that are starting accept");
+            M.hup_pending = M.stop == RUNNING;
+        }
+        /* One reload at a time; a SIGHUP during one runs right after it. */
+        if (M.hup_pending && M.stop == RUNNING && M.ready_sent && M.next == NULL) {
+            M.hup_pending = 0;
+            reload_start();
+        }
+        if (M.stop != RUNNING && count_live() == 0)
+            break;
+        int64_t wait = tick();
+        if (M.stop != RUNNING && count_live() == 0)
+            break;
+        if (sig_chld || sig_term || sig_quit || sig_usr1 || sig_hup)
+            continue;
+        struct timespec ts = {(time_t)(wait / 1000), (long)(wait % 1000) * 1000000L};
+        if (ppoll(NULL, 0, &ts, &waitmask) < 0 && errno != EINTR)
+            TK_LOG_ERRNO(TK_LOG_ERR, errno, "ppoll() failed");
+    }
+    TK_LOG(TK_LOG_NOTICE, "all workers exited; master exiting");
+    cleanup();
+    return 0;
+}

@@ -1,0 +1,1261 @@
+/* scheduler.c: the per-worker green-thread scheduler on a libevent loop.
+ *
+ * Shape: the thread's own stack is the scheduler context ("main"). Green
+ * threads switch to main whenever they park, yield or end; main pops the next
+ * runnable thread. The run queue is drained
+ *   - inline, from the callback of a green thread's own event (fd ready,
+ *     deadline), so a woken thread runs before libevent polls again;
+ *   - from drain_ev, an internal event that tk_gt_spawn()/wake activate with
+ *     event_active(): libevent runs activated events in the same loop
+ *     iteration, so a thread spawned from a read callback runs right after
+ *     that callback, not after another epoll_wait round trip;
+ *   - from tk_sched_run_ready(), called by a read callback right after it
+ *     spawned a thread, so one warm stack serves a burst of connections;
+ *   - from yield_ev, a zero timeout: a thread that yields runs again only
+ *     after the loop has polled for I/O once, so a CPU-bound thread that
+ *     yields cannot starve the network.
+ * Because everything goes through events, the scheduler works both under
+ * tk_sched_run() and under a caller's own event_base_dispatch().
+ *
+ * A green thread's struct lives in the top page of its stack mapping (coro
+ * udata) and embeds the struct event it parks on, so neither spawning nor
+ * waiting allocates. */
+#include "config.h"
+
+#include "runtime/scheduler.h"
+
+#include "runtime/coro.h"
+#include "proc/log.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+
+/* What a parked thread waits for; decides how a timeout is reported and
+ * what tk_gt_unpark() may wake. */
+enum {
+    WK_NONE = 0,
+    WK_FD,    /* tk_gt_wait_fd */
+    WK_SLEEP, /* tk_gt_sleep_ms: the timer firing is success */
+    WK_PARK,  /* tk_gt_park */
+    WK_WAITQ, /* mutex, semaphore, condition, channel */
+    WK_JOIN,  /* tk_gt_join */
+};
+
+typedef struct {
+    void (*fn)(void *);
+    void *arg;
+} gt_defer_t;
+
+#define GT_INLINE_DEFERS 4
+
+struct tk_gt {
+    tk_sched_t *s;
+    tk_coro_t *coro;
+    uint64_t id;
+    tk_gt_state_t state;
+    tk_gt_fn fn;
+    void *arg;
+    void *data;
+    tk_gt_t *rq_next;             /* run queue or yield queue */
+    tk_gt_t *all_next, *all_prev; /* live list, or zombie list once ended */
+    tk_gt_t *wq_next, *wq_prev;   /* position in a wait queue */
+    tk_waitq_t *wq;               /* the wait queue it is on, if any */
+    tk_gt_t *joiner;              /* parked in tk_gt_join() on us */
+    tk_gt_t *join_target;         /* whom we are joining */
+    void *xfer;                   /* channel value handed over */
+    struct event ev;              /* fd readiness and deadlines */
+    int64_t deadline_ms;          /* of the current wait, -1 none */
+    uint64_t started_ns;
+    int wake_result;         /* 0 or the errno the park returns */
+    unsigned char wait_kind; /* WK_* */
+    unsigned char ev_armed;  /* ev is added */
+    unsigned char cancelled;
+    unsigned char joinable;
+    unsigned char done; /* fn returned or tk_gt_exit(); about to be reaped */
+    unsigned ndefer, defer_cap;
+    gt_defer_t *defers; /* defer_inline, or malloc'd when more are needed */
+    gt_defer_t defer_inline[GT_INLINE_DEFERS];
+    char name[32];
+    char note[TK_GT_NOTE_MAX]; /* for the overflow report: always NUL-terminated */
+};
+
+struct tk_sched {
+    struct event_base *base;
+    tk_sched_opts_t opts;
+    tk_coro_pool_t *pool;
+    tk_coro_t *main;            /* the thread's own stack */
+    tk_gt_t *cur;               /* running green thread, NULL on main */
+    tk_gt_t *rq_head, *rq_tail; /* runnable now */
+    tk_gt_t *yq_head, *yq_tail; /* yielded: runnable after the next poll */
+    tk_gt_t *all;               /* live threads */
+    tk_gt_t *zombies;           /* ended joinable threads awaiting tk_gt_join */
+    struct event drain_ev;      /* activated: drain the run queue this iteration */
+    struct event yield_ev;      /* zero timeout: drain after one poll */
+    unsigned char drain_armed, yield_armed, draining, in_run, stopping;
+    unsigned live;
+    uint64_t next_id;
+    tk_sched_stats_t st;
+    void *altstack; /* our sigaltstack, if we installed one */
+    size_t altstack_size;
+};
+
+static __thread tk_sched_t *t_sched;
+
+/* --- options ------------------------------------------------------------------ */
+
+void tk_sched_opts_default(tk_sched_opts_t *o)
+{
+    o->stack_size = 64u * 1024u;
+    o->max_threads = 0;
+    o->pool_max = 1024;
+    o->long_run_ns = 50000000ull;
+    o->stack_paint = 0;
+}
+
+int tk_sched_opts_check(const tk_sched_opts_t *o, char *err, size_t errlen)
+{
+    if (o->stack_size < TK_SCHED_STACK_MIN || o->stack_size > TK_SCHED_STACK_MAX) {
+        snprintf(err, errlen, "runtime.stack_size: %zu is out of range %u..%u", o->stack_size,
+                 TK_SCHED_STACK_MIN, TK_SCHED_STACK_MAX);
+        return -1;
+    }
+    if (o->max_threads > TK_SCHED_THREADS_MAX) {
+        snprintf(err, errlen, "runtime.max_threads: %u is out of range 0..%u (0 = unlimited)",
+                 o->max_threads, TK_SCHED_THREADS_MAX);
+        return -1;
+    }
+    if (o->long_run_ns < TK_SCHED_LONG_RUN_MIN_NS || o->long_run_ns > TK_SCHED_LONG_RUN_MAX_NS) {
+        snprintf(err, errlen, "runtime.long_run_ms: %llu is out of range %llu..%llu",
+                 o->long_run_ns / 1000000ull, TK_SCHED_LONG_RUN_MIN_NS / 1000000ull,
+                 TK_SCHED_LONG_RUN_MAX_NS / 1000000ull);
+        return -1;
+    }
+    if (o->pool_max > TK_SCHED_THREADS_MAX) {
+        snprintf(err, errlen, "runtime.pool_max: %u is out of range 0..%u", o->pool_max,
+                 TK_SCHED_THREADS_MAX);
+        return -1;
+    }
+    return 0;
+}
+
+uint64_t tk_now_last_ns;
+
+uint64_t tk_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    tk_now_last_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return tk_now_last_ns;
+}
+
+/* --- guard-page overflow report ------------------------------------------------- */
+
+static struct sigaction g_old_segv;
+
+static size_t fmt_u64(char *p, uint64_t v)
+{
+    char tmp[24];
+    size_t n = 0, i;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (i = 0; i < n; i++)
+        p[i] = tmp[n - 1 - i];
+    return n;
+}
+
+static size_t fmt_str(char *p, const char *s, size_t max)
+{
+    size_t n = 0;
+    while (s[n] && n < max) {
+        p[n] = s[n];
+        n++;
+    }
+    return n;
+}
+
+/* Async-signal-safe: only write(2) and sigaction(2). The green thread's
+ * struct lives in its stack's top page, far from the overflowing end. */
+static void segv_handler(int sig, siginfo_t *si, void *uctx)
+{
+    tk_sched_t *s = t_sched;
+    tk_gt_t *g = s ? s->cur : NULL;
+
+    if (g != NULL && tk_coro_guard_hit(g->coro, si->si_addr)) {
+        char buf[96 + sizeof(g->name) + sizeof(g->note)];
+        size_t n = 0;
+        n += fmt_str(buf + n, "green thread ", 32);
+        n += fmt_u64(buf + n, g->id);
+        n += fmt_str(buf + n, " (", 4);
+        n += fmt_str(buf + n, g->name, sizeof(g->name));
+        n += fmt_str(buf + n, ") overflowed its ", 32);
+        n += fmt_u64(buf + n, tk_coro_stack_size(g->coro));
+        n += fmt_str(buf + n, "-byte stack", 16);
+        if (g->note[0]) {
+            n += fmt_str(buf + n, " serving ", 16);
+            n += fmt_str(buf + n, g->note, sizeof(g->note) - 1);
+        }
+        buf[n++] = '\n';
+        ssize_t w = write(2, buf, n);
+        (void)w;
+        /* The access faults again, now fatally: the worker dies with SIGSEGV
+         * (or ASan, when it handled SIGSEGV before us, reports it: a fuzzer
+         * then saves the input). */
+        sigaction(SIGSEGV, &g_old_segv, NULL);
+        return;
+    }
+    /* Not a stack overflow: give the fault to whoever handled it before us
+     * (the default action, or ASan's reporter). */
+    sigaction(SIGSEGV, &g_old_segv, NULL);
+}
+
+/* Installed by every tk_sched_new(), unless already in place: a test harness
+ * or library may have replaced it since. */
+static void install_segv_handler(void)
+{
+    struct sigaction cur;
+    if (sigaction(SIGSEGV, NULL, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) &&
+        cur.sa_sigaction == segv_handler)
+        return;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = segv_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_old_segv);
+}
+
+/* The handler needs a stack of its own: the faulting one has none left. */
+static void altstack_setup(tk_sched_t *s)
+{
+    stack_t cur;
+    if (sigaltstack(NULL, &cur) == 0 && !(cur.ss_flags & SS_DISABLE))
+        return; /* someone (ASan, the application) already set one */
+    size_t size = 64 * 1024;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return;
+    stack_t ss = {.ss_sp = p, .ss_size = size, .ss_flags = 0};
+    if (sigaltstack(&ss, NULL) != 0) {
+        munmap(p, size);
+        return;
+    }
+    s->altstack = p;
+    s->altstack_size = size;
+}
+
+static void altstack_teardown(tk_sched_t *s)
+{
+    if (s->altstack == NULL)
+        return;
+    stack_t ss = {.ss_sp = NULL, .ss_size = 0, .ss_flags = SS_DISABLE};
+    sigaltstack(&ss, NULL);
+    munmap(s->altstack, s->altstack_size);
+    s->altstack = NULL;
+}
+
+/* --- states and queues ------------------------------------------------------------ */
+
+static inline void set_state(tk_gt_t *g, tk_gt_state_t st)
+{
+    tk_sched_t *s = g->s;
+    assert(s->st.by_state[g->state] > 0);
+    s->st.by_state[g->state]--;
+    s->st.by_state[st]++;
+    g->state = st;
+}
+
+static inline int is_waiting(const tk_gt_t *g)
+{
+    return g->state != TK_GT_RUNNING && g->state != TK_GT_RUNNABLE;
+}
+
+static void wq_push(tk_waitq_t *q, tk_gt_t *g)
+{
+    tk_gt_t *tail = q->tail;
+    g->wq = q;
+    g->wq_next = NULL;
+    g->wq_prev = tail;
+    if (tail)
+        tail->wq_next = g;
+    else
+        q->head = g;
+    q->tail = g;
+}
+
+static void wq_remove(tk_gt_t *g)
+{
+    tk_waitq_t *q = g->wq;
+    if (g->wq_prev)
+        g->wq_prev->wq_next = g->wq_next;
+    else
+        q->head = g->wq_next;
+    if (g->wq_next)
+        g->wq_next->wq_prev = g->wq_prev;
+    else
+        q->tail = g->wq_prev;
+    g->wq = NULL;
+    g->wq_next = g->wq_prev = NULL;
+}
+
+static void all_insert(tk_gt_t **head, tk_gt_t *g)
+{
+    g->all_prev = NULL;
+    g->all_next = *head;
+    if (*head)
+        (*head)->all_prev = g;
+    *head = g;
+}
+
+static void all_remove(tk_gt_t **head, tk_gt_t *g)
+{
+    if (g->all_prev)
+        g->all_prev->all_next = g->all_next;
+    else
+        *head = g->all_next;
+    if (g->all_next)
+        g->all_next->all_prev = g->all_prev;
+    g->all_next = g->all_prev = NULL;
+}
+
+/* Ask libevent to drain the run queue in this loop iteration. */
+static inline void kick(tk_sched_t *s)
+{
+    if (!s->draining && !s->drain_armed) {
+        s->drain_armed = 1;
+        event_active(&s->drain_ev, EV_TIMEOUT, 1);
+    }
+}
+
+static inline void rq_append(tk_sched_t *s, tk_gt_t *g)
+{
+    g->rq_next = NULL;
+    if (s->rq_tail)
+        s->rq_tail->rq_next = g;
+    else
+        s->rq_head = g;
+    s->rq_tail = g;
+}
+
+/* Detach a parked thread from whatever it waits on. */
+static void unwait(tk_gt_t *g)
+{
+    if (g->wq)
+        wq_remove(g);
+    if (g->ev_armed) {
+        event_del(&g->ev);
+        g->ev_armed = 0;
+    }
+    if (g->wait_kind == WK_JOIN && g->join_target) {
+        g->join_target->joiner = NULL;
+        g->join_target = NULL;
+    }
+    g->wait_kind = WK_NONE;
+}
+
+/* Make a parked thread runnable; its parking call will return result. */
+static void wake(tk_gt_t *g, int result)
+{
+    assert(is_waiting(g));
+    unwait(g);
+    g->wake_result = result;
+    set_state(g, TK_GT_RUNNABLE);
+    rq_append(g->s, g);
+    kick(g->s);
+}
+
+static void gt_release(tk_sched_t *s, tk_gt_t *g)
+{
+    if (s->opts.stack_paint) {
+        uint64_t used = tk_coro_stack_used(g->coro);
+        if (used > s->st.stack_max_used)
+            s->st.stack_max_used = used;
+    }
+    if (g->defers != g->defer_inline)
+        free(g->defers);
+    tk_coro_free(g->coro);
+}
+
+/* Back on main after g ended: account for it and give its stack back, unless
+ * someone will join it. */
+static void reap(tk_sched_t *s, tk_gt_t *g)
+{
+    assert(g->state == TK_GT_RUNNING);
+    s->st.by_state[TK_GT_RUNNING]--;
+    s->st.exited++;
+    s->live--;
+    all_remove(&s->all, g);
+    if (g->joinable)
+        all_insert(&s->zombies, g);
+    else
+        gt_release(s, g);
+}
+
+static void long_run(tk_sched_t *s, tk_gt_t *g, uint64_t ns)
+{
+    s->st.long_runs++;
+    TK_LOG(TK_LOG_WARN,
+           "green thread %llu (%s) ran %llu.%03llu ms without yielding (runtime.long_run_ms is "
+           "%llu)",
+           (unsigned long long)g->id, g->name, (unsigned long long)(ns / 1000000u),
+           (unsigned long long)(ns / 1000u % 1000u),
+           (unsigned long long)(s->opts.long_run_ns / 1000000u));
+}
+
+/* Run every runnable thread once; with_yielders: the threads that yielded
+ * on earlier turns too. Only the yield event passes it, so a CPU-bound thread
+ * that yields runs once per loop iteration, however many I/O callbacks drain
+ * the queue in that iteration. */
+static void run_queue(tk_sched_t *s, int with_yielders)
+{
+    if (s->draining)
+        return;
+    s->draining = 1;
+    if (with_yielders && s->yq_head) {
+        if (s->rq_tail)
+            s->rq_tail->rq_next = s->yq_head;
+        else
+            s->rq_head = s->yq_head;
+        s->rq_tail = s->yq_tail;
+        s->yq_head = s->yq_tail = NULL;
+    }
+    uint64_t t0 = s->rq_head ? tk_now_ns() : 0;
+    tk_gt_t *g;
+    while ((g = s->rq_head) != NULL) {
+        s->rq_head = g->rq_next;
+        if (s->rq_head == NULL)
+            s->rq_tail = NULL;
+        g->rq_next = NULL;
+        set_state(g, TK_GT_RUNNING);
+        if (g->started_ns == 0)
+            g->started_ns = t0; /* first slice; saves a clock read per spawn */
+        s->cur = g;
+        s->st.switches++;
+        tk_coro_switch(s->main, g->coro);
+        s->cur = NULL;
+        uint64_t t1 = tk_now_ns();
+        if (t1 - t0 > s->opts.long_run_ns)
+            long_run(s, g, t1 - t0);
+        t0 = t1;
+        if (g->done)
+            reap(s, g);
+        else
+            assert(g->state != TK_GT_RUNNING);
+    }
+    s->draining = 0;
+    if (s->yq_head && !s->yield_armed) {
+        static const struct timeval zero = {0, 0};
+        s->yield_armed = 1;
+        event_add(&s->yield_ev, &zero);
+    }
+    if (s->in_run && (s->live == 0 || s->stopping))
+        event_base_loopbreak(s->base);
+}
+
+void tk_sched_run_ready(tk_sched_t *s)
+{
+    assert(s->cur == NULL);
+    run_queue(s, 0);
+}
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+    tk_sched_t *s = arg;
+    s->drain_armed = 0;
+    run_queue(s, 0);
+}
+
+static void yield_cb(evutil_socket_t fd, short what, void *arg)
+{
+    tk_sched_t *s = arg;
+    s->yield_armed = 0;
+    run_queue(s, 1);
+}
+
+/* --- scheduler lifecycle -------------------------------------------------------------- */
+
+tk_sched_t *tk_sched_new(struct event_base *base, const tk_sched_opts_t *opts)
+{
+    tk_sched_opts_t def;
+    char err[160];
+
+    if (t_sched != NULL) {
+        errno = EBUSY;
+        return NULL;
+    }
+    if (opts == NULL) {
+        tk_sched_opts_default(&def);
+        opts = &def;
+    }
+    if (base == NULL || tk_sched_opts_check(opts, err, sizeof(err)) != 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    tk_sched_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->base = base;
+    s->opts = *opts;
+    s->pool = tk_coro_pool_new(opts->stack_size, sizeof(tk_gt_t), opts->pool_max);
+    if (s->pool)
+        tk_coro_pool_set_paint(s->pool, opts->stack_paint);
+    s->main = tk_coro_main_new();
+    if (s->pool == NULL || s->main == NULL ||
+        event_assign(&s->drain_ev, base, -1, 0, drain_cb, s) != 0 ||
+        event_assign(&s->yield_ev, base, -1, 0, yield_cb, s) != 0) {
+        tk_coro_pool_free(s->pool);
+        tk_coro_main_free(s->main);
+        free(s);
+        errno = ENOMEM;
+        return NULL;
+    }
+    install_segv_handler();
+    altstack_setup(s);
+    t_sched = s;
+    return s;
+}
+
+static void run_defers(tk_gt_t *g)
+{
+    while (g->ndefer > 0) {
+        gt_defer_t d = g->defers[--g->ndefer];
+        d.fn(d.arg);
+    }
+}
+
+void tk_sched_free(tk_sched_t *s)
+{
+    if (s == NULL)
+        return;
+    assert(s->cur == NULL); /* not from inside a green thread */
+    /* Cancelled threads unwind on their own: every parking call now fails.
+     * The cancel pass is repeated each round: a thread spawned while the
+     * others unwind must not park for real and then be released from under
+     * whoever holds its handle (a pending Redis reply, a connecting PGconn). */
+    for (int round = 0; s->live > 0 && round < 1000; round++) {
+        for (tk_gt_t *g = s->all; g; g = g->all_next)
+            tk_gt_cancel(g);
+        if (!s->rq_head && !s->yq_head)
+            break;
+        run_queue(s, 1);
+    }
+    /* Whatever is left ignores cancellation; its stack cannot be unwound, but
+     * its cleanups still run (on this stack). */
+    while (s->all) {
+        tk_gt_t *g = s->all;
+        if (is_waiting(g))
+            unwait(g);
+        run_defers(g);
+        s->st.by_state[g->state]--;
+        s->st.exited++;
+        s->live--;
+        all_remove(&s->all, g);
+        gt_release(s, g);
+    }
+    s->rq_head = s->rq_tail = s->yq_head = s->yq_tail = NULL;
+    while (s->zombies) {
+        tk_gt_t *g = s->zombies;
+        all_remove(&s->zombies, g);
+        gt_release(s, g);
+    }
+    event_del(&s->drain_ev);
+    event_del(&s->yield_ev);
+    tk_coro_pool_free(s->pool);
+    tk_coro_main_free(s->main);
+    altstack_teardown(s);
+    if (t_sched == s)
+        t_sched = NULL;
+    free(s);
+}
+
+tk_sched_t *tk_sched_current(void)
+{
+    return t_sched;
+}
+struct event_base *tk_sched_base(tk_sched_t *s)
+{
+    return s->base;
+}
+unsigned tk_sched_live(tk_sched_t *s)
+{
+    return s->live;
+}
+
+int tk_sched_run(tk_sched_t *s)
+{
+    int rc = 0;
+    if (s->cur != NULL) {
+        errno = EPERM;
+        return -1;
+    }
+    s->in_run = 1;
+    s->stopping = 0;
+    run_queue(s, 1); /* whatever was spawned before the loop started */
+    while (s->live > 0 && !s->stopping) {
+        int r = event_base_loop(s->base, EVLOOP_ONCE);
+        if (r < 0) {
+            rc = -1;
+            break;
+        }
+        if (r == 1 && s->live > 0 && !s->rq_head && !s->yq_head) {
+            /* nothing pending: the live threads wait for each other forever */
+            errno = EDEADLK;
+            rc = -1;
+            break;
+        }
+    }
+    s->in_run = 0;
+    return rc;
+}
+
+void tk_sched_stop(tk_sched_t *s)
+{
+    s->stopping = 1;
+    if (s->in_run)
+        event_base_loopbreak(s->base);
+}
+
+/* Stacks re-measured per tk_sched_stats() call: bounds its cost to about a
+ * millisecond while a worker with 10,000 threads still sees every stack
+ * re-measured within some tens of calls. */
+#define STATS_RESIDENT_BUDGET 512
+
+static void stats_fill(tk_sched_t *s, tk_sched_stats_t *out, unsigned long budget)
+{
+    *out = s->st;
+    out->stack_reserved = (uint64_t)tk_coro_pool_mapped(s->pool) * tk_coro_pool_map_size(s->pool);
+    out->stack_resident = tk_coro_pool_resident_refresh(s->pool, budget);
+    out->pooled_stacks = tk_coro_pool_idle(s->pool);
+}
+
+void tk_sched_stats(tk_sched_t *s, tk_sched_stats_t *out)
+{
+    stats_fill(s, out, STATS_RESIDENT_BUDGET);
+}
+
+void tk_sched_stats_exact(tk_sched_t *s, tk_sched_stats_t *out)
+{
+    stats_fill(s, out, 0);
+}
+
+void tk_sched_foreach(tk_sched_t *s, tk_gt_visit_fn cb, void *arg)
+{
+    tk_gt_t *next;
+    for (tk_gt_t *g = s->all; g; g = next) {
+        next = g->all_next;
+        cb(g, arg);
+    }
+}
+
+/* --- green threads ------------------------------------------------------------ */
+
+static void gt_finish(tk_gt_t *g) __attribute__((noreturn));
+
+/* First code on a new green thread's stack. */
+static void gt_main(void *unused)
+{
+    tk_gt_t *g = t_sched->cur;
+    g->fn(g->arg);
+    gt_finish(g);
+}
+
+static void gt_finish(tk_gt_t *g)
+{
+    tk_sched_t *s = g->s;
+    run_defers(g);
+    if (g->defers != g->defer_inline) {
+        free(g->defers);
+        g->defers = g->defer_inline;
+    }
+    g->done = 1;
+    if (g->joiner) {
+        tk_gt_t *j = g->joiner;
+        g->joiner = NULL;
+        j->join_target = NULL;
+        wake(j, 0);
+    }
+    tk_coro_switch_final(g->coro, s->main);
+}
+
+tk_gt_t *tk_gt_spawn(tk_sched_t *s, const char *name, tk_gt_fn fn, void *arg)
+{
+    if (s->opts.max_threads && s->live >= s->opts.max_threads) {
+        errno = EAGAIN;
+        return NULL;
+    }
+    tk_coro_t *c = tk_coro_new(s->pool, gt_main, NULL);
+    if (c == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    tk_gt_t *g = tk_coro_udata(c);
+    /* everything but the embedded event, which event_assign() initialises */
+    memset(g, 0, offsetof(tk_gt_t, ev));
+    memset(&g->deadline_ms, 0, offsetof(tk_gt_t, note) - offsetof(tk_gt_t, deadline_ms));
+    g->note[0] = '\0'; /* the rest is never read past the NUL */
+    g->s = s;
+    g->coro = c;
+    g->id = ++s->next_id;
+    g->fn = fn;
+    g->arg = arg;
+    g->deadline_ms = -1;
+    g->defers = g->defer_inline;
+    g->defer_cap = GT_INLINE_DEFERS;
+    tk_gt_set_name(g, name);
+    g->state = TK_GT_RUNNABLE;
+    s->st.by_state[TK_GT_RUNNABLE]++;
+    s->st.created++;
+    s->live++;
+    all_insert(&s->all, g);
+    rq_append(s, g);
+    kick(s);
+    return g;
+}
+
+void tk_gt_set_note(tk_gt_t *gt, int n, const char *const parts[], const size_t lens[])
+{
+    /* per request on the hot path: plain copies, no per-byte work */
+    size_t o = 0, room = sizeof(gt->note) - 1;
+    for (int i = 0; i < n && o < room; i++) {
+        if (i > 0)
+            gt->note[o++] = ' ';
+        size_t k = lens[i] < room - o ? lens[i] : room - o;
+        memcpy(gt->note + o, parts[i], k);
+        o += k;
+    }
+    gt->note[o] = '\0';
+}
+
+tk_gt_t *tk_gt_self(void)
+{
+    return t_sched ? t_sched->cur : NULL;
+}
+
+void tk_gt_yield(void)
+{
+    tk_gt_t *g = tk_gt_self();
+    if (g == NULL)
+        return;
+    tk_sched_t *s = g->s;
+    set_state(g, TK_GT_RUNNABLE);
+    g->rq_next = NULL;
+    if (s->yq_tail)
+        s->yq_tail->rq_next = g;
+    else
+        s->yq_head = g;
+    s->yq_tail = g;
+    tk_coro_switch(g->coro, s->main);
+}
+
+uint64_t tk_gt_id(const tk_gt_t *gt)
+{
+    return gt->id;
+}
+const char *tk_gt_name(const tk_gt_t *gt)
+{
+    return gt->name;
+}
+
+void tk_gt_set_name(tk_gt_t *gt, const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n >= sizeof(gt->name))
+        n = sizeof(gt->name) - 1;
+    if (n)
+        memcpy(gt->name, name, n);
+    gt->name[n] = '\0';
+}
+
+tk_gt_state_t tk_gt_state(const tk_gt_t *gt)
+{
+    return gt->state;
+}
+uint64_t tk_gt_started_ns(const tk_gt_t *gt)
+{
+    return gt->started_ns;
+}
+void tk_gt_set_data(tk_gt_t *gt, void *data)
+{
+    gt->data = data;
+}
+void *tk_gt_data(const tk_gt_t *gt)
+{
+    return gt->data;
+}
+
+void tk_gt_exit(void)
+{
+    tk_gt_t *g = tk_gt_self();
+    if (g == NULL)
+        abort(); /* not in a green thread: nothing to end */
+    gt_finish(g);
+}
+
+void tk_gt_joinable(tk_gt_t *gt)
+{
+    gt->joinable = 1;
+}
+
+int tk_gt_join(tk_gt_t *gt)
+{
+    tk_gt_t *self = tk_gt_self();
+    if (!gt->joinable || gt->joiner || gt == self) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (!gt->done) {
+        if (self == NULL) {
+            errno = EPERM; /* main cannot park */
+            return -1;
+        }
+        if (self->cancelled) {
+            errno = ECANCELED;
+            return -1;
+        }
+        gt->joiner = self;
+        self->join_target = gt;
+        self->wait_kind = WK_JOIN;
+        set_state(self, TK_GT_WAIT_GT);
+        tk_coro_switch(self->coro, self->s->main);
+        if (self->wake_result) {
+            errno = self->wake_result;
+            return -1;
+        }
+    }
+    assert(gt->done);
+    all_remove(&gt->s->zombies, gt);
+    gt_release(gt->s, gt);
+    return 0;
+}
+
+int tk_gt_defer(void (*fn)(void *), void *arg)
+{
+    tk_gt_t *g = tk_gt_self();
+    if (g == NULL) {
+        errno = EPERM;
+        return -1;
+    }
+    if (g->ndefer == g->defer_cap) {
+        unsigned cap = g->defer_cap * 2;
+        gt_defer_t *d = malloc(cap * sizeof(*d));
+        if (d == NULL) {
+            errno = ENOMEM;
+            return -1;
+        }
+        memcpy(d, g->defers, g->ndefer * sizeof(*d));
+        if (g->defers != g->defer_inline)
+            free(g->defers);
+        g->defers = d;
+        g->defer_cap = cap;
+    }
+    g->defers[g->ndefer].fn = fn;
+    g->defers[g->ndefer].arg = arg;
+    g->ndefer++;
+    return 0;
+}
+
+void tk_gt_cancel(tk_gt_t *gt)
+{
+    if (gt->done || gt->cancelled)
+        return;
+    gt->cancelled = 1;
+    if (is_waiting(gt))
+        wake(gt, ECANCELED);
+}
+
+int tk_gt_cancelled(const tk_gt_t *gt)
+{
+    return gt->cancelled;
+}
+
+/* --- parking ---------------------------------------------------------------------------- */
+
+/* The calling green thread, ready to park; NULL with errno set if it can't. */
+static tk_gt_t *park_self(void)
+{
+    tk_gt_t *g = tk_gt_self();
+    if (g == NULL) {
+        errno = EPERM;
+        return NULL;
+    }
+    if (g->cancelled) {
+        errno = ECANCELED;
+        return NULL;
+    }
+    return g;
+}
+
+static void deadline_tv(int64_t deadline_ms, struct timeval *tv)
+{
+    int64_t rel = deadline_ms - tk_now_ms();
+    if (rel < 0)
+        rel = 0;
+    tv->tv_sec = (time_t)(rel / 1000);
+    tv->tv_usec = (suseconds_t)(rel % 1000) * 1000;
+}
+
+static void gt_ev_cb(evutil_socket_t fd, short what, void *arg);
+
+/* Arm g's embedded event for fd (or -1: a pure timer) and the deadline. */
+static int arm(tk_gt_t *g, int fd, short events, int64_t deadline_ms)
+{
+    struct timeval tv;
+    g->deadline_ms = deadline_ms;
+    if (fd < 0 && deadline_ms < 0)
+        return 0; /* woken only explicitly */
+    event_assign(&g->ev, g->s->base, fd, events, gt_ev_cb, g);
+    if (deadline_ms >= 0) {
+        /* libevent caches the time per loop turn; refresh it so a long
+         * running turn does not make the timer fire early */
+        event_base_update_cache_time(g->s->base);
+        deadline_tv(deadline_ms, &tv);
+    }
+    if (event_add(&g->ev, deadline_ms >= 0 ? &tv : NULL) != 0) {
+        errno = fd >= 0 ? EBADF : ENOMEM;
+        return -1;
+    }
+    g->ev_armed = 1;
+    return 0;
+}
+
+/* Park the caller in state why; returns 0 or the errno it was woken with. */
+static int park(tk_gt_t *g, tk_gt_state_t why, int kind)
+{
+    g->wait_kind = (unsigned char)kind;
+    set_state(g, why);
+    tk_coro_switch(g->coro, g->s->main);
+    return g->wake_result;
+}
+
+static void gt_ev_cb(evutil_socket_t fd, short what, void *arg)
+{
+    tk_gt_t *g = arg;
+    tk_sched_t *s = g->s;
+    int result = 0;
+
+    g->ev_armed = 0;
+    if (what & EV_TIMEOUT) {
+        int64_t now = tk_now_ms();
+        if (now < g->deadline_ms) {
+            /* libevent's coarse monotonic clock lags ours: not due yet */
+            struct timeval tv;
+            deadline_tv(g->deadline_ms, &tv);
+            if (tv.tv_sec == 0 && tv.tv_usec == 0)
+                tv.tv_usec = 1000;
+            if (event_add(&g->ev, &tv) == 0) {
+                g->ev_armed = 1;
+                return;
+            }
+        }
+        result = g->wait_kind == WK_SLEEP ? 0 : ETIMEDOUT;
+    }
+    wake(g, result);
+    run_queue(s, 0); /* run it now, before libevent polls again */
+}
+
+static int park_result(int r)
+{
+    if (r != 0) {
+        errno = r;
+        return -1;
+    }
+    return 0;
+}
+
+int tk_gt_wait_fd(int fd, short events, tk_gt_state_t why, int64_t deadline_ms)
+{
+    tk_gt_t *g = park_self();
+    if (g == NULL)
+        return -1;
+    if (why < TK_GT_WAIT_NET || why >= TK_GT_NSTATES || fd < 0 ||
+        !(events & (EV_READ | EV_WRITE))) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (deadline_ms >= 0 && tk_now_ms() >= deadline_ms) {
+        errno = ETIMEDOUT;
+        return -1;
+    }
+    if (arm(g, fd, events & (EV_READ | EV_WRITE | EV_ET), deadline_ms) != 0)
+        return -1;
+    return park_result(park(g, why, WK_FD));
+}
+
+int tk_gt_sleep_ms(int64_t ms)
+{
+    tk_gt_t *g = park_self();
+    if (g == NULL)
+        return -1;
+    if (ms <= 0) {
+        tk_gt_yield();
+        return park_result(g->cancelled ? ECANCELED : 0);
+    }
+    if (arm(g, -1, 0, tk_now_ms() + ms) != 0)
+        return -1;
+    return park_result(park(g, TK_GT_SLEEPING, WK_SLEEP));
+}
+
+int tk_gt_park(tk_gt_state_t why, int64_t deadline_ms)
+{
+    tk_gt_t *g = park_self();
+    if (g == NULL)
+        return -1;
+    if (why < TK_GT_WAIT_NET || why >= TK_GT_NSTATES) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (deadline_ms >= 0 && tk_now_ms() >= deadline_ms) {
+        errno = ETIMEDOUT;
+        return -1;
+    }
+    if (arm(g, -1, 0, deadline_ms) != 0)
+        return -1;
+    return park_result(park(g, why, WK_PARK));
+}
+
+int tk_gt_unpark(tk_gt_t *gt)
+{
+    if (gt == NULL || gt->done || !is_waiting(gt) || gt->wait_kind != WK_PARK)
+        return -1;
+    wake(gt, 0);
+    return 0;
+}
+
+/* --- wait queues ------------------------------------------------------------------------- */
+
+/* Queue the caller on q (FIFO) and park; 0 when handed what it waited for. */
+static int waitq_park(tk_gt_t *g, tk_waitq_t *q, int64_t deadline_ms)
+{
+    if (deadline_ms >= 0 && tk_now_ms() >= deadline_ms)
+        return ETIMEDOUT;
+    if (arm(g, -1, 0, deadline_ms) != 0)
+        return errno;
+    wq_push(q, g);
+    return park(g, TK_GT_WAIT_GT, WK_WAITQ);
+}
+
+void tk_mutex_init(tk_mutex_t *m)
+{
+    memset(m, 0, sizeof(*m));
+}
+
+int tk_mutex_lock(tk_mutex_t *m)
+{
+    tk_gt_t *g = park_self();
+    if (g == NULL)
+        return -1;
+    if (m->owner == NULL) {
+        m->owner = g;
+        return 0;
+    }
+    if (m->owner == g) {
+        errno = EDEADLK;
+        return -1;
+    }
+    int r = waitq_park(g, &m->q, -1);
+    if (r != 0)
+        return park_result(r);
+    assert(m->owner == g); /* handed over by unlock */
+    return 0;
+}
+
+int tk_mutex_trylock(tk_mutex_t *m)
+{
+    tk_gt_t *g = tk_gt_self();
+    if (g == NULL) {
+        errno = EPERM;
+        return -1;
+    }
+    if (m->owner != NULL) {
+        errno = EBUSY;
+        return -1;
+    }
+    m->owner = g;
+    return 0;
+}
+
+void tk_mutex_unlock(tk_mutex_t *m)
+{
+    assert(m->owner != NULL && m->owner == tk_gt_self());
+    tk_gt_t *next = m->q.head;
+    m->owner = next;
+    if (next)
+        wake(next, 0);
+}
+
+/* Re-take m after a condition wait, even when cancelled: the caller expects to
+ * hold m whatever the wait returned. */
+static void mutex_relock(tk_mutex_t *m, tk_gt_t *g)
+{
+    while (m->owner != g) {
+        if (m->owner == NULL) {
+            m->owner = g;
+            break;
+        }
+        wq_push(&m->q, g);
+        g->deadline_ms = -1;
+        park(g, TK_GT_WAIT_GT, WK_WAITQ);
+    }
+}
+
+void tk_sem_init(tk_sem_t *s, long count)
+{
+    memset(s, 0, sizeof(*s));
+    s->count = count;
+}
+
+int tk_sem_wait(tk_sem_t *s, int64_t deadline_ms)
+{
+    if (s->count > 0) {
+        s->count--;
+        return 0;
+    }
+    tk_gt_t *g = park_self();
+    if (g == NULL)
+        return -1;
+    return park_result(waitq_park(g, &s->q, deadline_ms));
+}
+
+void tk_sem_post(tk_sem_t *s)
+{
+    tk_gt_t *next = s->q.head;
+    if (next)
+        wake(next, 0); /* the unit goes straight to the first waiter */
+    else
+        s->count++;
+}
+
+void tk_cond_init(tk_cond_t *c)
+{
+    memset(c, 0, sizeof(*c));
+}
+
+int tk_cond_wait(tk_cond_t *c, tk_mutex_t *m, int64_t deadline_ms)
+{
+    tk_gt_t *g = park_self();
+    if (g == NULL)
+        return -1;
+    assert(m->owner == g);
+    int r = ETIMEDOUT;
+    if (deadline_ms < 0 || tk_now_ms() < deadline_ms) {
+        if (arm(g, -1, 0, deadline_ms) != 0)
+            return -1;
+        wq_push(&c->q, g);
+        tk_mutex_unlock(m);
+        r = park(g, TK_GT_WAIT_GT, WK_WAITQ);
+        mutex_relock(m, g);
+    }
+    return park_result(r);
+}
+
+void tk_cond_signal(tk_cond_t *c)
+{
+    tk_gt_t *next = c->q.head;
+    if (next)
+        wake(next, 0);
+}
+
+void tk_cond_broadcast(tk_cond_t *c)
+{
+    while (c->q.head)
+        wake(c->q.head, 0);
+}
+
+struct tk_chan {
+    size_t cap, n, head; /* ring of cap slots, n used from head */
+    int closed;
+    tk_waitq_t sendq, recvq;
+    void *buf[];
+};
+
+tk_chan_t *tk_chan_new(size_t capacity)
+{
+    if (capacity < 1) {
+        errno = EINVAL;
+        return NULL;
+    }
+    tk_chan_t *c = calloc(1, sizeof(*c) + capacity * sizeof(void *));
+    if (c)
+        c->cap = capacity;
+    return c;
+}
+
+void tk_chan_free(tk_chan_t *c)
+{
+    if (c == NULL)
+        return;
+    assert(c->sendq.head == NULL && c->recvq.head == NULL);
+    free(c);
+}
+
+int tk_chan_send(tk_chan_t *c, void *v, int64_t deadline_ms)
+{
+    if (c->closed) {
+        errno = EPIPE;
+        return -1;
+    }
+    tk_gt_t *r = c->recvq.head;
+    if (r != NULL) { /* a receiver waits, so the ring is empty: hand over */
+        r->xfer = v;
+        wake(r, 0);
+        return 0;
+    }
+    if (c->n < c->cap) {
+        c->buf[(c->head + c->n) % c->cap] = v;
+        c->n++;
+        return 0;
+    }
+    tk_gt_t *g = park_self();
+    if (g == NULL)
+        return -1;
+    g->xfer = v;
+    return park_result(waitq_park(g, &c->sendq, deadline_ms));
+}
+
+int tk_chan_recv(tk_chan_t *c, void **v, int64_t deadline_ms)
+{
+    if (c->n > 0) {
+        *v = c->buf[c->head];
+        c->head = (c->head + 1) % c->cap;
+        c->n--;
+        tk_gt_t *snd = c->sendq.head;
+        if (snd != NULL) { /* the first blocked sender's value takes the free slot */
+            c->buf[(c->head + c->n) % c->cap] = snd->xfer;
+            c->n++;
+            wake(snd, 0);
+        }
+        return 0;
+    }
+    if (c->closed) {
+        errno = EPIPE;
+        return -1;
+    }
+    tk_gt_t *g = park_self();
+    if (g == NULL)
+        return -1;
+    int r = waitq_park(g, &c->recvq, deadline_ms);
+    if (r != 0)
+        return park_result(r);
+    *v = g->xfer;
+    return 0;
+}
+
+void tk_chan_close(tk_chan_t *c)
+{
+    c->closed = 1;
+    while (c->recvq.head)
+        wake(c->recvq.head, EPIPE);
+    while (c->sendq.head)
+        wake(c->sendq.head, EPIPE);
+}

@@ -1,0 +1,14 @@
+/* abi.c: the names of the green-thread states (shared by tenkd, tenkctl and /debug/stats). */
+#include "config.h"
+
+#include "shm/abi.h"
+
+static const char *const state_names[TK_GT_NSTATES] = {
+    "running",     "runnable",   "wait_net", "wait_db",
+    "wait_broker", "wait_cache", "sleeping", "wait_gt",
+};
+
+const char *tk_gt_state_name(tk_gt_state_t s)
+{
+    return (unsigned)s < TK_GT_NSTATES ? state_names[s] : "invalid";
+}
