@@ -14,7 +14,7 @@
 /* Release policy (tk_broker_release()): connections cannot move between
  * processes, so handing a slot to another worker's waiter costs closing our
  * connection and that worker opening a new one: a PostgreSQL backend start,
- * ~10 ms of database CPU on this 2-core box. Strict FIFO would do that on
+ * ~10 ms of database CPU (measured on a 2-core machine). Strict FIFO would do that on
  * (N-1)/N of all releases under even load; measured, it cut /db throughput
  * from ~12k to under 1k requests/s. So a release with waiters queued serves:
  *   1. the global head, directly, when it belongs to this worker;
@@ -56,7 +56,7 @@
  * most twice as long as that waiter + local_bias_ns, or within
  * move_interval_ns of the last move, and for an idle connection only during
  * TK_DB_STEAL_GRACE_MS plus one db.c tick. tests/integration/test_broker_fairness.py checks the
- * result the issue asks for, per-worker p99 wait <= 2 x the global p99,
+ * fairness bound, per-worker p99 wait <= 2 x the global p99,
  * under even and uneven loads. A stricter rule (the 2x bound with no rate
  * limit, idle connections given up after 10 ms) was measured: as fair, but
  * under contention each move's backend start made the next waits longer and

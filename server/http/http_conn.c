@@ -376,7 +376,7 @@ int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *pee
     /* Read first: a client's request usually comes right after the
      * handshake, so under load it is often here by the accept. Serving it now
      * spares a wake-up, and a connection answered and closed at once never
-     * enters epoll (an add and a delete, issue #21); if nothing is here, the
+     * enters epoll (an add and a delete); if nothing is here, the
      * read says EAGAIN and the connection waits idle, which costs a read more
      * than waiting at once: hence the score. */
     if (srv->read_first > 0 || c->id % READ_FIRST_PROBE == 0) {
@@ -769,7 +769,7 @@ static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t
         /* The client's last request, read to its end, nothing after it: no
          * byte can arrive for a close to answer with a reset, so the
          * lingering close (a shutdown, two epoll changes, a wake-up and a
-         * read per connection) has nothing to protect (issue #21). */
+         * read per connection) has nothing to protect. */
         if (last && !unread && c->in.len == 0)
             return SERVE_FIN;
         return SERVE_LINGER;

@@ -293,7 +293,7 @@ static int open_listener(const char *addr, int backlog)
         TK_LOG_ERRNO(TK_LOG_WARN, errno, "setsockopt(SO_REUSEADDR) on %s failed", addr);
     /* Accepted sockets inherit TCP_NODELAY from their listener (Linux copies
      * the listener's options to each child): one setsockopt per connection
-     * fewer in the workers, which count on it (issue #21). */
+     * fewer in the workers, which count on it. */
     if ((l->ss.ss_family == AF_INET || l->ss.ss_family == AF_INET6) &&
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
         TK_LOG_ERRNO(TK_LOG_WARN, errno, "setsockopt(TCP_NODELAY) on %s failed", addr);

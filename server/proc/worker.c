@@ -45,7 +45,7 @@
  * soon as this worker is no longer above the others. Not all workers can be
  * above the others' average at once, so when every worker holds back, one
  * resumes within this time: the longest a queued connection waits for the
- * spreading (it was a blind 10 ms, issue #21). */
+ * spreading (it was a blind 10 ms). */
 #define BALANCE_POLL_MS 1
 /* Fast stop: what in-flight requests get. */
 #define FAST_STOP_MS 1000
@@ -87,7 +87,7 @@ static void accept_set(worker_t *w, int on)
              * connection, but this epoll is nested in the loop's, and the
              * kernel counts a nested epoll as no waiter, so it wakes every
              * accepting worker (strace -f: both return from epoll_wait for one
-             * connection, one gets EAGAIN; issue #21). It can only be set with
+             * connection, one gets EAGAIN). It can only be set with
              * EPOLL_CTL_ADD, hence the DEL/ADD pair rather than MOD. */
             struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.fd = lfd};
             if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, lfd, &ev) != 0)
