@@ -9,6 +9,7 @@ Options: --build DIR (TENK_BUILD), --no-devenv (database tests skip), and TENK_T
 import os
 import re
 import shlex
+import signal
 import subprocess
 
 import pytest
@@ -53,7 +54,15 @@ def _load_env_file(path):
                 os.environ.setdefault(k, v)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def pytest_configure(config):
+    # `timeout` (scripts/test) sends SIGTERM: stop the running test's tenkd and still print the
+    # counts so far, as for ^C
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
     build = config.getoption("build")
     if build:
         os.environ["TENK_BUILD"] = os.path.abspath(build)
