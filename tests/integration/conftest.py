@@ -89,7 +89,7 @@ def pytest_sessionstart(session):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        base = os.path.basename(str(item.fspath))
+        base = os.path.basename(item.nodeid.split("::")[0])
         if base in TORTURE_FILES:
             item.add_marker(pytest.mark.torture)
         if base in SLOW_FILES or "%s::%s" % (base, item.name) in SLOW_TESTS:
