@@ -18,7 +18,7 @@ TK_PKGS_BUILD="autoconf automake libtool pkg-config make gcc libevent-dev libcjs
 TK_PKGS_RUN="postgresql postgresql-contrib redis-server redis-tools procps passwd util-linux"
 # Only for the replicated devenv (scripts/devenv up --pgbouncer; Sentinels are redis-server --sentinel).
 TK_PKGS_HA="pgbouncer"
-TK_PKGS_TEST="python3 clang libclang-rt-14-dev tmux systemd curl wrk psmisc prometheus chromium nodejs
+TK_PKGS_TEST="python3 python3-pytest clang libclang-rt-14-dev tmux systemd curl wrk psmisc prometheus chromium nodejs
   slowhttptest valgrind debhelper dh-autoreconf lintian dpkg-dev fakeroot adduser"
 
 # tk_apt_install PKG...: install whichever of PKG are missing (needs root), loudly.

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -36,8 +37,18 @@ SANITIZED = _sanitized()
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 
 
-class Skip(Exception):
+# Under pytest (conftest.py) a Skip is pytest's own skip outcome; the harness needs no pytest.
+_SkipBase = sys.modules["pytest"].skip.Exception if "pytest" in sys.modules else Exception
+
+
+class Skip(_SkipBase):
     """Raised by a test that cannot run here; counted as skipped."""
+
+    def __init__(self, reason):
+        try:  # pytest then reports the test's line, not this file's
+            super().__init__(reason, _use_item_location=True)
+        except TypeError:
+            super().__init__(reason)
 
 
 def skip(reason):
