@@ -12,7 +12,7 @@
 #include "shm/segment.h"
 
 /* Both tools print these objects, so their field names and order are one
- * contract (tests and scripts/bench.d/report.py read them): fields are only
+ * contract (tests and bench/lib/report.py read them): fields are only
  * ever added. The builders read copies (snapshots, header and worker table
  * copies) or the broker's counters; they keep no state and never log. */
 

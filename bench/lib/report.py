@@ -969,7 +969,7 @@ def churn_section(L, resdir, agg, order, wrk_like):
     L.append("")
     L.append("`close-100`: wrk with `Connection: close`, 100 connections; `http10-50`: ab (HTTP/1.0, no "
              "keep-alive), 50 concurrent; `connect-storm`: 10,000 connections opened at once by "
-             "`scripts/bench.d/storm.py`, one request each (req/s = 10,000 ÷ the time until all were "
+             "`bench/lib/storm.py`, one request each (req/s = 10,000 ÷ the time until all were "
              "answered, latency from the connect). Every server restarted at each worker count (h2o: "
              "threads, Go: GOMAXPROCS). *CPU µs/req*: the server's CPU time (all processes) ÷ the "
              "requests answered, median of rounds. *Largest worker share*: tenk's busiest worker's "
