@@ -5,6 +5,7 @@
 #include "proc/conf.h"
 #include "proc/log.h"
 #include "proc/master.h"
+#include "proc/proctitle.h"
 #include "proc/resolve.h"
 
 #include <errno.h>
@@ -146,7 +147,7 @@ int main(int argc, char **argv)
     };
     int test = 0, opt;
 
-    tk_master_title_init(argc, argv);
+    tk_proctitle_init(argc, argv);
     while ((opt = getopt_long(argc, argv, "c:tfn:l:w:u:vhV", opts, NULL)) != -1) {
         int r = 0;
         switch (opt) {

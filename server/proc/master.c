@@ -1,4 +1,4 @@
-/* master.c: the prefork master. It binds the listen sockets, creates shared
+/* master.c: the prefork master. It binds the listen sockets (listen.c), creates shared
  * memory, forks one worker per core and then only supervises: respawns crashed
  * workers (with back-off), reloads on SIGHUP by starting a new generation
  * before draining the old one, stops fast or gracefully, and speaks sd_notify.
@@ -13,9 +13,12 @@
 #include "proc/master.h"
 
 #include "shm/broker.h"
+#include "proc/listen.h"
 #include "proc/log.h"
 #include "shm/metrics.h"
 #include "proc/notify.h"
+#include "proc/pidfile.h"
+#include "proc/proctitle.h"
 #include "shm/segment.h"
 #include "proc/worker.h"
 
@@ -23,82 +26,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-extern char **environ;
-
-/* --- process title ---------------------------------------------------------------- */
-
-static char *title_base;
-static size_t title_size;
-/* The moved environment: kept here too, because a later setenv() may replace
- * environ with an array of its own and would leave ours unreferenced (valgrind
- * then reports it as lost); "used" keeps the otherwise write-only store. */
-static char **title_environ __attribute__((used));
-
-void tk_master_title_init(int argc, char **argv)
-{
-    if (argc <= 0 || argv == NULL || argv[0] == NULL)
-        return;
-    /* The kernel lays argv strings and then environ strings out back to back;
-     * find the end of that contiguous run. */
-    char *base = argv[0], *end = argv[0];
-    for (int i = 0; i < argc; i++)
-        if (argv[i] == end)
-            end = argv[i] + strlen(argv[i]) + 1;
-    size_t n = 0;
-    while (environ[n] != NULL)
-        n++;
-    char **env = malloc((n + 1) * sizeof(*env));
-    if (env == NULL)
-        return;
-    for (size_t i = 0; i < n; i++) {
-        if (environ[i] == end)
-            end = environ[i] + strlen(environ[i]) + 1;
-        env[i] = strdup(environ[i]);
-        if (env[i] == NULL)
-            return; /* keep the old environment; no title then */
-    }
-    env[n] = NULL;
-    for (int i = 0; i < argc; i++) {
-        char *copy = strdup(argv[i]);
-        if (copy == NULL)
-            return;
-        argv[i] = copy;
-    }
-    environ = title_environ = env;
-    title_base = base;
-    title_size = (size_t)(end - base);
-}
-
-void tk_master_set_title(const char *fmt, ...)
-{
-    char buf[128];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    /* comm (top, /proc/PID/comm) is 15 bytes: "tenkd: worker 3" style. */
-    prctl(PR_SET_NAME, buf, 0, 0, 0);
-    if (title_base == NULL || title_size < 2)
-        return;
-    memset(title_base, 0, title_size);
-    snprintf(title_base, title_size, "%s", buf);
-}
 
 /* --- state ---------------------------------------------------------------------- */
 
@@ -121,15 +58,6 @@ typedef struct {
     unsigned crashes;      /* consecutive fast deaths in this slot */
 } wk_t;
 
-typedef struct {
-    struct sockaddr_storage ss;
-    socklen_t sl;
-    char addr[128];
-    int fd;
-} listener_t;
-
-#define MAX_LISTENERS (2 * (TK_CONF_MAX_LISTEN + 1))
-
 typedef enum { RUNNING = 0, STOP_GRACEFUL, STOP_FAST } stop_t;
 
 static struct {
@@ -146,8 +74,7 @@ static struct {
     tk_shm_t *shm;
     unsigned nslots;
     wk_t w[TK_SHM_MAX_SLOTS];
-    listener_t lst[MAX_LISTENERS];
-    int nlst;
+    tk_listen_set_t lst;
 
     int drop; /* drop privileges in workers */
     uid_t uid;
@@ -237,138 +164,6 @@ static void detach_stderr(void)
     }
 }
 
-/* --- listen sockets ----------------------------------------------------------------- */
-
-static int somaxconn(void)
-{
-    int fd = open("/proc/sys/net/core/somaxconn", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    char buf[32];
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
-    return atoi(buf);
-}
-
-static listener_t *find_listener(const char *addr)
-{
-    struct sockaddr_storage ss;
-    socklen_t sl;
-    char err[160];
-    if (tk_conf_parse_addr(addr, &ss, &sl, err, sizeof(err)) != 0)
-        return NULL;
-    for (int i = 0; i < M.nlst; i++)
-        if (M.lst[i].sl == sl && memcmp(&M.lst[i].ss, &ss, sl) == 0)
-            return &M.lst[i];
-    return NULL;
-}
-
-/* Open addr unless already open. Non-blocking: every worker accepts from it.
- * The backlog is capped by net.core.somaxconn (the kernel would silently). */
-static int open_listener(const char *addr, int backlog)
-{
-    if (find_listener(addr) != NULL)
-        return 0;
-    if (M.nlst == MAX_LISTENERS) {
-        TK_LOG(TK_LOG_ERR, "too many listen sockets");
-        return -1;
-    }
-    listener_t *l = &M.lst[M.nlst];
-    char err[160];
-    if (tk_conf_parse_addr(addr, &l->ss, &l->sl, err, sizeof(err)) != 0) {
-        TK_LOG(TK_LOG_ERR, "listen %s: %s", addr, err);
-        return -1;
-    }
-    snprintf(l->addr, sizeof(l->addr), "%s", addr);
-    int fd = socket(l->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        TK_LOG_ERRNO(TK_LOG_ERR, errno, "socket() for %s failed", addr);
-        return -1;
-    }
-    int one = 1;
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
-        TK_LOG_ERRNO(TK_LOG_WARN, errno, "setsockopt(SO_REUSEADDR) on %s failed", addr);
-    /* Accepted sockets inherit TCP_NODELAY from their listener (Linux copies
-     * the listener's options to each child): one setsockopt per connection
-     * fewer in the workers, which count on it. */
-    if ((l->ss.ss_family == AF_INET || l->ss.ss_family == AF_INET6) &&
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
-        TK_LOG_ERRNO(TK_LOG_WARN, errno, "setsockopt(TCP_NODELAY) on %s failed", addr);
-    /* [::]:P should not also take 0.0.0.0:P: both may be listed. */
-    if (l->ss.ss_family == AF_INET6 &&
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0)
-        TK_LOG_ERRNO(TK_LOG_WARN, errno, "setsockopt(IPV6_V6ONLY) on %s failed", addr);
-    if (bind(fd, (struct sockaddr *)&l->ss, l->sl) != 0) {
-        TK_LOG_ERRNO(TK_LOG_ERR, errno, "bind() to %s failed", addr);
-        close(fd);
-        return -1;
-    }
-    int max = somaxconn();
-    if (max > 0 && backlog > max) {
-        TK_LOG(TK_LOG_WARN,
-               "server.backlog %d exceeds net.core.somaxconn (%d) for %s; using %d (raise it "
-               "with sysctl -w net.core.somaxconn=%d)",
-               backlog, max, addr, max, backlog);
-        backlog = max;
-    }
-    if (listen(fd, backlog) != 0) {
-        TK_LOG_ERRNO(TK_LOG_ERR, errno, "listen() on %s failed", addr);
-        close(fd);
-        return -1;
-    }
-    l->fd = fd;
-    M.nlst++;
-    TK_LOG(TK_LOG_INFO, "listening on %s", addr);
-    return 0;
-}
-
-static int conf_uses(const tk_conf_t *c, const listener_t *l)
-{
-    if (c == NULL)
-        return 0;
-    for (int i = 0; i < c->nlisten; i++)
-        if (find_listener(c->listen[i]) == l)
-            return 1;
-    return c->admin_listen[0] && find_listener(c->admin_listen) == l;
-}
-
-/* Open every socket c needs. */
-static int open_listeners(const tk_conf_t *c)
-{
-    for (int i = 0; i < c->nlisten; i++)
-        if (open_listener(c->listen[i], c->backlog) != 0)
-            return -1;
-    if (c->admin_listen[0] && open_listener(c->admin_listen, 128) != 0)
-        return -1;
-    return 0;
-}
-
-/* Close the sockets neither a or b uses (the workers keep their own copies). */
-static void close_unused_listeners(const tk_conf_t *a, const tk_conf_t *b)
-{
-    for (int i = 0; i < M.nlst;) {
-        if (conf_uses(a, &M.lst[i]) || conf_uses(b, &M.lst[i])) {
-            i++;
-            continue;
-        }
-        TK_LOG(TK_LOG_NOTICE, "closing listen socket %s", M.lst[i].addr);
-        close(M.lst[i].fd);
-        M.lst[i] = M.lst[--M.nlst];
-    }
-}
-
-static void close_all_listeners(void)
-{
-    for (int i = 0; i < M.nlst; i++)
-        close(M.lst[i].fd);
-    M.nlst = 0;
-}
-
-/* --- workers ------------------------------------------------------------------------ */
-
 static void signal_worker(wk_t *w, int sig)
 {
     if (w->pid > 0 && kill(w->pid, sig) != 0 && errno != ESRCH)
@@ -401,16 +196,10 @@ static void __attribute__((noreturn))
 child_main(unsigned slot, uint64_t gen, const tk_conf_t *c, const int *fds, int nfds, int admin_fd)
 {
     tk_log_set_worker((int)slot);
-    tk_master_set_title("tenkd: worker %u (%s)", slot, c->name);
+    tk_proctitle_set("tenkd: worker %u (%s)", slot, c->name);
 
     /* Sockets of other generations' addresses are not ours to hold open. */
-    for (int i = 0; i < M.nlst; i++) {
-        int used = M.lst[i].fd == admin_fd;
-        for (int j = 0; j < nfds; j++)
-            used |= M.lst[i].fd == fds[j];
-        if (!used)
-            close(M.lst[i].fd);
-    }
+    tk_listen_close_others(&M.lst, fds, nfds, admin_fd);
     if (M.ready_fd >= 0)
         close(M.ready_fd);
     if (M.daemon && c->error_log[0] == '\0')
@@ -470,12 +259,12 @@ static int spawn(unsigned slot, uint64_t gen, unsigned index, const tk_conf_t *c
     int fds[TK_CONF_MAX_LISTEN];
     int nfds = 0, admin_fd = -1;
     for (int i = 0; i < c->nlisten; i++) {
-        listener_t *l = find_listener(c->listen[i]);
+        tk_listen_t *l = tk_listen_find(&M.lst, c->listen[i]);
         assert(l != NULL);
         fds[nfds++] = l->fd;
     }
     if (c->admin_listen[0]) {
-        listener_t *l = find_listener(c->admin_listen);
+        tk_listen_t *l = tk_listen_find(&M.lst, c->admin_listen);
         assert(l != NULL);
         admin_fd = l->fd;
     }
@@ -669,8 +458,8 @@ static void reload_start(void)
         reload_refused(err);
         return;
     }
-    if (open_listeners(nc) != 0) {
-        close_unused_listeners(M.conf, NULL);
+    if (tk_listen_open(&M.lst, nc) != 0) {
+        tk_listen_close_unused(&M.lst, M.conf, NULL);
         free(nc);
         reload_refused("cannot open a new listen address (see the error above)");
         return;
@@ -705,7 +494,7 @@ static void reload_finish(void)
             draining++;
         }
     }
-    close_unused_listeners(nc, NULL);
+    tk_listen_close_unused(&M.lst, nc, NULL);
     free(M.conf);
     M.conf = nc;
     M.next = NULL;
@@ -747,7 +536,7 @@ static void reload_abort(const char *why)
     }
     free(M.next);
     M.next = NULL;
-    close_unused_listeners(M.conf, NULL);
+    tk_listen_close_unused(&M.lst, M.conf, NULL);
     reload_refused(why);
 }
 
@@ -876,75 +665,14 @@ static void stop_begin(stop_t how)
         }
     }
     /* Workers hold their own copies; no new worker needs ours. */
-    close_all_listeners();
+    tk_listen_close_all(&M.lst);
 }
-
-/* --- pid file ------------------------------------------------------------------------ */
-
-static int write_pid_file(void)
-{
-    tk_conf_pid_path(M.conf, M.pid_path, sizeof(M.pid_path));
-    char dir[300];
-    snprintf(dir, sizeof(dir), "%s", M.pid_path);
-    char *slash = strrchr(dir, '/');
-    if (slash != NULL && slash != dir) {
-        *slash = '\0';
-        /* mkdir -p: the run-state directory of a --prefix install may not exist yet. */
-        for (char *p = dir + 1;; p++) {
-            if (*p != '/' && *p != '\0')
-                continue;
-            char saved = *p;
-            *p = '\0';
-            if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-                TK_LOG_ERRNO(TK_LOG_WARN, errno, "mkdir(\"%s\") failed", dir);
-                *p = saved;
-                break;
-            }
-            *p = saved;
-            if (saved == '\0')
-                break;
-        }
-    }
-    int fd = open(M.pid_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-    if (fd < 0) {
-        TK_LOG_ERRNO(TK_LOG_ERR, errno, "open(\"%s\") failed", M.pid_path);
-        M.pid_path[0] = '\0';
-        return -1;
-    }
-    char buf[32];
-    int n = snprintf(buf, sizeof(buf), "%d\n", (int)M.pid);
-    ssize_t w = write(fd, buf, (size_t)n);
-    close(fd);
-    if (w != n) {
-        TK_LOG_ERRNO(TK_LOG_ERR, errno, "write(\"%s\") failed", M.pid_path);
-        return -1;
-    }
-    return 0;
-}
-
-/* Remove the pid file only if it still names us. */
-static void remove_pid_file(void)
-{
-    if (M.pid_path[0] == '\0')
-        return;
-    FILE *f = fopen(M.pid_path, "re");
-    if (f == NULL)
-        return;
-    int pid = 0;
-    if (fscanf(f, "%d", &pid) != 1)
-        pid = 0;
-    fclose(f);
-    if (pid == (int)M.pid)
-        unlink(M.pid_path);
-}
-
-/* --- the loop ------------------------------------------------------------------------ */
 
 static void cleanup(void)
 {
-    close_all_listeners();
+    tk_listen_close_all(&M.lst);
     tk_broker_wake_close();
-    remove_pid_file();
+    tk_pidfile_remove(M.pid_path, M.pid);
     if (M.shm != NULL) {
         tk_shm_unlink(M.conf->name);
         tk_shm_detach(M.shm);
@@ -1090,7 +818,7 @@ int tk_master_run(const tk_conf_t *conf, tk_master_load_fn load, void *load_arg,
         return 1;
     *M.conf = *conf;
 
-    tk_master_set_title("tenkd: master (%s)", conf->name);
+    tk_proctitle_set("tenkd: master (%s)", conf->name);
 
     /* Privileges: workers run as server.user; the master keeps root to bind
      * and to manage the pid file and shared memory. */
@@ -1142,11 +870,12 @@ int tk_master_run(const tk_conf_t *conf, tk_master_load_fn load, void *load_arg,
         cleanup();
         return 1;
     }
-    if (open_listeners(conf) != 0) {
+    if (tk_listen_open(&M.lst, conf) != 0) {
         cleanup();
         return 1;
     }
-    write_pid_file();
+    tk_conf_pid_path(M.conf, M.pid_path, sizeof(M.pid_path));
+    tk_pidfile_write(M.pid_path, M.pid);
 
     /* Block our signals; ppoll() unblocks them only while waiting. */
     sigset_t block, waitmask;

@@ -1,5 +1,6 @@
-/* master.h: the prefork master: listen sockets, shared memory, fork/reap/respawn
- * of workers, signals, zero-drop reload, stops, sd_notify, process titles. */
+/* master.h: the prefork master: shared memory, fork/reap/respawn of workers,
+ * signals, zero-drop reload, stops, sd_notify (listen sockets: listen.h; pid
+ * file: pidfile.h; process titles: proctitle.h). */
 #ifndef TK_MASTER_H
 #define TK_MASTER_H
 
@@ -20,12 +21,6 @@ typedef int (*tk_master_load_fn)(tk_conf_t *out, char *err, size_t errlen, void 
 #define TK_MASTER_FAST_STOP_MS 3000
 /* A new generation that is not accepting after this long fails the reload. */
 #define TK_MASTER_START_TIMEOUT_MS 30000
-
-/* Call first thing in main(): moves the environment and argv strings away
- * from the original argv area, so tk_master_set_title() can overwrite it
- * (what ps shows is that memory, not the prctl name). argv[i] stay valid. */
-void tk_master_title_init(int argc, char **argv);
-void tk_master_set_title(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Run the master until stopped. conf is the validated start-up configuration;
  * load re-reads it on SIGHUP. ready_fd >= 0 (daemon mode) receives one byte

@@ -19,95 +19,29 @@
  *
  * A green thread's struct lives in the top page of its stack mapping (coro
  * udata) and embeds the struct event it parks on, so neither spawning nor
- * waiting allocates. */
+ * waiting allocates.
+ *
+ * Mutexes, semaphores, conditions and channels on top of park/wake are in
+ * waitq.c, the guard-page overflow report in sched_guard.c; the structs they
+ * share are in sched_int.h. */
 #include "config.h"
 
 #include "runtime/scheduler.h"
 
 #include "runtime/coro.h"
+#include "runtime/sched_int.h"
 #include "proc/log.h"
 
 #include <assert.h>
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/event_struct.h>
-
-/* What a parked thread waits for; decides how a timeout is reported and
- * what tk_gt_unpark() may wake. */
-enum {
-    WK_NONE = 0,
-    WK_FD,    /* tk_gt_wait_fd */
-    WK_SLEEP, /* tk_gt_sleep_ms: the timer firing is success */
-    WK_PARK,  /* tk_gt_park */
-    WK_WAITQ, /* mutex, semaphore, condition, channel */
-    WK_JOIN,  /* tk_gt_join */
-};
-
-typedef struct {
-    void (*fn)(void *);
-    void *arg;
-} gt_defer_t;
-
-#define GT_INLINE_DEFERS 4
-
-struct tk_gt {
-    tk_sched_t *s;
-    tk_coro_t *coro;
-    uint64_t id;
-    tk_gt_state_t state;
-    tk_gt_fn fn;
-    void *arg;
-    void *data;
-    tk_gt_t *rq_next;             /* run queue or yield queue */
-    tk_gt_t *all_next, *all_prev; /* live list, or zombie list once ended */
-    tk_gt_t *wq_next, *wq_prev;   /* position in a wait queue */
-    tk_waitq_t *wq;               /* the wait queue it is on, if any */
-    tk_gt_t *joiner;              /* parked in tk_gt_join() on us */
-    tk_gt_t *join_target;         /* whom we are joining */
-    void *xfer;                   /* channel value handed over */
-    struct event ev;              /* fd readiness and deadlines */
-    int64_t deadline_ms;          /* of the current wait, -1 none */
-    uint64_t started_ns;
-    int wake_result;         /* 0 or the errno the park returns */
-    unsigned char wait_kind; /* WK_* */
-    unsigned char ev_armed;  /* ev is added */
-    unsigned char cancelled;
-    unsigned char joinable;
-    unsigned char done; /* fn returned or tk_gt_exit(); about to be reaped */
-    unsigned ndefer, defer_cap;
-    gt_defer_t *defers; /* defer_inline, or malloc'd when more are needed */
-    gt_defer_t defer_inline[GT_INLINE_DEFERS];
-    char name[32];
-    char note[TK_GT_NOTE_MAX]; /* for the overflow report: always NUL-terminated */
-};
-
-struct tk_sched {
-    struct event_base *base;
-    tk_sched_opts_t opts;
-    tk_coro_pool_t *pool;
-    tk_coro_t *main;            /* the thread's own stack */
-    tk_gt_t *cur;               /* running green thread, NULL on main */
-    tk_gt_t *rq_head, *rq_tail; /* runnable now */
-    tk_gt_t *yq_head, *yq_tail; /* yielded: runnable after the next poll */
-    tk_gt_t *all;               /* live threads */
-    tk_gt_t *zombies;           /* ended joinable threads awaiting tk_gt_join */
-    struct event drain_ev;      /* activated: drain the run queue this iteration */
-    struct event yield_ev;      /* zero timeout: drain after one poll */
-    unsigned char drain_armed, yield_armed, draining, in_run, stopping;
-    unsigned live;
-    uint64_t next_id;
-    tk_sched_stats_t st;
-    void *altstack; /* our sigaltstack, if we installed one */
-    size_t altstack_size;
-};
 
 static __thread tk_sched_t *t_sched;
 
@@ -158,156 +92,7 @@ uint64_t tk_now_ns(void)
     return tk_now_last_ns;
 }
 
-/* --- guard-page overflow report ------------------------------------------------- */
-
-static struct sigaction g_old_segv;
-
-static size_t fmt_u64(char *p, uint64_t v)
-{
-    char tmp[24];
-    size_t n = 0, i;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (i = 0; i < n; i++)
-        p[i] = tmp[n - 1 - i];
-    return n;
-}
-
-static size_t fmt_str(char *p, const char *s, size_t max)
-{
-    size_t n = 0;
-    while (s[n] && n < max) {
-        p[n] = s[n];
-        n++;
-    }
-    return n;
-}
-
-/* Async-signal-safe: only write(2) and sigaction(2). The green thread's
- * struct lives in its stack's top page, far from the overflowing end. */
-static void segv_handler(int sig, siginfo_t *si, void *uctx)
-{
-    tk_sched_t *s = t_sched;
-    tk_gt_t *g = s ? s->cur : NULL;
-
-    if (g != NULL && tk_coro_guard_hit(g->coro, si->si_addr)) {
-        char buf[96 + sizeof(g->name) + sizeof(g->note)];
-        size_t n = 0;
-        n += fmt_str(buf + n, "green thread ", 32);
-        n += fmt_u64(buf + n, g->id);
-        n += fmt_str(buf + n, " (", 4);
-        n += fmt_str(buf + n, g->name, sizeof(g->name));
-        n += fmt_str(buf + n, ") overflowed its ", 32);
-        n += fmt_u64(buf + n, tk_coro_stack_size(g->coro));
-        n += fmt_str(buf + n, "-byte stack", 16);
-        if (g->note[0]) {
-            n += fmt_str(buf + n, " serving ", 16);
-            n += fmt_str(buf + n, g->note, sizeof(g->note) - 1);
-        }
-        buf[n++] = '\n';
-        ssize_t w = write(2, buf, n);
-        (void)w;
-        /* The access faults again, now fatally: the worker dies with SIGSEGV
-         * (or ASan, when it handled SIGSEGV before us, reports it: a fuzzer
-         * then saves the input). */
-        sigaction(SIGSEGV, &g_old_segv, NULL);
-        return;
-    }
-    /* Not a stack overflow: give the fault to whoever handled it before us
-     * (the default action, or ASan's reporter). */
-    sigaction(SIGSEGV, &g_old_segv, NULL);
-}
-
-/* Installed by every tk_sched_new(), unless already in place: a test harness
- * or library may have replaced it since. */
-static void install_segv_handler(void)
-{
-    struct sigaction cur;
-    if (sigaction(SIGSEGV, NULL, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) &&
-        cur.sa_sigaction == segv_handler)
-        return;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = segv_handler;
-    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGSEGV, &sa, &g_old_segv);
-}
-
-/* The handler needs a stack of its own: the faulting one has none left. */
-static void altstack_setup(tk_sched_t *s)
-{
-    stack_t cur;
-    if (sigaltstack(NULL, &cur) == 0 && !(cur.ss_flags & SS_DISABLE))
-        return; /* someone (ASan, the application) already set one */
-    size_t size = 64 * 1024;
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        return;
-    stack_t ss = {.ss_sp = p, .ss_size = size, .ss_flags = 0};
-    if (sigaltstack(&ss, NULL) != 0) {
-        munmap(p, size);
-        return;
-    }
-    s->altstack = p;
-    s->altstack_size = size;
-}
-
-static void altstack_teardown(tk_sched_t *s)
-{
-    if (s->altstack == NULL)
-        return;
-    stack_t ss = {.ss_sp = NULL, .ss_size = 0, .ss_flags = SS_DISABLE};
-    sigaltstack(&ss, NULL);
-    munmap(s->altstack, s->altstack_size);
-    s->altstack = NULL;
-}
-
 /* --- states and queues ------------------------------------------------------------ */
-
-static inline void set_state(tk_gt_t *g, tk_gt_state_t st)
-{
-    tk_sched_t *s = g->s;
-    assert(s->st.by_state[g->state] > 0);
-    s->st.by_state[g->state]--;
-    s->st.by_state[st]++;
-    g->state = st;
-}
-
-static inline int is_waiting(const tk_gt_t *g)
-{
-    return g->state != TK_GT_RUNNING && g->state != TK_GT_RUNNABLE;
-}
-
-static void wq_push(tk_waitq_t *q, tk_gt_t *g)
-{
-    tk_gt_t *tail = q->tail;
-    g->wq = q;
-    g->wq_next = NULL;
-    g->wq_prev = tail;
-    if (tail)
-        tail->wq_next = g;
-    else
-        q->head = g;
-    q->tail = g;
-}
-
-static void wq_remove(tk_gt_t *g)
-{
-    tk_waitq_t *q = g->wq;
-    if (g->wq_prev)
-        g->wq_prev->wq_next = g->wq_next;
-    else
-        q->head = g->wq_next;
-    if (g->wq_next)
-        g->wq_next->wq_prev = g->wq_prev;
-    else
-        q->tail = g->wq_prev;
-    g->wq = NULL;
-    g->wq_next = g->wq_prev = NULL;
-}
 
 static void all_insert(tk_gt_t **head, tk_gt_t *g)
 {
@@ -352,7 +137,7 @@ static inline void rq_append(tk_sched_t *s, tk_gt_t *g)
 static void unwait(tk_gt_t *g)
 {
     if (g->wq)
-        wq_remove(g);
+        tk_waitq_remove(g);
     if (g->ev_armed) {
         event_del(&g->ev);
         g->ev_armed = 0;
@@ -365,7 +150,7 @@ static void unwait(tk_gt_t *g)
 }
 
 /* Make a parked thread runnable; its parking call will return result. */
-static void wake(tk_gt_t *g, int result)
+void tk_sched_wake(tk_gt_t *g, int result)
 {
     assert(is_waiting(g));
     unwait(g);
@@ -520,8 +305,8 @@ tk_sched_t *tk_sched_new(struct event_base *base, const tk_sched_opts_t *opts)
         errno = ENOMEM;
         return NULL;
     }
-    install_segv_handler();
-    altstack_setup(s);
+    tk_sched_guard_install();
+    tk_sched_guard_altstack_setup(s);
     t_sched = s;
     return s;
 }
@@ -573,7 +358,7 @@ void tk_sched_free(tk_sched_t *s)
     event_del(&s->yield_ev);
     tk_coro_pool_free(s->pool);
     tk_coro_main_free(s->main);
-    altstack_teardown(s);
+    tk_sched_guard_altstack_teardown(s);
     if (t_sched == s)
         t_sched = NULL;
     free(s);
@@ -683,7 +468,7 @@ static void gt_finish(tk_gt_t *g)
         tk_gt_t *j = g->joiner;
         g->joiner = NULL;
         j->join_target = NULL;
-        wake(j, 0);
+        tk_sched_wake(j, 0);
     }
     tk_coro_switch_final(g->coro, s->main);
 }
@@ -871,7 +656,7 @@ void tk_gt_cancel(tk_gt_t *gt)
         return;
     gt->cancelled = 1;
     if (is_waiting(gt))
-        wake(gt, ECANCELED);
+        tk_sched_wake(gt, ECANCELED);
 }
 
 int tk_gt_cancelled(const tk_gt_t *gt)
@@ -882,7 +667,7 @@ int tk_gt_cancelled(const tk_gt_t *gt)
 /* --- parking ---------------------------------------------------------------------------- */
 
 /* The calling green thread, ready to park; NULL with errno set if it can't. */
-static tk_gt_t *park_self(void)
+tk_gt_t *tk_sched_park_self(void)
 {
     tk_gt_t *g = tk_gt_self();
     if (g == NULL) {
@@ -908,7 +693,7 @@ static void deadline_tv(int64_t deadline_ms, struct timeval *tv)
 static void gt_ev_cb(evutil_socket_t fd, short what, void *arg);
 
 /* Arm g's embedded event for fd (or -1: a pure timer) and the deadline. */
-static int arm(tk_gt_t *g, int fd, short events, int64_t deadline_ms)
+int tk_sched_arm(tk_gt_t *g, int fd, short events, int64_t deadline_ms)
 {
     struct timeval tv;
     g->deadline_ms = deadline_ms;
@@ -930,7 +715,7 @@ static int arm(tk_gt_t *g, int fd, short events, int64_t deadline_ms)
 }
 
 /* Park the caller in state why; returns 0 or the errno it was woken with. */
-static int park(tk_gt_t *g, tk_gt_state_t why, int kind)
+int tk_sched_park(tk_gt_t *g, tk_gt_state_t why, int kind)
 {
     g->wait_kind = (unsigned char)kind;
     set_state(g, why);
@@ -960,22 +745,13 @@ static void gt_ev_cb(evutil_socket_t fd, short what, void *arg)
         }
         result = g->wait_kind == WK_SLEEP ? 0 : ETIMEDOUT;
     }
-    wake(g, result);
+    tk_sched_wake(g, result);
     run_queue(s, 0); /* run it now, before libevent polls again */
-}
-
-static int park_result(int r)
-{
-    if (r != 0) {
-        errno = r;
-        return -1;
-    }
-    return 0;
 }
 
 int tk_gt_wait_fd(int fd, short events, tk_gt_state_t why, int64_t deadline_ms)
 {
-    tk_gt_t *g = park_self();
+    tk_gt_t *g = tk_sched_park_self();
     if (g == NULL)
         return -1;
     if (why < TK_GT_WAIT_NET || why >= TK_GT_NSTATES || fd < 0 ||
@@ -987,28 +763,28 @@ int tk_gt_wait_fd(int fd, short events, tk_gt_state_t why, int64_t deadline_ms)
         errno = ETIMEDOUT;
         return -1;
     }
-    if (arm(g, fd, events & (EV_READ | EV_WRITE | EV_ET), deadline_ms) != 0)
+    if (tk_sched_arm(g, fd, events & (EV_READ | EV_WRITE | EV_ET), deadline_ms) != 0)
         return -1;
-    return park_result(park(g, why, WK_FD));
+    return park_result(tk_sched_park(g, why, WK_FD));
 }
 
 int tk_gt_sleep_ms(int64_t ms)
 {
-    tk_gt_t *g = park_self();
+    tk_gt_t *g = tk_sched_park_self();
     if (g == NULL)
         return -1;
     if (ms <= 0) {
         tk_gt_yield();
         return park_result(g->cancelled ? ECANCELED : 0);
     }
-    if (arm(g, -1, 0, tk_now_ms() + ms) != 0)
+    if (tk_sched_arm(g, -1, 0, tk_now_ms() + ms) != 0)
         return -1;
-    return park_result(park(g, TK_GT_SLEEPING, WK_SLEEP));
+    return park_result(tk_sched_park(g, TK_GT_SLEEPING, WK_SLEEP));
 }
 
 int tk_gt_park(tk_gt_state_t why, int64_t deadline_ms)
 {
-    tk_gt_t *g = park_self();
+    tk_gt_t *g = tk_sched_park_self();
     if (g == NULL)
         return -1;
     if (why < TK_GT_WAIT_NET || why >= TK_GT_NSTATES) {
@@ -1019,243 +795,15 @@ int tk_gt_park(tk_gt_state_t why, int64_t deadline_ms)
         errno = ETIMEDOUT;
         return -1;
     }
-    if (arm(g, -1, 0, deadline_ms) != 0)
+    if (tk_sched_arm(g, -1, 0, deadline_ms) != 0)
         return -1;
-    return park_result(park(g, why, WK_PARK));
+    return park_result(tk_sched_park(g, why, WK_PARK));
 }
 
 int tk_gt_unpark(tk_gt_t *gt)
 {
     if (gt == NULL || gt->done || !is_waiting(gt) || gt->wait_kind != WK_PARK)
         return -1;
-    wake(gt, 0);
+    tk_sched_wake(gt, 0);
     return 0;
-}
-
-/* --- wait queues ------------------------------------------------------------------------- */
-
-/* Queue the caller on q (FIFO) and park; 0 when handed what it waited for. */
-static int waitq_park(tk_gt_t *g, tk_waitq_t *q, int64_t deadline_ms)
-{
-    if (deadline_ms >= 0 && tk_now_ms() >= deadline_ms)
-        return ETIMEDOUT;
-    if (arm(g, -1, 0, deadline_ms) != 0)
-        return errno;
-    wq_push(q, g);
-    return park(g, TK_GT_WAIT_GT, WK_WAITQ);
-}
-
-void tk_mutex_init(tk_mutex_t *m)
-{
-    memset(m, 0, sizeof(*m));
-}
-
-int tk_mutex_lock(tk_mutex_t *m)
-{
-    tk_gt_t *g = park_self();
-    if (g == NULL)
-        return -1;
-    if (m->owner == NULL) {
-        m->owner = g;
-        return 0;
-    }
-    if (m->owner == g) {
-        errno = EDEADLK;
-        return -1;
-    }
-    int r = waitq_park(g, &m->q, -1);
-    if (r != 0)
-        return park_result(r);
-    assert(m->owner == g); /* handed over by unlock */
-    return 0;
-}
-
-int tk_mutex_trylock(tk_mutex_t *m)
-{
-    tk_gt_t *g = tk_gt_self();
-    if (g == NULL) {
-        errno = EPERM;
-        return -1;
-    }
-    if (m->owner != NULL) {
-        errno = EBUSY;
-        return -1;
-    }
-    m->owner = g;
-    return 0;
-}
-
-void tk_mutex_unlock(tk_mutex_t *m)
-{
-    assert(m->owner != NULL && m->owner == tk_gt_self());
-    tk_gt_t *next = m->q.head;
-    m->owner = next;
-    if (next)
-        wake(next, 0);
-}
-
-/* Re-take m after a condition wait, even when cancelled: the caller expects to
- * hold m whatever the wait returned. */
-static void mutex_relock(tk_mutex_t *m, tk_gt_t *g)
-{
-    while (m->owner != g) {
-        if (m->owner == NULL) {
-            m->owner = g;
-            break;
-        }
-        wq_push(&m->q, g);
-        g->deadline_ms = -1;
-        park(g, TK_GT_WAIT_GT, WK_WAITQ);
-    }
-}
-
-void tk_sem_init(tk_sem_t *s, long count)
-{
-    memset(s, 0, sizeof(*s));
-    s->count = count;
-}
-
-int tk_sem_wait(tk_sem_t *s, int64_t deadline_ms)
-{
-    if (s->count > 0) {
-        s->count--;
-        return 0;
-    }
-    tk_gt_t *g = park_self();
-    if (g == NULL)
-        return -1;
-    return park_result(waitq_park(g, &s->q, deadline_ms));
-}
-
-void tk_sem_post(tk_sem_t *s)
-{
-    tk_gt_t *next = s->q.head;
-    if (next)
-        wake(next, 0); /* the unit goes straight to the first waiter */
-    else
-        s->count++;
-}
-
-void tk_cond_init(tk_cond_t *c)
-{
-    memset(c, 0, sizeof(*c));
-}
-
-int tk_cond_wait(tk_cond_t *c, tk_mutex_t *m, int64_t deadline_ms)
-{
-    tk_gt_t *g = park_self();
-    if (g == NULL)
-        return -1;
-    assert(m->owner == g);
-    int r = ETIMEDOUT;
-    if (deadline_ms < 0 || tk_now_ms() < deadline_ms) {
-        if (arm(g, -1, 0, deadline_ms) != 0)
-            return -1;
-        wq_push(&c->q, g);
-        tk_mutex_unlock(m);
-        r = park(g, TK_GT_WAIT_GT, WK_WAITQ);
-        mutex_relock(m, g);
-    }
-    return park_result(r);
-}
-
-void tk_cond_signal(tk_cond_t *c)
-{
-    tk_gt_t *next = c->q.head;
-    if (next)
-        wake(next, 0);
-}
-
-void tk_cond_broadcast(tk_cond_t *c)
-{
-    while (c->q.head)
-        wake(c->q.head, 0);
-}
-
-struct tk_chan {
-    size_t cap, n, head; /* ring of cap slots, n used from head */
-    int closed;
-    tk_waitq_t sendq, recvq;
-    void *buf[];
-};
-
-tk_chan_t *tk_chan_new(size_t capacity)
-{
-    if (capacity < 1) {
-        errno = EINVAL;
-        return NULL;
-    }
-    tk_chan_t *c = calloc(1, sizeof(*c) + capacity * sizeof(void *));
-    if (c)
-        c->cap = capacity;
-    return c;
-}
-
-void tk_chan_free(tk_chan_t *c)
-{
-    if (c == NULL)
-        return;
-    assert(c->sendq.head == NULL && c->recvq.head == NULL);
-    free(c);
-}
-
-int tk_chan_send(tk_chan_t *c, void *v, int64_t deadline_ms)
-{
-    if (c->closed) {
-        errno = EPIPE;
-        return -1;
-    }
-    tk_gt_t *r = c->recvq.head;
-    if (r != NULL) { /* a receiver waits, so the ring is empty: hand over */
-        r->xfer = v;
-        wake(r, 0);
-        return 0;
-    }
-    if (c->n < c->cap) {
-        c->buf[(c->head + c->n) % c->cap] = v;
-        c->n++;
-        return 0;
-    }
-    tk_gt_t *g = park_self();
-    if (g == NULL)
-        return -1;
-    g->xfer = v;
-    return park_result(waitq_park(g, &c->sendq, deadline_ms));
-}
-
-int tk_chan_recv(tk_chan_t *c, void **v, int64_t deadline_ms)
-{
-    if (c->n > 0) {
-        *v = c->buf[c->head];
-        c->head = (c->head + 1) % c->cap;
-        c->n--;
-        tk_gt_t *snd = c->sendq.head;
-        if (snd != NULL) { /* the first blocked sender's value takes the free slot */
-            c->buf[(c->head + c->n) % c->cap] = snd->xfer;
-            c->n++;
-            wake(snd, 0);
-        }
-        return 0;
-    }
-    if (c->closed) {
-        errno = EPIPE;
-        return -1;
-    }
-    tk_gt_t *g = park_self();
-    if (g == NULL)
-        return -1;
-    int r = waitq_park(g, &c->recvq, deadline_ms);
-    if (r != 0)
-        return park_result(r);
-    *v = g->xfer;
-    return 0;
-}
-
-void tk_chan_close(tk_chan_t *c)
-{
-    c->closed = 1;
-    while (c->recvq.head)
-        wake(c->recvq.head, EPIPE);
-    while (c->sendq.head)
-        wake(c->sendq.head, EPIPE);
 }

@@ -20,6 +20,7 @@
 #include "runtime/coro.h"
 #include "proc/log.h"
 #include "runtime/scheduler.h"
+#include "runtime/waitq.h"
 
 typedef struct {
     struct event_base *base;
