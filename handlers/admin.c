@@ -1,30 +1,23 @@
-/* admin.c: the admin listener's endpoints: /metrics, /debug/stats, /debug/threads, /debug/config,
- * /dashboard. */
+/* admin.c: the admin listener's route table and token check, /debug/stats and /debug/threads;
+ * /metrics, /debug/config and /dashboard are in admin_metrics.c, admin_config.c, dashboard.c. */
 #include "config.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/event.h>
 
 #include "handlers/admin.h"
+#include "handlers/admin_int.h"
 #include "shm/procstat.h"
 #include "shm/broker.h"
-#include "cache/cache.h"
 #include "proc/conf.h"
 #include "handlers/handlers.h"
-#include "http/http_parser.h"
 #include "http/http_response.h"
 #include "proc/log.h"
 #include "shm/metrics.h"
@@ -33,18 +26,8 @@
 #include "shm/stats_json.h"
 #include "shm/view.h"
 
-/* The page, generated at build time from handlers/dashboard.html by
- * scripts/lib/embed.sh (handlers/dashboard_html.c). */
-extern const unsigned char tk_admin_dashboard_html[];
-extern const size_t tk_admin_dashboard_html_len;
-
 /* How long /debug/threads waits for the other workers' tables. */
 #define THREADS_TIMEOUT_MS 2000
-/* Threads listed per worker at most. */
-#define THREADS_LIMIT 100000
-/* Bytes of another worker's answer kept at most (THREADS_LIMIT threads of
- * ~250 bytes); a longer one is dropped whole and reported. */
-#define THREADS_REPLY_MAX (32u << 20)
 
 /* --- the segment ---------------------------------------------------------------------- */
 
@@ -62,8 +45,7 @@ static tk_shm_t *segment(const tk_http_ctx_t *ctx)
     return g_shm;
 }
 
-/* RSS and CPU of another process (the master) from /proc. 0 or -1. */
-static int proc_usage(pid_t pid, uint64_t *rss, double *user_s, double *sys_s)
+int tk_admin_proc_usage(pid_t pid, uint64_t *rss, double *user_s, double *sys_s)
 {
     tk_procstat_t ps;
     if (pid <= 0 || tk_procstat_read(pid, &ps) < 0)
@@ -110,7 +92,7 @@ static int authorized(tk_http_ctx_t *ctx)
     return ok;
 }
 
-static int get_segment(tk_http_ctx_t *ctx, tk_view_t *v)
+int tk_admin_view(tk_http_ctx_t *ctx, tk_view_t *v)
 {
     tk_shm_t *shm = segment(ctx);
     if (!shm) {
@@ -123,475 +105,6 @@ static int get_segment(tk_http_ctx_t *ctx, tk_view_t *v)
         return -1;
     }
     return 0;
-}
-
-/* --- /metrics ------------------------------------------------------------------------------ */
-
-/* Prometheus buckets (seconds) cut from the fine log-linear histogram. */
-static const double prom_le[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                 0.1,    0.25,    0.5,    1,     2.5,    5,     10,   30,    60};
-#define PROM_NLE (sizeof(prom_le) / sizeof(prom_le[0]))
-
-static void family(tk_http_buf_t *b, const char *name, const char *type, const char *help)
-{
-    tk_http_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-/* A label value with \, " and newline escaped. */
-static void put_label(tk_http_buf_t *b, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '\\' || *s == '"')
-            tk_http_buf_printf(b, "\\%c", *s);
-        else if (*s == '\n')
-            tk_http_buf_append(b, "\\n", 2);
-        else
-            tk_http_buf_append(b, s, 1);
-    }
-}
-
-static void sample_u(tk_http_buf_t *b, const char *name, unsigned worker, uint64_t v)
-{
-    tk_http_buf_printf(b, "%s{worker=\"%u\"} %llu\n", name, worker, (unsigned long long)v);
-}
-
-static void sample_d(tk_http_buf_t *b, const char *name, unsigned worker, double v)
-{
-    tk_http_buf_printf(b, "%s{worker=\"%u\"} %.9g\n", name, worker, v);
-}
-
-/* Per-worker counter: every used slot (a dead slot's counters keep counting
- * in its respawned successor, so each series stays monotonic). */
-static void counter_w(tk_http_buf_t *b, const tk_view_t *v, const char *name, const char *help,
-                      size_t off)
-{
-    family(b, name, "counter", help);
-    for (unsigned i = 0; i < v->nw; i++)
-        sample_u(b, name, v->w[i].slot, *(const uint64_t *)((const char *)&v->w[i].snap->m + off));
-}
-
-/* Per-worker gauge: live workers only. */
-static void gauge_w(tk_http_buf_t *b, const tk_view_t *v, const char *name, const char *help,
-                    size_t off)
-{
-    family(b, name, "gauge", help);
-    for (unsigned i = 0; i < v->nw; i++)
-        if (tk_view_live_state(v->w[i].w.state))
-            sample_u(b, name, v->w[i].slot,
-                     *(const uint64_t *)((const char *)&v->w[i].snap->m + off));
-}
-
-static const char *const class_label[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
-
-/* "GET /users/{id}" -> method and pattern labels. */
-static void route_labels(tk_http_buf_t *b, const char *name)
-{
-    const char *sp = strchr(name, ' ');
-    char method[16] = "";
-    const char *pattern = name;
-    if (sp && (size_t)(sp - name) < sizeof(method)) {
-        memcpy(method, name, (size_t)(sp - name));
-        method[sp - name] = '\0';
-        pattern = sp + 1;
-    }
-    tk_http_buf_append_str(b, "method=\"");
-    put_label(b, method);
-    tk_http_buf_append_str(b, "\",route=\"");
-    put_label(b, pattern);
-    tk_http_buf_append_str(b, "\"");
-}
-
-static void metrics_http(tk_http_buf_t *b, const tk_view_t *v)
-{
-    family(b, "tenk_http_requests_total", "counter",
-           "HTTP responses sent, by worker, route and status class (route \"unmatched\": no "
-           "route, e.g. 404).");
-    for (unsigned i = 0; i < v->nw; i++) {
-        const tk_metrics_sh_t *m = &v->w[i].snap->m;
-        uint64_t rest[6];
-        memcpy(rest, m->status, sizeof(rest));
-        for (unsigned r = 0; r < TK_METRICS_MAX_ROUTES; r++) {
-            const tk_metrics_route_sh_t *rt = &m->routes[r];
-            if (!rt->name[0] || !rt->requests)
-                continue;
-            for (int c = 0; c < 6; c++) {
-                if (!rt->status[c])
-                    continue;
-                rest[c] -= rt->status[c] <= rest[c] ? rt->status[c] : rest[c];
-                tk_http_buf_printf(b, "tenk_http_requests_total{worker=\"%u\",", v->w[i].slot);
-                route_labels(b, rt->name);
-                tk_http_buf_printf(b, ",code=\"%s\"} %llu\n", class_label[c],
-                                   (unsigned long long)rt->status[c]);
-            }
-        }
-        for (int c = 0; c < 6; c++)
-            if (rest[c])
-                tk_http_buf_printf(b,
-                                   "tenk_http_requests_total{worker=\"%u\",method=\"\",route="
-                                   "\"unmatched\",code=\"%s\"} %llu\n",
-                                   v->w[i].slot, class_label[c], (unsigned long long)rest[c]);
-    }
-
-    family(b, "tenk_http_route_latency_seconds_total", "counter",
-           "Sum of response times per route (divide by tenk_http_requests_total for the mean).");
-    for (unsigned i = 0; i < v->nw; i++) {
-        const tk_metrics_sh_t *m = &v->w[i].snap->m;
-        for (unsigned r = 0; r < TK_METRICS_MAX_ROUTES; r++) {
-            const tk_metrics_route_sh_t *rt = &m->routes[r];
-            if (!rt->name[0] || !rt->requests)
-                continue;
-            tk_http_buf_printf(b, "tenk_http_route_latency_seconds_total{worker=\"%u\",",
-                               v->w[i].slot);
-            route_labels(b, rt->name);
-            tk_http_buf_printf(b, "} %.6f\n", (double)rt->latency_us_sum / 1e6);
-        }
-    }
-
-    family(b, "tenk_http_request_duration_seconds", "histogram",
-           "Time from a request's first byte to its response being queued.");
-    for (unsigned i = 0; i < v->nw; i++) {
-        const tk_metrics_sh_t *m = &v->w[i].snap->m;
-        unsigned fb = 0;
-        uint64_t cum = 0;
-        for (unsigned k = 0; k < PROM_NLE; k++) {
-            /* integer µs values: bucket [lo, hi) lies at or under le when hi-1 <= le */
-            uint64_t le_us = (uint64_t)(prom_le[k] * 1e6 + 0.5);
-            for (; fb < TK_METRICS_NBUCKETS; fb++) {
-                uint64_t lo, hi;
-                tk_metrics_bucket_bounds(fb, &lo, &hi);
-                if (hi == UINT64_MAX || hi - 1 > le_us)
-                    break;
-                cum += m->hist[fb];
-            }
-            tk_http_buf_printf(
-                b, "tenk_http_request_duration_seconds_bucket{worker=\"%u\",le=\"%g\"} %llu\n",
-                v->w[i].slot, prom_le[k], (unsigned long long)cum);
-        }
-        for (; fb < TK_METRICS_NBUCKETS; fb++)
-            cum += m->hist[fb];
-        tk_http_buf_printf(b,
-                           "tenk_http_request_duration_seconds_bucket{worker=\"%u\",le=\"+Inf\"} "
-                           "%llu\n",
-                           v->w[i].slot, (unsigned long long)cum);
-        tk_http_buf_printf(b, "tenk_http_request_duration_seconds_sum{worker=\"%u\"} %.6f\n",
-                           v->w[i].slot, (double)m->latency_us_sum / 1e6);
-        tk_http_buf_printf(b, "tenk_http_request_duration_seconds_count{worker=\"%u\"} %llu\n",
-                           v->w[i].slot, (unsigned long long)cum);
-    }
-
-    counter_w(b, v, "tenk_http_request_bytes_total", "Request bytes read from clients.",
-              offsetof(tk_metrics_sh_t, bytes_in));
-    counter_w(b, v, "tenk_http_response_bytes_total", "Response bytes queued to clients.",
-              offsetof(tk_metrics_sh_t, bytes_out));
-    family(b, "tenk_http_errors_total", "counter",
-           "Requests that ended in an error, by kind (parse, limit, timeout, 5xx).");
-    for (unsigned i = 0; i < v->nw; i++)
-        for (int k = 0; k < TK_METRICS_ERR_N; k++)
-            tk_http_buf_printf(b, "tenk_http_errors_total{worker=\"%u\",kind=\"%s\"} %llu\n",
-                               v->w[i].slot, tk_metrics_err_name((tk_metrics_err_t)k),
-                               (unsigned long long)v->w[i].snap->m.errors[k]);
-
-    family(b, "tenk_connections", "gauge",
-           "Open client connections: active (a request in progress) or idle (keep-alive).");
-    for (unsigned i = 0; i < v->nw; i++) {
-        if (!tk_view_live_state(v->w[i].w.state))
-            continue;
-        const tk_metrics_sh_t *m = &v->w[i].snap->m;
-        tk_http_buf_printf(b, "tenk_connections{worker=\"%u\",state=\"active\"} %llu\n",
-                           v->w[i].slot, (unsigned long long)m->conns_active);
-        tk_http_buf_printf(b, "tenk_connections{worker=\"%u\",state=\"idle\"} %llu\n", v->w[i].slot,
-                           (unsigned long long)m->conns_idle);
-    }
-    counter_w(b, v, "tenk_connections_accepted_total", "Connections accepted.",
-              offsetof(tk_metrics_sh_t, conns_accepted));
-    counter_w(b, v, "tenk_connections_closed_total", "Connections closed.",
-              offsetof(tk_metrics_sh_t, conns_closed));
-}
-
-static void metrics_sched(tk_http_buf_t *b, const tk_view_t *v)
-{
-    family(b, "tenk_green_threads", "gauge", "Live green threads by state.");
-    for (unsigned i = 0; i < v->nw; i++) {
-        if (!tk_view_live_state(v->w[i].w.state))
-            continue;
-        for (unsigned s = 0; s < TK_GT_NSTATES; s++)
-            tk_http_buf_printf(b, "tenk_green_threads{worker=\"%u\",state=\"%s\"} %llu\n",
-                               v->w[i].slot, tk_gt_state_name((tk_gt_state_t)s),
-                               (unsigned long long)v->w[i].snap->m.gt_by_state[s]);
-    }
-    counter_w(b, v, "tenk_green_threads_created_total", "Green threads created.",
-              offsetof(tk_metrics_sh_t, gt_created));
-    counter_w(b, v, "tenk_green_threads_exited_total", "Green threads that ended.",
-              offsetof(tk_metrics_sh_t, gt_exited));
-    counter_w(b, v, "tenk_green_thread_switches_total", "Context switches between green threads.",
-              offsetof(tk_metrics_sh_t, gt_switches));
-    counter_w(b, v, "tenk_green_thread_long_runs_total",
-              "Times a green thread ran longer than runtime.long_run without yielding.",
-              offsetof(tk_metrics_sh_t, gt_long_runs));
-    gauge_w(b, v, "tenk_green_thread_stack_reserved_bytes",
-            "Address space held by live and pooled green-thread stacks.",
-            offsetof(tk_metrics_sh_t, stack_reserved));
-    gauge_w(b, v, "tenk_green_thread_stack_resident_bytes",
-            "Resident memory of green-thread stacks.", offsetof(tk_metrics_sh_t, stack_resident));
-    gauge_w(b, v, "tenk_green_thread_pooled_stacks", "Stacks kept for reuse.",
-            offsetof(tk_metrics_sh_t, pooled_stacks));
-}
-
-static void metrics_process(tk_http_buf_t *b, const tk_view_t *v)
-{
-    gauge_w(b, v, "tenk_process_resident_memory_bytes", "Resident memory of each worker process.",
-            offsetof(tk_metrics_sh_t, rss_bytes));
-    family(b, "tenk_process_cpu_seconds_total", "counter",
-           "CPU time of the processes that ran in each worker slot, by mode.");
-    for (unsigned i = 0; i < v->nw; i++) {
-        const tk_metrics_sh_t *m = &v->w[i].snap->m;
-        tk_http_buf_printf(b, "tenk_process_cpu_seconds_total{worker=\"%u\",mode=\"user\"} %.6f\n",
-                           v->w[i].slot, (double)m->cpu_user_ns / 1e9);
-        tk_http_buf_printf(b,
-                           "tenk_process_cpu_seconds_total{worker=\"%u\",mode=\"system\"} %.6f\n",
-                           v->w[i].slot, (double)m->cpu_sys_ns / 1e9);
-    }
-    family(b, "tenk_process_start_time_seconds", "gauge",
-           "Start of each live worker process since the Unix epoch.");
-    for (unsigned i = 0; i < v->nw; i++)
-        if (tk_view_live_state(v->w[i].w.state))
-            sample_d(b, "tenk_process_start_time_seconds", v->w[i].slot,
-                     (double)v->w[i].snap->m.proc_start_ns / 1e9);
-    family(b, "tenk_worker_heartbeat_age_seconds", "gauge",
-           "Time since each live worker's event loop last ticked.");
-    for (unsigned i = 0; i < v->nw; i++) {
-        if (!tk_view_live_state(v->w[i].w.state))
-            continue;
-        uint64_t hb = v->w[i].snap->m.live.heartbeat_ns;
-        sample_d(b, "tenk_worker_heartbeat_age_seconds", v->w[i].slot,
-                 hb && v->now_mono_ns > hb ? (double)(v->now_mono_ns - hb) / 1e9 : 0.0);
-    }
-    family(b, "tenk_worker_accepting", "gauge", "1 while the worker accepts new connections.");
-    for (unsigned i = 0; i < v->nw; i++)
-        if (tk_view_live_state(v->w[i].w.state))
-            sample_u(b, "tenk_worker_accepting", v->w[i].slot, v->w[i].snap->m.live.accepting);
-    family(b, "tenk_worker_restarts_total", "counter",
-           "Times a dead worker was replaced in this slot.");
-    for (unsigned i = 0; i < v->nw; i++)
-        sample_u(b, "tenk_worker_restarts_total", v->w[i].slot, v->w[i].w.respawns);
-    family(b, "tenk_workers", "gauge", "Worker slots by state.");
-    static const tk_shm_wstate_t states[] = {TK_SHM_W_STARTING, TK_SHM_W_RUNNING, TK_SHM_W_DRAINING,
-                                             TK_SHM_W_DEAD};
-    for (size_t k = 0; k < sizeof(states) / sizeof(states[0]); k++) {
-        unsigned n = 0;
-        for (unsigned i = 0; i < v->nw; i++)
-            n += v->w[i].w.state == (uint32_t)states[k];
-        tk_http_buf_printf(b, "tenk_workers{state=\"%s\"} %u\n", tk_shm_wstate_name(states[k]), n);
-    }
-
-    uint64_t rss;
-    double us, ss;
-    if (v->h.master_pid > 0 && proc_usage(v->h.master_pid, &rss, &us, &ss) == 0) {
-        family(b, "tenk_master_resident_memory_bytes", "gauge",
-               "Resident memory of the master process.");
-        tk_http_buf_printf(b, "tenk_master_resident_memory_bytes %llu\n", (unsigned long long)rss);
-        family(b, "tenk_master_cpu_seconds_total", "counter",
-               "CPU time of the master process, by mode.");
-        tk_http_buf_printf(b, "tenk_master_cpu_seconds_total{mode=\"user\"} %.6f\n", us);
-        tk_http_buf_printf(b, "tenk_master_cpu_seconds_total{mode=\"system\"} %.6f\n", ss);
-    }
-    family(b, "tenk_start_time_seconds", "gauge", "When the master created the instance.");
-    tk_http_buf_printf(b, "tenk_start_time_seconds %.3f\n", (double)v->h.created_ns / 1e9);
-    family(b, "tenk_generation", "gauge", "Current worker generation (1 at start, +1 per reload).");
-    tk_http_buf_printf(b, "tenk_generation %llu\n", (unsigned long long)v->h.generation);
-    family(b, "tenk_reloads_total", "counter", "Reload requests (SIGHUP) handled.");
-    tk_http_buf_printf(b, "tenk_reloads_total %llu\n", (unsigned long long)v->h.reload_seq);
-}
-
-static void db_counter(tk_http_buf_t *b, const tk_view_t *v, const tk_broker_sh_t *br,
-                       const char *name, const char *help, size_t off, double scale)
-{
-    family(b, name, "counter", help);
-    for (unsigned i = 0; i < v->nw; i++) {
-        if (v->w[i].slot >= TK_BROKER_MAX_WORKERS)
-            continue;
-        tk_broker_stats_t st;
-        tk_broker_stats(br, (int)v->w[i].slot, &st);
-        uint64_t x = *(const uint64_t *)((const char *)&st + off);
-        if (scale == 1.0)
-            sample_u(b, name, v->w[i].slot, x);
-        else
-            sample_d(b, name, v->w[i].slot, (double)x * scale);
-    }
-}
-
-/* The database pool, mirroring Go's sql.DBStats. */
-static void metrics_db(tk_http_buf_t *b, const tk_view_t *v, const tk_broker_sh_t *br)
-{
-    family(b, "tenk_db_max_open_connections", "gauge",
-           "Connection budget shared by all workers (db.max_open).");
-    tk_http_buf_printf(b, "tenk_db_max_open_connections %u\n", br->max_open);
-    family(b, "tenk_db_max_idle_connections", "gauge",
-           "Idle connections kept at most (db.max_idle).");
-    tk_http_buf_printf(b, "tenk_db_max_idle_connections %u\n", br->max_idle);
-    static const struct {
-        const char *name, *help;
-        size_t off;
-    } gauges[] = {
-        {"tenk_db_open_connections", "Connections established or being established.",
-         offsetof(tk_broker_stats_t, open)},
-        {"tenk_db_in_use_connections", "Connections handed to a request.",
-         offsetof(tk_broker_stats_t, in_use)},
-        {"tenk_db_idle_connections", "Open connections not in use.",
-         offsetof(tk_broker_stats_t, idle)},
-    };
-    for (size_t k = 0; k < sizeof(gauges) / sizeof(gauges[0]); k++) {
-        family(b, gauges[k].name, "gauge", gauges[k].help);
-        for (unsigned i = 0; i < v->nw; i++) {
-            if (!tk_view_live_state(v->w[i].w.state) || v->w[i].slot >= TK_BROKER_MAX_WORKERS)
-                continue;
-            tk_broker_stats_t st;
-            tk_broker_stats(br, (int)v->w[i].slot, &st);
-            sample_u(b, gauges[k].name, v->w[i].slot,
-                     *(const uint64_t *)((const char *)&st + gauges[k].off));
-        }
-    }
-    family(b, "tenk_db_waiting", "gauge", "Green threads queued for a connection slot.");
-    for (unsigned i = 0; i < v->nw; i++)
-        if (tk_view_live_state(v->w[i].w.state) && v->w[i].slot < TK_BROKER_MAX_WORKERS)
-            sample_u(b, "tenk_db_waiting", v->w[i].slot,
-                     __atomic_load_n(&br->workers[v->w[i].slot].nwaiting, __ATOMIC_RELAXED));
-    family(b, "tenk_db_waiting_high_water", "gauge", "Longest the wait queue has been.");
-    tk_http_buf_printf(b, "tenk_db_waiting_high_water %u\n",
-                       __atomic_load_n(&br->qhwm, __ATOMIC_RELAXED));
-    family(b, "tenk_db_waiting_local", "gauge",
-           "Green threads queued inside the worker for a shared pipelined connection.");
-    for (unsigned i = 0; i < v->nw; i++)
-        if (tk_view_live_state(v->w[i].w.state) && v->w[i].slot < TK_BROKER_MAX_WORKERS)
-            sample_u(
-                b, "tenk_db_waiting_local", v->w[i].slot,
-                __atomic_load_n(&br->workers[v->w[i].slot].st.local_waiting, __ATOMIC_RELAXED));
-    family(b, "tenk_db_waiting_local_high_water", "gauge",
-           "Most green threads queued inside workers at once.");
-    tk_http_buf_printf(b, "tenk_db_waiting_local_high_water %u\n",
-                       __atomic_load_n(&br->lwhwm, __ATOMIC_RELAXED));
-    family(b, "tenk_db_waiting_all_high_water", "gauge",
-           "Most green threads waiting for a connection at once, broker queue and local.");
-    tk_http_buf_printf(b, "tenk_db_waiting_all_high_water %u\n",
-                       __atomic_load_n(&br->twhwm, __ATOMIC_RELAXED));
-    db_counter(b, v, br, "tenk_db_wait_count_total",
-               "Acquisitions that had to queue (broker or local).",
-               offsetof(tk_broker_stats_t, wait_count), 1.0);
-    db_counter(b, v, br, "tenk_db_wait_count_local_total",
-               "Of those, queued inside the worker for a shared pipelined connection.",
-               offsetof(tk_broker_stats_t, wait_count_local), 1.0);
-    db_counter(b, v, br, "tenk_db_wait_duration_seconds_total", "Total time spent queued.",
-               offsetof(tk_broker_stats_t, wait_ns), 1e-9);
-    db_counter(b, v, br, "tenk_db_max_idle_closed_total",
-               "Connections closed because db.max_idle idle ones existed.",
-               offsetof(tk_broker_stats_t, max_idle_closed), 1.0);
-    db_counter(b, v, br, "tenk_db_max_idle_time_closed_total",
-               "Connections closed after db.max_idle_time unused.",
-               offsetof(tk_broker_stats_t, max_idle_time_closed), 1.0);
-    db_counter(b, v, br, "tenk_db_max_lifetime_closed_total",
-               "Connections closed after db.max_lifetime.",
-               offsetof(tk_broker_stats_t, max_lifetime_closed), 1.0);
-    db_counter(b, v, br, "tenk_db_errors_closed_total",
-               "Connections closed after an error or a dirty state.",
-               offsetof(tk_broker_stats_t, errors_closed), 1.0);
-    db_counter(b, v, br, "tenk_db_acquires_total", "Successful connection acquisitions.",
-               offsetof(tk_broker_stats_t, acquires), 1.0);
-    db_counter(b, v, br, "tenk_db_acquire_timeouts_total", "db.acquire_timeout expiries (503).",
-               offsetof(tk_broker_stats_t, acquire_timeouts), 1.0);
-    db_counter(b, v, br, "tenk_db_queue_full_total", "Acquisitions refused: wait queue full (503).",
-               offsetof(tk_broker_stats_t, queue_full), 1.0);
-    db_counter(b, v, br, "tenk_db_query_timeouts_total", "db.query_timeout expiries (504).",
-               offsetof(tk_broker_stats_t, query_timeouts), 1.0);
-    db_counter(b, v, br, "tenk_db_connect_errors_total", "Failed connection attempts.",
-               offsetof(tk_broker_stats_t, connect_errors), 1.0);
-    db_counter(b, v, br, "tenk_db_handoffs_local_total",
-               "Connections released straight to a waiter of the same worker.",
-               offsetof(tk_broker_stats_t, handoffs_local), 1.0);
-    db_counter(b, v, br, "tenk_db_handoffs_remote_total",
-               "Slots handed over to another worker's waiter.",
-               offsetof(tk_broker_stats_t, handoffs_remote), 1.0);
-
-    tk_broker_stats_t all;
-    tk_broker_stats(br, -1, &all);
-    family(b, "tenk_db_wait_seconds", "histogram", "Time green threads spent queued for a slot.");
-    uint64_t cum = 0;
-    for (int i = 0; i < TK_BROKER_HIST_BUCKETS; i++) {
-        cum += all.wait_hist[i];
-        uint64_t le = tk_broker_hist_bound_us(i);
-        if (le == UINT64_MAX)
-            tk_http_buf_printf(b, "tenk_db_wait_seconds_bucket{le=\"+Inf\"} %llu\n",
-                               (unsigned long long)cum);
-        else
-            tk_http_buf_printf(b, "tenk_db_wait_seconds_bucket{le=\"%g\"} %llu\n", (double)le / 1e6,
-                               (unsigned long long)cum);
-    }
-    if (tk_broker_hist_bound_us(TK_BROKER_HIST_BUCKETS - 1) != UINT64_MAX)
-        tk_http_buf_printf(b, "tenk_db_wait_seconds_bucket{le=\"+Inf\"} %llu\n",
-                           (unsigned long long)cum);
-    tk_http_buf_printf(b, "tenk_db_wait_seconds_sum %.6f\n", (double)all.wait_ns / 1e9);
-    tk_http_buf_printf(b, "tenk_db_wait_seconds_count %llu\n", (unsigned long long)cum);
-}
-
-static void metrics_cache(tk_http_buf_t *b, const tk_view_t *v)
-{
-    counter_w(b, v, "tenk_cache_hits_total", "Redis cache lookups that found the value.",
-              offsetof(tk_metrics_sh_t, cache_hits));
-    counter_w(b, v, "tenk_cache_misses_total", "Redis cache lookups that did not.",
-              offsetof(tk_metrics_sh_t, cache_misses));
-    counter_w(b, v, "tenk_cache_errors_total", "Redis cache operations that failed.",
-              offsetof(tk_metrics_sh_t, cache_errors));
-    counter_w(b, v, "tenk_cache_bypasses_total",
-              "Cache calls that skipped Redis (down, or the breaker open).",
-              offsetof(tk_metrics_sh_t, cache_bypasses));
-    counter_w(b, v, "tenk_cache_timeouts_total", "Redis commands past redis.timeout.",
-              offsetof(tk_metrics_sh_t, cache_timeouts));
-    gauge_w(b, v, "tenk_cache_connected", "1 while the worker's Redis connection is up.",
-            offsetof(tk_metrics_sh_t, cache_connected));
-    static const uint64_t bounds[TK_CACHE_LAT_NBUCKETS] = TK_CACHE_LAT_BOUNDS_US;
-    family(b, "tenk_cache_reply_duration_seconds", "histogram", "Time Redis took to reply.");
-    for (unsigned i = 0; i < v->nw; i++) {
-        const tk_metrics_sh_t *m = &v->w[i].snap->m;
-        uint64_t cum = 0;
-        for (unsigned k = 0; k < TK_CACHE_LAT_NBUCKETS; k++) {
-            cum += m->cache_lat[k];
-            if (bounds[k] == UINT64_MAX)
-                continue; /* the "more" bucket is +Inf below */
-            tk_http_buf_printf(b,
-                               "tenk_cache_reply_duration_seconds_bucket{worker=\"%u\",le=\"%g\"} "
-                               "%llu\n",
-                               v->w[i].slot, (double)bounds[k] / 1e6, (unsigned long long)cum);
-        }
-        tk_http_buf_printf(b,
-                           "tenk_cache_reply_duration_seconds_bucket{worker=\"%u\",le=\"+Inf\"} "
-                           "%llu\n",
-                           v->w[i].slot, (unsigned long long)cum);
-        tk_http_buf_printf(b, "tenk_cache_reply_duration_seconds_sum{worker=\"%u\"} %.6f\n",
-                           v->w[i].slot, (double)m->cache_lat_sum_us / 1e6);
-        tk_http_buf_printf(b, "tenk_cache_reply_duration_seconds_count{worker=\"%u\"} %llu\n",
-                           v->w[i].slot, (unsigned long long)cum);
-    }
-}
-
-static void h_metrics(tk_http_ctx_t *ctx)
-{
-    tk_view_t v;
-    if (get_segment(ctx, &v) != 0)
-        return;
-    tk_http_buf_t *b = tk_http_body_buf(ctx);
-    family(b, "tenk_info", "gauge", "Constant 1, labelled with the instance name and version.");
-    tk_http_buf_append_str(b, "tenk_info{name=\"");
-    put_label(b, v.h.name);
-    tk_http_buf_printf(b, "\",version=\"%s\"} 1\n", PACKAGE_VERSION);
-    metrics_http(b, &v);
-    metrics_sched(b, &v);
-    metrics_process(b, &v);
-    const tk_broker_sh_t *br = tk_view_broker(v.shm);
-    if (br && tk_http_conf(ctx)->db_conninfo[0])
-        metrics_db(b, &v, br);
-    if (tk_http_conf(ctx)->redis_addr[0])
-        metrics_cache(b, &v);
-    tk_view_free(&v);
-    tk_http_respond_buf(ctx, 200, "text/plain; version=0.0.4; charset=utf-8");
 }
 
 /* --- /debug/stats ------------------------------------------------------------------------ */
@@ -633,7 +146,7 @@ static void last_exit(char *buf, size_t len, int status)
 static void h_stats(tk_http_ctx_t *ctx)
 {
     tk_view_t v;
-    if (get_segment(ctx, &v) != 0)
+    if (tk_admin_view(ctx, &v) != 0)
         return;
     cJSON *o = cJSON_CreateObject();
     tk_stats_json_head(o, &v.h, v.now_real_ns);
@@ -655,7 +168,7 @@ static void h_stats(tk_http_ctx_t *ctx)
     cJSON *ms = cJSON_AddObjectToObject(o, "master");
     uint64_t rss = 0;
     double us = 0, ss = 0;
-    proc_usage(v.h.master_pid, &rss, &us, &ss);
+    tk_admin_proc_usage(v.h.master_pid, &rss, &us, &ss);
     cJSON_AddNumberToObject(ms, "pid", v.h.master_pid);
     cJSON_AddNumberToObject(ms, "rss_bytes", (double)rss);
     cJSON_AddNumberToObject(ms, "cpu_user_s", us);
@@ -690,314 +203,20 @@ static void h_stats(tk_http_ctx_t *ctx)
 
 /* --- /debug/threads ---------------------------------------------------------------------- */
 
-/* Each worker answers for its own green threads: it listens on an abstract
- * Unix socket named after its pid; the worker serving /debug/threads asks the
- * others there (their pids are in the worker table) while its own request
- * thread is parked, so no worker stops for another. A worker's reply is its
- * threads as comma-separated JSON objects, spliced into the response as is. */
-static struct {
-    int fd;
-    struct event *ev;
-    tk_sched_t *sched;
-} R = {.fd = -1};
+/* The green threads of every live worker: each worker lists its own (the
+ * worker's thread-dump service, env->gt_dump), asked while this request's
+ * thread is parked, so no worker stops for another. */
+static tk_handlers_gt_dump_fn g_gt_dump;
 
-static socklen_t gt_addr(pid_t pid, struct sockaddr_un *sa)
+/* ,"error":"..." (a worker that could not be asked), JSON-escaped by cJSON. */
+static void put_error(tk_http_buf_t *b, const char *err)
 {
-    memset(sa, 0, sizeof(*sa));
-    sa->sun_family = AF_UNIX;
-    int n = snprintf(sa->sun_path + 1, sizeof(sa->sun_path) - 1, "tenk-gt-%d", (int)pid);
-    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
-}
-
-static const char *wait_reason(tk_gt_state_t s)
-{
-    switch (s) {
-    case TK_GT_RUNNING:
-        return "running";
-    case TK_GT_RUNNABLE:
-        return "ready to run";
-    case TK_GT_WAIT_NET:
-        return "client socket";
-    case TK_GT_WAIT_DB:
-        return "PostgreSQL reply";
-    case TK_GT_WAIT_BROKER:
-        return "database connection slot";
-    case TK_GT_WAIT_CACHE:
-        return "Redis reply";
-    case TK_GT_SLEEPING:
-        return "sleep";
-    case TK_GT_WAIT_GT:
-        return "another green thread";
-    default:
-        return "unknown";
-    }
-}
-
-/* JSON string of s (len bytes); bytes outside printable ASCII as \u00XX. */
-static void put_json_str(tk_http_buf_t *b, const char *s, size_t len)
-{
-    tk_http_buf_append(b, "\"", 1);
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\')
-            tk_http_buf_printf(b, "\\%c", c);
-        else if (c < 0x20 || c >= 0x7f)
-            tk_http_buf_printf(b, "\\u%04x", c);
-        else
-            tk_http_buf_append(b, s + i, 1);
-    }
-    tk_http_buf_append(b, "\"", 1);
-}
-
-typedef struct {
-    tk_http_buf_t *b;
-    unsigned n, limit;
-    int slot;
-    uint64_t now;
-} dump_t;
-
-static void dump_one(tk_gt_t *gt, void *arg)
-{
-    dump_t *d = arg;
-    if (d->n >= d->limit)
-        return;
-    tk_gt_state_t st = tk_gt_state(gt);
-    uint64_t started = tk_gt_started_ns(gt);
-    tk_http_buf_t *b = d->b;
-    const char *name = tk_gt_name(gt);
-    tk_http_buf_printf(b, "%s{\"id\":%llu,\"worker\":%d,\"pid\":%d,\"name\":", d->n ? "," : "",
-                       (unsigned long long)tk_gt_id(gt), d->slot, (int)getpid());
-    put_json_str(b, name ? name : "", name ? strlen(name) : 0);
-    tk_http_buf_printf(b, ",\"state\":\"%s\",\"wait\":\"%s\",\"age_s\":%.6f", tk_gt_state_name(st),
-                       wait_reason(st),
-                       started && d->now > started ? (double)(d->now - started) / 1e9 : 0.0);
-    /* the HTTP engine points a thread's data at its request context while
-     * the handler runs (the context lives on that thread's stack, which stays
-     * put while it is parked) */
-    const tk_http_ctx_t *ctx = tk_gt_data(gt);
-    const tk_http_request_t *req = ctx ? tk_http_request(ctx) : NULL;
-    if (req) {
-        tk_http_buf_printf(b,
-                           ",\"conn\":%llu,\"method\":", (unsigned long long)tk_http_conn_id(ctx));
-        put_json_str(b, req->method.p, req->method.len);
-        tk_http_buf_append_str(b, ",\"path\":");
-        put_json_str(b, req->path.p, req->path.len);
-        /* a parsed request always has its connection's peer */
-        const char *peer = tk_http_peer(ctx);
-        tk_http_buf_append_str(b, ",\"peer\":");
-        put_json_str(b, peer, strlen(peer));
-    } else {
-        tk_http_buf_append_str(b, ",\"method\":null,\"path\":null");
-    }
-    tk_http_buf_append(b, "}", 1);
-    d->n++;
-}
-
-static unsigned dump_threads(tk_http_buf_t *b, int slot, unsigned limit)
-{
-    dump_t d = {b, 0, limit, slot, tk_now_ns()};
-    if (R.sched)
-        tk_sched_foreach(R.sched, dump_one, &d);
-    return d.n;
-}
-
-static void reply_done(struct bufferevent *bev, void *arg)
-{
-    (void)arg;
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        bufferevent_free(bev);
-}
-
-static void reply_event(struct bufferevent *bev, short what, void *arg)
-{
-    (void)what;
-    (void)arg;
-    bufferevent_free(bev);
-}
-
-/* The request line "threads SLOT\n" (the asker knows our slot from the
- * worker table) has arrived: answer with the table, then close. */
-static void request_read(struct bufferevent *bev, void *arg)
-{
-    (void)arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
-    char *line = evbuffer_readln(in, NULL, EVBUFFER_EOL_LF);
-    if (!line) {
-        if (evbuffer_get_length(in) > 64) /* not ours */
-            bufferevent_free(bev);
-        return;
-    }
-    int slot = -1;
-    int ok = sscanf(line, "threads %d", &slot) == 1;
-    free(line);
-    if (!ok) {
-        bufferevent_free(bev);
-        return;
-    }
-    bufferevent_disable(bev, EV_READ);
-    tk_http_buf_t b;
-    tk_http_buf_init(&b);
-    dump_threads(&b, slot, THREADS_LIMIT);
-    bufferevent_setcb(bev, NULL, reply_done, reply_event, NULL);
-    if (b.len == 0 || bufferevent_write(bev, b.data, b.len) != 0 ||
-        bufferevent_enable(bev, EV_WRITE) != 0)
-        bufferevent_free(bev); /* nothing to say: EOF is the empty answer */
-    tk_http_buf_free(&b);
-}
-
-/* Another worker connects to ask for this worker's threads. */
-static void responder_cb(evutil_socket_t lfd, short what, void *arg)
-{
-    (void)what;
-    (void)arg;
-    for (int k = 0; k < 16; k++) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
-            return;
-        /* abstract sockets have no file permissions: answer our own user
-         * only, and only a sibling (another worker of our master) */
-        struct ucred cr;
-        socklen_t cl = sizeof(cr);
-        tk_procstat_t ps;
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 ||
-            (cr.uid != geteuid() && cr.uid != 0) || tk_procstat_read(cr.pid, &ps) != 0 ||
-            ps.ppid != getppid()) {
-            close(fd);
-            continue;
-        }
-        struct bufferevent *bev =
-            bufferevent_socket_new(tk_sched_base(R.sched), fd, BEV_OPT_CLOSE_ON_FREE);
-        if (!bev) {
-            close(fd);
-            continue;
-        }
-        struct timeval tv = {THREADS_TIMEOUT_MS / 1000, (THREADS_TIMEOUT_MS % 1000) * 1000};
-        bufferevent_set_timeouts(bev, &tv, &tv);
-        bufferevent_setcb(bev, request_read, NULL, reply_event, NULL);
-        if (bufferevent_enable(bev, EV_READ) != 0)
-            bufferevent_free(bev);
-    }
-}
-
-/* Called at registration, in each worker: the worker must have created its
- * scheduler (tk_sched_new) before registering the admin routes, or this worker
- * can't answer the others (they then report it with an error). */
-static void responder_start(void)
-{
-    tk_sched_t *s = tk_sched_current();
-    if (!s || R.fd >= 0)
-        return;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return;
-    struct sockaddr_un sa;
-    socklen_t len = gt_addr(getpid(), &sa);
-    if (bind(fd, (struct sockaddr *)&sa, len) != 0 || listen(fd, 64) != 0) {
-        /* EADDRINUSE: another process took our name first; the others'
-         * /debug/threads then see it is not us (SO_PEERCRED) and say so */
-        TK_LOG_ERRNO(TK_LOG_WARN, errno,
-                     "bind() of the thread-dump socket @tenk-gt-%d failed: /debug/threads will "
-                     "miss this worker",
-                     (int)getpid());
-        close(fd);
-        return;
-    }
-    R.ev = event_new(tk_sched_base(s), fd, EV_READ | EV_PERSIST, responder_cb, NULL);
-    if (!R.ev || event_add(R.ev, NULL) != 0) {
-        if (R.ev)
-            event_free(R.ev);
-        R.ev = NULL;
-        close(fd);
-        return;
-    }
-    R.fd = fd;
-    R.sched = s;
-}
-
-/* Ask worker pid (in slot) for its table; append it to b (with a leading comma when
- * *first is 0). Returns 0, or -1 with a reason in err. May yield. */
-static int ask_worker(pid_t pid, int slot, tk_http_buf_t *b, int *first, int64_t deadline,
-                      char *err, size_t errlen)
-{
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errlen, "socket(): %s", strerror(errno));
-        return -1;
-    }
-    struct sockaddr_un sa;
-    socklen_t len = gt_addr(pid, &sa);
-    char req[32];
-    int rl = snprintf(req, sizeof(req), "threads %d\n", slot);
-    /* a Unix stream connect completes at once (EAGAIN: its backlog is full) and
-     * the line fits in the socket buffer */
-    if (connect(fd, (struct sockaddr *)&sa, len) != 0) {
-        snprintf(err, errlen, "asking it failed: %s", strerror(errno));
-        close(fd);
-        return -1;
-    }
-    /* Any local process can bind the name first: talk only to the worker
-     * itself (the pid we asked for, our user, a child of our master). */
-    struct ucred cr;
-    socklen_t cl = sizeof(cr);
-    tk_procstat_t ps;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 || cr.pid != pid ||
-        (cr.uid != geteuid() && cr.uid != 0) || tk_procstat_read(pid, &ps) != 0 ||
-        ps.ppid != getppid()) {
-        snprintf(err, errlen, "@tenk-gt-%d is held by pid %d (uid %u), not by that worker: ignored",
-                 (int)pid, (int)cr.pid, (unsigned)cr.uid);
-        TK_LOG(TK_LOG_WARN, "/debug/threads: %s", err);
-        close(fd);
-        return -1;
-    }
-    if (write(fd, req, (size_t)rl) != rl) {
-        snprintf(err, errlen, "asking it failed: %s", strerror(errno));
-        close(fd);
-        return -1;
-    }
-    size_t start = b->len;
-    if (!*first)
-        tk_http_buf_append(b, ",", 1);
-    size_t body = b->len;
-    int rc = 0;
-    for (;;) {
-        if (b->len - body > THREADS_REPLY_MAX) {
-            snprintf(err, errlen, "answer over %u MiB: dropped", THREADS_REPLY_MAX >> 20);
-            TK_LOG(TK_LOG_WARN, "/debug/threads: worker pid %d: %s", (int)pid, err);
-            rc = -1;
-            break;
-        }
-        char *w = tk_http_buf_reserve(b, 65536);
-        if (!w) {
-            snprintf(err, errlen, "out of memory");
-            rc = -1;
-            break;
-        }
-        ssize_t n = read(fd, w, 65536);
-        if (n > 0) {
-            tk_http_buf_commit(b, (size_t)n);
-            continue;
-        }
-        if (n == 0)
-            break;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN) {
-            snprintf(err, errlen, "read(): %s", strerror(errno));
-            rc = -1;
-            break;
-        }
-        if (tk_gt_wait_fd(fd, EV_READ, TK_GT_WAIT_NET, deadline) != 0) {
-            snprintf(err, errlen, "%s", errno == ETIMEDOUT ? "no answer in time" : "cancelled");
-            rc = -1;
-            break;
-        }
-    }
-    close(fd);
-    if (rc != 0 || b->len == body) /* failed, or no threads at all: keep nothing */
-        b->len = start;
-    else
-        *first = 0;
-    return rc;
+    cJSON *s = cJSON_CreateString(err);
+    char *text = s ? cJSON_PrintUnformatted(s) : NULL;
+    tk_http_buf_append_str(b, ",\"error\":");
+    tk_http_buf_append_str(b, text ? text : "null");
+    cJSON_free(text);
+    cJSON_Delete(s);
 }
 
 static void h_threads(tk_http_ctx_t *ctx)
@@ -1014,7 +233,6 @@ static void h_threads(tk_http_ctx_t *ctx)
     int first = 1;
     unsigned nslots = tk_shm_nslots(shm);
     int64_t deadline = tk_now_ms() + THREADS_TIMEOUT_MS;
-    pid_t me = getpid();
     /* copy the table first: a worker may come or go while we wait */
     tk_shm_worker_sh_t *tab = calloc(nslots ? nslots : 1, sizeof(*tab));
     if (!tab) {
@@ -1027,20 +245,10 @@ static void h_threads(tk_http_ctx_t *ctx)
     for (unsigned i = 0; i < nslots; i++) {
         if (!tk_view_live_state(tab[i].state) || tab[i].pid <= 0)
             continue;
-        char err[128] = "";
+        char err[128] = "not available in this worker";
         size_t before = b->len;
-        int rc;
-        if (tab[i].pid == me) {
-            if (!first)
-                tk_http_buf_append(b, ",", 1);
-            rc = 0;
-            if (dump_threads(b, (int)i, THREADS_LIMIT) == 0)
-                b->len = before;
-            else
-                first = 0;
-        } else {
-            rc = ask_worker(tab[i].pid, (int)i, b, &first, deadline, err, sizeof(err));
-        }
+        int rc =
+            g_gt_dump ? g_gt_dump(tab[i].pid, (int)i, b, &first, deadline, err, sizeof(err)) : -1;
         /* count what this worker contributed (objects start with {"id":) */
         unsigned n = 0;
         for (const char *p = b->data + before; p && p < b->data + b->len;) {
@@ -1055,10 +263,8 @@ static void h_threads(tk_http_ctx_t *ctx)
             &workers, "%s{\"slot\":%u,\"pid\":%d,\"threads\":%u,\"stack_max_used\":%llu",
             workers.len ? "," : "", i, (int)tab[i].pid, n,
             ms ? (unsigned long long)__atomic_load_n(&ms->stack_max_used, __ATOMIC_RELAXED) : 0ull);
-        if (rc != 0) {
-            tk_http_buf_append_str(&workers, ",\"error\":");
-            put_json_str(&workers, err, strlen(err));
-        }
+        if (rc != 0)
+            put_error(&workers, err);
         tk_http_buf_append(&workers, "}", 1);
     }
     free(tab);
@@ -1070,178 +276,9 @@ static void h_threads(tk_http_ctx_t *ctx)
     tk_http_respond_buf(ctx, 200, "application/json");
 }
 
-/* --- /debug/config --------------------------------------------------------------------- */
-
-#define MASK "********"
-
-/* conninfo with every password replaced: key=value form ("password=x",
- * "password = 'a b'") and URI form ("postgresql://user:x@host",
- * "?password=x"). */
-static void mask_conninfo(const char *in, char *out, size_t outlen)
-{
-    size_t o = 0;
-    const char *p = in;
-#define PUT(c)                                                                                     \
-    do {                                                                                           \
-        if (o + 1 < outlen)                                                                        \
-            out[o++] = (c);                                                                        \
-    } while (0)
-    int uri = strncmp(in, "postgresql://", 13) == 0 || strncmp(in, "postgres://", 11) == 0;
-    if (uri) {
-        const char *auth = strstr(in, "://") + 3;
-        const char *end = auth + strcspn(auth, "/?");
-        const char *at = NULL;
-        for (const char *q = auth; q < end; q++)
-            if (*q == '@')
-                at = q;
-        const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-        while (*p) {
-            if (colon && p == colon + 1) {
-                for (const char *m = MASK; *m; m++)
-                    PUT(*m);
-                p = at;
-                continue;
-            }
-            if ((*p == '?' || *p == '&') && strncasecmp(p + 1, "password=", 9) == 0) {
-                PUT(*p);
-                for (const char *m = "password=" MASK; *m; m++)
-                    PUT(*m);
-                p += 10;
-                p += strcspn(p, "&");
-                continue;
-            }
-            PUT(*p);
-            p++;
-        }
-        out[o] = '\0';
-        return;
-    }
-    while (*p) {
-        /* at the start of a keyword? */
-        if ((p == in || p[-1] == ' ' || p[-1] == '\t') && strncasecmp(p, "password", 8) == 0) {
-            const char *q = p + 8;
-            while (*q == ' ' || *q == '\t')
-                q++;
-            if (*q == '=') {
-                q++;
-                while (*q == ' ' || *q == '\t')
-                    q++;
-                for (const char *m = "password=" MASK; *m; m++)
-                    PUT(*m);
-                if (*q == '\'') { /* quoted, with \' and \\ escapes */
-                    q++;
-                    while (*q && *q != '\'') {
-                        if (*q == '\\' && q[1])
-                            q++;
-                        q++;
-                    }
-                    if (*q)
-                        q++;
-                } else {
-                    while (*q && *q != ' ' && *q != '\t')
-                        q++;
-                }
-                p = q;
-                continue;
-            }
-        }
-        PUT(*p);
-        p++;
-    }
-    out[o] = '\0';
-#undef PUT
-}
-
-static void h_config(tk_http_ctx_t *ctx)
-{
-    const tk_conf_t *c = tk_http_conf(ctx);
-    char buf[1024];
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "conf_file", c->conf_file);
-    cJSON *s = cJSON_AddObjectToObject(o, "server");
-    cJSON_AddStringToObject(s, "name", c->name);
-    cJSON *l = cJSON_AddArrayToObject(s, "listen");
-    for (int i = 0; i < c->nlisten; i++)
-        cJSON_AddItemToArray(l, cJSON_CreateString(c->listen[i]));
-    cJSON_AddNumberToObject(s, "workers", c->workers);
-    cJSON_AddNumberToObject(s, "workers_effective", tk_conf_workers(c));
-    cJSON_AddNumberToObject(s, "backlog", c->backlog);
-    cJSON_AddStringToObject(s, "user", c->user);
-    tk_conf_pid_path(c, buf, sizeof(buf));
-    cJSON_AddStringToObject(s, "pid_file", buf);
-    cJSON_AddNumberToObject(s, "max_connections", c->max_connections);
-    cJSON_AddNumberToObject(s, "shutdown_timeout_ms", c->shutdown_timeout_ms);
-    cJSON *rt = cJSON_AddObjectToObject(o, "runtime");
-    cJSON_AddNumberToObject(rt, "stack_size", (double)c->stack_size);
-    cJSON_AddNumberToObject(rt, "max_threads", c->max_threads);
-    cJSON_AddNumberToObject(rt, "long_run_ms", (double)c->long_run_ms);
-    cJSON *li = cJSON_AddObjectToObject(o, "limits");
-    cJSON_AddNumberToObject(li, "max_request_line", (double)c->max_request_line);
-    cJSON_AddNumberToObject(li, "max_header_size", (double)c->max_header_size);
-    cJSON_AddNumberToObject(li, "max_headers", c->max_headers);
-    cJSON_AddNumberToObject(li, "max_body_size", (double)c->max_body_size);
-    cJSON_AddNumberToObject(li, "max_requests_per_conn", c->max_requests_per_conn);
-    cJSON *to = cJSON_AddObjectToObject(o, "timeouts");
-    cJSON_AddNumberToObject(to, "header_ms", c->header_timeout_ms);
-    cJSON_AddNumberToObject(to, "body_ms", c->body_timeout_ms);
-    cJSON_AddNumberToObject(to, "write_ms", c->write_timeout_ms);
-    cJSON_AddNumberToObject(to, "keepalive_ms", c->keepalive_timeout_ms);
-    cJSON *h = cJSON_AddObjectToObject(o, "http");
-    cJSON_AddBoolToObject(h, "gzip", c->gzip);
-    cJSON_AddNumberToObject(h, "gzip_min_size", (double)c->gzip_min_size);
-    cJSON_AddNumberToObject(h, "gzip_level", c->gzip_level);
-    cJSON *d = cJSON_AddObjectToObject(o, "db");
-    mask_conninfo(c->db_conninfo, buf, sizeof(buf));
-    cJSON_AddStringToObject(d, "conninfo", buf);
-    cJSON_AddNumberToObject(d, "max_open", c->db_max_open);
-    cJSON_AddNumberToObject(d, "max_idle", c->db_max_idle);
-    cJSON_AddNumberToObject(d, "max_lifetime_ms", c->db_max_lifetime_ms);
-    cJSON_AddNumberToObject(d, "max_idle_time_ms", c->db_max_idle_time_ms);
-    cJSON_AddNumberToObject(d, "acquire_timeout_ms", c->db_acquire_timeout_ms);
-    cJSON_AddNumberToObject(d, "query_timeout_ms", c->db_query_timeout_ms);
-    cJSON *r = cJSON_AddObjectToObject(o, "redis");
-    cJSON_AddStringToObject(r, "addr", c->redis_addr);
-    cJSON_AddStringToObject(r, "password", c->redis_password[0] ? MASK : "");
-    cJSON_AddNumberToObject(r, "db", c->redis_db);
-    cJSON_AddNumberToObject(r, "timeout_ms", c->redis_timeout_ms);
-    cJSON *ca = cJSON_AddObjectToObject(o, "cache");
-    cJSON_AddNumberToObject(ca, "ttl_s", c->cache_ttl_s);
-    cJSON_AddNumberToObject(ca, "negative_ttl_s", c->cache_negative_ttl_s);
-    cJSON *ad = cJSON_AddObjectToObject(o, "admin");
-    cJSON_AddStringToObject(ad, "listen", c->admin_listen);
-    cJSON_AddStringToObject(ad, "token", c->admin_token[0] ? MASK : "");
-    cJSON_AddBoolToObject(ad, "debug_endpoints", c->admin_debug_endpoints);
-    cJSON *lg = cJSON_AddObjectToObject(o, "log");
-    cJSON_AddStringToObject(lg, "level", c->log_level);
-    cJSON_AddStringToObject(lg, "error_log", c->error_log);
-    cJSON_AddStringToObject(lg, "access_log", c->access_log);
-    cJSON_AddStringToObject(lg, "access_log_format", c->access_log_format);
-    tk_http_add_header(ctx, "Cache-Control", "no-store");
-    tk_http_respond_json(ctx, 200, o);
-    cJSON_Delete(o);
-}
-
-/* --- /dashboard -------------------------------------------------------------------------- */
-
-/* The page itself holds no data, so it is served without the token (a browser
- * can't send a bearer header on navigation); it reads the token from the URL
- * fragment (#token=..., never sent to the server) and sends it with each poll
- * of /debug/stats, which does require it. */
-static void h_dashboard(tk_http_ctx_t *ctx)
-{
-    tk_http_add_header(ctx, "Cache-Control", "no-store");
-    /* nothing from elsewhere: scripts and styles are inline, fetches same-origin */
-    tk_http_add_header(ctx, "Content-Security-Policy",
-                       "default-src 'none'; script-src 'unsafe-inline'; style-src "
-                       "'unsafe-inline'; connect-src 'self'; img-src data:");
-    tk_http_add_header(ctx, "X-Content-Type-Options", "nosniff");
-    tk_http_respond(ctx, 200, "text/html; charset=utf-8", tk_admin_dashboard_html,
-                    tk_admin_dashboard_html_len);
-}
-
 /* Every admin-only route. Each is served through admin_route(), which asks
  * for the token (when admin.token is set) before anything else, so a route
- * added here can't forget it. OPEN: /dashboard only (see h_dashboard). TEST:
+ * added here can't forget it. OPEN: /dashboard only (see dashboard.c). TEST:
  * served only with admin.debug_endpoints on (404 otherwise).
  * tests/integration/test_trust.py reads this table. */
 enum { OPEN = 1, TEST = 2 };
@@ -1250,11 +287,11 @@ static const struct {
     tk_http_handler_fn fn;
     int flags;
 } admin_routes[] = {
-    {"GET", "/metrics", h_metrics, 0},
+    {"GET", "/metrics", tk_admin_metrics, 0},
     {"GET", "/debug/stats", h_stats, 0},
     {"GET", "/debug/threads", h_threads, 0},
-    {"GET", "/debug/config", h_config, 0},
-    {"GET", "/dashboard", h_dashboard, OPEN},
+    {"GET", "/debug/config", tk_admin_config, 0},
+    {"GET", "/dashboard", tk_admin_dashboard, OPEN},
     {"GET", "/debug/stream", tk_handlers_debug_stream, TEST},
     {"POST", "/debug/echo", tk_handlers_debug_echo, TEST},
 };
@@ -1281,24 +318,15 @@ static void admin_route(tk_http_ctx_t *ctx)
 
 void tk_handlers_register_admin(tk_router_t *r, const tk_handlers_env_t *env)
 {
-    (void)env; /* needs none of the worker's services */
+    g_gt_dump = env ? env->gt_dump : NULL;
     for (size_t i = 0; i < NADMIN_ROUTES; i++)
         admin_route_ids[i] =
             tk_router_add(r, admin_routes[i].method, admin_routes[i].pattern, admin_route);
-    responder_start();
 }
 
 void tk_admin_fini(void)
 {
-    if (R.ev) {
-        event_free(R.ev);
-        R.ev = NULL;
-    }
-    if (R.fd >= 0) {
-        close(R.fd);
-        R.fd = -1;
-    }
-    R.sched = NULL;
+    g_gt_dump = NULL;
     if (g_shm) {
         tk_shm_detach(g_shm);
         g_shm = NULL;

@@ -2,11 +2,11 @@
 #ifndef TK_ADMIN_H
 #define TK_ADMIN_H
 
-/* tk_handlers_register_admin() (handlers.h) also starts, in each worker, the
- * listener through which the other workers ask for its green threads
- * (/debug/threads). tk_admin_fini() stops it and unmaps the segment: call it
- * in the worker's teardown, before the event base is freed. Safe to call when
- * nothing was started. */
+/* The admin endpoints map the shared segment a second time, read-only, on
+ * first use. tk_admin_fini() unmaps it: call it in the worker's teardown.
+ * Safe to call when nothing was mapped. (The listener through which the
+ * other workers ask for this worker's green threads is the worker's own:
+ * proc/gt_dump.h.) */
 void tk_admin_fini(void);
 
 #endif

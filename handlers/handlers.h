@@ -3,11 +3,22 @@
 #ifndef TK_HANDLERS_H
 #define TK_HANDLERS_H
 
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
 #include "cache/cache.h"
+#include "http/http_response.h"
 #include "http/router.h"
 #include "proc/conf.h"
 
 struct tk_shm;
+
+/* Appends the green threads of the worker pid (in shared-memory slot `slot`)
+ * to b as comma-separated JSON objects: the worker's thread-dump service,
+ * tk_gt_dump_collect() of proc/gt_dump.h (see there). May yield. */
+typedef int (*tk_handlers_gt_dump_fn)(pid_t pid, int slot, tk_http_buf_t *b, int *first,
+                                      int64_t deadline, char *err, size_t errlen);
 
 /* What a handler may use of its worker, handed to every registration function
  * so that handlers never call back up into the worker. The worker owns it and
@@ -19,6 +30,8 @@ typedef struct {
     tk_cache_flight_t *flight; /* its single-flight group; NULL without a client */
     struct tk_shm *shm;        /* NULL without shared memory (tests) */
     int slot;                  /* this worker's shared-memory slot */
+    /* the thread-dump service, for /debug/threads; NULL: none */
+    tk_handlers_gt_dump_fn gt_dump;
 } tk_handlers_env_t;
 
 /* Register every handler's routes: the public ones on pub, the admin ones

@@ -16,6 +16,7 @@
 #include <event2/event.h>
 
 #include "proc/access_log.h"
+#include "proc/gt_dump.h"
 #include "handlers/admin.h"
 #include "cache/cache.h"
 #include "db/db.h"
@@ -395,7 +396,8 @@ static int register_routes(worker_t *w)
                                   .cache = w->cache,
                                   .flight = w->flight,
                                   .shm = w->a->shm,
-                                  .slot = w->a->slot};
+                                  .slot = w->a->slot,
+                                  .gt_dump = tk_gt_dump_collect};
     tk_handlers_register(w->router, w->admin_router, &w->henv);
     const char *err = tk_router_error(w->router);
     if (!err[0])
@@ -481,6 +483,9 @@ static int worker_setup(worker_t *w)
         0)
         return -1;
     w->db_started = 1;
+    /* answers the other workers' /debug/threads (a failure is logged: the
+     * others then report this worker with an error) */
+    tk_gt_dump_start(w->sched);
     char err[256];
     if (tk_access_log_open(w->base, conf, w->a->slot, err, sizeof(err)) != 0) {
         TK_LOG(TK_LOG_ERR, "access log: %s", err);
@@ -540,7 +545,8 @@ static void worker_teardown(worker_t *w)
     if (w->db_started)
         tk_db_worker_fini(); /* gives this worker's broker slots back */
     tk_access_log_close();
-    tk_admin_fini(); /* the /debug/threads listener and the read-only segment map */
+    tk_gt_dump_stop(); /* the /debug/threads listener */
+    tk_admin_fini();   /* the admin endpoints' read-only segment map */
     tk_cache_flight_free(w->flight);
     tk_cache_free(w->cache);
     w->flight = NULL;
