@@ -8,21 +8,30 @@
 #include <string.h>
 #include <unistd.h>
 
-int tk_procstat_read(pid_t pid, tk_procstat_t *out)
+/* Read /proc/PID/name (PID 0: self) into buf, NUL-terminated; -1 if it can't. */
+static int read_proc(pid_t pid, const char *name, char *buf, size_t len)
 {
-    char path[64], buf[1024];
+    char path[64];
     if (pid == 0)
-        snprintf(path, sizeof(path), "/proc/self/stat");
+        snprintf(path, sizeof(path), "/proc/self/%s", name);
     else
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+        snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, name);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    ssize_t n = read(fd, buf, len - 1);
     close(fd);
     if (n <= 0)
         return -1;
     buf[n] = '\0';
+    return 0;
+}
+
+int tk_procstat_read(pid_t pid, tk_procstat_t *out)
+{
+    char buf[1024];
+    if (read_proc(pid, "stat", buf, sizeof(buf)) != 0)
+        return -1;
     /* the command name may hold spaces and parentheses: fields start after the last ')' */
     const char *p = strrchr(buf, ')');
     if (p == NULL)
@@ -50,16 +59,9 @@ int tk_procstat_read(pid_t pid, tk_procstat_t *out)
 
 int tk_procstat_uid(pid_t pid, uid_t *uid)
 {
-    char path[64], buf[4096];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    char buf[4096];
+    if (read_proc(pid, "status", buf, sizeof(buf)) != 0)
         return -1;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
     const char *p = strstr(buf, "\nUid:");
     unsigned long u;
     if (p == NULL || sscanf(p + 5, "%lu", &u) != 1)

@@ -116,20 +116,8 @@ static int one_input(const uint8_t *data, size_t size)
 }
 
 /* On a green thread with the configured stack size, as in a worker (gt_run.h). */
-struct input {
-    const uint8_t *data;
-    size_t size;
-};
-
-static void input_on_gt(void *arg)
-{
-    struct input *in = arg;
-    one_input(in->data, in->size);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    struct input in = {data, size};
-    fuzz_gt_run(input_on_gt, &in);
+    fuzz_gt_run_input(one_input, data, size);
     return 0;
 }

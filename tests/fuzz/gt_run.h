@@ -13,6 +13,7 @@
 #ifndef TK_FUZZ_GT_RUN_H
 #define TK_FUZZ_GT_RUN_H
 
+#include <stdint.h>
 #include <stdlib.h>
 
 #include <event2/event.h>
@@ -47,6 +48,26 @@ static void fuzz_gt_run(void (*fn)(void *), void *arg)
     fuzz_gt_call_t c = {fn, arg};
     if (tk_gt_spawn(s, "fuzz", fuzz_gt_main, &c) == NULL || tk_sched_run(s) != 0)
         abort();
+}
+
+typedef struct {
+    int (*fn)(const uint8_t *, size_t);
+    const uint8_t *data;
+    size_t size;
+} fuzz_gt_input_t;
+
+static void fuzz_gt_input_main(void *arg)
+{
+    fuzz_gt_input_t *in = arg;
+    (void)in->fn(in->data, in->size);
+}
+
+/* Run a target's fn(data, size) on a green thread: the body of most targets'
+ * LLVMFuzzerTestOneInput(). */
+static void fuzz_gt_run_input(int (*fn)(const uint8_t *, size_t), const uint8_t *data, size_t size)
+{
+    fuzz_gt_input_t in = {fn, data, size};
+    fuzz_gt_run(fuzz_gt_input_main, &in);
 }
 
 #endif
