@@ -210,24 +210,6 @@ const char *tk_db_errmsg(const tk_db_conn_t *c)
     return c ? c->errmsg : "";
 }
 
-int tk_db_http_status(tk_db_status_t st)
-{
-    switch (st) {
-    case TK_DB_OK:
-        return 200;
-    case TK_DB_TIMEOUT:
-        return 504;
-    case TK_DB_ERROR:
-        return 500;
-    case TK_DB_CANCELLED:
-        return 499;
-    case TK_DB_UNAVAILABLE:
-    case TK_DB_DISABLED:
-    default:
-        return 503;
-    }
-}
-
 const char *tk_db_status_name(tk_db_status_t st)
 {
     static const char *names[] = {
