@@ -78,6 +78,7 @@ void tk_db_counts(tk_db_counts_t *out)
 {
     out->pipelined = D.npiped;
     out->retried = D.nretried;
+    out->joined = D.njoined;
 }
 
 /* Someone (another worker, the master) granted us slots, or wants our idle

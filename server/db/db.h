@@ -103,10 +103,10 @@ tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const 
                                 PGresult **res);
 
 /* Counters of this worker's client (tests, logs): queries sent on shared
- * pipelined connections, and queries run again after their batch or their
- * connection failed. */
+ * pipelined connections, queries run again after their batch or their
+ * connection failed, and queries joined to an identical queued one. */
 typedef struct {
-    uint64_t pipelined, retried;
+    uint64_t pipelined, retried, joined;
 } tk_db_counts_t;
 void tk_db_counts(tk_db_counts_t *out);
 
