@@ -91,6 +91,14 @@ struct tk_db_conn {
     char sqlstate[6];
     char errmsg[160];
     struct tk_db_conn *next; /* idle list */
+    /* Where a connection is says what it is: on D.idle (idle), on D.pipes
+     * (shared, pipeline mode), on no list (held by one green thread, or being
+     * connected or drained by a background one); closed ones whose backend
+     * has not exited are closing_t on D.closing. The flags left are facts
+     * about one use (in_flight, broken, fresh, dirty), not lifecycles.
+     * retiring stays a flag: a retiring connection still needs its Sync and
+     * its results read like the others on D.pipes, and the reader checks it
+     * for every result; shared_out says why it retires. */
     /* Shared (pipeline mode) connections: many green threads' queries at once. */
     int retiring;               /* takes no new queries; released once empty */
     int dirty;                  /* queries sent since the last Sync */
