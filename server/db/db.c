@@ -142,7 +142,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
      * from there to db.max_idle_time); one goes back when others queue. */
     for (tk_db_conn_t *c = D.pipes, *n; c; c = n) {
         n = c->pnext;
-        if (!c->retiring && c->phead == NULL && D.qhead == NULL &&
+        if (c->phead == NULL && D.qhead == NULL &&
             now - c->last_ns > (uint64_t)TK_DB_PIPE_IDLE_MS * 1000000u)
             tk_db_pipe_retire(c);
     }
@@ -217,9 +217,10 @@ void tk_db_worker_fini(void)
             STAT(idle, -1);
             tk_db_conn_close(c, 0);
         }
-        while (D.pipes) {
-            tk_db_conn_t *c = D.pipes;
-            D.pipes = c->pnext;
+        while (D.pipes || D.retiring) {
+            tk_db_conn_t **l = D.pipes ? &D.pipes : &D.retiring;
+            tk_db_conn_t *c = *l;
+            *l = c->pnext;
             D.npipes--;
             event_free(c->rev);
             event_free(c->wev);

@@ -92,15 +92,13 @@ struct tk_db_conn {
     char errmsg[160];
     struct tk_db_conn *next; /* idle list */
     /* Where a connection is says what it is: on D.idle (idle), on D.pipes
-     * (shared, pipeline mode), on no list (held by one green thread, or being
-     * connected or drained by a background one); closed ones whose backend
-     * has not exited are closing_t on D.closing. The flags left are facts
-     * about one use (in_flight, broken, fresh, dirty), not lifecycles.
-     * retiring stays a flag: a retiring connection still needs its Sync and
-     * its results read like the others on D.pipes, and the reader checks it
-     * for every result; shared_out says why it retires. */
+     * (shared, pipeline mode), on D.retiring (shared, takes no new queries,
+     * released once its results are read), on no list (held by one green
+     * thread, or being connected or drained by a background one); closed ones
+     * whose backend has not exited are closing_t on D.closing. The flags left
+     * are facts about one use (in_flight, broken, fresh, dirty), counters and
+     * the reason it retires (shared_out), not lifecycles. */
     /* Shared (pipeline mode) connections: many green threads' queries at once. */
-    int retiring;               /* takes no new queries; released once empty */
     int dirty;                  /* queries sent since the last Sync */
     int inflight;               /* PI_QUERY items on the list */
     int busy_g;                 /* counted as in_use (else idle) in the statistics */
@@ -108,7 +106,7 @@ struct tk_db_conn {
     pipe_item_t *phead, *ptail; /* everything sent, in result order */
     struct event *rev, *wev;
     uint64_t last_ns;         /* last time a query was sent or answered */
-    struct tk_db_conn *pnext; /* D.pipes list */
+    struct tk_db_conn *pnext; /* D.pipes or D.retiring list */
 };
 
 /* A closed connection whose backend has not exited yet. PQfinish() sends
@@ -155,8 +153,9 @@ typedef struct {
     uint64_t npiped, nsyncs;        /* pipelined queries, and the batches they went in */
     waiter_t *waiters[TK_BROKER_MAX_WAITERS];
     /* pipelined shared connections */
-    tk_db_conn_t *pipes; /* connections in pipeline mode */
-    int npipes;
+    tk_db_conn_t *pipes;        /* connections in pipeline mode taking queries */
+    tk_db_conn_t *retiring;     /* ... and those taking no more, released once empty */
+    int npipes;                 /* on both lists */
     int opening;                /* a green thread is getting one more */
     pipe_item_t *qhead, *qtail; /* queries waiting for room, FIFO */
     int qlen;

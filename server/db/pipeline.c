@@ -13,6 +13,35 @@
 
 static void pipe_release_if_done(tk_db_conn_t *c);
 
+/* Take c off list *head; 1 if it was there. */
+static int pipe_unlink(tk_db_conn_t **head, const tk_db_conn_t *c)
+{
+    for (tk_db_conn_t **pp = head; *pp; pp = &(*pp)->pnext)
+        if (*pp == c) {
+            *pp = c->pnext;
+            return 1;
+        }
+    return 0;
+}
+
+/* Whether c takes no new queries (it is on D.retiring, not D.pipes). */
+static int pipe_is_retiring(const tk_db_conn_t *c)
+{
+    for (const tk_db_conn_t *p = D.retiring; p; p = p->pnext)
+        if (p == c)
+            return 1;
+    return 0;
+}
+
+/* c takes no new queries: from D.pipes to D.retiring (if not there yet). */
+static void pipe_set_retiring(tk_db_conn_t *c)
+{
+    if (pipe_unlink(&D.pipes, c)) {
+        c->pnext = D.retiring;
+        D.retiring = c;
+    }
+}
+
 /* Declared reads (tk_db_query() on a TK_DB_READ statement) don't take a
  * connection for themselves: they are sent on one of this worker's shared
  * connections in libpq pipeline mode, behind the queries of other green
@@ -123,7 +152,7 @@ static void pipe_fail(tk_db_conn_t *c)
     int n = 0;
     tk_db_note_error(c, NULL);
     c->broken = 1;
-    c->retiring = 1;
+    pipe_set_retiring(c);
     c->dirty = 0;
     while ((it = c->phead) != NULL) {
         c->phead = it->next;
@@ -188,7 +217,7 @@ static int pipe_alive(const tk_db_conn_t *c)
     for (const tk_db_conn_t *p = D.pipes; p; p = p->pnext)
         if (p == c)
             return 1;
-    return 0;
+    return pipe_is_retiring(c);
 }
 
 /* Read what arrived and hand results to their waiters. */
@@ -248,7 +277,7 @@ static void on_pipe_read(evutil_socket_t fd, short what, void *arg)
         }
         c->inflight--;
         done++;
-        if (it->aborted && it->w && !it->retried && !c->retiring) {
+        if (it->aborted && it->w && !it->retried && !pipe_is_retiring(c)) {
             /* Not run: an earlier query of its batch failed. Run it again. */
             PQclear(it->res);
             it->res = NULL;
@@ -279,9 +308,11 @@ static void on_pipe_read(evutil_socket_t fd, short what, void *arg)
         if (!pipe_alive(c))
             return;
     }
-    if (!c->retiring && c->phead == NULL && D.qhead == NULL && tk_broker_qlen(D.b) > 0)
-        c->retiring = c->shared_out = 1; /* unused here and others queue: give it back now */
-    if (c->retiring)
+    if (c->phead == NULL && D.qhead == NULL && tk_broker_qlen(D.b) > 0 && !pipe_is_retiring(c)) {
+        c->shared_out = 1; /* unused here and others queue: give it back now */
+        pipe_set_retiring(c);
+    }
+    if (pipe_is_retiring(c))
         pipe_release_if_done(c);
 }
 
@@ -291,12 +322,8 @@ static void pipe_release_if_done(tk_db_conn_t *c)
 {
     if (c->phead != NULL || c->dirty)
         return;
-    for (tk_db_conn_t **pp = &D.pipes; *pp; pp = &(*pp)->pnext)
-        if (*pp == c) {
-            *pp = c->pnext;
-            D.npipes--;
-            break;
-        }
+    if (pipe_unlink(&D.retiring, c) || pipe_unlink(&D.pipes, c))
+        D.npipes--;
     event_free(c->rev);
     event_free(c->wev);
     c->rev = c->wev = NULL;
@@ -326,7 +353,7 @@ static void pipe_release_if_done(tk_db_conn_t *c)
 /* Stop sending to c; it is released once its queries are answered. */
 void tk_db_pipe_retire(tk_db_conn_t *c)
 {
-    c->retiring = 1;
+    pipe_set_retiring(c);
     pipe_release_if_done(c);
 }
 
@@ -347,7 +374,6 @@ static int pipe_adopt(tk_db_conn_t *c)
         PQexitPipelineMode(c->pg);
         return -1;
     }
-    c->retiring = 0;
     c->shared_out = 0;
     c->dirty = 0;
     c->inflight = 0;
@@ -401,7 +427,7 @@ void tk_db_pipe_dispatch(void)
         int best_stalled = 0;
         int64_t now = tk_now_ms();
         for (tk_db_conn_t *c = D.pipes; c; c = c->pnext) {
-            if (c->retiring || c->inflight >= TK_DB_PIPE_DEPTH)
+            if (c->inflight >= TK_DB_PIPE_DEPTH)
                 continue;
             int st = pipe_stalled(c, now);
             if (best == NULL || st < best_stalled ||
@@ -464,25 +490,27 @@ void tk_db_pipe_on_flush(evutil_socket_t fd, short what, void *arg)
     (void)what;
     (void)arg;
     D.flush_pending = 0;
-    for (tk_db_conn_t *c = D.pipes, *n; c; c = n) {
-        n = c->pnext;
-        if (!c->dirty)
-            continue;
-        c->dirty = 0;
-        pipe_item_t *it = tk_db_item_get();
-        if (it == NULL || !PQpipelineSync(c->pg)) {
-            if (it)
-                tk_db_item_put(it);
-            pipe_fail(c);
-            continue;
+    /* retiring ones too: what was sent on them still needs its Sync */
+    for (int l = 0; l < 2; l++)
+        for (tk_db_conn_t *c = l ? D.retiring : D.pipes, *n; c; c = n) {
+            n = c->pnext;
+            if (!c->dirty)
+                continue;
+            c->dirty = 0;
+            pipe_item_t *it = tk_db_item_get();
+            if (it == NULL || !PQpipelineSync(c->pg)) {
+                if (it)
+                    tk_db_item_put(it);
+                pipe_fail(c);
+                continue;
+            }
+            it->kind = PI_SYNC;
+            it->state = PI_SENT;
+            D.nsyncs++;
+            pipe_append(c, it);
+            if (PQisnonblocking(c->pg) && PQflush(c->pg) == 1)
+                event_add(c->wev, NULL);
         }
-        it->kind = PI_SYNC;
-        it->state = PI_SENT;
-        D.nsyncs++;
-        pipe_append(c, it);
-        if (PQisnonblocking(c->pg) && PQflush(c->pg) == 1)
-            event_add(c->wev, NULL);
-    }
 }
 
 /* One more shared connection, without queueing when this worker already has
@@ -534,7 +562,7 @@ int tk_db_pipe_want_more(void)
         return 0;
     int64_t now = tk_now_ms();
     for (tk_db_conn_t *c = D.pipes; c; c = c->pnext)
-        if (!c->retiring && c->inflight < TK_DB_PIPE_OPEN_AT && !pipe_stalled(c, now))
+        if (c->inflight < TK_DB_PIPE_OPEN_AT && !pipe_stalled(c, now))
             return 0;
     return D.idle != NULL ||
            (tk_now_ms() >= D.down_until_ms && __atomic_load_n(&D.b->nfree, __ATOMIC_RELAXED) > 0 &&
@@ -546,12 +574,10 @@ int tk_db_pipe_want_more(void)
  * last one only when it is unused or the queue's head is getting old. */
 void tk_db_pipe_share(void)
 {
-    if (D.npipes == 0 || tk_broker_qlen(D.b) == 0)
-        return;
+    if (D.npipes == 0 || tk_broker_qlen(D.b) == 0 || D.retiring != NULL)
+        return; /* (one at a time) */
     tk_db_conn_t *least = NULL;
     for (tk_db_conn_t *c = D.pipes; c; c = c->pnext) {
-        if (c->retiring)
-            return; /* one at a time */
         if (least == NULL || c->inflight < least->inflight)
             least = c;
     }
@@ -567,13 +593,14 @@ void tk_db_pipe_share(void)
  * once the rest of its batch is answered). */
 void tk_db_pipe_cancel_item(const pipe_item_t *it)
 {
-    for (tk_db_conn_t *c = D.pipes; c; c = c->pnext)
-        for (const pipe_item_t *p = c->phead; p; p = p->next)
-            if (p == it) {
-                if (!c->retiring) {
-                    tk_db_send_cancel(c);
-                    c->retiring = 1;
+    for (int l = 0; l < 2; l++)
+        for (tk_db_conn_t *c = l ? D.retiring : D.pipes; c; c = c->pnext)
+            for (const pipe_item_t *p = c->phead; p; p = p->next)
+                if (p == it) {
+                    if (l == 0) {
+                        tk_db_send_cancel(c);
+                        pipe_set_retiring(c);
+                    }
+                    return;
                 }
-                return;
-            }
 }
