@@ -166,6 +166,21 @@ static void local_wait_done(int *lw, int counted, const pipe_waiter_t *ws, int n
     tk_broker_stats_wait_local(D.b, D.w, wait);
 }
 
+/* A query past its deadline: not started yet (everything before it on its
+ * connection still runs) is an acquire timeout; started, it runs too long:
+ * stop it on the server (its connection takes nothing new and is recycled
+ * once the rest is answered). */
+static tk_db_status_t past_deadline(pipe_item_t *it)
+{
+    if (it->state == PI_QUEUED || it->started_ms == 0) {
+        STAT(acquire_timeouts, 1);
+        return TK_DB_UNAVAILABLE;
+    }
+    STAT(query_timeouts, 1);
+    tk_db_pipe_cancel_item(it);
+    return TK_DB_TIMEOUT;
+}
+
 tk_db_status_t tk_db_pipe_query(int stmt, int nparams, const char *const *values,
                                 const int *lengths, PGresult **res, char sqlstate[6])
 {
@@ -241,15 +256,8 @@ tk_db_status_t tk_db_pipe_query(int stmt, int nparams, const char *const *values
                 STAT(acquire_timeouts, 1);
         } else if (err == ECANCELED) {
             st = TK_DB_CANCELLED;
-        } else if (it->started_ms == 0) {
-            STAT(acquire_timeouts, 1);
-            st = TK_DB_UNAVAILABLE;
         } else {
-            /* This one runs too long: stop it on the server; the connection
-             * takes nothing new and is recycled once the rest is answered. */
-            STAT(query_timeouts, 1);
-            st = TK_DB_TIMEOUT;
-            tk_db_pipe_cancel_item(it);
+            st = past_deadline(it);
         }
         waiter_leave(&me);
         local_wait_done(&lw, counted, &me, 1);
@@ -313,14 +321,7 @@ tk_db_status_t tk_db_pipe_query_many(int stmt, int n, int nparams, const char *c
             int64_t d =
                 it->started_ms ? it->started_ms + D.conf->db_query_timeout_ms : acq_deadline;
             if (now >= d) {
-                if (it->state == PI_QUEUED || it->started_ms == 0) {
-                    STAT(acquire_timeouts, 1);
-                    st = TK_DB_UNAVAILABLE;
-                } else {
-                    STAT(query_timeouts, 1);
-                    st = TK_DB_TIMEOUT;
-                    tk_db_pipe_cancel_item(it);
-                }
+                st = past_deadline(it);
                 break;
             }
             pending++;
