@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "db/db.h"
+#include "handlers/db_status.h"
 #include "handlers/handlers.h"
 #include "http/http_response.h"
 #include "runtime/scheduler.h"
@@ -48,16 +49,6 @@ static uint64_t crunch(uint64_t seed, unsigned *yields)
     return h;
 }
 
-static void db_fail(tk_http_ctx_t *ctx, tk_db_status_t st)
-{
-    int status = tk_db_http_status(st);
-    if (st == TK_DB_CANCELLED)
-        return;
-    if (status == 503)
-        tk_http_add_header(ctx, "Retry-After", "1");
-    tk_http_respond_error(ctx, status, tk_db_status_name(st));
-}
-
 /* Three dependent queries on one connection, released before the CPU part
  * so the connection isn't held while computing. */
 static void h_heavy(tk_http_ctx_t *ctx)
@@ -71,7 +62,7 @@ static void h_heavy(tk_http_ctx_t *ctx)
     snprintf(uid, sizeof(uid), "%llu", (unsigned long long)(next_rand() % 10000 + 1));
     tk_db_conn_t *c = tk_db_acquire(&st);
     if (c == NULL) {
-        db_fail(ctx, st);
+        tk_handlers_db_error(ctx, st);
         return;
     }
     v[0] = uid;
@@ -107,7 +98,7 @@ fail:
     PQclear(r2);
     PQclear(r3);
     tk_db_release(c);
-    db_fail(ctx, st);
+    tk_handlers_db_error(ctx, st);
 }
 
 void tk_handlers_register_heavy(tk_router_t *r, const tk_handlers_env_t *env)

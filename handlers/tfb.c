@@ -9,6 +9,7 @@
 
 #include "cache/cache.h"
 #include "db/db.h"
+#include "handlers/db_status.h"
 #include "handlers/handlers.h"
 #include "http/http_response.h"
 #include "proc/log.h"
@@ -37,17 +38,6 @@ static int random_id(void)
     rng_state ^= rng_state << 25;
     rng_state ^= rng_state >> 27;
     return (int)((rng_state * 2685821657736338717ull >> 33) % TFB_ROWS) + 1;
-}
-
-/* Answer a database failure: 503 (+ Retry-After), 504 or 500. */
-static void db_fail(tk_http_ctx_t *ctx, tk_db_status_t st)
-{
-    int status = tk_db_http_status(st);
-    if (st == TK_DB_CANCELLED)
-        return; /* the client is gone; the engine drops the connection */
-    if (status == 503)
-        tk_http_add_header(ctx, "Retry-After", "1");
-    tk_http_respond_error(ctx, status, tk_db_status_name(st));
 }
 
 /* TechEmpower's rule for ?queries= (and ?count=): missing, non-numeric or < 1
@@ -108,7 +98,7 @@ static void h_db(tk_http_ctx_t *ctx)
         st = TK_DB_ERROR;
     }
     if (st != TK_DB_OK) {
-        db_fail(ctx, st);
+        tk_handlers_db_error(ctx, st);
         return;
     }
     rn = atoi(PQgetvalue(r, 0, 1));
@@ -150,7 +140,7 @@ static int fetch_worlds(tk_http_ctx_t *ctx, int n, int *ids, int *rns)
         PQclear(r[i]);
     free(m);
     if (st != TK_DB_OK) {
-        db_fail(ctx, st);
+        tk_handlers_db_error(ctx, st);
         return -1;
     }
     return 0;
@@ -193,7 +183,7 @@ static void h_updates(tk_http_ctx_t *ctx)
     tk_db_status_t st;
     tk_db_conn_t *c = tk_db_acquire(&st);
     if (c == NULL) {
-        db_fail(ctx, st);
+        tk_handlers_db_error(ctx, st);
         return;
     }
     for (int i = 0; i < n; i++) {
@@ -261,7 +251,7 @@ static void h_updates(tk_http_ctx_t *ctx)
     return;
 fail:
     tk_db_release(c);
-    db_fail(ctx, st);
+    tk_handlers_db_error(ctx, st);
 }
 
 typedef struct {
@@ -320,7 +310,7 @@ static void h_fortunes(tk_http_ctx_t *ctx)
     PGresult *r;
     tk_db_status_t st = tk_db_query(st_fortune, 0, NULL, NULL, &r, NULL);
     if (st != TK_DB_OK) {
-        db_fail(ctx, st);
+        tk_handlers_db_error(ctx, st);
         return;
     }
     int n = PQntuples(r);
@@ -436,7 +426,7 @@ static int cworld_from_db(tk_http_ctx_t *ctx, const int *ids, int *rns, const in
     tk_db_status_t st = tk_db_query(st_cworld, 1, v, NULL, &r, NULL);
     free(arr);
     if (st != TK_DB_OK) {
-        db_fail(ctx, st);
+        tk_handlers_db_error(ctx, st);
         return -1;
     }
     for (int i = 0; i < nmiss; i++)

@@ -13,6 +13,7 @@
 
 #include "cache/cache.h"
 #include "db/db.h"
+#include "handlers/db_status.h"
 #include "handlers/handlers.h"
 #include "http/http_json.h"
 #include "http/http_response.h"
@@ -29,16 +30,6 @@ static const tk_handlers_env_t *env;
 
 #define USER_COLS                                                                                  \
     "id, name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-
-static void db_fail(tk_http_ctx_t *ctx, tk_db_status_t st)
-{
-    int status = tk_db_http_status(st);
-    if (st == TK_DB_CANCELLED)
-        return;
-    if (status == 503)
-        tk_http_add_header(ctx, "Retry-After", "1");
-    tk_http_respond_error(ctx, status, tk_db_status_name(st));
-}
 
 /* Append s as a JSON string: quotes, backslashes and control characters
  * escaped, everything else (UTF-8 included) byte for byte. */
@@ -159,7 +150,7 @@ static void h_list(tk_http_ctx_t *ctx)
     PGresult *r;
     tk_db_status_t st = tk_db_query(st_list, 2, v, NULL, &r, NULL);
     if (st != TK_DB_OK) {
-        db_fail(ctx, st);
+        tk_handlers_db_error(ctx, st);
         return;
     }
     tk_http_buf_t *b = tk_http_body_buf(ctx);
@@ -237,7 +228,7 @@ static void answer_row(tk_http_ctx_t *ctx, int stmt, int nparams, const char *co
         return;
     }
     if (st != TK_DB_OK) {
-        db_fail(ctx, st);
+        tk_handlers_db_error(ctx, st);
         return;
     }
     if (PQntuples(r) != 1) {
@@ -308,7 +299,7 @@ static void h_get(tk_http_ctx_t *ctx)
     int rc = tk_cache_fetch(c, env->flight, key, kl, 0, user_load, &l, &val, &len, &hit);
     if (rc < 0) {
         /* a waiter of a failed single-flight load has no status of its own */
-        db_fail(ctx, tk_gt_cancelled(tk_gt_self()) ? TK_DB_CANCELLED : l.st);
+        tk_handlers_db_error(ctx, tk_gt_cancelled(tk_gt_self()) ? TK_DB_CANCELLED : l.st);
         return;
     }
     if (c != NULL)
@@ -427,7 +418,7 @@ static void h_delete(tk_http_ctx_t *ctx)
     const char *v[1] = {id};
     tk_db_status_t st = tk_db_query(st_delete, 1, v, NULL, &r, NULL);
     if (st != TK_DB_OK) {
-        db_fail(ctx, st);
+        tk_handlers_db_error(ctx, st);
         return;
     }
     int gone = strcmp(PQcmdTuples(r), "1") == 0;

@@ -87,8 +87,9 @@ const char *tk_db_errmsg(const tk_db_conn_t *c);
  * not take a connection for itself: it shares one of the worker's
  * connections in libpq pipeline mode with other green threads' queries, and
  * when also TK_DB_JOINABLE an identical query not yet sent is joined (one
- * execution, each caller gets its own copy of the result). Same outcomes as the exclusive path: 503
- * when it could not start within db.acquire_timeout, 504 after db.query_timeout. May yield. */
+ * execution, each caller gets its own copy of the result). Same outcomes as the exclusive path:
+ * TK_DB_UNAVAILABLE when it could not start within db.acquire_timeout, TK_DB_TIMEOUT after
+ * db.query_timeout. May yield. */
 tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, const int *lengths,
                            PGresult **res, char sqlstate[6]);
 
@@ -102,15 +103,15 @@ tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const 
                                 PGresult **res);
 
 /* Counters of this worker's client (tests, logs): queries sent on shared
- * pipelined connections, and queries run again after their batch or their
- * connection failed. */
+ * pipelined connections, queries run again after their batch or their
+ * connection failed, and queries joined to an identical queued one. */
 typedef struct {
-    uint64_t pipelined, retried;
+    uint64_t pipelined, retried, joined;
 } tk_db_counts_t;
 void tk_db_counts(tk_db_counts_t *out);
 
-/* The HTTP status for a failed status (503, 504, 500, 503 ...). */
-int tk_db_http_status(tk_db_status_t st);
+/* A short name for a status (logs, error bodies); the HTTP status for it is
+ * the handlers' (handlers/db_status.h). */
 const char *tk_db_status_name(tk_db_status_t st);
 
 #endif
