@@ -119,6 +119,7 @@ static cJSON *json_db(const tk_view_t *v, const tk_broker_sh_t *b)
     tk_stats_json_db(o, b);
     if (!b)
         return o;
+    tk_stats_json_db_backends(o, v->shm, v->now_mono_ns);
     cJSON *a = cJSON_AddArrayToObject(o, "workers");
     for (unsigned i = 0; i < v->nw; i++) {
         const tk_view_worker_t *w = &v->w[i];

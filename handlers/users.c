@@ -144,6 +144,8 @@ static void h_list(tk_http_ctx_t *ctx)
             return;
         }
     }
+    if (tk_handlers_db_lsn_in(ctx) < 0)
+        return;
     fmt_i64(lim, limit);
     fmt_i64(after, after_id);
     const char *v[2] = {after, lim};
@@ -153,6 +155,7 @@ static void h_list(tk_http_ctx_t *ctx)
         tk_handlers_db_error(ctx, st);
         return;
     }
+    tk_handlers_db_backend_out(ctx);
     tk_http_buf_t *b = tk_http_body_buf(ctx);
     int rows = PQntuples(r);
     tk_http_buf_append(b, "[", 1);
@@ -238,6 +241,8 @@ static void answer_row(tk_http_ctx_t *ctx, int stmt, int nparams, const char *co
     }
     if (invalidate)
         user_invalidate(PQgetvalue(r, 0, 0), (size_t)PQgetlength(r, 0, 0));
+    /* a write: where a reader must have replayed to to see it (read-your-writes) */
+    tk_handlers_db_lsn_out(ctx);
     tk_http_buf_t *b = tk_http_body_buf(ctx);
     user_json(b, r, 0);
     if (created)
@@ -250,6 +255,7 @@ static void answer_row(tk_http_ctx_t *ctx, int stmt, int nparams, const char *co
 typedef struct {
     const char *id;
     tk_db_status_t st; /* why the load failed (only the leader's own call sets it) */
+    int cached;        /* the load fills the cache */
 } user_load_t;
 
 /* Loader: the user's JSON (exactly the response body), 1 when there is no
@@ -261,6 +267,11 @@ static int user_load(void *arg, const char *key, size_t keylen, char **val, size
     PGresult *r;
     (void)key;
     (void)keylen;
+    /* A fill of the cache reads the primary: the cache's promise (a write drops the entry
+     * before it answers) would not hold if a replica behind that write could put the old
+     * row back for the whole TTL. Without a cache, a replica serves it. */
+    if (l->cached)
+        tk_db_read_primary();
     l->st = tk_db_query(st_get, 1, v, NULL, &r, NULL);
     if (l->st != TK_DB_OK)
         return -1;
@@ -292,11 +303,21 @@ static void h_get(tk_http_ctx_t *ctx)
         return;
     tk_cache_t *c = env->cache;
     size_t kl = user_key(key, id);
-    user_load_t l = {id, TK_DB_UNAVAILABLE};
+    user_load_t l = {id, TK_DB_UNAVAILABLE, c != NULL};
     char *val;
     size_t len;
-    int hit;
-    int rc = tk_cache_fetch(c, env->flight, key, kl, 0, user_load, &l, &val, &len, &hit);
+    int hit = 0, rc, ryw = tk_handlers_db_lsn_in(ctx);
+    if (ryw < 0)
+        return;
+    if (ryw > 0) {
+        /* Tenk-LSN: past the cache, to a backend that has replayed it */
+        l.cached = 0;
+        rc = user_load(&l, key, kl, &val, &len);
+        c = NULL;
+    } else {
+        rc = tk_cache_fetch(c, env->flight, key, kl, 0, user_load, &l, &val, &len, &hit);
+    }
+    tk_handlers_db_backend_out(ctx);
     if (rc < 0) {
         /* a waiter of a failed single-flight load has no status of its own */
         tk_handlers_db_error(ctx, tk_gt_cancelled(tk_gt_self()) ? TK_DB_CANCELLED : l.st);
@@ -423,6 +444,8 @@ static void h_delete(tk_http_ctx_t *ctx)
     }
     int gone = strcmp(PQcmdTuples(r), "1") == 0;
     PQclear(r);
+    if (gone)
+        tk_handlers_db_lsn_out(ctx);
     /* even when nothing was deleted: another worker's racing load may have
      * stored a row an earlier DELETE removed */
     user_invalidate(id, strlen(id));

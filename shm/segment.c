@@ -28,7 +28,7 @@ struct tk_shm {
     unsigned nslots;
     /* offsets of the parts, computed here from nslots: the header's copies
      * are writable by every worker, so the master never follows them */
-    size_t worker_off, metrics_off, broker_off;
+    size_t worker_off, metrics_off, broker_off, dbview_off;
     uid_t owner; /* the file's owner, device and inode when it was mapped */
     dev_t dev;
     ino_t ino;
@@ -37,7 +37,7 @@ struct tk_shm {
 
 /* Byte layout of a segment with nslots slots. */
 typedef struct {
-    size_t worker_off, metrics_off, broker_off, total;
+    size_t worker_off, metrics_off, broker_off, dbview_off, total;
 } tk_shm_layout_t;
 
 #define TK_SHM_ALIGN(x, a) (((x) + (a)-1) & ~((size_t)(a)-1))
@@ -47,7 +47,8 @@ static void tk_shm_layout(unsigned nslots, tk_shm_layout_t *l)
     l->worker_off = TK_SHM_ALIGN(sizeof(tk_shm_header_sh_t), 4096);
     l->metrics_off = TK_SHM_ALIGN(l->worker_off + nslots * sizeof(tk_shm_worker_sh_t), 4096);
     l->broker_off = TK_SHM_ALIGN(l->metrics_off + nslots * sizeof(tk_metrics_sh_t), 4096);
-    l->total = TK_SHM_ALIGN(l->broker_off + sizeof(tk_broker_sh_t), 4096);
+    l->dbview_off = TK_SHM_ALIGN(l->broker_off + TK_DBVIEW_MAX * sizeof(tk_broker_sh_t), 4096);
+    l->total = TK_SHM_ALIGN(l->dbview_off + sizeof(tk_dbview_sh_t), 4096);
 }
 
 static void tk_shm_err(char *err, size_t errlen, const char *fmt, ...)
@@ -340,6 +341,8 @@ static int tk_shm_init(void *base, unsigned nslots, unsigned db_max_open, const 
     h->worker_off = l.worker_off;
     h->metrics_off = l.metrics_off;
     h->broker_off = l.broker_off;
+    h->dbview_size = sizeof(tk_dbview_sh_t);
+    h->dbview_off = l.dbview_off;
     h->total_size = l.total;
     h->created_ns = tk_shm_realtime_ns();
     h->generation = 0;
@@ -347,10 +350,14 @@ static int tk_shm_init(void *base, unsigned nslots, unsigned db_max_open, const 
     snprintf(h->name, sizeof(h->name), "%s", name);
     for (unsigned i = 0; i < nslots; i++)
         ((tk_shm_worker_sh_t *)((char *)base + l.worker_off))[i].last_status = -1;
-    if (tk_broker_sh_init((tk_broker_sh_t *)((char *)base + l.broker_off), db_max_open) < 0) {
-        tk_shm_err(err, errlen, "initialising the database broker failed: %s", strerror(errno));
-        return -1;
-    }
+    for (unsigned i = 0; i < TK_DBVIEW_MAX; i++)
+        if (tk_broker_sh_init((tk_broker_sh_t *)((char *)base + l.broker_off) + i, db_max_open) <
+            0) {
+            tk_shm_err(err, errlen, "initialising the database broker failed: %s",
+                       strerror(errno));
+            return -1;
+        }
+    tk_dbview_init((tk_dbview_sh_t *)((char *)base + l.dbview_off), 1, NULL, 1000, 0);
     pid_t me = getpid();
     char state;
     uint64_t st = 0;
@@ -431,6 +438,7 @@ tk_shm_t *tk_shm_create_ex(const char *name, unsigned nslots, unsigned db_max_op
             shm->worker_off = l.worker_off;
             shm->metrics_off = l.metrics_off;
             shm->broker_off = l.broker_off;
+            shm->dbview_off = l.dbview_off;
             shm->owner = cst.st_uid;
             shm->dev = cst.st_dev;
             shm->ino = cst.st_ino;
@@ -591,6 +599,7 @@ tk_shm_t *tk_shm_attach(const char *name, int writable, char *err, size_t errlen
         h.worker_size != sizeof(tk_shm_worker_sh_t) || h.metrics_size != sizeof(tk_metrics_sh_t) ||
         h.broker_size != sizeof(tk_broker_sh_t) || h.worker_off != l.worker_off ||
         h.metrics_off != l.metrics_off || h.broker_off != l.broker_off || h.total_size != l.total ||
+        h.dbview_size != sizeof(tk_dbview_sh_t) || h.dbview_off != l.dbview_off ||
         (uint64_t)st.st_size < l.total) {
         close(fd);
         tk_shm_err(err, errlen,
@@ -625,6 +634,7 @@ tk_shm_t *tk_shm_attach(const char *name, int writable, char *err, size_t errlen
     shm->worker_off = l.worker_off;
     shm->metrics_off = l.metrics_off;
     shm->broker_off = l.broker_off;
+    shm->dbview_off = l.dbview_off;
     shm->owner = st.st_uid;
     shm->dev = st.st_dev;
     shm->ino = st.st_ino;
@@ -684,6 +694,18 @@ tk_metrics_sh_t *tk_shm_metrics(tk_shm_t *shm, unsigned slot)
 tk_broker_sh_t *tk_shm_broker(tk_shm_t *shm)
 {
     return (tk_broker_sh_t *)((char *)shm->base + shm->broker_off);
+}
+
+tk_broker_sh_t *tk_shm_broker_be(tk_shm_t *shm, unsigned i)
+{
+    if (i >= TK_DBVIEW_MAX)
+        return NULL;
+    return (tk_broker_sh_t *)((char *)shm->base + shm->broker_off) + i;
+}
+
+tk_dbview_sh_t *tk_shm_dbview(tk_shm_t *shm)
+{
+    return (tk_dbview_sh_t *)((char *)shm->base + shm->dbview_off);
 }
 
 /* --- master side -------------------------------------------------------------------- */

@@ -7,11 +7,12 @@
 #include <sys/types.h>
 
 #include "shm/broker.h"
+#include "shm/dbview.h"
 #include "shm/metrics.h"
 
 #define TK_SHM_MAGIC 0x314d48534b4e4554ull /* "TENKSHM1" little-endian */
 /* Bump whenever any shared struct (header, worker, metrics, broker) changes shape. */
-#define TK_SHM_LAYOUT_VERSION 3u
+#define TK_SHM_LAYOUT_VERSION 4u /* 4: a broker per database backend, the dbview */
 /* Worker-table slots: the master passes nslots = TK_SHM_SLOTS(workers). Two per
  * worker, because during a reload the new generation starts while the old one
  * drains; a respawned worker reuses its dead predecessor's slot. 0 means
@@ -60,6 +61,11 @@ typedef struct {
     char reload_error[TK_SHM_ERROR_MAX];
     char conf_path[TK_SHM_PATH_MAX];
     char name[TK_SHM_NAME_MAX];
+    /* TK_DBVIEW_MAX brokers (one per database backend: the primary, then each replica) from
+     * broker_off, then the dbview */
+    uint32_t dbview_size;
+    uint32_t pad;
+    uint64_t dbview_off;
 } tk_shm_header_sh_t;
 
 /* One worker-table entry: master-owned. The worker-written fields (heartbeat,
@@ -104,7 +110,10 @@ tk_shm_header_sh_t *tk_shm_header(tk_shm_t *shm);
 unsigned tk_shm_nslots(const tk_shm_t *shm);
 tk_shm_worker_sh_t *tk_shm_worker(tk_shm_t *shm, unsigned slot); /* NULL if out of range */
 tk_metrics_sh_t *tk_shm_metrics(tk_shm_t *shm, unsigned slot);   /* NULL if out of range */
-tk_broker_sh_t *tk_shm_broker(tk_shm_t *shm);
+tk_broker_sh_t *tk_shm_broker(tk_shm_t *shm); /* the primary's */
+/* Backend i's broker (0 = primary, 1.. = replicas), NULL if i >= TK_DBVIEW_MAX. */
+tk_broker_sh_t *tk_shm_broker_be(tk_shm_t *shm, unsigned i);
+tk_dbview_sh_t *tk_shm_dbview(tk_shm_t *shm);
 void *tk_shm_base(tk_shm_t *shm); /* for offset arithmetic in other shm modules */
 int tk_shm_writable(const tk_shm_t *shm);
 

@@ -3,11 +3,14 @@
 #include "config.h"
 
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 
 #include <cjson/cJSON.h>
 
 #include "shm/abi.h"
 #include "shm/broker.h"
+#include "shm/dbview.h"
 #include "shm/metrics.h"
 #include "shm/segment.h"
 #include "shm/stats_json.h"
@@ -257,4 +260,59 @@ void tk_stats_json_db_worker(cJSON *o, const tk_broker_sh_t *b, unsigned slot)
     cJSON *h = cJSON_AddArrayToObject(o, "wait_histogram_counts");
     for (int i = 0; i < TK_BROKER_HIST_BUCKETS; i++)
         cJSON_AddItemToArray(h, cJSON_CreateNumber(U(ws.wait_hist[i])));
+}
+
+void tk_stats_json_db_backends(cJSON *o, tk_shm_t *shm, uint64_t now_mono_ns)
+{
+    const tk_dbview_sh_t *v = tk_shm_dbview(shm);
+    unsigned n = tk_dbview_count(v);
+    if (n == 0)
+        return;
+    cJSON_AddNumberToObject(o, "probe_lease_pid", __atomic_load_n(&v->lease_pid, __ATOMIC_RELAXED));
+    cJSON_AddNumberToObject(o, "replica_max_lag_ms", U(v->max_lag_ms));
+    cJSON_AddStringToObject(o, "read_from", v->read_from_primary ? "primary" : "replicas");
+    cJSON *a = cJSON_AddArrayToObject(o, "backends");
+    for (unsigned i = 0; i < n; i++) {
+        const tk_dbview_be_sh_t *b = &v->be[i];
+        const tk_broker_sh_t *br = tk_shm_broker_be(shm, i);
+        cJSON *x = cJSON_CreateObject();
+        char name[TK_DBVIEW_NAME];
+        memcpy(name, b->name, sizeof(name));
+        name[sizeof(name) - 1] = '\0'; /* others write it: never trust its terminator */
+        cJSON_AddNumberToObject(x, "index", i);
+        cJSON_AddStringToObject(x, "role", i == 0 ? "primary" : "replica");
+        cJSON_AddStringToObject(x, "name", name);
+        cJSON_AddStringToObject(
+            x, "health", tk_dbview_health_name(__atomic_load_n(&b->health, __ATOMIC_RELAXED)));
+        cJSON_AddNumberToObject(x, "lag_ms", U(__atomic_load_n(&b->lag_ms, __ATOMIC_RELAXED)));
+        uint64_t lsn = __atomic_load_n(&b->lsn, __ATOMIC_RELAXED);
+        char l[24];
+        snprintf(l, sizeof(l), "%X/%X", (unsigned)(lsn >> 32), (unsigned)(lsn & 0xffffffffu));
+        cJSON_AddStringToObject(x, "lsn", l);
+        cJSON_AddNumberToObject(x, "timeline", __atomic_load_n(&b->timeline, __ATOMIC_RELAXED));
+        cJSON_AddBoolToObject(x, "in_recovery",
+                              __atomic_load_n(&b->in_recovery, __ATOMIC_RELAXED) != 0);
+        uint64_t p = __atomic_load_n(&b->probed_ns, __ATOMIC_RELAXED);
+        cJSON_AddNumberToObject(x, "probe_age_ms",
+                                p && now_mono_ns > p ? U((now_mono_ns - p) / 1000000u) : -1);
+        cJSON_AddNumberToObject(x, "probe_errors",
+                                U(__atomic_load_n(&b->probe_errors, __ATOMIC_RELAXED)));
+        cJSON_AddNumberToObject(x, "inflight", U(__atomic_load_n(&b->inflight, __ATOMIC_RELAXED)));
+        cJSON_AddNumberToObject(x, "routed", U(__atomic_load_n(&b->routed, __ATOMIC_RELAXED)));
+        cJSON_AddNumberToObject(x, "fallbacks",
+                                U(__atomic_load_n(&b->fallbacks, __ATOMIC_RELAXED)));
+        if (br && br->magic == TK_BROKER_MAGIC && br->size == sizeof(tk_broker_sh_t)) {
+            tk_broker_stats_t st;
+            tk_broker_stats(br, -1, &st);
+            cJSON_AddNumberToObject(x, "max_open", br->max_open);
+            cJSON_AddNumberToObject(x, "open", U(st.open));
+            cJSON_AddNumberToObject(x, "in_use", U(st.in_use));
+            cJSON_AddNumberToObject(x, "idle", U(st.idle));
+            cJSON_AddNumberToObject(x, "waiting", __atomic_load_n(&br->qlen, __ATOMIC_RELAXED));
+            cJSON_AddNumberToObject(x, "acquires", U(st.acquires));
+            cJSON_AddNumberToObject(x, "acquire_timeouts", U(st.acquire_timeouts));
+            cJSON_AddNumberToObject(x, "connect_errors", U(st.connect_errors));
+        }
+        cJSON_AddItemToArray(a, x);
+    }
 }

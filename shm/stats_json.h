@@ -69,5 +69,11 @@ void tk_stats_json_db(cJSON *o, const tk_broker_sh_t *b);
  * wait_histogram_counts[] (bounds: the totals' wait_histogram). slot <
  * TK_BROKER_MAX_WORKERS. */
 void tk_stats_json_db_worker(cJSON *o, const tk_broker_sh_t *b, unsigned slot);
+/* Adds "backends": one object per database backend (the primary, then each replica) with
+ * index, role, name, health, lag_ms, lsn, timeline, in_recovery, probe_age_ms, inflight,
+ * routed, fallbacks, and its broker's max_open, open, in_use, idle, waiting, acquires,
+ * acquire_timeouts, connect_errors; and "probe_lease_pid". Everything read from shm is
+ * bounded (count, name length). Nothing if the view is invalid. */
+void tk_stats_json_db_backends(cJSON *o, tk_shm_t *shm, uint64_t now_mono_ns);
 
 #endif

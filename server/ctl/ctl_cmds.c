@@ -337,6 +337,47 @@ int tk_ctl_db_configured(const tk_broker_sh_t *b)
     return 0;
 }
 
+/* One row per backend: role, health, lag, and its own broker's budget. Everything read from
+ * the segment is bounded: the count, the name's length, the health's name. */
+static void ctl_db_backends(tk_view_t *v)
+{
+    const tk_dbview_sh_t *dv = tk_shm_dbview(v->shm);
+    unsigned n = tk_dbview_count(dv);
+    if (n == 0)
+        return;
+    printf("\n%s%-3s %-8s %-22s %-10s %8s %-14s %4s %6s %6s %6s %6s %9s %9s%s\n", BOLD, "#",
+           "ROLE", "BACKEND", "HEALTH", "LAG", "LSN", "TLI", "MAX", "OPEN", "INUSE", "QUEUE",
+           "ROUTED", "FALLBACK", RST);
+    for (unsigned i = 0; i < n; i++) {
+        const tk_dbview_be_sh_t *b = &dv->be[i];
+        const tk_broker_sh_t *br = tk_shm_broker_be(v->shm, i);
+        char name[TK_DBVIEW_NAME], lag[24], lsn[24];
+        memcpy(name, b->name, sizeof(name));
+        name[sizeof(name) - 1] = '\0';
+        uint64_t l = __atomic_load_n(&b->lsn, __ATOMIC_RELAXED);
+        snprintf(lsn, sizeof(lsn), "%X/%X", (unsigned)(l >> 32), (unsigned)(l & 0xffffffffu));
+        if (i == 0)
+            snprintf(lag, sizeof(lag), "-");
+        else
+            snprintf(lag, sizeof(lag), "%llums",
+                     (unsigned long long)__atomic_load_n(&b->lag_ms, __ATOMIC_RELAXED));
+        tk_broker_stats_t st = {0};
+        unsigned max = 0, q = 0;
+        if (br && br->magic == TK_BROKER_MAGIC && br->size == sizeof(tk_broker_sh_t)) {
+            tk_broker_stats(br, -1, &st);
+            max = br->max_open;
+            q = __atomic_load_n(&br->qlen, __ATOMIC_RELAXED);
+        }
+        printf("%-3u %-8s %-22.22s %-10s %8s %-14s %4u %6u %6llu %6llu %6u %9llu %9llu\n", i,
+               i == 0 ? "primary" : "replica", name,
+               tk_dbview_health_name(__atomic_load_n(&b->health, __ATOMIC_RELAXED)), lag, lsn,
+               __atomic_load_n(&b->timeline, __ATOMIC_RELAXED), max,
+               (unsigned long long)st.open, (unsigned long long)st.in_use, q,
+               (unsigned long long)__atomic_load_n(&b->routed, __ATOMIC_RELAXED),
+               (unsigned long long)__atomic_load_n(&b->fallbacks, __ATOMIC_RELAXED));
+    }
+}
+
 int tk_ctl_cmd_db(tk_view_t *v)
 {
     const tk_broker_sh_t *b = tk_view_broker(v->shm);
@@ -359,6 +400,7 @@ int tk_ctl_cmd_db(tk_view_t *v)
         cJSON *o = cJSON_CreateObject();
         tk_ctl_json_head(o, v);
         tk_stats_json_db(o, b);
+        tk_stats_json_db_backends(o, v->shm, v->now_mono_ns);
         cJSON *a = cJSON_AddArrayToObject(o, "workers");
         for (unsigned i = 0; i < v->nw; i++) {
             tk_view_worker_t *w = &v->w[i];
@@ -400,6 +442,7 @@ int tk_ctl_cmd_db(tk_view_t *v)
     printf("%-16s %llu  handoffs local %llu  remote %llu\n", "connect errors",
            (unsigned long long)st.connect_errors, (unsigned long long)st.handoffs_local,
            (unsigned long long)st.handoffs_remote);
+    ctl_db_backends(v);
     printf("\n%s%-5s %-8s %8s %8s %8s %8s %8s %10s %10s %10s%s\n", BOLD, "SLOT", "PID", "OPEN",
            "IN USE", "IDLE", "WAITING", "LOCAL", "WAITS", "WAIT P99", "ACQUIRES", RST);
     for (unsigned i = 0; i < v->nw; i++) {

@@ -138,6 +138,7 @@ static void on_closing(evutil_socket_t fd, short what, void *arg)
 {
     closing_t *k = arg;
     (void)fd;
+    tk_db_use(k->be);
     if (what & EV_TIMEOUT) {
         closing_done(k, "timeout");
         return;
@@ -172,6 +173,7 @@ static void pg_close(PGconn *pg, int slot)
         k->fd = fd;
         k->slot = slot;
         k->t0_ns = tk_now_ns();
+        k->be = tk_db_cur;
         k->next = D.closing;
         if (D.closing)
             D.closing->prev = k;
@@ -292,7 +294,7 @@ static int connect_poll(tk_db_conn_t *c, int64_t deadline_ms)
         if (c->poll == PGRES_POLLING_FAILED)
             return -1;
         short ev = c->poll == PGRES_POLLING_READING ? EV_READ : EV_WRITE;
-        if (tk_gt_wait_fd(PQsocket(c->pg), ev, TK_GT_WAIT_DB, deadline_ms) != 0)
+        if (tk_db_wait_fd(PQsocket(c->pg), ev, TK_GT_WAIT_DB, deadline_ms) != 0)
             return errno == ECANCELED ? -3 : -2;
         c->poll = PQconnectPoll(c->pg);
     }
@@ -310,6 +312,7 @@ static int connect_poll(tk_db_conn_t *c, int64_t deadline_ms)
 static void finish_main(void *arg)
 {
     tk_db_conn_t *c = arg;
+    tk_db_use(c->be);
     int r = connect_poll(c, tk_now_ms() + TK_DB_CONNECT_MS);
     if (r != 0) {
         if (r == -1)
@@ -374,6 +377,7 @@ tk_db_conn_t *tk_db_conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st,
         *st = TK_DB_UNAVAILABLE;
         return NULL;
     }
+    c->be = tk_db_cur;
     c->slot = slot;
     c->created_ns = tk_now_ns();
     STAT(open, 1);
@@ -387,8 +391,8 @@ tk_db_conn_t *tk_db_conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st,
      * the database's throughput (pgbench: 7.9k -> 17.5k per second here).
      * Placed before the conninfo, so an "options" there overrides it. */
     static const char *const kw[] = {"options", "dbname", "hostaddr", NULL};
-    const char *const val[] = {"-c plan_cache_mode=force_generic_plan", D.conf->db_conninfo,
-                               D.conf->db_hostaddr[0] ? D.conf->db_hostaddr : NULL, NULL};
+    const char *const val[] = {"-c plan_cache_mode=force_generic_plan", D.conninfo,
+                               D.hostaddr, NULL};
     c->pg = PQconnectStartParams(kw, val, 1);
     c->poll = PGRES_POLLING_WRITING;
     if (c->pg)
@@ -488,7 +492,7 @@ int tk_db_reconnect_in_place(tk_db_conn_t *c, int64_t deadline)
     c->pg = NULL;
     if (fd >= 0) {
         int64_t until = tk_now_ms() + TK_DB_GONE_MS;
-        while (closing_read(fd) == 1 && tk_gt_wait_fd(fd, EV_READ, TK_GT_WAIT_DB, until) == 0)
+        while (closing_read(fd) == 1 && tk_db_wait_fd(fd, EV_READ, TK_GT_WAIT_DB, until) == 0)
             ;
         close(fd);
     }

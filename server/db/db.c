@@ -12,7 +12,12 @@
 #include "proc/log.h"
 #include "runtime/scheduler.h"
 
-tk_db_state_t tk_db_state;
+tk_db_state_t tk_db_be[TK_DB_MAX_BACKENDS];
+tk_db_state_t *tk_db_cur = &tk_db_be[0];
+int tk_db_nbe = 1;
+tk_dbview_sh_t *tk_db_view;
+static tk_broker_sh_t *g_brokers[TK_DB_MAX_BACKENDS]; /* set by tk_db_set_backends() */
+static int g_nbrokers;
 tk_db_stmt_t tk_db_stmts[TK_DB_MAX_STMTS];
 int tk_db_nstmts;
 
@@ -24,19 +29,40 @@ const char *tk_db_status_name(tk_db_status_t st)
     return (unsigned)st < sizeof(names) / sizeof(names[0]) ? names[st] : "?";
 }
 
+/* A declared read on backend s; one on a replica that could not run there
+ * (down, gone) runs again on the primary: reads are re-runnable by
+ * declaration, and the replica is skipped for a moment. */
+static tk_db_status_t read_many(tk_db_state_t *s, int stmt, int n, int nparams,
+                                const char *const *values, PGresult **res)
+{
+    tk_db_state_t *old = tk_db_use(s);
+    tk_db_route_inflight(s, 1);
+    tk_db_status_t st = tk_db_pipe_query_many(stmt, n, nparams, values, res);
+    tk_db_route_inflight(s, -1);
+    if (st == TK_DB_UNAVAILABLE && s->idx != 0) {
+        tk_db_route_failed(s);
+        tk_db_use(&tk_db_be[0]);
+        tk_db_route_inflight(&tk_db_be[0], 1);
+        st = tk_db_pipe_query_many(stmt, n, nparams, values, res);
+        tk_db_route_inflight(&tk_db_be[0], -1);
+    }
+    tk_db_use(old);
+    return st;
+}
+
 tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const *values,
                                 PGresult **res)
 {
     tk_db_status_t st = TK_DB_OK;
     if (n <= 0)
         return TK_DB_OK;
-    if (!D.enabled) {
+    if (!tk_db_be[0].enabled) {
         for (int i = 0; i < n; i++)
             res[i] = NULL;
         return TK_DB_DISABLED;
     }
     if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ))
-        return tk_db_pipe_query_many(stmt, n, nparams, values, res);
+        return read_many(tk_db_route_read(), stmt, n, nparams, values, res);
     for (int i = 0; i < n; i++)
         res[i] = NULL;
     tk_db_conn_t *c = tk_db_acquire(&st);
@@ -60,10 +86,23 @@ tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, con
     *res = NULL;
     if (sqlstate)
         sqlstate[0] = '\0';
-    if (!D.enabled)
+    if (!tk_db_be[0].enabled)
         return TK_DB_DISABLED;
-    if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ))
-        return tk_db_pipe_query(stmt, nparams, values, lengths, res, sqlstate);
+    if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ)) {
+        tk_db_state_t *s = tk_db_route_read(), *old = tk_db_use(s);
+        tk_db_route_inflight(s, 1);
+        st = tk_db_pipe_query(stmt, nparams, values, lengths, res, sqlstate);
+        tk_db_route_inflight(s, -1);
+        if (st == TK_DB_UNAVAILABLE && s->idx != 0) {
+            tk_db_route_failed(s);
+            tk_db_use(&tk_db_be[0]);
+            tk_db_route_inflight(&tk_db_be[0], 1);
+            st = tk_db_pipe_query(stmt, nparams, values, lengths, res, sqlstate);
+            tk_db_route_inflight(&tk_db_be[0], -1);
+        }
+        tk_db_use(old);
+        return st;
+    }
     tk_db_conn_t *c = tk_db_acquire(&st);
     if (c == NULL)
         return st;
@@ -76,21 +115,28 @@ tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, con
 
 void tk_db_counts(tk_db_counts_t *out)
 {
-    out->pipelined = D.npiped;
-    out->retried = D.nretried;
-    out->joined = D.njoined;
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < tk_db_nbe; i++) {
+        out->pipelined += tk_db_be[i].npiped;
+        out->retried += tk_db_be[i].nretried;
+        out->joined += tk_db_be[i].njoined;
+    }
+}
+
+void tk_db_set_backends(tk_broker_sh_t *const *brokers, unsigned n, tk_dbview_sh_t *view)
+{
+    g_nbrokers = 0;
+    for (unsigned i = 0; i < n && i < TK_DB_MAX_BACKENDS; i++)
+        g_brokers[g_nbrokers++] = brokers[i];
+    tk_db_view = view;
 }
 
 /* Someone (another worker, the master) granted us slots, or wants our idle
  * connections because its waiters queue. */
-static void on_wake(evutil_socket_t fd, short what, void *arg)
+static void wake_be(void)
 {
     int entry, slot;
     uint64_t ticket;
-    (void)fd;
-    (void)what;
-    (void)arg;
-    tk_broker_wake_drain(D.w);
     while (tk_broker_next_grant(D.b, D.w, &entry, &ticket, &slot)) {
         waiter_t *wt = D.waiters[entry];
         if (wt && wt->ticket == ticket) {
@@ -107,15 +153,25 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     tk_db_pipe_share();
 }
 
-/* Every TK_DB_TICK_MS: close idle connections past max_idle_time or
- * max_lifetime, and give up idle ones others are waiting for. */
-static void on_timer(evutil_socket_t fd, short what, void *arg)
+/* One eventfd per worker serves every backend's broker. */
+static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
-    tk_db_conn_t **pp = &D.idle;
-    uint64_t now = tk_now_ns();
     (void)fd;
     (void)what;
     (void)arg;
+    tk_broker_wake_drain(tk_db_be[0].w);
+    for (int i = 0; i < tk_db_nbe; i++)
+        if (tk_db_be[i].enabled) {
+            tk_db_use(&tk_db_be[i]);
+            wake_be();
+        }
+    tk_db_use(&tk_db_be[0]);
+}
+
+static void timer_be(void)
+{
+    tk_db_conn_t **pp = &D.idle;
+    uint64_t now = tk_now_ns();
     while (*pp) {
         tk_db_conn_t *c = *pp;
         int lt = 0, old = 0;
@@ -149,11 +205,51 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     tk_db_pipe_share();
 }
 
+/* Every TK_DB_TICK_MS: close idle connections past max_idle_time or
+ * max_lifetime, and give up idle ones others are waiting for; the lag probe. */
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    for (int i = 0; i < tk_db_nbe; i++)
+        if (tk_db_be[i].enabled) {
+            tk_db_use(&tk_db_be[i]);
+            timer_be();
+        }
+    tk_db_use(&tk_db_be[0]);
+    tk_db_probe_tick();
+}
+
+/* Set up backend i's client (events of its own: the flush). */
+static int init_be(int i, tk_broker_sh_t *b, struct event_base *base, int slot,
+                   const tk_conf_t *conf)
+{
+    tk_db_state_t *s = &tk_db_be[i];
+    memset(s, 0, sizeof(*s));
+    s->idx = i;
+    s->base = base;
+    s->b = b;
+    s->w = slot;
+    s->conf = conf;
+    s->conninfo = i == 0 ? conf->db_conninfo : conf->db_replica[i - 1];
+    s->hostaddr = i == 0 && conf->db_hostaddr[0] ? conf->db_hostaddr : NULL;
+    s->gen = tk_broker_worker_attach(b, slot, getpid());
+    tk_broker_set_starve(b, (uint64_t)conf->db_acquire_timeout_ms * 750000u);
+    s->flush_ev = event_new(base, -1, 0, tk_db_pipe_on_flush, s);
+    if (s->flush_ev == NULL)
+        return -1;
+    s->enabled = 1;
+    return 0;
+}
+
 int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, const tk_conf_t *conf)
 {
     struct timeval tv = {0, TK_DB_TICK_MS * 1000};
 
-    memset(&D, 0, sizeof(D));
+    memset(tk_db_be, 0, sizeof(tk_db_be));
+    tk_db_cur = &tk_db_be[0];
+    tk_db_nbe = 1;
     D.base = base;
     D.b = b;
     D.w = slot;
@@ -169,33 +265,46 @@ int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, cons
         TK_LOG(TK_LOG_ERR, "db: no wake-up eventfd for worker %d (tk_broker_wake_create())", slot);
         return -1;
     }
-    D.gen = tk_broker_worker_attach(b, slot, getpid());
-    tk_broker_set_starve(b, (uint64_t)conf->db_acquire_timeout_ms * 750000u);
+    /* the replicas the master set up brokers for (db.replica changes need a restart) */
+    int n = 1;
+    if (g_nbrokers > 1 && tk_dbview_count(tk_db_view) > 1) {
+        n = 1 + conf->db_nreplicas;
+        if (n > g_nbrokers)
+            n = g_nbrokers;
+        if (n > (int)tk_dbview_count(tk_db_view))
+            n = (int)tk_dbview_count(tk_db_view);
+    }
+    for (int i = 0; i < n; i++)
+        if (init_be(i, i == 0 ? b : g_brokers[i], base, slot, conf) != 0) {
+            TK_LOG(TK_LOG_ERR, "db: event_new() failed");
+            tk_db_nbe = i + 1;
+            tk_db_worker_fini();
+            return -1;
+        }
+    tk_db_nbe = n;
     D.wake_ev = event_new(base, fd, EV_READ | EV_PERSIST, on_wake, NULL);
     D.timer_ev = event_new(base, -1, EV_PERSIST, on_timer, NULL);
-    D.flush_ev = event_new(base, -1, 0, tk_db_pipe_on_flush, NULL);
-    if (D.wake_ev == NULL || D.timer_ev == NULL || D.flush_ev == NULL ||
-        event_add(D.wake_ev, NULL) != 0 || event_add(D.timer_ev, &tv) != 0) {
+    if (D.wake_ev == NULL || D.timer_ev == NULL || event_add(D.wake_ev, NULL) != 0 ||
+        event_add(D.timer_ev, &tv) != 0) {
         TK_LOG(TK_LOG_ERR, "db: event_new() failed");
         tk_db_worker_fini();
         return -1;
     }
-    D.enabled = 1;
     return 0;
 }
 
-void tk_db_worker_fini(void)
+static void fini_be(void)
 {
     if (D.enabled) {
         tk_broker_stats_t st;
         tk_broker_stats(D.b, D.w, &st);
         TK_LOG(
             TK_LOG_INFO,
-            "db: %llu acquisitions, %llu waited (%llu ms), %llu timeouts, hand-offs %llu local "
+            "db: backend %d: %llu acquisitions, %llu waited (%llu ms), %llu timeouts, hand-offs %llu local "
             "%llu remote, %llu connects (%llu ms), %llu connect errors, %llu pipelined queries in "
             "%llu batches, %llu joined; %llu closed backends gone after %llu us on average "
             "(max %llu us), %llu not waited for",
-            (unsigned long long)st.acquires, (unsigned long long)st.wait_count,
+            D.idx, (unsigned long long)st.acquires, (unsigned long long)st.wait_count,
             (unsigned long long)(st.wait_ns / 1000000u), (unsigned long long)st.acquire_timeouts,
             (unsigned long long)st.handoffs_local, (unsigned long long)st.handoffs_remote,
             (unsigned long long)D.nconnects, (unsigned long long)(D.connect_ns / 1000000u),
@@ -251,11 +360,44 @@ void tk_db_worker_fini(void)
         tk_broker_reclaim_pid(D.b, getpid());
     }
     D.enabled = 0;
+    if (D.flush_ev)
+        event_free(D.flush_ev);
+    D.flush_ev = NULL;
+}
+
+void tk_db_worker_fini(void)
+{
+    tk_db_probe_fini();
+    for (int i = tk_db_nbe - 1; i >= 0; i--) {
+        tk_db_use(&tk_db_be[i]);
+        fini_be();
+    }
+    tk_db_use(&tk_db_be[0]);
     if (D.wake_ev)
         event_free(D.wake_ev);
     if (D.timer_ev)
         event_free(D.timer_ev);
-    if (D.flush_ev)
-        event_free(D.flush_ev);
-    D.wake_ev = D.timer_ev = D.flush_ev = NULL;
+    D.wake_ev = D.timer_ev = NULL;
+}
+
+tk_db_status_t tk_db_write_lsn(uint64_t *lsn)
+{
+    tk_db_status_t st;
+    PGresult *r = NULL;
+    *lsn = 0;
+    tk_db_conn_t *c = tk_db_acquire(&st); /* the primary's */
+    if (c == NULL)
+        return st;
+    st = tk_db_exec_sql(c, "SELECT pg_current_wal_lsn()::text", &r);
+    tk_db_release(c);
+    if (st == TK_DB_OK) {
+        if (r && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0))
+            st = tk_db_lsn_parse(PQgetvalue(r, 0, 0), (size_t)PQgetlength(r, 0, 0), lsn) == 0
+                     ? TK_DB_OK
+                     : TK_DB_ERROR;
+        else
+            st = TK_DB_ERROR;
+    }
+    PQclear(r);
+    return st;
 }

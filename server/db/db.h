@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "shm/broker.h"
+#include "shm/dbview.h"
 #include "proc/conf.h"
 
 struct event_base;
@@ -109,6 +110,34 @@ typedef struct {
     uint64_t pipelined, retried, joined;
 } tk_db_counts_t;
 void tk_db_counts(tk_db_counts_t *out);
+
+/* --- read replicas (db.replica) --------------------------------------------------- */
+
+/* The brokers of every backend (0 = the primary, 1.. = the replicas, as the master set them
+ * up) and the shared view the probe publishes into; call before tk_db_worker_init(). Without
+ * it there is only the primary (the broker given to tk_db_worker_init()). */
+void tk_db_set_backends(tk_broker_sh_t *const *brokers, unsigned n, tk_dbview_sh_t *view);
+
+/* Routing: tk_db_query()/tk_db_query_many() of a TK_DB_READ statement go to the least loaded
+ * healthy replica (reachable, within db.replica_max_lag) that has replayed the request's LSN,
+ * else to the primary; everything else (other statements, tk_db_acquire()) goes to the
+ * primary, and once a request has written, its later reads follow. A read that fails on a
+ * replica for want of a connection runs again on the primary.
+ * The request's state lives in its green thread's request words (tk_gt_req_words()). */
+
+/* Read-your-writes: this request's reads must see at least lsn (its Tenk-LSN header). */
+void tk_db_want_lsn(uint64_t lsn);
+/* The primary's WAL position now (pg_current_wal_lsn()): after a write committed, the
+ * position a reader must have replayed to see it. May yield. */
+tk_db_status_t tk_db_write_lsn(uint64_t *lsn);
+/* This request's reads go to the primary (as after a write). */
+void tk_db_read_primary(void);
+/* The backend of this request's last read (0 = primary, 1.. = replica), -1 if none. */
+int tk_db_last_backend(void);
+/* PostgreSQL's text form of an LSN ("16/B374D848"): parse (0, or -1 if malformed) and format
+ * (the length, or -1 if len is too small). */
+int tk_db_lsn_parse(const char *s, size_t n, uint64_t *out);
+int tk_db_lsn_format(uint64_t lsn, char *buf, size_t len);
 
 /* A short name for a status (logs, error bodies); the HTTP status for it is
  * the handlers' (handlers/db_status.h). */

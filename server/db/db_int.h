@@ -2,12 +2,14 @@
 #ifndef TK_DB_INT_H
 #define TK_DB_INT_H
 
+#include <errno.h>
 #include <event2/util.h>
 #include <libpq-fe.h>
 #include <stdint.h>
 
 #include "db/db.h"
 #include "runtime/scheduler.h"
+#include "shm/dbview.h"
 
 struct event;
 
@@ -77,7 +79,10 @@ struct pipe_waiter {
 enum { PI_QUERY, PI_PREP, PI_SYNC };
 enum { PI_QUEUED, PI_SENT, PI_DONE };
 
+struct tk_db_state;
+
 struct tk_db_conn {
+    struct tk_db_state *be; /* the backend it is connected to */
     PGconn *pg;
     int slot;               /* broker slot it holds */
     uint64_t created_ns;    /* for db.max_lifetime */
@@ -120,6 +125,7 @@ struct tk_db_conn {
  * the event loop, never blocking it; after TK_DB_GONE_MS (or a read error)
  * we stop waiting and free the slot anyway. */
 typedef struct closing {
+    struct tk_db_state *be;
     struct closing *next, *prev;
     struct event *ev;
     int fd;         /* dup of the connection's socket */
@@ -136,9 +142,14 @@ typedef struct {
     int slot;
 } waiter_t;
 
-/* The worker's client: one per process. */
-typedef struct {
+/* The worker's client of one backend (the primary, or a read replica): one
+ * per backend per process. Everything below is per backend: pools, queues,
+ * broker, back-off. */
+typedef struct tk_db_state {
     int enabled;
+    int idx;              /* 0 = primary, 1.. = replica */
+    const char *conninfo; /* db.primary or this db.replica */
+    const char *hostaddr; /* the master's resolution of conninfo's hosts, NULL if none */
     struct event_base *base;
     tk_broker_sh_t *b;
     int w;
@@ -148,6 +159,7 @@ typedef struct {
     tk_db_conn_t *idle; /* LIFO: the warmest connection first */
     int nidle;
     int64_t down_until_ms; /* database unreachable: fail fast until then */
+    int64_t skip_until_ms; /* a replica whose query failed: reads skip it until then */
     int backoff_ms;
     uint64_t nconnects, connect_ns; /* for the exit summary */
     uint64_t npiped, nsyncs;        /* pipelined queries, and the batches they went in */
@@ -171,12 +183,45 @@ typedef struct {
     uint64_t ngone, gone_ns, gone_max_ns, ngone_giveup; /* for the exit summary */
 } tk_db_state_t;
 
-extern tk_db_state_t tk_db_state;
+/* Backend 0 is the primary. tk_db_cur is the one the code below works on
+ * (the D of the moved code): every entry point (public function, event
+ * callback, green thread's main) sets it, and every park restores it
+ * (tk_db_park(), tk_db_wait_fd()), since other green threads run meanwhile. */
+#define TK_DB_MAX_BACKENDS TK_DBVIEW_MAX
+extern tk_db_state_t tk_db_be[TK_DB_MAX_BACKENDS];
+extern tk_db_state_t *tk_db_cur;
+extern int tk_db_nbe;            /* backends set up */
+extern tk_dbview_sh_t *tk_db_view; /* shared view (NULL: primary only) */
+
+static inline tk_db_state_t *tk_db_use(tk_db_state_t *s)
+{
+    tk_db_state_t *old = tk_db_cur;
+    tk_db_cur = s;
+    return old;
+}
+static inline int tk_db_park(tk_gt_state_t why, int64_t deadline_ms)
+{
+    tk_db_state_t *s = tk_db_cur;
+    int r = tk_gt_park(why, deadline_ms);
+    int e = errno;
+    tk_db_cur = s;
+    errno = e;
+    return r;
+}
+static inline int tk_db_wait_fd(int fd, short events, tk_gt_state_t why, int64_t deadline_ms)
+{
+    tk_db_state_t *s = tk_db_cur;
+    int r = tk_gt_wait_fd(fd, events, why, deadline_ms);
+    int e = errno;
+    tk_db_cur = s;
+    errno = e;
+    return r;
+}
 extern tk_db_stmt_t tk_db_stmts[TK_DB_MAX_STMTS];
 extern int tk_db_nstmts;
 
 /* Short names from when the client was one file: the moved code reads as before. */
-#define D        tk_db_state
+#define D        (*tk_db_cur)
 #define g_stmts  tk_db_stmts
 #define g_nstmts tk_db_nstmts
 
@@ -200,6 +245,20 @@ void tk_db_closing_drain(void);
 /* exclusive.c: tk_db_acquire(); *waited (if not NULL) set to 1 when it queued
  * in the broker (and counted the wait). */
 tk_db_conn_t *tk_db_acquire_counted(tk_db_status_t *st, int *waited);
+
+/* route.c: where a query goes, the request's read-your-writes state */
+/* The backend for a declared read of this request: a healthy replica, the
+ * least loaded, that has replayed the request's LSN; else the primary. */
+tk_db_state_t *tk_db_route_read(void);
+/* This request wrote (or holds a connection of its own): its reads go to the primary. */
+void tk_db_route_wrote(void);
+/* Remember a replica failed at the connection level: skip it for a moment. */
+void tk_db_route_failed(tk_db_state_t *s);
+/* Counting queries in flight per backend in the shared view. */
+void tk_db_route_inflight(const tk_db_state_t *s, int delta);
+/* probe.c: the lag probe (the lease holder only), from the maintenance timer */
+void tk_db_probe_tick(void);
+void tk_db_probe_fini(void);
 
 /* pipeline.c: the shared connections */
 pipe_item_t *tk_db_item_get(void);

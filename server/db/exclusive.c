@@ -58,7 +58,7 @@ tk_db_conn_t *tk_db_acquire_counted(tk_db_status_t *st, int *waited)
         if (wake >= 0)
             tk_broker_wake(wake); /* it sits on an idle connection: make it let go */
         D.waiters[entry] = &wt;
-        int r = tk_gt_park(TK_GT_WAIT_BROKER, deadline);
+        int r = tk_db_park(TK_GT_WAIT_BROKER, deadline);
         int err = errno;
         if (D.waiters[entry] == &wt)
             D.waiters[entry] = NULL;
@@ -123,7 +123,13 @@ tk_db_conn_t *tk_db_acquire_counted(tk_db_status_t *st, int *waited)
 
 tk_db_conn_t *tk_db_acquire(tk_db_status_t *st)
 {
-    return tk_db_acquire_counted(st, NULL);
+    /* a connection of its own: writes, transactions, so the primary; the
+     * request's later reads follow it there */
+    tk_db_state_t *old = tk_db_use(&tk_db_be[0]);
+    tk_db_route_wrote();
+    tk_db_conn_t *c = tk_db_acquire_counted(st, NULL);
+    tk_db_use(old);
+    return c;
 }
 
 /* Read every result of the query in flight; keep the first good one in *res
@@ -141,7 +147,7 @@ static tk_db_status_t collect(tk_db_conn_t *c, int64_t deadline, PGresult **res)
             break;
         if (f < 0)
             goto broken;
-        if (tk_gt_wait_fd(fd, EV_READ | EV_WRITE, TK_GT_WAIT_DB, deadline) != 0)
+        if (tk_db_wait_fd(fd, EV_READ | EV_WRITE, TK_GT_WAIT_DB, deadline) != 0)
             goto parked_fail;
         if (!PQconsumeInput(c->pg))
             goto broken;
@@ -173,7 +179,7 @@ static tk_db_status_t collect(tk_db_conn_t *c, int64_t deadline, PGresult **res)
             }
             PQclear(r);
         }
-        if (tk_gt_wait_fd(fd, EV_READ, TK_GT_WAIT_DB, deadline) != 0)
+        if (tk_db_wait_fd(fd, EV_READ, TK_GT_WAIT_DB, deadline) != 0)
             goto parked_fail;
         if (!PQconsumeInput(c->pg))
             goto broken;
@@ -219,8 +225,20 @@ broken:
     return TK_DB_UNAVAILABLE;
 }
 
+static tk_db_status_t exec_in(tk_db_conn_t *c, int stmt, int nparams, const char *const *values,
+                              const int *lengths, PGresult **res);
+
 tk_db_status_t tk_db_exec(tk_db_conn_t *c, int stmt, int nparams, const char *const *values,
                           const int *lengths, PGresult **res)
+{
+    tk_db_state_t *old = tk_db_use(c->be);
+    tk_db_status_t st = exec_in(c, stmt, nparams, values, lengths, res);
+    tk_db_use(old);
+    return st;
+}
+
+static tk_db_status_t exec_in(tk_db_conn_t *c, int stmt, int nparams, const char *const *values,
+                              const int *lengths, PGresult **res)
 {
     int64_t deadline = tk_now_ms() + D.conf->db_query_timeout_ms;
     tk_db_status_t st;
@@ -245,7 +263,17 @@ tk_db_status_t tk_db_exec(tk_db_conn_t *c, int stmt, int nparams, const char *co
     return st;
 }
 
+static tk_db_status_t exec_sql_in(tk_db_conn_t *c, const char *sql, PGresult **res);
+
 tk_db_status_t tk_db_exec_sql(tk_db_conn_t *c, const char *sql, PGresult **res)
+{
+    tk_db_state_t *old = tk_db_use(c->be);
+    tk_db_status_t st = exec_sql_in(c, sql, res);
+    tk_db_use(old);
+    return st;
+}
+
+static tk_db_status_t exec_sql_in(tk_db_conn_t *c, const char *sql, PGresult **res)
 {
     int64_t deadline = tk_now_ms() + D.conf->db_query_timeout_ms;
     PGresult *r = NULL;
@@ -273,6 +301,7 @@ tk_db_status_t tk_db_exec_sql(tk_db_conn_t *c, const char *sql, PGresult **res)
 static void drain_main(void *arg)
 {
     tk_db_conn_t *c = arg;
+    tk_db_use(c->be);
     tk_db_send_cancel(c);
     tk_db_status_t st = collect(c, tk_now_ms() + TK_DB_DRAIN_MS, NULL);
     (void)st;
@@ -285,12 +314,21 @@ static void drain_main(void *arg)
     tk_db_release(c);
 }
 
+static void release_in(tk_db_conn_t *c);
+
 void tk_db_release(tk_db_conn_t *c)
+{
+    if (c == NULL)
+        return;
+    tk_db_state_t *old = tk_db_use(c->be);
+    release_in(c);
+    tk_db_use(old);
+}
+
+static void release_in(tk_db_conn_t *c)
 {
     int entry, wake, lt;
 
-    if (c == NULL)
-        return;
     STAT(in_use, -1);
     if (c->in_flight && !c->broken) {
         /* The query was abandoned (timeout, client gone): the connection

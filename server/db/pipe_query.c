@@ -238,7 +238,7 @@ tk_db_status_t tk_db_pipe_query(int stmt, int nparams, const char *const *values
             it->started_ms ? it->started_ms + D.conf->db_query_timeout_ms : acq_deadline;
         if (D.npipes == 0 && it->state == PI_QUEUED && deadline > tk_now_ms() + 50)
             deadline = tk_now_ms() + 50; /* nobody to send it: look again soon */
-        int r = tk_gt_park(it->state == PI_QUEUED ? TK_GT_WAIT_BROKER : TK_GT_WAIT_DB, deadline);
+        int r = tk_db_park(it->state == PI_QUEUED ? TK_GT_WAIT_BROKER : TK_GT_WAIT_DB, deadline);
         if (me.done || me.item->state != PI_QUEUED)
             local_wait_end(&lw);
         if (r == 0 || me.done)
@@ -347,7 +347,7 @@ tk_db_status_t tk_db_pipe_query_many(int stmt, int n, int nparams, const char *c
                 deadline = tk_now_ms() + 50; /* nobody to send them: look again soon */
             local_wait_begin(&lw);
         }
-        if (tk_gt_park(TK_GT_WAIT_DB, deadline) != 0 && errno == ECANCELED)
+        if (tk_db_park(TK_GT_WAIT_DB, deadline) != 0 && errno == ECANCELED)
             st = TK_DB_CANCELLED;
     }
     local_wait_done(&lw, counted, ws, queued);

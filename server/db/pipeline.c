@@ -203,6 +203,7 @@ static void on_pipe_write(evutil_socket_t fd, short what, void *arg)
     tk_db_conn_t *c = arg;
     (void)fd;
     (void)what;
+    tk_db_use(c->be);
     int f = PQflush(c->pg);
     if (f < 0)
         pipe_fail(c);
@@ -227,6 +228,7 @@ static void on_pipe_read(evutil_socket_t fd, short what, void *arg)
     int done = 0;
     (void)fd;
     (void)what;
+    tk_db_use(c->be);
     if (!PQconsumeInput(c->pg)) {
         pipe_fail(c);
         return;
@@ -488,7 +490,7 @@ void tk_db_pipe_on_flush(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    (void)arg;
+    tk_db_use(arg);
     D.flush_pending = 0;
     /* retiring ones too: what was sent on them still needs its Sync */
     for (int l = 0; l < 2; l++)

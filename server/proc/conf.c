@@ -16,6 +16,7 @@
 #include "runtime/scheduler.h"
 
 #include <arpa/inet.h>
+#include <libpq-fe.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -49,6 +50,7 @@ typedef enum {
     T_LISTEN, /* the server.listen list */
     T_LEVEL,  /* char[] log level name */
     T_FORMAT, /* char[] access log format name */
+    T_REPLICA, /* db.replica: repeatable, each one appended to db_replica[] */
 } kind_t;
 
 typedef struct {
@@ -111,6 +113,11 @@ static const setting_t settings[] = {
     {"db", "max_idle_time", T_MS, F(db_max_idle_time_ms), 0, 24 * HOUR_MS, "0 = unlimited"},
     {"db", "acquire_timeout", T_MS, F(db_acquire_timeout_ms), 1, 600000, NULL},
     {"db", "query_timeout", T_MS, F(db_query_timeout_ms), 1, 600000, NULL},
+    {"db", "replica", T_REPLICA, F(db_replica), 0, TK_CONF_MAX_REPLICAS, "repeatable"},
+    {"db", "replica_max_lag", T_MS, F(db_replica_max_lag_ms), 1, 600000, NULL},
+    {"db", "replica_max_open", T_INT, F(db_replica_max_open), 0, TK_BROKER_MAX_SLOTS,
+     "0 = db.max_open"},
+    {"db", "read_from", T_STR, F(db_read_from), 0, 0, "replicas or primary"},
 
     {"redis", "addr", T_STR, F(redis_addr), 0, 0, NULL},
     {"redis", "password", T_STR, F(redis_password), 0, 0, NULL},
@@ -167,6 +174,8 @@ void tk_conf_defaults(tk_conf_t *c)
     c->gzip_level = 1;
 
     c->db_max_open = 25;
+    c->db_replica_max_lag_ms = 1000;
+    snprintf(c->db_read_from, sizeof(c->db_read_from), "replicas");
     c->db_max_idle = 25;
     c->db_max_lifetime_ms = 300000;
     c->db_max_idle_time_ms = 60000;
@@ -463,6 +472,9 @@ static void describe_range(const setting_t *st, char *buf, size_t len)
     case T_STR:
         snprintf(buf, len, "at most %zu bytes", st->size - 1);
         break;
+    case T_REPLICA:
+        snprintf(buf, len, "a libpq connection string, at most %d lines", TK_CONF_MAX_REPLICAS);
+        break;
     }
 }
 
@@ -574,6 +586,20 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
         if (why == NULL) {
             memcpy(c->listen, tmp, sizeof(tmp));
             c->nlisten = n;
+        }
+        break;
+    }
+    case T_REPLICA: {
+        size_t n = strlen(value);
+        if (c->db_nreplicas >= TK_CONF_MAX_REPLICAS)
+            why = "too many replicas";
+        else if (n == 0)
+            why = "empty value";
+        else if (n >= sizeof(c->db_replica[0]))
+            why = "too long";
+        else {
+            memcpy(c->db_replica[c->db_nreplicas], value, n + 1);
+            c->db_replica_line[c->db_nreplicas++] = -1; /* the file reader sets the line */
         }
         break;
     }
@@ -799,7 +825,7 @@ int tk_conf_load_buffer(tk_conf_t *c, const char *name, const char *buf, size_t 
             return fail(&r,
                         "%s: %s.%s is already set on line %d (the same setting under another name)",
                         what, section, seen_key[idx], seen[idx]);
-        if (seen[idx])
+        if (seen[idx] && st->kind != T_REPLICA)
             return fail(&r, "%s: set twice (first on line %d)", what, seen[idx]);
         seen[idx] = (int)r.line;
         seen_key[idx] = st->key;
@@ -807,6 +833,8 @@ int tk_conf_load_buffer(tk_conf_t *c, const char *name, const char *buf, size_t 
         if (apply(c, st, value, why, sizeof(why)) != 0)
             return fail(&r, "%s", why);
         c->src_line[idx] = (int)r.line;
+        if (st->kind == T_REPLICA)
+            c->db_replica_line[c->db_nreplicas - 1] = (int)r.line;
         p = next;
     }
     snprintf(c->conf_file, sizeof(c->conf_file), "%s", name);
@@ -920,6 +948,38 @@ int tk_conf_validate(const tk_conf_t *c, char *err, size_t errlen)
         where(c, "db", "max_idle", at, sizeof(at));
         snprintf(err, errlen, "%sdb.max_idle: %d exceeds db.max_open (%d) (accepted range 0..%d)",
                  at, c->db_max_idle, c->db_max_open, c->db_max_open);
+        return -1;
+    }
+    if (strcmp(c->db_read_from, "replicas") != 0 && strcmp(c->db_read_from, "primary") != 0) {
+        where(c, "db", "read_from", at, sizeof(at));
+        snprintf(err, errlen, "%sdb.read_from: '%s' is neither replicas nor primary", at,
+                 c->db_read_from);
+        return -1;
+    }
+    for (int i = 0; i < c->db_nreplicas; i++) {
+        /* libpq's own parser (it connects to nothing): what it refuses, a worker could never
+         * connect with. */
+        char *perr = NULL;
+        PQconninfoOption *o = PQconninfoParse(c->db_replica[i], &perr);
+        if (o == NULL) {
+            int line = c->db_replica_line[i];
+            if (line > 0)
+                snprintf(at, sizeof(at), "%s:%d: ", c->conf_file, line);
+            else
+                snprintf(at, sizeof(at), "command line: ");
+            snprintf(err, errlen, "%sdb.replica: %s", at, perr ? perr : "out of memory");
+            /* libpq's message ends in a newline */
+            size_t n = strlen(err);
+            while (n > 0 && (err[n - 1] == '\n' || err[n - 1] == ' '))
+                err[--n] = '\0';
+            PQfreemem(perr);
+            return -1;
+        }
+        PQconninfoFree(o);
+    }
+    if (c->db_nreplicas > 0 && c->db_conninfo[0] == '\0') {
+        where(c, "db", "replica", at, sizeof(at));
+        snprintf(err, errlen, "%sdb.replica: replicas need db.primary", at);
         return -1;
     }
     if (c->user[0] && getpwnam(c->user) == NULL) {

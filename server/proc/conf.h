@@ -10,6 +10,7 @@
 #define TK_CONF_MAX_LISTEN 8
 /* Upper bound on the number of settings (sizes the per-setting line table). */
 #define TK_CONF_MAX_SETTINGS 64
+#define TK_CONF_MAX_REPLICAS 4 /* db.replica lines (backends: the primary and these) */
 
 typedef struct {
     /* [server] */
@@ -55,6 +56,13 @@ typedef struct {
     int db_max_idle_time_ms;   /* 60000 */
     int db_acquire_timeout_ms; /* 1000 */
     int db_query_timeout_ms;   /* 5000 */
+    /* read replicas: db.replica repeats, one line (or --db-replica) each */
+    char db_replica[TK_CONF_MAX_REPLICAS][512];
+    int db_replica_line[TK_CONF_MAX_REPLICAS]; /* line it came from, -1 = command line */
+    int db_nreplicas;
+    int db_replica_max_lag_ms; /* 1000: a replica further behind is not used */
+    int db_replica_max_open;   /* 0 = db.max_open: the cap of each replica */
+    char db_read_from[16];     /* "replicas" (default) or "primary" */
 
     /* [redis] */
     char redis_addr[256]; /* "host:port" or a unix socket path; "" = no cache */

@@ -35,7 +35,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: tenkd [-c FILE] [-t] [--foreground] [--name NAME] [--listen ADDR:PORT]...\n"
                "             [--workers N] [--admin ADDR:PORT] [--db CONNINFO] [--redis ADDR]\n"
-               "             [--user USER] [-v] [--help] [--version]\n"
+               "             [--db-replica CONNINFO]... [--user USER] [-v] [--help] [--version]\n"
                "\n"
                "  -c, --config FILE     read FILE (default: built-in settings only)\n"
                "  -t, --test            check the configuration, print \"configuration OK\", exit\n"
@@ -44,7 +44,8 @@ static void usage(FILE *f)
                "  -l, --listen ADDR:PORT  listen address (repeatable; replaces server.listen)\n"
                "  -w, --workers N       worker processes (0 = one per core)\n"
                "      --admin ADDR:PORT admin listener (\"\" = off)\n"
-               "      --db CONNINFO     PostgreSQL connection string\n"
+               "      --db CONNINFO     PostgreSQL connection string (db.primary)\n"
+               "      --db-replica CONNINFO  a read replica (db.replica; repeatable)\n"
                "      --redis ADDR      Redis host:port\n"
                "  -u, --user USER       run workers as USER (when started as root)\n"
                "  -v, --verbose         log at info level (twice: debug)\n"
@@ -141,6 +142,7 @@ int main(int argc, char **argv)
         {"foreground", no_argument, NULL, 'f'},   {"name", required_argument, NULL, 'n'},
         {"listen", required_argument, NULL, 'l'}, {"workers", required_argument, NULL, 'w'},
         {"admin", required_argument, NULL, 'A'},  {"db", required_argument, NULL, 'D'},
+        {"db-replica", required_argument, NULL, 'P'},
         {"redis", required_argument, NULL, 'R'},  {"user", required_argument, NULL, 'u'},
         {"verbose", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
@@ -180,6 +182,9 @@ int main(int argc, char **argv)
             break;
         case 'D':
             r = add_override(&cl, "db", "primary", optarg);
+            break;
+        case 'P':
+            r = add_override(&cl, "db", "replica", optarg);
             break;
         case 'R':
             r = add_override(&cl, "redis", "addr", optarg);

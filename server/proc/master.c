@@ -13,6 +13,7 @@
 #include "proc/master.h"
 
 #include "shm/broker.h"
+#include "proc/resolve.h"
 #include "proc/listen.h"
 #include "proc/log.h"
 #include "shm/metrics.h"
@@ -542,6 +543,32 @@ static void reload_abort(const char *why)
 
 /* --- reaping ------------------------------------------------------------------------ */
 
+/* The read replicas get their own brokers (cap db.replica_max_open, else db.max_open) and
+ * every backend a row in the dbview; db.replica changes need a restart. */
+static void init_backends(const tk_conf_t *conf)
+{
+    char labels[TK_DBVIEW_MAX][TK_DBVIEW_NAME];
+    const char *names[TK_DBVIEW_MAX];
+    int n = 1 + conf->db_nreplicas;
+    if (n > TK_DBVIEW_MAX)
+        n = TK_DBVIEW_MAX;
+    for (int i = 0; i < n; i++) {
+        tk_resolve_label(i == 0 ? conf->db_conninfo : conf->db_replica[i - 1], labels[i],
+                         sizeof(labels[i]));
+        names[i] = labels[i];
+        if (i > 0) {
+            int cap = conf->db_replica_max_open > 0 ? conf->db_replica_max_open : conf->db_max_open;
+            tk_broker_sh_init(tk_shm_broker_be(M.shm, (unsigned)i), (unsigned)cap);
+            tk_broker_set_max_idle(tk_shm_broker_be(M.shm, (unsigned)i), (unsigned)cap);
+        }
+    }
+    tk_dbview_init(tk_shm_dbview(M.shm), (unsigned)n, names, (uint64_t)conf->db_replica_max_lag_ms,
+                   strcmp(conf->db_read_from, "primary") == 0);
+    if (conf->db_nreplicas > 0)
+        TK_LOG(TK_LOG_NOTICE, "database: primary %s and %d replica(s), reads from %s", labels[0],
+               n - 1, conf->db_read_from);
+}
+
 /* Reclaim the broker entries of the dead worker recorded for slot. The broker
  * lock is one any worker can hold (or a stopped one keep), so the master only
  * waits TK_BROKER_MASTER_LOCK_MS for it and otherwise logs and tries again on
@@ -551,7 +578,13 @@ static void reclaim_retry(unsigned slot)
     pid_t pid = M.reclaim[slot];
     if (pid <= 0 || now_ms() < M.reclaim_after_ms)
         return; /* (one 100 ms wait per half second at most, however many died) */
-    if (tk_broker_reclaim_pid(tk_shm_broker(M.shm), pid) >= 0) {
+    /* every backend's broker; reclaiming twice is harmless, so a retry redoes them all */
+    int ok = 1;
+    for (unsigned i = 0; i < TK_DBVIEW_MAX && ok; i++)
+        if (tk_broker_reclaim_pid(tk_shm_broker_be(M.shm, i), pid) < 0)
+            ok = 0;
+    tk_dbview_unlease(tk_shm_dbview(M.shm), pid);
+    if (ok) {
         M.reclaim[slot] = 0;
         return;
     }
@@ -863,6 +896,7 @@ int tk_master_run(const tk_conf_t *conf, tk_master_load_fn load, void *load_arg,
     }
     tk_shm_set_conf(M.shm, conf->conf_file, (unsigned)workers);
     tk_broker_set_max_idle(tk_shm_broker(M.shm), (unsigned)conf->db_max_idle);
+    init_backends(conf);
     M.gen = M.last_gen = 1;
     tk_shm_set_generation(M.shm, M.gen);
     if (tk_broker_wake_create((int)M.nslots) != 0) {

@@ -133,3 +133,25 @@ int tk_resolve_conf(tk_conf_t *c, char *err, size_t errlen)
         return -1;
     return 0;
 }
+
+void tk_resolve_label(const char *conninfo, char *out, size_t outlen)
+{
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
+    PQfreemem(perr);
+    if (opts == NULL) {
+        snprintf(out, outlen, "?");
+        return;
+    }
+    const char *host = NULL, *port = NULL;
+    for (const PQconninfoOption *o = opts; o->keyword; o++) {
+        if (strcmp(o->keyword, "host") == 0)
+            host = o->val;
+        else if (strcmp(o->keyword, "port") == 0)
+            port = o->val;
+    }
+    if (host == NULL || host[0] == '\0')
+        host = "local";
+    snprintf(out, outlen, "%s:%s", host[0] == '/' ? "unix" : host, port && *port ? port : "5432");
+    PQconninfoFree(opts);
+}

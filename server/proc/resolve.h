@@ -22,4 +22,9 @@ int tk_resolve_conf(tk_conf_t *c, char *err, size_t errlen);
  * empty), -1 with err if it does not resolve. */
 int tk_resolve_host(const char *host, char *out, size_t outlen, char *err, size_t errlen);
 
+/* A short display name for a conninfo (tenkctl db, /metrics' backend label): "HOST:PORT",
+ * "unix:PORT" for a socket directory, lists as given; never the password. "?" if it does not
+ * parse. */
+void tk_resolve_label(const char *conninfo, char *out, size_t outlen);
+
 #endif

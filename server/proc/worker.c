@@ -479,6 +479,12 @@ static int worker_setup(worker_t *w)
     }
     /* the database client parks green threads: after the scheduler, before
      * any handler runs */
+    if (w->a->shm) {
+        tk_broker_sh_t *brokers[TK_DBVIEW_MAX];
+        for (unsigned i = 0; i < TK_DBVIEW_MAX; i++)
+            brokers[i] = tk_shm_broker_be(w->a->shm, i);
+        tk_db_set_backends(brokers, TK_DBVIEW_MAX, tk_shm_dbview(w->a->shm));
+    }
     if (tk_db_worker_init(w->base, w->a->shm ? tk_shm_broker(w->a->shm) : NULL, w->a->slot, conf) !=
         0)
         return -1;

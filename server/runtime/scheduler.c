@@ -573,6 +573,11 @@ uint64_t tk_gt_started_ns(const tk_gt_t *gt)
 void tk_gt_set_data(tk_gt_t *gt, void *data)
 {
     gt->data = data;
+    gt->req_words[0] = gt->req_words[1] = 0;
+}
+uint64_t *tk_gt_req_words(tk_gt_t *gt)
+{
+    return gt ? gt->req_words : NULL;
 }
 void *tk_gt_data(const tk_gt_t *gt)
 {

@@ -121,6 +121,10 @@ void tk_gt_set_note(tk_gt_t *gt, int n, const char *const parts[], const size_t 
 /* Opaque per-thread user pointer (e.g. the request being served). */
 void tk_gt_set_data(tk_gt_t *gt, void *data);
 void *tk_gt_data(const tk_gt_t *gt);
+/* Two words a client library keeps per request (the database's routing state):
+ * zeroed by every tk_gt_set_data(), i.e. when a request starts and ends.
+ * NULL for gt NULL. */
+uint64_t *tk_gt_req_words(tk_gt_t *gt);
 
 /* End the calling green thread now (defers run). Does not return. */
 void tk_gt_exit(void) __attribute__((noreturn));
