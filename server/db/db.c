@@ -29,25 +29,44 @@ const char *tk_db_status_name(tk_db_status_t st)
     return (unsigned)st < sizeof(names) / sizeof(names[0]) ? names[st] : "?";
 }
 
-/* A declared read on backend s; one on a replica that could not run there
- * (down, gone) runs again on the primary: reads are re-runnable by
- * declaration, and the replica is skipped for a moment. */
-static tk_db_status_t read_many(tk_db_state_t *s, int stmt, int n, int nparams,
-                                const char *const *values, PGresult **res)
+/* One declared read (n == 0: tk_db_query()'s single one) on backend s. */
+typedef struct {
+    int stmt, n, nparams;
+    const char *const *values;
+    const int *lengths;
+    PGresult **res;
+    char *sqlstate;
+} read_t;
+
+static tk_db_status_t read_on(tk_db_state_t *s, const read_t *q)
 {
     tk_db_state_t *old = tk_db_use(s);
     tk_db_route_inflight(s, 1);
-    tk_db_status_t st = tk_db_pipe_query_many(stmt, n, nparams, values, res);
+    tk_db_status_t st =
+        q->n ? tk_db_pipe_query_many(q->stmt, q->n, q->nparams, q->values, q->res)
+             : tk_db_pipe_query(q->stmt, q->nparams, q->values, q->lengths, q->res, q->sqlstate);
     tk_db_route_inflight(s, -1);
-    if (st == TK_DB_UNAVAILABLE && s->idx != 0) {
-        tk_db_route_failed(s);
-        tk_db_use(&tk_db_be[0]);
-        tk_db_route_inflight(&tk_db_be[0], 1);
-        st = tk_db_pipe_query_many(stmt, n, nparams, values, res);
-        tk_db_route_inflight(&tk_db_be[0], -1);
-    }
     tk_db_use(old);
     return st;
+}
+
+/* A declared read where the router says; one that could not run on a replica
+ * (down, gone: no connection) runs again on the primary, since reads are
+ * re-runnable by declaration, and the replica is skipped for a moment. One
+ * sent to the primary only by preference (a cache fill) that finds it lost
+ * runs on a replica: no write can happen meanwhile. */
+static tk_db_status_t read_routed(const read_t *q)
+{
+    tk_db_state_t *s = tk_db_route_read();
+    tk_db_status_t st = read_on(s, q);
+    if (st != TK_DB_UNAVAILABLE)
+        return st;
+    if (s->idx != 0) {
+        tk_db_route_failed(s);
+        return read_on(&tk_db_be[0], q);
+    }
+    tk_db_state_t *r = tk_db_route_read_fallback();
+    return r ? read_on(r, q) : st;
 }
 
 tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const *values,
@@ -62,7 +81,7 @@ tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const 
         return TK_DB_DISABLED;
     }
     if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ))
-        return read_many(tk_db_route_read(), stmt, n, nparams, values, res);
+        return read_routed(&(read_t){stmt, n, nparams, values, NULL, res, NULL});
     for (int i = 0; i < n; i++)
         res[i] = NULL;
     tk_db_conn_t *c = tk_db_acquire(&st);
@@ -88,21 +107,8 @@ tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, con
         sqlstate[0] = '\0';
     if (!tk_db_be[0].enabled)
         return TK_DB_DISABLED;
-    if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ)) {
-        tk_db_state_t *s = tk_db_route_read(), *old = tk_db_use(s);
-        tk_db_route_inflight(s, 1);
-        st = tk_db_pipe_query(stmt, nparams, values, lengths, res, sqlstate);
-        tk_db_route_inflight(s, -1);
-        if (st == TK_DB_UNAVAILABLE && s->idx != 0) {
-            tk_db_route_failed(s);
-            tk_db_use(&tk_db_be[0]);
-            tk_db_route_inflight(&tk_db_be[0], 1);
-            st = tk_db_pipe_query(stmt, nparams, values, lengths, res, sqlstate);
-            tk_db_route_inflight(&tk_db_be[0], -1);
-        }
-        tk_db_use(old);
-        return st;
-    }
+    if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ))
+        return read_routed(&(read_t){stmt, 0, nparams, values, lengths, res, sqlstate});
     tk_db_conn_t *c = tk_db_acquire(&st);
     if (c == NULL)
         return st;
@@ -388,7 +394,7 @@ tk_db_status_t tk_db_write_lsn(uint64_t *lsn)
     tk_db_conn_t *c = tk_db_acquire(&st); /* the primary's */
     if (c == NULL)
         return st;
-    st = tk_db_exec_sql(c, "SELECT pg_current_wal_lsn()::text", &r);
+    st = tk_db_exec_sql(c, "SELECT pg_current_wal_insert_lsn()::text", &r);
     tk_db_release(c);
     if (st == TK_DB_OK) {
         if (r && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0))

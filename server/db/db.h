@@ -127,8 +127,10 @@ void tk_db_set_backends(tk_broker_sh_t *const *brokers, unsigned n, tk_dbview_sh
 
 /* Read-your-writes: this request's reads must see at least lsn (its Tenk-LSN header). */
 void tk_db_want_lsn(uint64_t lsn);
-/* The primary's WAL position now (pg_current_wal_lsn()): after a write committed, the
- * position a reader must have replayed to see it. May yield. */
+/* The primary's WAL insert position now (pg_current_wal_insert_lsn()): after a write
+ * committed, a position at or past its commit record, which a reader must have replayed to see
+ * it. The insert position, not pg_current_wal_lsn(): with synchronous_commit off the commit
+ * record may not be written yet, and the write position would then be before it. May yield. */
 tk_db_status_t tk_db_write_lsn(uint64_t *lsn);
 /* This request's reads go to the primary (as after a write). */
 void tk_db_read_primary(void);

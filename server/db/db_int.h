@@ -250,6 +250,9 @@ tk_db_conn_t *tk_db_acquire_counted(tk_db_status_t *st, int *waited);
 /* The backend for a declared read of this request: a healthy replica, the
  * least loaded, that has replayed the request's LSN; else the primary. */
 tk_db_state_t *tk_db_route_read(void);
+/* A primary-preferring read found the primary lost: a usable replica (never
+ * after a write in the request; honours its LSN), or NULL. */
+tk_db_state_t *tk_db_route_read_fallback(void);
 /* This request wrote (or holds a connection of its own): its reads go to the primary. */
 void tk_db_route_wrote(void);
 /* Remember a replica failed at the connection level: skip it for a moment. */

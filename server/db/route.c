@@ -15,6 +15,7 @@
  * [0] the LSN it must see (Tenk-LSN), [1] bit 0: it wrote; bits 8-15: the
  * backend of its last read + 1. NULL outside a green thread. */
 #define RW_WROTE     1u
+#define RW_PRIMARY   2u /* reads prefer the primary (tk_db_read_primary()) */
 #define RW_BE_SHIFT  8
 #define RW_BE_MASK   0xffu
 static uint64_t *req_words(void)
@@ -38,7 +39,9 @@ void tk_db_route_wrote(void)
 
 void tk_db_read_primary(void)
 {
-    tk_db_route_wrote();
+    uint64_t *w = req_words();
+    if (w)
+        w[1] |= RW_PRIMARY;
 }
 
 int tk_db_last_backend(void)
@@ -55,15 +58,12 @@ static tk_db_state_t *chosen(uint64_t *w, tk_db_state_t *s)
     return s;
 }
 
-/* No lock: the health and LSN words are read on their own (relaxed), the
- * loads are hints. O(replicas). */
-tk_db_state_t *tk_db_route_read(void)
+/* The least loaded usable replica for w's request, NULL if none. No lock: the
+ * health and LSN words are read on their own (relaxed), the loads are hints.
+ * O(replicas). */
+static tk_db_state_t *pick_replica(const uint64_t *w)
 {
-    uint64_t *w = req_words();
     tk_dbview_sh_t *v = tk_db_view;
-    if (tk_db_nbe <= 1 || v == NULL || __atomic_load_n(&v->read_from_primary, __ATOMIC_RELAXED) ||
-        (w && (w[1] & RW_WROTE)))
-        return chosen(w, &tk_db_be[0]); /* read after write in one request: the primary */
     uint64_t need = w ? w[0] : 0;
     int64_t now = tk_now_ms();
     static unsigned rr; /* ties go round the replicas */
@@ -86,7 +86,27 @@ tk_db_state_t *tk_db_route_read(void)
             best_load = load;
         }
     }
-    return chosen(w, best ? best : &tk_db_be[0]);
+    return best;
+}
+
+tk_db_state_t *tk_db_route_read(void)
+{
+    uint64_t *w = req_words();
+    tk_dbview_sh_t *v = tk_db_view;
+    if (tk_db_nbe <= 1 || v == NULL || __atomic_load_n(&v->read_from_primary, __ATOMIC_RELAXED) ||
+        (w && (w[1] & (RW_WROTE | RW_PRIMARY))))
+        return chosen(w, &tk_db_be[0]); /* read after write in one request: the primary */
+    tk_db_state_t *r = pick_replica(w);
+    return chosen(w, r ? r : &tk_db_be[0]);
+}
+
+tk_db_state_t *tk_db_route_read_fallback(void)
+{
+    uint64_t *w = req_words();
+    if (tk_db_nbe <= 1 || tk_db_view == NULL || (w && (w[1] & RW_WROTE)))
+        return NULL;
+    tk_db_state_t *r = pick_replica(w);
+    return r ? chosen(w, r) : NULL;
 }
 
 void tk_db_route_failed(tk_db_state_t *s)
