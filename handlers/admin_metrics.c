@@ -642,21 +642,26 @@ static void prom_backends(tk_http_buf_t *b, tk_shm_t *shm)
     static const struct {
         const char *name, *type, *help;
     } fam[] = {
-        {"tenk_db_backend_up", "gauge", "1 if the backend is healthy (a replica: within db.replica_max_lag)."},
-        {"tenk_db_backend_health", "gauge", "The backend's health, by name (1 for the current one)."},
-        {"tenk_db_backend_lag_seconds", "gauge", "A replica's replay lag as the probe measured it."},
+        {"tenk_db_backend_up", "gauge",
+         "1 if the backend is healthy (a replica: within db.replica_max_lag)."},
+        {"tenk_db_backend_health", "gauge",
+         "The backend's health, by name (1 for the current one)."},
+        {"tenk_db_backend_lag_seconds", "gauge",
+         "A replica's replay lag as the probe measured it."},
         {"tenk_db_backend_max_open", "gauge", "The backend's connection cap (its own broker)."},
-        {"tenk_db_backend_open_connections", "gauge", "Connections open to the backend, all workers."},
+        {"tenk_db_backend_open_connections", "gauge",
+         "Connections open to the backend, all workers."},
         {"tenk_db_backend_in_use_connections", "gauge", "Of those, handed to a request."},
         {"tenk_db_backend_inflight_queries", "gauge", "Queries running on the backend now."},
         {"tenk_db_backend_queries_total", "counter", "Queries routed to the backend."},
-        {"tenk_db_backend_fallbacks_total", "counter", "Reads that failed on the replica and ran on the primary."},
+        {"tenk_db_backend_fallbacks_total", "counter",
+         "Reads that failed on the replica and ran on the primary."},
     };
     if (n == 0)
         return;
     for (unsigned f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
-        tk_http_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", fam[f].name, fam[f].help,
-                           fam[f].name, fam[f].type);
+        tk_http_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", fam[f].name, fam[f].help, fam[f].name,
+                           fam[f].type);
         for (unsigned i = 0; i < n; i++) {
             const tk_dbview_be_sh_t *be = &v->be[i];
             const tk_broker_sh_t *br = tk_shm_broker_be(shm, i);
@@ -674,19 +679,35 @@ static void prom_backends(tk_http_buf_t *b, tk_shm_t *shm)
             }
             double x = 0;
             switch (f) {
-            case 0: x = h == TK_DBVIEW_OK; break;
+            case 0:
+                x = h == TK_DBVIEW_OK;
+                break;
             case 1:
                 for (uint32_t k = 0; k <= TK_DBVIEW_WRONG_ROLE; k++)
                     tk_http_buf_printf(b, "%s{backend=\"%s\",health=\"%s\"} %d\n", fam[f].name,
                                        label, tk_dbview_health_name(k), k == h);
                 continue;
-            case 2: x = (double)__atomic_load_n(&be->lag_ms, __ATOMIC_RELAXED) / 1e3; break;
-            case 3: x = max; break;
-            case 4: x = (double)st.open; break;
-            case 5: x = (double)st.in_use; break;
-            case 6: x = (double)__atomic_load_n(&be->inflight, __ATOMIC_RELAXED); break;
-            case 7: x = (double)__atomic_load_n(&be->routed, __ATOMIC_RELAXED); break;
-            default: x = (double)__atomic_load_n(&be->fallbacks, __ATOMIC_RELAXED); break;
+            case 2:
+                x = (double)__atomic_load_n(&be->lag_ms, __ATOMIC_RELAXED) / 1e3;
+                break;
+            case 3:
+                x = max;
+                break;
+            case 4:
+                x = (double)st.open;
+                break;
+            case 5:
+                x = (double)st.in_use;
+                break;
+            case 6:
+                x = (double)__atomic_load_n(&be->inflight, __ATOMIC_RELAXED);
+                break;
+            case 7:
+                x = (double)__atomic_load_n(&be->routed, __ATOMIC_RELAXED);
+                break;
+            default:
+                x = (double)__atomic_load_n(&be->fallbacks, __ATOMIC_RELAXED);
+                break;
             }
             tk_http_buf_printf(b, "%s{backend=\"%s\"} %.9g\n", fam[f].name, label, x);
         }

@@ -23,30 +23,30 @@ typedef enum {
 /* One backend. Written by the lease holder (probe fields) and by every worker (inflight,
  * routed, relaxed atomics); read by anyone without a lock: each field is read on its own. */
 typedef struct {
-    uint32_t role;      /* 0 = primary, 1 = replica; set by the master */
-    uint32_t health;    /* tk_dbview_health_t */
-    uint64_t lsn;       /* primary: pg_current_wal_lsn(); replica: pg_last_wal_replay_lsn() */
-    uint64_t lag_ms;    /* replica: age of the oldest primary position it has not replayed */
-    uint32_t timeline;  /* the timeline it is on, 0 = unknown */
+    uint32_t role;     /* 0 = primary, 1 = replica; set by the master */
+    uint32_t health;   /* tk_dbview_health_t */
+    uint64_t lsn;      /* primary: pg_current_wal_lsn(); replica: pg_last_wal_replay_lsn() */
+    uint64_t lag_ms;   /* replica: age of the oldest primary position it has not replayed */
+    uint32_t timeline; /* the timeline it is on, 0 = unknown */
     uint32_t in_recovery;
-    uint64_t probed_ns;  /* CLOCK_MONOTONIC of the last answer */
-    uint64_t probes;     /* answered probes */
+    uint64_t probed_ns; /* CLOCK_MONOTONIC of the last answer */
+    uint64_t probes;    /* answered probes */
     uint64_t probe_errors;
-    int64_t inflight;    /* queries running on it now, all workers */
-    uint64_t routed;     /* queries sent to it, all workers */
-    uint64_t fallbacks;  /* reads meant for it that went to the primary after it failed */
-    uint64_t changes;    /* health changes seen by the prober */
+    int64_t inflight;          /* queries running on it now, all workers */
+    uint64_t routed;           /* queries sent to it, all workers */
+    uint64_t fallbacks;        /* reads meant for it that went to the primary after it failed */
+    uint64_t changes;          /* health changes seen by the prober */
     char name[TK_DBVIEW_NAME]; /* host:port for display (no password), NUL-terminated */
 } tk_dbview_be_sh_t;
 
 typedef struct {
     uint32_t magic, version, size;
-    uint32_t nbackends;          /* 1 + replicas configured (master) */
-    uint32_t read_from_primary;  /* db.read_from = primary */
-    int32_t lease_pid;           /* worker running the probe, 0 = none */
-    uint64_t lease_until_ns;     /* CLOCK_MONOTONIC: it renews before this or loses the lease */
-    uint64_t lease_takeovers;    /* times the lease changed hands */
-    uint64_t max_lag_ms;         /* db.replica_max_lag */
+    uint32_t nbackends;         /* 1 + replicas configured (master) */
+    uint32_t read_from_primary; /* db.read_from = primary */
+    int32_t lease_pid;          /* worker running the probe, 0 = none */
+    uint64_t lease_until_ns;    /* CLOCK_MONOTONIC: it renews before this or loses the lease */
+    uint64_t lease_takeovers;   /* times the lease changed hands */
+    uint64_t max_lag_ms;        /* db.replica_max_lag */
     tk_dbview_be_sh_t be[TK_DBVIEW_MAX];
 } tk_dbview_sh_t;
 

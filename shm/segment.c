@@ -353,8 +353,7 @@ static int tk_shm_init(void *base, unsigned nslots, unsigned db_max_open, const 
     for (unsigned i = 0; i < TK_DBVIEW_MAX; i++)
         if (tk_broker_sh_init((tk_broker_sh_t *)((char *)base + l.broker_off) + i, db_max_open) <
             0) {
-            tk_shm_err(err, errlen, "initialising the database broker failed: %s",
-                       strerror(errno));
+            tk_shm_err(err, errlen, "initialising the database broker failed: %s", strerror(errno));
             return -1;
         }
     tk_dbview_init((tk_dbview_sh_t *)((char *)base + l.dbview_off), 1, NULL, 1000, 0);

@@ -110,7 +110,7 @@ tk_shm_header_sh_t *tk_shm_header(tk_shm_t *shm);
 unsigned tk_shm_nslots(const tk_shm_t *shm);
 tk_shm_worker_sh_t *tk_shm_worker(tk_shm_t *shm, unsigned slot); /* NULL if out of range */
 tk_metrics_sh_t *tk_shm_metrics(tk_shm_t *shm, unsigned slot);   /* NULL if out of range */
-tk_broker_sh_t *tk_shm_broker(tk_shm_t *shm); /* the primary's */
+tk_broker_sh_t *tk_shm_broker(tk_shm_t *shm);                    /* the primary's */
 /* Backend i's broker (0 = primary, 1.. = replicas), NULL if i >= TK_DBVIEW_MAX. */
 tk_broker_sh_t *tk_shm_broker_be(tk_shm_t *shm, unsigned i);
 tk_dbview_sh_t *tk_shm_dbview(tk_shm_t *shm);

@@ -345,9 +345,9 @@ static void ctl_db_backends(tk_view_t *v)
     unsigned n = tk_dbview_count(dv);
     if (n == 0)
         return;
-    printf("\n%s%-3s %-8s %-22s %-10s %8s %-14s %4s %6s %6s %6s %6s %9s %9s%s\n", BOLD, "#",
-           "ROLE", "BACKEND", "HEALTH", "LAG", "LSN", "TLI", "MAX", "OPEN", "INUSE", "QUEUE",
-           "ROUTED", "FALLBACK", RST);
+    printf("\n%s%-3s %-8s %-22s %-10s %8s %-14s %4s %6s %6s %6s %6s %9s %9s%s\n", BOLD, "#", "ROLE",
+           "BACKEND", "HEALTH", "LAG", "LSN", "TLI", "MAX", "OPEN", "INUSE", "QUEUE", "ROUTED",
+           "FALLBACK", RST);
     for (unsigned i = 0; i < n; i++) {
         const tk_dbview_be_sh_t *b = &dv->be[i];
         const tk_broker_sh_t *br = tk_shm_broker_be(v->shm, i);
@@ -371,8 +371,8 @@ static void ctl_db_backends(tk_view_t *v)
         printf("%-3u %-8s %-22.22s %-10s %8s %-14s %4u %6u %6llu %6llu %6u %9llu %9llu\n", i,
                i == 0 ? "primary" : "replica", name,
                tk_dbview_health_name(__atomic_load_n(&b->health, __ATOMIC_RELAXED)), lag, lsn,
-               __atomic_load_n(&b->timeline, __ATOMIC_RELAXED), max,
-               (unsigned long long)st.open, (unsigned long long)st.in_use, q,
+               __atomic_load_n(&b->timeline, __ATOMIC_RELAXED), max, (unsigned long long)st.open,
+               (unsigned long long)st.in_use, q,
                (unsigned long long)__atomic_load_n(&b->routed, __ATOMIC_RELAXED),
                (unsigned long long)__atomic_load_n(&b->fallbacks, __ATOMIC_RELAXED));
     }

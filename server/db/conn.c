@@ -391,8 +391,8 @@ tk_db_conn_t *tk_db_conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st,
      * the database's throughput (pgbench: 7.9k -> 17.5k per second here).
      * Placed before the conninfo, so an "options" there overrides it. */
     static const char *const kw[] = {"options", "dbname", "hostaddr", NULL};
-    const char *const val[] = {"-c plan_cache_mode=force_generic_plan", D.conninfo,
-                               D.hostaddr, NULL};
+    const char *const val[] = {"-c plan_cache_mode=force_generic_plan", D.conninfo, D.hostaddr,
+                               NULL};
     c->pg = PQconnectStartParams(kw, val, 1);
     c->poll = PGRES_POLLING_WRITING;
     if (c->pg)

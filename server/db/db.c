@@ -306,7 +306,8 @@ static void fini_be(void)
         tk_broker_stats(D.b, D.w, &st);
         TK_LOG(
             TK_LOG_INFO,
-            "db: backend %d: %llu acquisitions, %llu waited (%llu ms), %llu timeouts, hand-offs %llu local "
+            "db: backend %d: %llu acquisitions, %llu waited (%llu ms), %llu timeouts, hand-offs "
+            "%llu local "
             "%llu remote, %llu connects (%llu ms), %llu connect errors, %llu pipelined queries in "
             "%llu batches, %llu joined; %llu closed backends gone after %llu us on average "
             "(max %llu us), %llu not waited for",

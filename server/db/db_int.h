@@ -190,7 +190,7 @@ typedef struct tk_db_state {
 #define TK_DB_MAX_BACKENDS TK_DBVIEW_MAX
 extern tk_db_state_t tk_db_be[TK_DB_MAX_BACKENDS];
 extern tk_db_state_t *tk_db_cur;
-extern int tk_db_nbe;            /* backends set up */
+extern int tk_db_nbe;              /* backends set up */
 extern tk_dbview_sh_t *tk_db_view; /* shared view (NULL: primary only) */
 
 static inline tk_db_state_t *tk_db_use(tk_db_state_t *s)

@@ -17,10 +17,10 @@
 #include "proc/log.h"
 #include "runtime/scheduler.h"
 
-#define PROBE_EVERY_MS   200  /* a round: the primary, then each replica */
-#define PROBE_WAIT_MS    700  /* connect or answer within this, else the backend is down */
-#define PROBE_LEASE_MS   3000 /* renewed every round and between backends */
-#define PROBE_RING       64   /* primary positions kept: 12.8 s at 5 per second */
+#define PROBE_EVERY_MS 200  /* a round: the primary, then each replica */
+#define PROBE_WAIT_MS  700  /* connect or answer within this, else the backend is down */
+#define PROBE_LEASE_MS 3000 /* renewed every round and between backends */
+#define PROBE_RING     64   /* primary positions kept: 12.8 s at 5 per second */
 
 typedef struct {
     PGconn *pg[TK_DB_MAX_BACKENDS];
@@ -53,8 +53,7 @@ static int probe_connect(int i, int64_t deadline)
     if (pg == NULL)
         return -1;
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;
-    while (PQstatus(pg) != CONNECTION_BAD && st != PGRES_POLLING_OK &&
-           st != PGRES_POLLING_FAILED) {
+    while (PQstatus(pg) != CONNECTION_BAD && st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
         short ev = st == PGRES_POLLING_READING ? EV_READ : EV_WRITE;
         if (tk_gt_wait_fd(PQsocket(pg), ev, TK_GT_WAIT_DB, deadline) != 0)
             break;
@@ -199,9 +198,8 @@ static uint64_t lag_of(uint64_t lsn, int64_t now)
 
 static void probe_replica(int i)
 {
-    PGresult *r =
-        probe_query(i, "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery(),"
-                       " (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)");
+    PGresult *r = probe_query(i, "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery(),"
+                                 " (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)");
     if (r == NULL) {
         publish(i, TK_DBVIEW_DOWN, 0, 0, 0, -1);
         return;

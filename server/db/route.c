@@ -14,10 +14,10 @@
 /* The request's two words (tk_gt_req_words(), zeroed when a request starts):
  * [0] the LSN it must see (Tenk-LSN), [1] bit 0: it wrote; bits 8-15: the
  * backend of its last read + 1. NULL outside a green thread. */
-#define RW_WROTE     1u
-#define RW_PRIMARY   2u /* reads prefer the primary (tk_db_read_primary()) */
-#define RW_BE_SHIFT  8
-#define RW_BE_MASK   0xffu
+#define RW_WROTE    1u
+#define RW_PRIMARY  2u /* reads prefer the primary (tk_db_read_primary()) */
+#define RW_BE_SHIFT 8
+#define RW_BE_MASK  0xffu
 static uint64_t *req_words(void)
 {
     return tk_gt_req_words(tk_gt_self());

@@ -37,19 +37,19 @@
 
 /* How a setting's text is read and where it is stored. */
 typedef enum {
-    T_INT,    /* int, plain integer */
-    T_UINT,   /* unsigned */
-    T_MS,     /* int milliseconds; text needs a unit: 500ms, 10s, 5m, 1h */
-    T_ULL_MS, /* unsigned long long milliseconds */
-    T_SEC,    /* int seconds; text needs a unit, whole seconds */
-    T_SIZE,   /* size_t bytes; 8192, 8k, 1m, 1g */
-    T_BOOL,   /* int 0/1: on/off, yes/no, true/false, 1/0 */
-    T_STR,    /* char[] of any content */
-    T_NAME,   /* char[] of [A-Za-z0-9._-], non-empty */
-    T_ADDR,   /* char[] holding a listen address, "" allowed (= off) */
-    T_LISTEN, /* the server.listen list */
-    T_LEVEL,  /* char[] log level name */
-    T_FORMAT, /* char[] access log format name */
+    T_INT,     /* int, plain integer */
+    T_UINT,    /* unsigned */
+    T_MS,      /* int milliseconds; text needs a unit: 500ms, 10s, 5m, 1h */
+    T_ULL_MS,  /* unsigned long long milliseconds */
+    T_SEC,     /* int seconds; text needs a unit, whole seconds */
+    T_SIZE,    /* size_t bytes; 8192, 8k, 1m, 1g */
+    T_BOOL,    /* int 0/1: on/off, yes/no, true/false, 1/0 */
+    T_STR,     /* char[] of any content */
+    T_NAME,    /* char[] of [A-Za-z0-9._-], non-empty */
+    T_ADDR,    /* char[] holding a listen address, "" allowed (= off) */
+    T_LISTEN,  /* the server.listen list */
+    T_LEVEL,   /* char[] log level name */
+    T_FORMAT,  /* char[] access log format name */
     T_REPLICA, /* db.replica: repeatable, each one appended to db_replica[] */
 } kind_t;
 

@@ -42,7 +42,7 @@ struct tk_gt {
     tk_gt_fn fn;
     void *arg;
     void *data;
-    uint64_t req_words[2]; /* request-scoped, zeroed by tk_gt_set_data() */
+    uint64_t req_words[2];        /* request-scoped, zeroed by tk_gt_set_data() */
     tk_gt_t *rq_next;             /* run queue or yield queue */
     tk_gt_t *all_next, *all_prev; /* live list, or zombie list once ended */
     tk_gt_t *wq_next, *wq_prev;   /* position in a wait queue */

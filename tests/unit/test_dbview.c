@@ -61,8 +61,8 @@ static void test_lsn_text(void **state)
     assert_true(l == 0);
     assert_int_equal(tk_db_lsn_parse("ffffffff/ffffffff", 17, &l), 0);
     assert_true(l == UINT64_MAX);
-    static const char *bad[] = {"", "/", "1/", "/1", "1", "x/1", "1/1/1", "123456789/1", "1/-1",
-                                "1 /1", "1/1 "};
+    static const char *bad[] = {"",      "/",           "1/",   "/1",   "1",   "x/1",
+                                "1/1/1", "123456789/1", "1/-1", "1 /1", "1/1 "};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_int_equal(tk_db_lsn_parse(bad[i], strlen(bad[i]), &l), -1);
     assert_int_equal(tk_db_lsn_format(l, buf, 4), -1);
