@@ -37,20 +37,20 @@
 
 /* How a setting's text is read and where it is stored. */
 typedef enum {
-    T_INT,     /* int, plain integer */
-    T_UINT,    /* unsigned */
-    T_MS,      /* int milliseconds; text needs a unit: 500ms, 10s, 5m, 1h */
-    T_ULL_MS,  /* unsigned long long milliseconds */
-    T_SEC,     /* int seconds; text needs a unit, whole seconds */
-    T_SIZE,    /* size_t bytes; 8192, 8k, 1m, 1g */
-    T_BOOL,    /* int 0/1: on/off, yes/no, true/false, 1/0 */
-    T_STR,     /* char[] of any content */
-    T_NAME,    /* char[] of [A-Za-z0-9._-], non-empty */
-    T_ADDR,    /* char[] holding a listen address, "" allowed (= off) */
-    T_LISTEN,  /* the server.listen list */
-    T_LEVEL,   /* char[] log level name */
-    T_FORMAT,  /* char[] access log format name */
-    T_REPLICA, /* db.replica: repeatable, each one appended to db_replica[] */
+    T_INT,    /* int, plain integer */
+    T_UINT,   /* unsigned */
+    T_MS,     /* int milliseconds; text needs a unit: 500ms, 10s, 5m, 1h */
+    T_ULL_MS, /* unsigned long long milliseconds */
+    T_SEC,    /* int seconds; text needs a unit, whole seconds */
+    T_SIZE,   /* size_t bytes; 8192, 8k, 1m, 1g */
+    T_BOOL,   /* int 0/1: on/off, yes/no, true/false, 1/0 */
+    T_STR,    /* char[] of any content */
+    T_NAME,   /* char[] of [A-Za-z0-9._-], non-empty */
+    T_ADDR,   /* char[] holding a listen address, "" allowed (= off) */
+    T_LISTEN, /* the server.listen list */
+    T_LEVEL,  /* char[] log level name */
+    T_FORMAT, /* char[] access log format name */
+    T_REPL,   /* db.replica: repeatable, each one appended to db_replica[] */
 } kind_t;
 
 typedef struct {
@@ -113,7 +113,7 @@ static const setting_t settings[] = {
     {"db", "max_idle_time", T_MS, F(db_max_idle_time_ms), 0, 24 * HOUR_MS, "0 = unlimited"},
     {"db", "acquire_timeout", T_MS, F(db_acquire_timeout_ms), 1, 600000, NULL},
     {"db", "query_timeout", T_MS, F(db_query_timeout_ms), 1, 600000, NULL},
-    {"db", "replica", T_REPLICA, F(db_replica), 0, TK_CONF_MAX_REPLICAS, "repeatable"},
+    {"db", "replica", T_REPL, F(db_replica), 0, TK_CONF_MAX_REPLICAS, "repeatable"},
     {"db", "replica_max_lag", T_MS, F(db_replica_max_lag_ms), 1, 600000, NULL},
     {"db", "replica_max_open", T_INT, F(db_replica_max_open), 0, TK_BROKER_MAX_SLOTS,
      "0 = db.max_open"},
@@ -472,7 +472,7 @@ static void describe_range(const setting_t *st, char *buf, size_t len)
     case T_STR:
         snprintf(buf, len, "at most %zu bytes", st->size - 1);
         break;
-    case T_REPLICA:
+    case T_REPL:
         snprintf(buf, len, "a libpq connection string, at most %d lines", TK_CONF_MAX_REPLICAS);
         break;
     }
@@ -589,7 +589,7 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
         }
         break;
     }
-    case T_REPLICA: {
+    case T_REPL: {
         size_t n = strlen(value);
         if (c->db_nreplicas >= TK_CONF_MAX_REPLICAS)
             why = "too many replicas";
@@ -825,7 +825,7 @@ int tk_conf_load_buffer(tk_conf_t *c, const char *name, const char *buf, size_t 
             return fail(&r,
                         "%s: %s.%s is already set on line %d (the same setting under another name)",
                         what, section, seen_key[idx], seen[idx]);
-        if (seen[idx] && st->kind != T_REPLICA)
+        if (seen[idx] && st->kind != T_REPL)
             return fail(&r, "%s: set twice (first on line %d)", what, seen[idx]);
         seen[idx] = (int)r.line;
         seen_key[idx] = st->key;
@@ -833,7 +833,7 @@ int tk_conf_load_buffer(tk_conf_t *c, const char *name, const char *buf, size_t 
         if (apply(c, st, value, why, sizeof(why)) != 0)
             return fail(&r, "%s", why);
         c->src_line[idx] = (int)r.line;
-        if (st->kind == T_REPLICA)
+        if (st->kind == T_REPL)
             c->db_replica_line[c->db_nreplicas - 1] = (int)r.line;
         p = next;
     }

@@ -138,20 +138,13 @@ int main(int argc, char **argv)
 {
     static cmdline_t cl;
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"test", no_argument, NULL, 't'},
-        {"foreground", no_argument, NULL, 'f'},
-        {"name", required_argument, NULL, 'n'},
-        {"listen", required_argument, NULL, 'l'},
-        {"workers", required_argument, NULL, 'w'},
-        {"admin", required_argument, NULL, 'A'},
-        {"db", required_argument, NULL, 'D'},
-        {"db-replica", required_argument, NULL, 'P'},
-        {"redis", required_argument, NULL, 'R'},
-        {"user", required_argument, NULL, 'u'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
+        {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
+        {"foreground", no_argument, NULL, 'f'},   {"name", required_argument, NULL, 'n'},
+        {"listen", required_argument, NULL, 'l'}, {"workers", required_argument, NULL, 'w'},
+        {"admin", required_argument, NULL, 'A'},  {"db", required_argument, NULL, 'D'},
+        {"redis", required_argument, NULL, 'R'},  {"user", required_argument, NULL, 'u'},
+        {"verbose", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},      {"db-replica", required_argument, NULL, 'P'},
         {NULL, 0, NULL, 0},
     };
     int test = 0, opt;
