@@ -137,6 +137,8 @@ def test_reads_on_replicas_writes_on_primary(tenkd, nodes):
     assert [x["health"] for x in stats["db"]["backends"]] == ["ok", "ok", "ok"]
     out = t.ctl("db").stdout
     assert re.search(r"replica\s+unix:\d+\s+ok", out), out
+    st, _, body = t.request("GET", "/dashboard", port=t.admin_port)
+    assert st == 200 and b"Database backends" in body and b"backendRows(s.db.backends)" in body
 
 
 def test_lag_takes_a_replica_out_and_back(tenkd, nodes):
