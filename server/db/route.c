@@ -118,7 +118,8 @@ void tk_db_route_failed(tk_db_state_t *s)
 
 void tk_db_route_inflight(const tk_db_state_t *s, int delta)
 {
-    if (tk_db_view == NULL || s->idx >= TK_DBVIEW_MAX)
+    /* only with replicas to choose from: a primary-only instance pays no shared atomics */
+    if (tk_db_view == NULL || tk_db_nbe <= 1 || s->idx >= TK_DBVIEW_MAX)
         return;
     tk_dbview_be_sh_t *b = &tk_db_view->be[s->idx];
     __atomic_fetch_add(&b->inflight, delta, __ATOMIC_RELAXED);
