@@ -27,6 +27,12 @@ void tk_dbview_init(tk_dbview_sh_t *v, unsigned nbackends, const char *const *na
     }
 }
 
+void tk_dbview_set_policy(tk_dbview_sh_t *v, uint64_t max_lag_ms, int read_from_primary)
+{
+    __atomic_store_n(&v->max_lag_ms, max_lag_ms, __ATOMIC_RELAXED);
+    __atomic_store_n(&v->read_from_primary, read_from_primary ? 1u : 0u, __ATOMIC_RELAXED);
+}
+
 int tk_dbview_lease(tk_dbview_sh_t *v, pid_t pid, uint64_t now_ns, uint64_t ttl_ns)
 {
     int32_t cur = __atomic_load_n(&v->lease_pid, __ATOMIC_ACQUIRE);

@@ -53,6 +53,8 @@ typedef struct {
 /* Master, before forking: nbackends (1..TK_DBVIEW_MAX), display names (may be NULL). */
 void tk_dbview_init(tk_dbview_sh_t *v, unsigned nbackends, const char *const *names,
                     uint64_t max_lag_ms, int read_from_primary);
+/* Master, at a reload: db.replica_max_lag and db.read_from take effect at once. */
+void tk_dbview_set_policy(tk_dbview_sh_t *v, uint64_t max_lag_ms, int read_from_primary);
 /* Worker pid takes the probe lease for ttl_ns if it is free, expired or already its own.
  * 1 if it holds the lease now (renewed), else 0. Lock-free (compare-and-swap). */
 int tk_dbview_lease(tk_dbview_sh_t *v, pid_t pid, uint64_t now_ns, uint64_t ttl_ns);

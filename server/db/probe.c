@@ -122,6 +122,8 @@ static uint64_t lsn_of(const PGresult *r, int col)
 static void publish(int i, uint32_t health, uint64_t lsn, uint64_t lag_ms, uint32_t tli,
                     int in_recovery)
 {
+    if (P.stop)
+        return; /* this worker is leaving: its last, cancelled round says nothing */
     tk_dbview_be_sh_t *b = &tk_db_view->be[i];
     uint32_t was = __atomic_load_n(&b->health, __ATOMIC_RELAXED);
     if (lsn)
@@ -217,17 +219,17 @@ static void probe_replica(int i)
         return;
     }
     uint64_t lag = lag_of(lsn, tk_now_ms());
-    uint64_t max = __atomic_load_n(&tk_db_view->max_lag_ms, __ATOMIC_RELAXED);
-    int primary_ok = __atomic_load_n(&tk_db_view->be[0].health, __ATOMIC_RELAXED) == TK_DBVIEW_OK;
     /* With the primary lost, its last positions still date the lag: reads keep flowing
      * from replicas that had replayed them. */
-    (void)primary_ok;
+    uint64_t max = __atomic_load_n(&tk_db_view->max_lag_ms, __ATOMIC_RELAXED);
     publish(i, lag > max ? TK_DBVIEW_LAGGING : TK_DBVIEW_OK, lsn, lag, tli, 1);
 }
 
 static void count_healthy(void)
 {
     int n = 0;
+    if (P.stop)
+        return;
     for (int i = 1; i < tk_db_nbe; i++)
         if (__atomic_load_n(&tk_db_view->be[i].health, __ATOMIC_RELAXED) == TK_DBVIEW_OK)
             n++;

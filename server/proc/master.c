@@ -503,6 +503,8 @@ static void reload_finish(void)
     tk_shm_set_conf(M.shm, nc->conf_file, (unsigned)tk_conf_workers(nc));
     tk_shm_set_generation(M.shm, M.gen);
     tk_shm_reload_done(M.shm, 1, NULL);
+    tk_dbview_set_policy(tk_shm_dbview(M.shm), (uint64_t)nc->db_replica_max_lag_ms,
+                         strcmp(nc->db_read_from, "primary") == 0);
     if (tk_broker_set_max_idle(tk_shm_broker(M.shm), (unsigned)nc->db_max_idle) != 0)
         TK_LOG(TK_LOG_WARN,
                "database broker lock held for over %u ms: db.max_idle %d not applied (a worker "

@@ -246,7 +246,12 @@ def test_kill_a_replica_under_read_load(tenkd, nodes):
 
 
 def test_caps_per_backend(tenkd, nodes):
-    t = start(tenkd, nodes, conf="max_open = 3\nreplica_max_open = 2\n")
+    # this instance's own connections, by application_name (other tests may share the nodes)
+    app = "caps-%d" % os.getpid()
+    own = {"primary": nodes["primary"], "replicas": nodes["replicas"],
+           "multi": nodes["multi"] + " application_name=" + app}
+    t = start(tenkd, own, conf="max_open = 3\nreplica_max_open = 2\n",
+              replicas=[r + " application_name=" + app for r in nodes["replicas"]])
     wait_health(t, {0: "ok", 1: "ok", 2: "ok"})
     peak = [0, 0, 0]
     stop = threading.Event()
@@ -265,8 +270,7 @@ def test_caps_per_backend(tenkd, nodes):
         while time.monotonic() < end:
             for i, c in enumerate(every):
                 n = int(sql(as_postgres(c), "select count(*) from pg_stat_activity where "
-                            "usename = 'tenk' and backend_type = 'client backend' and "
-                            "application_name <> 'tenk-probe' and pid <> pg_backend_pid()"))
+                            "application_name = '%s'" % app))
                 peak[i] = max(peak[i], n)
     finally:
         stop.set()
@@ -311,3 +315,18 @@ def test_malformed_replica_conninfo(tmp_path):
                     "replica_max_lag = 250ms\nreplica_max_open = 4\nread_from = primary\n")
     r = subprocess.run([TENKD, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=10)
     assert r.returncode == 0, r.stderr
+
+
+def test_read_from_primary_then_reload(tenkd, nodes):
+    t = start(tenkd, nodes, conf="read_from = primary\n")
+    wait_health(t, {1: "ok", 2: "ok"})
+    for i in range(10):
+        st, h, _ = t.request("GET", "/users?limit=2")
+        assert st == 200 and h.get("tenk-backend") == "primary"
+    # a reload applies db.read_from (and db.replica_max_lag) at once
+    t.extra_conf = "[db]\n" + "".join("replica = %s\n" % r for r in nodes["replicas"])
+    t.write_conf()
+    r = t.ctl("reload")
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(lambda: t.request("GET", "/users?limit=2")[1].get("tenk-backend", "")
+               .startswith("replica-"), timeout=10, what="reads on a replica after the reload")
