@@ -138,6 +138,14 @@ void tk_admin_config(tk_http_ctx_t *ctx)
     cJSON_AddNumberToObject(d, "max_idle_time_ms", c->db_max_idle_time_ms);
     cJSON_AddNumberToObject(d, "acquire_timeout_ms", c->db_acquire_timeout_ms);
     cJSON_AddNumberToObject(d, "query_timeout_ms", c->db_query_timeout_ms);
+    cJSON *reps = cJSON_AddArrayToObject(d, "replica");
+    for (int i = 0; i < c->db_nreplicas && i < TK_CONF_MAX_REPLICAS; i++) {
+        mask_conninfo(c->db_replica[i], buf, sizeof(buf));
+        cJSON_AddItemToArray(reps, cJSON_CreateString(buf));
+    }
+    cJSON_AddNumberToObject(d, "replica_max_lag_ms", c->db_replica_max_lag_ms);
+    cJSON_AddNumberToObject(d, "replica_max_open", c->db_replica_max_open);
+    cJSON_AddStringToObject(d, "read_from", c->db_read_from);
     cJSON *r = cJSON_AddObjectToObject(o, "redis");
     cJSON_AddStringToObject(r, "addr", c->redis_addr);
     cJSON_AddStringToObject(r, "password", c->redis_password[0] ? MASK : "");

@@ -137,6 +137,9 @@ def test_reads_on_replicas_writes_on_primary(tenkd, nodes):
     assert [x["health"] for x in stats["db"]["backends"]] == ["ok", "ok", "ok"]
     out = t.ctl("db").stdout
     assert re.search(r"replica\s+unix:\d+\s+ok", out), out
+    st, cfg = t.get_json("/debug/config", port=t.admin_port)
+    assert st == 200 and cfg["db"]["replica"] == nodes["replicas"] and \
+        cfg["db"]["read_from"] == "replicas"
     st, _, body = t.request("GET", "/dashboard", port=t.admin_port)
     assert st == 200 and b"Database backends" in body and b"backendRows(s.db.backends)" in body
 
@@ -280,6 +283,12 @@ def test_caps_per_backend(tenkd, nodes):
     assert peak[0] <= 3 and peak[1] <= 2 and peak[2] <= 2, peak
     b = backends(t)
     assert [x["max_open"] for x in b] == [3, 2, 2]
+
+
+def test_replica_password_masked(tenkd, nodes):
+    t = start(tenkd, nodes, replicas=[nodes["replicas"][0] + " password=hunter2"])
+    st, _, body = t.request("GET", "/debug/config", port=t.admin_port)
+    assert st == 200 and b"hunter2" not in body and b"password=" in body
 
 
 def test_unreachable_replica_at_start(tenkd, nodes):
