@@ -31,6 +31,8 @@ typedef struct {
     int64_t ring_ms[PROBE_RING];
     int ring_n, ring_at;
     uint32_t primary_tli;
+    uint64_t primary_lsn; /* this round's, 0 if the primary did not answer */
+    uint64_t last_replay[TK_DB_MAX_BACKENDS]; /* each replica's replay position last round */
     int healthy_replicas; /* -1 = not counted yet */
 } probe_t;
 
@@ -156,6 +158,7 @@ static void probe_primary(void)
         0, "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,"
            " pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL ELSE"
            " ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END");
+    P.primary_lsn = 0;
     if (r == NULL) {
         publish(0, TK_DBVIEW_DOWN, 0, 0, 0, -1);
         return;
@@ -175,6 +178,7 @@ static void probe_primary(void)
                (unsigned)tli, (unsigned)P.primary_tli);
     if (tli)
         P.primary_tli = tli;
+    P.primary_lsn = lsn;
     int k = (P.ring_at + P.ring_n) % PROBE_RING;
     if (P.ring_n == PROBE_RING)
         P.ring_at = (P.ring_at + 1) % PROBE_RING;
@@ -216,6 +220,15 @@ static void probe_replica(int i)
     }
     if (tli && P.primary_tli && tli != P.primary_tli) {
         publish(i, TK_DBVIEW_WRONG_ROLE, lsn, 0, tli, 1); /* follows another timeline */
+        return;
+    }
+    /* Had replayed, a round ago, WAL the primary has not written even now: it holds history
+     * the primary does not (an old primary made a standby without pg_rewind, a replica that
+     * was ahead of the one promoted), whatever its WAL receiver says, if anything. */
+    uint64_t before = P.last_replay[i];
+    P.last_replay[i] = lsn;
+    if (before && P.primary_lsn && before > P.primary_lsn) {
+        publish(i, TK_DBVIEW_WRONG_ROLE, lsn, 0, tli, 1);
         return;
     }
     uint64_t lag = lag_of(lsn, tk_now_ms());

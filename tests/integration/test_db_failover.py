@@ -169,3 +169,61 @@ def test_promote_under_mixed_load(tenkd, failover_env):
     assert got == {"replica-2"}, got
     log = open(t.log_path).read()
     assert "a failover" in log and "replica 1 (unix:" in log
+
+
+def pg_ctl(*args):
+    """pg_ctl as the devenv's user (the data directories are tenkdev's)."""
+    bindir = sorted(d for d in os.listdir("/usr/lib/postgresql"))[-1]
+    cmd = [os.path.join("/usr/lib/postgresql", bindir, "bin", "pg_ctl")] + list(args)
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "tenkdev", "--"] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+
+
+def test_old_primary_on_another_timeline(tenkd, failover_env):
+    """The old primary, written to after the failover and then started as a standby of the new
+    one without pg_rewind: in recovery, but on timeline 1 with WAL the new primary never had.
+    Listed as a db.replica, it is never used; the replica that followed is."""
+    if not os.path.exists(os.path.join(VAR, "pg-promoted")):
+        devenv("promote", "1")
+    e = env_file()
+    run = os.path.join(VAR, "run")
+    old_port = int(_env()["TENK_PG_PORT"])
+    new_port = int(re.search(r"\bport=(\d+)", e["TENK_DB"]).group(1))
+    old = "host=%s port=%d dbname=tenk user=tenk" % (run, old_port)
+    pgdir = os.path.join(VAR, "pg")
+    r = pg_ctl("-D", pgdir, "-w", "-l", os.path.join(VAR, "pg.log"), "start")
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        # history the new primary does not have: a write on timeline 1 after the fork
+        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                        old.replace("user=tenk", "user=postgres"), "-c",
+                        "insert into users (name, email) values ('diverged', "
+                        "'diverged-%d@failover.test')" % time.monotonic_ns()],
+                       check=True, capture_output=True, timeout=30)
+        r = pg_ctl("-D", pgdir, "-m", "fast", "-w", "stop")
+        assert r.returncode == 0, r.stderr
+        open(os.path.join(pgdir, "standby.signal"), "w").close()
+        with open(os.path.join(pgdir, "postgresql.auto.conf"), "a") as f:
+            f.write("primary_conninfo = 'host=%s port=%d user=postgres'\n" % (run, new_port))
+        r = pg_ctl("-D", pgdir, "-w", "-l", os.path.join(VAR, "pg.log"), "start")
+        assert r.returncode == 0, r.stdout + r.stderr
+        t = tenkd(workers=2, admin=True, redis="", db=e["TENK_DB"],
+                  conf="[db]\nreplica = %s\nreplica = %s\nreplica_max_lag = 500ms\n"
+                  % (old, e["TENK_DB_REPLICA_2"]))
+        for i in range(3):  # the new primary moves on
+            body = json.dumps({"name": "n", "email": "n%d-%d@failover.test"
+                               % (i, time.monotonic_ns())}).encode()
+            assert t.request("POST", "/users", body=body,
+                             headers={"Content-Type": "application/json"})[0] == 201
+        wait_until(lambda: [b["health"] for b in backends(t)][0::2] == ["ok", "ok"] and
+                   backends(t)[1]["health"] in ("wrong-role", "lagging"), timeout=10,
+                   what="the old primary out, the follower in (now %r)" % backends(t))
+        b = backends(t)
+        print("old primary as a standby: %s, in recovery %s, timeline %s, LSN %s; primary LSN %s"
+              % (b[1]["health"], b[1]["in_recovery"], b[1]["timeline"], b[1]["lsn"], b[0]["lsn"]))
+        assert b[1]["in_recovery"]
+        got = {t.request("GET", "/users?limit=2")[1].get("tenk-backend") for _ in range(20)}
+        assert got == {"replica-2"}, got
+    finally:
+        pg_ctl("-D", pgdir, "-m", "immediate", "-w", "stop")
