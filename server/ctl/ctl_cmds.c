@@ -28,6 +28,10 @@
  *            waiting_high_water, wait_count, wait_duration_us, *_closed, acquires,
  *            acquire_timeouts, queue_full, query_timeouts, connect_errors,
  *            handoffs_local, handoffs_remote, wait_histogram[{le_us,count}], workers[..]
+ *            (all of these: the primary's broker); probe_lease_pid, replica_max_lag_ms,
+ *            read_from, backends[{index,role,name,health,lag_ms,lsn,timeline,in_recovery,
+ *            probe_age_ms,probe_errors,inflight,routed,fallbacks,max_open,open,in_use,idle,
+ *            waiting,acquires,acquire_timeouts,connect_errors}] (the primary, then each replica)
  *   reload:  ok, generation, workers_running, workers_configured (or ok=false, error)
  *   stop:    ok, master_pid, seconds
  * Totals include the counters of dead worker slots, so they never go down. */
