@@ -280,7 +280,8 @@ static void probe_main(void *arg)
 
 void tk_db_probe_tick(void)
 {
-    if (P.running || P.stop || tk_db_view == NULL || !tk_db_be[0].enabled)
+    /* only with replicas: a primary-only instance opens nothing more than before */
+    if (P.running || P.stop || tk_db_view == NULL || !tk_db_be[0].enabled || tk_db_nbe <= 1)
         return;
     if (!tk_dbview_lease(tk_db_view, getpid(), tk_now_ns(), PROBE_LEASE_MS * 1000000ull))
         return;
