@@ -124,7 +124,7 @@ static uint64_t lsn_of(const PGresult *r, int col)
 static void publish(int i, uint32_t health, uint64_t lsn, uint64_t lag_ms, uint32_t tli,
                     int in_recovery)
 {
-    if (P.stop)
+    if (P.stop || tk_gt_cancelled(tk_gt_self()))
         return; /* this worker is leaving: its last, cancelled round says nothing */
     tk_dbview_be_sh_t *b = &tk_db_view->be[i];
     uint32_t was = __atomic_load_n(&b->health, __ATOMIC_RELAXED);
@@ -241,7 +241,7 @@ static void probe_replica(int i)
 static void count_healthy(void)
 {
     int n = 0;
-    if (P.stop)
+    if (P.stop || tk_gt_cancelled(tk_gt_self()))
         return;
     for (int i = 1; i < tk_db_nbe; i++)
         if (__atomic_load_n(&tk_db_view->be[i].health, __ATOMIC_RELAXED) == TK_DBVIEW_OK)
