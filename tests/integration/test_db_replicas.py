@@ -339,3 +339,25 @@ def test_read_from_primary_then_reload(tenkd, nodes):
     assert r.returncode == 0, r.stdout + r.stderr
     wait_until(lambda: t.request("GET", "/users?limit=2")[1].get("tenk-backend", "")
                .startswith("replica-"), timeout=10, what="reads on a replica after the reload")
+
+
+def test_probe_lease_taken_over_when_its_holder_dies(tenkd, nodes):
+    t = start(tenkd, nodes, workers=2)
+    wait_health(t, {0: "ok", 1: "ok", 2: "ok"})
+
+    def lease():
+        return json.loads(t.ctl("--json", "db").stdout)["probe_lease_pid"]
+
+    holder = lease()
+    assert holder in t.worker_pids()
+    # the probe's own connections, on every node (application_name tenk-probe)
+    for c in [nodes["primary"]] + nodes["replicas"]:
+        n = int(sql(as_postgres(c), "select count(*) from pg_stat_activity where "
+                    "application_name = 'tenk-probe' and usename = 'tenk'"))
+        assert n >= 1, c
+    os.kill(holder, signal.SIGKILL)
+    wait_until(lambda: lease() not in (0, holder) and lease() in t.worker_pids(), timeout=10,
+               what="another worker holding the probe lease")
+    # and it measures: fresh probes on every backend
+    wait_until(lambda: all(0 <= b["probe_age_ms"] < 1000 for b in backends(t)), timeout=5,
+               what="fresh probes after the takeover")
