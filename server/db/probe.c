@@ -31,9 +31,9 @@ typedef struct {
     int64_t ring_ms[PROBE_RING];
     int ring_n, ring_at;
     uint32_t primary_tli;
-    uint64_t primary_lsn; /* this round's, 0 if the primary did not answer */
+    uint64_t primary_lsn;                     /* this round's, 0 if the primary did not answer */
     uint64_t last_replay[TK_DB_MAX_BACKENDS]; /* each replica's replay position last round */
-    int healthy_replicas; /* -1 = not counted yet */
+    int healthy_replicas;                     /* -1 = not counted yet */
 } probe_t;
 
 static probe_t P = {.healthy_replicas = -1};
