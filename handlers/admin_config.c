@@ -138,6 +138,7 @@ void tk_admin_config(tk_http_ctx_t *ctx)
     cJSON_AddNumberToObject(d, "max_idle_time_ms", c->db_max_idle_time_ms);
     cJSON_AddNumberToObject(d, "acquire_timeout_ms", c->db_acquire_timeout_ms);
     cJSON_AddNumberToObject(d, "query_timeout_ms", c->db_query_timeout_ms);
+    cJSON_AddStringToObject(d, "statements", c->db_statements);
     cJSON *r = cJSON_AddObjectToObject(o, "redis");
     cJSON_AddStringToObject(r, "addr", c->redis_addr);
     cJSON_AddStringToObject(r, "password", c->redis_password[0] ? MASK : "");

@@ -158,6 +158,7 @@ int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, cons
     D.b = b;
     D.w = slot;
     D.conf = conf;
+    D.unnamed = strcmp(conf->db_statements, "unnamed") == 0;
     if (b == NULL || conf->db_conninfo[0] == '\0')
         return 0; /* no database: every acquire says DISABLED */
     if (slot < 0 || slot >= TK_BROKER_MAX_WORKERS) {

@@ -139,6 +139,7 @@ typedef struct {
 /* The worker's client: one per process. */
 typedef struct {
     int enabled;
+    int unnamed; /* db.statements = unnamed: no named statements, no session state */
     struct event_base *base;
     tk_broker_sh_t *b;
     int w;

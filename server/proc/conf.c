@@ -49,6 +49,7 @@ typedef enum {
     T_LISTEN, /* the server.listen list */
     T_LEVEL,  /* char[] log level name */
     T_FORMAT, /* char[] access log format name */
+    T_CHOICE, /* char[] one of the words in the note, ", "-separated */
 } kind_t;
 
 typedef struct {
@@ -111,6 +112,7 @@ static const setting_t settings[] = {
     {"db", "max_idle_time", T_MS, F(db_max_idle_time_ms), 0, 24 * HOUR_MS, "0 = unlimited"},
     {"db", "acquire_timeout", T_MS, F(db_acquire_timeout_ms), 1, 600000, NULL},
     {"db", "query_timeout", T_MS, F(db_query_timeout_ms), 1, 600000, NULL},
+    {"db", "statements", T_CHOICE, F(db_statements), 0, 0, "prepared, unnamed"},
 
     {"redis", "addr", T_STR, F(redis_addr), 0, 0, NULL},
     {"redis", "password", T_STR, F(redis_password), 0, 0, NULL},
@@ -172,6 +174,7 @@ void tk_conf_defaults(tk_conf_t *c)
     c->db_max_idle_time_ms = 60000;
     c->db_acquire_timeout_ms = 1000;
     c->db_query_timeout_ms = 5000;
+    snprintf(c->db_statements, sizeof(c->db_statements), "prepared");
 
     c->redis_db = 0;
     c->redis_timeout_ms = 50;
@@ -460,10 +463,27 @@ static void describe_range(const setting_t *st, char *buf, size_t len)
     case T_FORMAT:
         snprintf(buf, len, "accepted: combined, json");
         break;
+    case T_CHOICE:
+        snprintf(buf, len, "accepted: %s", note);
+        break;
     case T_STR:
         snprintf(buf, len, "at most %zu bytes", st->size - 1);
         break;
     }
+}
+
+/* Whether value is one of the ", "-separated words of choices. */
+static int choice_ok(const char *choices, const char *value)
+{
+    size_t n = strlen(value);
+    for (const char *p = choices; n > 0 && *p;) {
+        size_t w = strcspn(p, ",");
+        if (w == n && strncmp(p, value, n) == 0)
+            return 1;
+        p += w;
+        p += strspn(p, ", ");
+    }
+    return 0;
 }
 
 /* Parse value into c for setting st. On error writes "section.key: reason
@@ -580,7 +600,8 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
     case T_ADDR:
     case T_STR:
     case T_LEVEL:
-    case T_FORMAT: {
+    case T_FORMAT:
+    case T_CHOICE: {
         size_t n = strlen(value);
         if (n >= st->size) {
             why = "too long";
@@ -597,6 +618,9 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
         } else if (st->kind == T_FORMAT) {
             if (strcmp(value, "combined") != 0 && strcmp(value, "json") != 0)
                 why = "unknown format";
+        } else if (st->kind == T_CHOICE) {
+            if (!choice_ok(st->note, value))
+                why = "not one of the choices";
         }
         if (why == NULL)
             memcpy(field, value, n + 1);

@@ -55,6 +55,7 @@ typedef struct {
     int db_max_idle_time_ms;   /* 60000 */
     int db_acquire_timeout_ms; /* 1000 */
     int db_query_timeout_ms;   /* 5000 */
+    char db_statements[16];    /* "prepared"; "unnamed": no named statements (PgBouncer) */
 
     /* [redis] */
     char redis_addr[256]; /* "host:port" or a unix socket path; "" = no cache */
