@@ -12,6 +12,10 @@
  *               what tenk's shared connections do in `prepared` mode)
  *       stagger as multi, but each batch written alone 2 ms after the one before, so it
  *               reaches the pooler while the batch before is still running on the server
+ *       rolling BATCHES batches in flight all the time: each answered one is followed by a
+ *               new one at once (what tenk's shared connections do under load)
+ *       jitter  up to BATCHES batches in flight, each written at a random moment while the
+ *               answers to the ones before are read as they come (non-blocking)
  *       named   no pipeline: PQprepare once, then PQexecPrepared each round
  *       options connect with options=-c plan_cache_mode=force_generic_plan, one query
  * PGB_PROBE_SQL replaces the query (e.g. SELECT $1::int FROM pg_sleep(0.002): slower
@@ -108,6 +112,70 @@ static void client(const char *conninfo, const char *mode, int id, int rounds, i
                 note_error(t, PQresultErrorMessage(r));
             PQclear(r);
         }
+    } else if (strcmp(mode, "jitter") == 0) {
+        /* up to BATCHES batches in flight, each sent at a random moment while answers of
+         * the ones before arrive (a non-blocking reader, as tenk's event loop) */
+        long sent = 0, done = 0, total = (long)rounds * batches;
+        int qi = 0;
+        unsigned seed = (unsigned)id * 7919u;
+        if (PQenterPipelineMode(pg) != 1 || PQsetnonblocking(pg, 1) != 0) {
+            note_error(t, "PQenterPipelineMode failed");
+            PQfinish(pg);
+            return;
+        }
+        while (done < total && PQstatus(pg) == CONNECTION_OK) {
+            if (sent < total && sent - done < batches && (rand_r(&seed) & 1)) {
+                for (int q = 0; q < per; q++) {
+                    snprintf(v, sizeof(v), "%ld", (long)id * 100000 + sent * per + q);
+                    if (!PQsendQueryParams(pg, probe_sql, 1, NULL, vals, NULL, NULL, 0))
+                        note_error(t, PQerrorMessage(pg));
+                }
+                if (!PQpipelineSync(pg))
+                    note_error(t, PQerrorMessage(pg));
+                sent++;
+            }
+            while (PQflush(pg) == 1)
+                ;
+            usleep(rand_r(&seed) % 300);
+            if (!PQconsumeInput(pg)) {
+                note_error(t, PQerrorMessage(pg));
+                break;
+            }
+            while (done < sent && !PQisBusy(pg)) {
+                if (qi < per) {
+                    read_one(pg, t, (long)id * 100000 + done * per + qi);
+                    qi++;
+                } else {
+                    read_sync(pg, t);
+                    qi = 0;
+                    done++;
+                }
+            }
+        }
+    } else if (strcmp(mode, "rolling") == 0) {
+        /* keep BATCHES batches in flight: each time one is answered, send the next */
+        long sent = 0, read = 0, total = (long)rounds * batches;
+        if (PQenterPipelineMode(pg) != 1) {
+            note_error(t, "PQenterPipelineMode failed");
+            PQfinish(pg);
+            return;
+        }
+        while (read < total && PQstatus(pg) == CONNECTION_OK) {
+            while (sent < total && sent - read < batches) {
+                for (int q = 0; q < per; q++) {
+                    snprintf(v, sizeof(v), "%ld", (long)id * 100000 + sent * per + q);
+                    if (!PQsendQueryParams(pg, probe_sql, 1, NULL, vals, NULL, NULL, 0))
+                        note_error(t, PQerrorMessage(pg));
+                }
+                if (!PQpipelineSync(pg))
+                    note_error(t, PQerrorMessage(pg));
+                sent++;
+            }
+            for (int q = 0; q < per; q++)
+                read_one(pg, t, (long)id * 100000 + read * per + q);
+            read_sync(pg, t);
+            read++;
+        }
     } else {
         int stagger = strcmp(mode, "stagger") == 0;
         int nb = strcmp(mode, "multi") == 0 || stagger ? batches : 1;
@@ -149,10 +217,11 @@ static void client(const char *conninfo, const char *mode, int id, int rounds, i
 int main(int argc, char **argv)
 {
     if (argc < 5) {
-        fprintf(stderr,
-                "usage: %s CONNINFO batch|multi|stagger|named|options CLIENTS ROUNDS "
-                "[PER_BATCH [BATCHES]]\n",
-                argv[0]);
+        fprintf(
+            stderr,
+            "usage: %s CONNINFO batch|multi|stagger|rolling|jitter|named|options CLIENTS ROUNDS "
+            "[PER_BATCH [BATCHES]]\n",
+            argv[0]);
         return 2;
     }
     const char *conninfo = argv[1], *mode = argv[2];
@@ -175,11 +244,12 @@ int main(int argc, char **argv)
     }
     tally_t all = {0};
     long missing = 0;
+    int batched = strcmp(mode, "multi") == 0 || strcmp(mode, "stagger") == 0 ||
+                  strcmp(mode, "rolling") == 0 || strcmp(mode, "jitter") == 0;
     long expected = strcmp(mode, "options") == 0 ? 1
                     : strcmp(mode, "named") == 0 ? rounds
-                    : strcmp(mode, "multi") == 0 || strcmp(mode, "stagger") == 0
-                        ? (long)rounds * per * batches
-                        : (long)rounds * per;
+                    : batched                    ? (long)rounds * per * batches
+                                                 : (long)rounds * per;
     for (int i = 0; i < clients; i++) {
         int status;
         wait(&status);

@@ -24,6 +24,11 @@ const char *tk_db_status_name(tk_db_status_t st)
     return (unsigned)st < sizeof(names) / sizeof(names[0]) ? names[st] : "?";
 }
 
+/* db.statements = unnamed (PgBouncer in transaction mode) sends no declared read on the shared
+ * pipelined connections: through PgBouncer 1.18, with several Syncs in flight on one client
+ * connection, answers crossed to other clients' queries (README, PgBouncer). Every query
+ * then takes a connection of its own, one query per round trip. */
+
 tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const *values,
                                 PGresult **res)
 {
@@ -35,7 +40,7 @@ tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const 
             res[i] = NULL;
         return TK_DB_DISABLED;
     }
-    if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ))
+    if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ) && !D.unnamed)
         return tk_db_pipe_query_many(stmt, n, nparams, values, res);
     for (int i = 0; i < n; i++)
         res[i] = NULL;
@@ -62,7 +67,7 @@ tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, con
         sqlstate[0] = '\0';
     if (!D.enabled)
         return TK_DB_DISABLED;
-    if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ))
+    if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ) && !D.unnamed)
         return tk_db_pipe_query(stmt, nparams, values, lengths, res, sqlstate);
     tk_db_conn_t *c = tk_db_acquire(&st);
     if (c == NULL)
