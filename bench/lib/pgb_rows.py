@@ -5,8 +5,8 @@ Starts a tenkd (2 workers, no Redis) on CONNINFO with the extra configuration (\
 lines, e.g. "[db]\nstatements = unnamed\n"), snapshots table world with psql, then CLIENTS
 (64) threads each make 15 requests; /queries answers the id it asked for with the
 randomNumber of the row PostgreSQL returned, so a row that differs from the snapshot is an
-answer that belonged to another query. Prints "rows N bad M [first few]" and, when M > 0,
-the server's log. Used for the README's PgBouncer finding."""
+answer that belonged to another query. Prints "rows N crossed M failed_requests F [first few]"
+and, when M + F > 0, the server's log. Used for the README's PgBouncer finding."""
 import sys, os, json, random, threading
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "integration"))
 os.environ.setdefault("TENK_BUILD", "build/release")
@@ -27,6 +27,8 @@ with Tenkd(workers=2, db=db, redis="", conf="[admin]\nlisten =\n" + conf) as t:
                     if world[o["id"]] != o["randomNumber"]: bad.append(o)
     th = [threading.Thread(target=client, args=(k,)) for k in range(nthreads)]
     [x.start() for x in th]; [x.join() for x in th]
-print("rows", n[0], "bad", len(bad), bad[:3])
+failed = [b for b in bad if isinstance(b, tuple)]
+crossed = [b for b in bad if not isinstance(b, tuple)]
+print("rows", n[0], "crossed", len(crossed), "failed_requests", len(failed), crossed[:3], failed[:3], flush=True)
 if bad:
     print("\n".join(l for l in t.log().splitlines() if "[info]" not in l and "long_run" not in l and "root" not in l)[-3000:])
