@@ -440,15 +440,7 @@ void tk_db_pipe_dispatch(void)
             return;
         tk_db_conn_t *c = best;
         const char *name = g_stmts[it->stmt].name;
-        if (D.unnamed) {
-            /* Unnamed statements pass PgBouncer's transaction mode in
-             * pipeline mode too (README, PgBouncer): nothing to prepare. */
-            if (!PQsendQueryParams(c->pg, g_stmts[it->stmt].sql, it->nparams, NULL, it->values,
-                                   it->lengths, NULL, 0)) {
-                pipe_fail(c);
-                continue;
-            }
-        } else if (!(c->prepared & (1ull << it->stmt))) {
+        if (!(c->prepared & (1ull << it->stmt))) {
             pipe_item_t *p = tk_db_item_get();
             if (p == NULL || !PQsendPrepare(c->pg, name, g_stmts[it->stmt].sql,
                                             g_stmts[it->stmt].nparams, NULL)) {
@@ -463,8 +455,7 @@ void tk_db_pipe_dispatch(void)
             pipe_append(c, p);
             c->prepared |= 1ull << it->stmt;
         }
-        if (!D.unnamed &&
-            !PQsendQueryPrepared(c->pg, name, it->nparams, it->values, it->lengths, NULL, 0)) {
+        if (!PQsendQueryPrepared(c->pg, name, it->nparams, it->values, it->lengths, NULL, 0)) {
             pipe_fail(c);
             continue;
         }
