@@ -146,6 +146,7 @@ void tk_admin_config(tk_http_ctx_t *ctx)
     cJSON_AddNumberToObject(d, "replica_max_lag_ms", c->db_replica_max_lag_ms);
     cJSON_AddNumberToObject(d, "replica_max_open", c->db_replica_max_open);
     cJSON_AddStringToObject(d, "read_from", c->db_read_from);
+    cJSON_AddStringToObject(d, "statements", c->db_statements);
     cJSON *r = cJSON_AddObjectToObject(o, "redis");
     cJSON_AddStringToObject(r, "addr", c->redis_addr);
     cJSON_AddStringToObject(r, "password", c->redis_password[0] ? MASK : "");

@@ -911,6 +911,11 @@ def report(resdir):
     L.append(md_table(["scenario", "server", "round", "tool", "status", "req/s", "p99", "errors",
                        "CPU s (per process)", "RSS peak / end", "output", "note"], rows))
     L.append("")
+    pgb = read(os.path.join(resdir, "pgbouncer.md"))
+    if pgb:  # scenario pgbouncer-db: its own table (bench/lib/pgbouncer_ab.py)
+        L.append("## /db direct against /db through PgBouncer (pgbouncer-db)")
+        L.append("")
+        L.append(pgb)
     if charts:
         L.append("## Charts")
         L.append("")

@@ -389,11 +389,15 @@ tk_db_conn_t *tk_db_conn_open(int slot, int64_t deadline_ms, tk_db_status_t *st,
      * LIMIT $2" is re-planned on every execution (the generic plan's
      * estimate looks worse than the custom plans'), which more than halves
      * the database's throughput (pgbench: 7.9k -> 17.5k per second here).
-     * Placed before the conninfo, so an "options" there overrides it. */
+     * Placed before the conninfo, so an "options" there overrides it.
+     * db.statements = unnamed sets no session state: PgBouncer refuses a
+     * startup "options" ("unsupported startup parameter"), and an unnamed
+     * statement is planned for its parameters anyway. */
     static const char *const kw[] = {"options", "dbname", "hostaddr", NULL};
     const char *const val[] = {"-c plan_cache_mode=force_generic_plan", D.conninfo, D.hostaddr,
                                NULL};
-    c->pg = PQconnectStartParams(kw, val, 1);
+    int skip = D.unnamed ? 1 : 0;
+    c->pg = PQconnectStartParams(kw + skip, val + skip, 1);
     c->poll = PGRES_POLLING_WRITING;
     if (c->pg)
         PQsetNoticeReceiver(c->pg, on_notice, c);

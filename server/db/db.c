@@ -29,6 +29,47 @@ const char *tk_db_status_name(tk_db_status_t st)
     return (unsigned)st < sizeof(names) / sizeof(names[0]) ? names[st] : "?";
 }
 
+/* db.statements = unnamed (PgBouncer in transaction mode) sends no declared read on the shared
+ * pipelined connections: through PgBouncer 1.18, with several Syncs in flight on one client
+ * connection, answers crossed to other clients' queries (README, PgBouncer). Every query
+ * then takes a connection of its own, one query per round trip. */
+
+/* n queries of stmt on one exclusive connection of the current backend. */
+static tk_db_status_t exec_many(int stmt, int n, int nparams, const char *const *values,
+                                PGresult **res)
+{
+    tk_db_status_t st = TK_DB_OK;
+    for (int i = 0; i < n; i++)
+        res[i] = NULL;
+    tk_db_conn_t *c = tk_db_acquire(&st);
+    if (c == NULL)
+        return st;
+    for (int i = 0; i < n && st == TK_DB_OK; i++)
+        st = tk_db_exec(c, stmt, nparams, values + i * nparams, NULL, &res[i]);
+    tk_db_release(c);
+    if (st != TK_DB_OK)
+        for (int i = 0; i < n; i++) {
+            PQclear(res[i]);
+            res[i] = NULL;
+        }
+    return st;
+}
+
+/* One query of stmt on an exclusive connection of the current backend. */
+static tk_db_status_t exec_one(int stmt, int nparams, const char *const *values, const int *lengths,
+                               PGresult **res, char sqlstate[6])
+{
+    tk_db_status_t st;
+    tk_db_conn_t *c = tk_db_acquire(&st);
+    if (c == NULL)
+        return st;
+    st = tk_db_exec(c, stmt, nparams, values, lengths, res);
+    if (sqlstate)
+        memcpy(sqlstate, c->sqlstate, 6);
+    tk_db_release(c);
+    return st;
+}
+
 /* One declared read (n == 0: tk_db_query()'s single one) on backend s. */
 typedef struct {
     int stmt, n, nparams;
@@ -42,9 +83,14 @@ static tk_db_status_t read_on(tk_db_state_t *s, const read_t *q)
 {
     tk_db_state_t *old = tk_db_use(s);
     tk_db_route_inflight(s, 1);
-    tk_db_status_t st =
-        q->n ? tk_db_pipe_query_many(q->stmt, q->n, q->nparams, q->values, q->res)
-             : tk_db_pipe_query(q->stmt, q->nparams, q->values, q->lengths, q->res, q->sqlstate);
+    tk_db_status_t st;
+    if (s->unnamed)
+        st = q->n ? exec_many(q->stmt, q->n, q->nparams, q->values, q->res)
+                  : exec_one(q->stmt, q->nparams, q->values, q->lengths, q->res, q->sqlstate);
+    else
+        st = q->n ? tk_db_pipe_query_many(q->stmt, q->n, q->nparams, q->values, q->res)
+                  : tk_db_pipe_query(q->stmt, q->nparams, q->values, q->lengths, q->res,
+                                     q->sqlstate);
     tk_db_route_inflight(s, -1);
     tk_db_use(old);
     return st;
@@ -72,7 +118,6 @@ static tk_db_status_t read_routed(const read_t *q)
 tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const *values,
                                 PGresult **res)
 {
-    tk_db_status_t st = TK_DB_OK;
     if (n <= 0)
         return TK_DB_OK;
     if (!tk_db_be[0].enabled) {
@@ -82,26 +127,12 @@ tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const 
     }
     if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ))
         return read_routed(&(read_t){stmt, n, nparams, values, NULL, res, NULL});
-    for (int i = 0; i < n; i++)
-        res[i] = NULL;
-    tk_db_conn_t *c = tk_db_acquire(&st);
-    if (c == NULL)
-        return st;
-    for (int i = 0; i < n && st == TK_DB_OK; i++)
-        st = tk_db_exec(c, stmt, nparams, values + i * nparams, NULL, &res[i]);
-    tk_db_release(c);
-    if (st != TK_DB_OK)
-        for (int i = 0; i < n; i++) {
-            PQclear(res[i]);
-            res[i] = NULL;
-        }
-    return st;
+    return exec_many(stmt, n, nparams, values, res);
 }
 
 tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, const int *lengths,
                            PGresult **res, char sqlstate[6])
 {
-    tk_db_status_t st;
     *res = NULL;
     if (sqlstate)
         sqlstate[0] = '\0';
@@ -109,14 +140,7 @@ tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, con
         return TK_DB_DISABLED;
     if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ))
         return read_routed(&(read_t){stmt, 0, nparams, values, lengths, res, sqlstate});
-    tk_db_conn_t *c = tk_db_acquire(&st);
-    if (c == NULL)
-        return st;
-    st = tk_db_exec(c, stmt, nparams, values, lengths, res);
-    if (sqlstate)
-        memcpy(sqlstate, c->sqlstate, 6);
-    tk_db_release(c);
-    return st;
+    return exec_one(stmt, nparams, values, lengths, res, sqlstate);
 }
 
 void tk_db_counts(tk_db_counts_t *out)
@@ -234,6 +258,7 @@ static int init_be(int i, tk_broker_sh_t *b, struct event_base *base, int slot,
     tk_db_state_t *s = &tk_db_be[i];
     memset(s, 0, sizeof(*s));
     s->idx = i;
+    s->unnamed = strcmp(conf->db_statements, "unnamed") == 0;
     s->base = base;
     s->b = b;
     s->w = slot;

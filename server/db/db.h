@@ -88,8 +88,9 @@ const char *tk_db_errmsg(const tk_db_conn_t *c);
  * not take a connection for itself: it shares one of the worker's
  * connections in libpq pipeline mode with other green threads' queries, and
  * when also TK_DB_JOINABLE an identical query not yet sent is joined (one
- * execution, each caller gets its own copy of the result). Same outcomes as the exclusive path:
- * TK_DB_UNAVAILABLE when it could not start within db.acquire_timeout, TK_DB_TIMEOUT after
+ * execution, each caller gets its own copy of the result); not with db.statements = unnamed
+ * (PgBouncer), where every query takes a connection of its own. Same outcomes as the exclusive
+ * path: TK_DB_UNAVAILABLE when it could not start within db.acquire_timeout, TK_DB_TIMEOUT after
  * db.query_timeout. May yield. */
 tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, const int *lengths,
                            PGresult **res, char sqlstate[6]);

@@ -150,6 +150,7 @@ typedef struct tk_db_state {
     int idx;              /* 0 = primary, 1.. = replica */
     const char *conninfo; /* db.primary or this db.replica */
     const char *hostaddr; /* the master's resolution of conninfo's hosts, NULL if none */
+    int unnamed; /* db.statements = unnamed: no named statements, no session state */
     struct event_base *base;
     tk_broker_sh_t *b;
     int w;

@@ -205,6 +205,14 @@ static tk_db_status_t exec_once(tk_db_conn_t *c, int stmt, int nparams, const ch
     const char *name = g_stmts[stmt].name;
     tk_db_status_t st;
 
+    if (D.unnamed) {
+        /* Parse, Bind, Execute of the unnamed statement in one round trip:
+         * nothing outlives the transaction (PgBouncer's transaction mode). */
+        if (!PQsendQueryParams(c->pg, g_stmts[stmt].sql, nparams, NULL, values, lengths, NULL, 0))
+            goto broken;
+        c->in_flight = 1;
+        return collect(c, deadline, res);
+    }
     if (!(c->prepared & (1ull << stmt))) {
         if (!PQsendPrepare(c->pg, name, g_stmts[stmt].sql, g_stmts[stmt].nparams, NULL))
             goto broken;

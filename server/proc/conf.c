@@ -51,6 +51,7 @@ typedef enum {
     T_LEVEL,  /* char[] log level name */
     T_FORMAT, /* char[] access log format name */
     T_REPL,   /* db.replica: repeatable, each one appended to db_replica[] */
+    T_CHOICE, /* char[] one of the words in the note, ", "-separated */
 } kind_t;
 
 typedef struct {
@@ -118,6 +119,7 @@ static const setting_t settings[] = {
     {"db", "replica_max_open", T_INT, F(db_replica_max_open), 0, TK_BROKER_MAX_SLOTS,
      "0 = db.max_open"},
     {"db", "read_from", T_STR, F(db_read_from), 0, 0, "replicas or primary"},
+    {"db", "statements", T_CHOICE, F(db_statements), 0, 0, "prepared, unnamed"},
 
     {"redis", "addr", T_STR, F(redis_addr), 0, 0, NULL},
     {"redis", "password", T_STR, F(redis_password), 0, 0, NULL},
@@ -181,6 +183,7 @@ void tk_conf_defaults(tk_conf_t *c)
     c->db_max_idle_time_ms = 60000;
     c->db_acquire_timeout_ms = 1000;
     c->db_query_timeout_ms = 5000;
+    snprintf(c->db_statements, sizeof(c->db_statements), "prepared");
 
     c->redis_db = 0;
     c->redis_timeout_ms = 50;
@@ -469,6 +472,9 @@ static void describe_range(const setting_t *st, char *buf, size_t len)
     case T_FORMAT:
         snprintf(buf, len, "accepted: combined, json");
         break;
+    case T_CHOICE:
+        snprintf(buf, len, "accepted: %s", note);
+        break;
     case T_STR:
         snprintf(buf, len, "at most %zu bytes", st->size - 1);
         break;
@@ -476,6 +482,20 @@ static void describe_range(const setting_t *st, char *buf, size_t len)
         snprintf(buf, len, "a libpq connection string, at most %d lines", TK_CONF_MAX_REPLICAS);
         break;
     }
+}
+
+/* Whether value is one of the ", "-separated words of choices. */
+static int choice_ok(const char *choices, const char *value)
+{
+    size_t n = strlen(value);
+    for (const char *p = choices; n > 0 && *p;) {
+        size_t w = strcspn(p, ",");
+        if (w == n && strncmp(p, value, n) == 0)
+            return 1;
+        p += w;
+        p += strspn(p, ", ");
+    }
+    return 0;
 }
 
 /* Parse value into c for setting st. On error writes "section.key: reason
@@ -606,7 +626,8 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
     case T_ADDR:
     case T_STR:
     case T_LEVEL:
-    case T_FORMAT: {
+    case T_FORMAT:
+    case T_CHOICE: {
         size_t n = strlen(value);
         if (n >= st->size) {
             why = "too long";
@@ -623,6 +644,9 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
         } else if (st->kind == T_FORMAT) {
             if (strcmp(value, "combined") != 0 && strcmp(value, "json") != 0)
                 why = "unknown format";
+        } else if (st->kind == T_CHOICE) {
+            if (!choice_ok(st->note, value))
+                why = "not one of the choices";
         }
         if (why == NULL)
             memcpy(field, value, n + 1);

@@ -63,6 +63,7 @@ typedef struct {
     int db_replica_max_lag_ms; /* 1000: a replica further behind is not used */
     int db_replica_max_open;   /* 0 = db.max_open: the cap of each replica */
     char db_read_from[16];     /* "replicas" (default) or "primary" */
+    char db_statements[16];    /* "prepared"; "unnamed": no named statements (PgBouncer) */
 
     /* [redis] */
     char redis_addr[256]; /* "host:port" or a unix socket path; "" = no cache */

@@ -299,6 +299,31 @@ static void test_db_primary_and_conninfo_alias(void **state)
     assert_string_equal(c.db_conninfo, "dbname=x");
 }
 
+/* db.statements: prepared (default) or unnamed; anything else names its line and the choices. */
+static void test_db_statements(void **state)
+{
+    (void)state;
+    tk_conf_t c;
+    tk_conf_defaults(&c);
+    assert_string_equal(c.db_statements, "prepared");
+    assert_int_equal(load(&c, "[db]\nstatements = unnamed\n"), 0);
+    assert_string_equal(c.db_statements, "unnamed");
+    assert_int_equal(load(&c, "[db]\nstatements = prepared\n"), 0);
+    assert_string_equal(c.db_statements, "prepared");
+    const char *bad[] = {"unnamed2", "Unnamed", "prep", "prepared, unnamed", "unnamed,", ","};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char text[128];
+        snprintf(text, sizeof(text), "[db]\n\nstatements = %s\n", bad[i]);
+        expect_error(text, "t.conf:3: db.statements: ", "(accepted: prepared, unnamed)");
+    }
+    expect_error("[db]\nstatements =\n",
+                 "t.conf:2: db.statements: ", "accepted: prepared, unnamed");
+    assert_int_equal(tk_conf_set(&c, "db", "statements", "unnamed", err, sizeof(err)), 0);
+    assert_string_equal(c.db_statements, "unnamed");
+    assert_int_equal(tk_conf_set(&c, "db", "statements", "none", err, sizeof(err)), -1);
+    assert_string_equal(c.db_statements, "unnamed");
+}
+
 static void test_set_overrides(void **state)
 {
     (void)state;
@@ -399,7 +424,7 @@ static void test_example_file_is_the_defaults(void **state)
     assert_memory_equal(&c, &d, sizeof(c));
     /* Every setting appears (uncommented) in the example, but db.replica (repeatable, none by
      * default: shown commented out). */
-    assert_int_equal(set, 47);
+    assert_int_equal(set, 48);
     assert_int_equal(tk_conf_validate(&c, err, sizeof(err)), 0);
 }
 
@@ -500,6 +525,7 @@ int main(void)
         cmocka_unit_test(test_cross_field_errors_name_the_line),
         cmocka_unit_test(test_derived_max_idle),
         cmocka_unit_test(test_db_primary_and_conninfo_alias),
+        cmocka_unit_test(test_db_statements),
         cmocka_unit_test(test_set_overrides),
         cmocka_unit_test(test_parse_addr),
         cmocka_unit_test(test_load_file),

@@ -104,6 +104,9 @@ static void body(void *arg)
     CHECKF(a.done && b.done, "a call failed");
 }
 
+/* db.statements for the next with_client() (NULL: the default). */
+static const char *g_statements;
+
 /* Run fn on a green thread of a fresh db client (no connection yet), with
  * db.query_timeout query_timeout_ms (0: the default). */
 static void with_client(const char *db, int query_timeout_ms, tk_gt_fn fn, void *arg)
@@ -117,6 +120,8 @@ static void with_client(const char *db, int query_timeout_ms, tk_gt_fn fn, void 
     snprintf(conf.db_conninfo, sizeof(conf.db_conninfo), "%s", db);
     if (query_timeout_ms > 0)
         conf.db_query_timeout_ms = query_timeout_ms;
+    if (g_statements)
+        snprintf(conf.db_statements, sizeof(conf.db_statements), "%s", g_statements);
     struct event_base *base = event_base_new();
     tk_sched_opts_t so;
     tk_sched_opts_default(&so);
@@ -331,6 +336,69 @@ static void test_not_joinable_each_run(void **state)
             assert_int_not_equal(k.calls[i].value, k.calls[j].value);
 }
 
+/* --- db.statements ---------------------------------------------------------------------------- */
+
+typedef struct {
+    long long value, named;
+    char plan_cache_mode[32];
+    tk_db_counts_t c0, c1;
+} stmts_t;
+
+/* A declared read through tk_db_query(), then on a connection of its own a statement run
+ * with tk_db_exec() and what that connection holds: named statements, plan_cache_mode. */
+static void statements_body(void *arg)
+{
+    stmts_t *u = arg;
+    tk_db_status_t st;
+    PGresult *r = NULL;
+    const char *v[1] = {"1"};
+    tk_db_counts(&u->c0);
+    u->value = query_int(s_fail, "1", &st);
+    CHECKF(st == TK_DB_OK, "read: %s", tk_db_status_name(st));
+    tk_db_counts(&u->c1);
+    tk_db_conn_t *c = tk_db_acquire(&st);
+    CHECKF(c != NULL, "acquire: %s", tk_db_status_name(st));
+    st = tk_db_exec(c, s_fail, 1, v, NULL, &r);
+    PQclear(r);
+    if (st == TK_DB_OK)
+        st = tk_db_exec_sql(c, "SELECT count(*) FROM pg_prepared_statements", &r);
+    if (st == TK_DB_OK) {
+        u->named = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        PQclear(r);
+        st = tk_db_exec_sql(c, "SHOW plan_cache_mode", &r);
+    }
+    if (st == TK_DB_OK) {
+        snprintf(u->plan_cache_mode, sizeof(u->plan_cache_mode), "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+    }
+    tk_db_release(c);
+    CHECKF(st == TK_DB_OK, "exec: %s", tk_db_status_name(st));
+}
+
+/* prepared (default): reads pipelined, statements prepared under a name, generic plans.
+ * unnamed (PgBouncer): nothing pipelined, nothing prepared, no session setting. */
+static void test_statements_modes(void **state)
+{
+    (void)state;
+    const char *db = need_db();
+    if (db == NULL)
+        skip();
+    stmts_t p = {0}, u = {0};
+    g_statements = "prepared";
+    with_client(db, 0, statements_body, &p);
+    g_statements = "unnamed";
+    with_client(db, 0, statements_body, &u);
+    g_statements = NULL;
+    assert_int_equal(p.value, 1);
+    assert_int_equal(p.c1.pipelined - p.c0.pipelined, 1);
+    assert_true(p.named >= 1);
+    assert_string_equal(p.plan_cache_mode, "force_generic_plan");
+    assert_int_equal(u.value, 1);
+    assert_int_equal(u.c1.pipelined - u.c0.pipelined, 0);
+    assert_int_equal(u.named, 0);
+    assert_string_not_equal(u.plan_cache_mode, "force_generic_plan");
+}
+
 /* --- an aborted batch ---------------------------------------------------------------------- */
 
 typedef struct {
@@ -463,6 +531,7 @@ int main(void)
         cmocka_unit_test(test_not_joinable_each_run),
         cmocka_unit_test(test_aborted_batch_rerun),
         cmocka_unit_test(test_cancel_past_deadline),
+        cmocka_unit_test(test_statements_modes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
