@@ -11,7 +11,7 @@
 
 #define TK_SHM_MAGIC 0x314d48534b4e4554ull /* "TENKSHM1" little-endian */
 /* Bump whenever any shared struct (header, worker, metrics, broker) changes shape. */
-#define TK_SHM_LAYOUT_VERSION 3u
+#define TK_SHM_LAYOUT_VERSION 4u
 /* Worker-table slots: the master passes nslots = TK_SHM_SLOTS(workers). Two per
  * worker, because during a reload the new generation starts while the old one
  * drains; a respawned worker reuses its dead predecessor's slot. 0 means

@@ -70,4 +70,8 @@ void tk_stats_json_db(cJSON *o, const tk_broker_sh_t *b);
  * TK_BROKER_MAX_WORKERS. */
 void tk_stats_json_db_worker(cJSON *o, const tk_broker_sh_t *b, unsigned slot);
 
+/* The cache tier's topology into the "cache" object k: master, nodes read
+ * from, failovers, per-node commands, errors and latency. */
+void tk_stats_json_cache_topo(cJSON *k, const tk_cache_topo_t *t);
+
 #endif

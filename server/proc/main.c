@@ -46,6 +46,7 @@ static void usage(FILE *f)
                "      --admin ADDR:PORT admin listener (\"\" = off)\n"
                "      --db CONNINFO     PostgreSQL connection string\n"
                "      --redis ADDR      Redis host:port\n"
+               "      --redis-sentinel HOST:PORT  a Redis Sentinel (repeatable; then --redis is not used)\n"
                "  -u, --user USER       run workers as USER (when started as root)\n"
                "  -v, --verbose         log at info level (twice: debug)\n"
                "  -h, --help            this text\n"
@@ -141,7 +142,8 @@ int main(int argc, char **argv)
         {"foreground", no_argument, NULL, 'f'},   {"name", required_argument, NULL, 'n'},
         {"listen", required_argument, NULL, 'l'}, {"workers", required_argument, NULL, 'w'},
         {"admin", required_argument, NULL, 'A'},  {"db", required_argument, NULL, 'D'},
-        {"redis", required_argument, NULL, 'R'},  {"user", required_argument, NULL, 'u'},
+        {"redis", required_argument, NULL, 'R'},
+        {"redis-sentinel", required_argument, NULL, 'S'},  {"user", required_argument, NULL, 'u'},
         {"verbose", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
     };
@@ -184,6 +186,9 @@ int main(int argc, char **argv)
         case 'R':
             r = add_override(&cl, "redis", "addr", optarg);
             break;
+        case 'S': /* repeatable: one per Sentinel */
+            r = add_override(&cl, "redis", "sentinel", optarg);
+            break;
         case 'u':
             r = add_override(&cl, "server", "user", optarg);
             break;
@@ -221,6 +226,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "tenkd: %s\n", err);
         return 1;
     }
+    if (conf.redis_addr[0] && conf.redis_nsentinels > 0)
+        printf("note: redis.addr (%s) is not used: with redis.sentinel set, the Sentinels name the "
+               "master\n",
+               conf.redis_addr);
     if (test) {
         printf("configuration OK\n");
         return 0;
