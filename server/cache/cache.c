@@ -421,7 +421,7 @@ tk_cache_t *tk_cache_new(struct event_base *base, const tk_cache_opts_t *opts, c
             }
             c->rd->parent = c;
         }
-        if (tk_cache_sentinel_start(c, err, errlen) < 0) {
+        if (tk_cache_sentinel_start(c, &o, err, errlen) < 0) {
             tk_cache_free(c);
             return NULL;
         }

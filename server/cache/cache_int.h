@@ -90,7 +90,7 @@ tk_cache_node_stats_t *tk_cache_node(tk_cache_t *owner, const char *addr);
 tk_cache_t *tk_cache_reader(tk_cache_t *c);
 
 /* cache_sentinel.c: discovery and the +switch-master subscription. */
-int tk_cache_sentinel_start(tk_cache_t *c, char *err, size_t errlen);
+int tk_cache_sentinel_start(tk_cache_t *c, const tk_cache_opts_t *o, char *err, size_t errlen);
 void tk_cache_sentinel_free(tk_cache_t *c);
 /* Ask the Sentinels again soon (a node refused its role, a connection was lost). */
 void tk_cache_sentinel_kick(tk_cache_t *c);

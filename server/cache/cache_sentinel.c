@@ -489,10 +489,9 @@ static int split_hostport(const char *s, char *host, size_t hostlen, int *port)
     return 0;
 }
 
-int tk_cache_sentinel_start(tk_cache_t *c, char *err, size_t errlen)
+int tk_cache_sentinel_start(tk_cache_t *c, const tk_cache_opts_t *o, char *err, size_t errlen)
 {
     cache_sentinel_t *sn;
-    const tk_cache_opts_t *o = &c->o;
 
     if (o->nsentinels > SN_MAX) {
         snprintf(err, errlen, "at most %d Sentinels", SN_MAX);
