@@ -44,15 +44,24 @@ typedef struct cache_sentinel {
     struct event *poll;     /* the next round */
     int64_t last_kick;
 
-    /* the +switch-master subscription */
-    redisAsyncContext *sac;
-    int sidx;
-    int sub_ok; /* SUBSCRIBE acknowledged */
-    int64_t sub_since;
+    /* +switch-master, subscribed on every Sentinel: the first to publish wins
+     * (the others learn of a failover up to seconds later) */
+    redisAsyncContext *sac[SN_MAX];
+    int sub_ok[SN_MAX]; /* SUBSCRIBE acknowledged */
+    int64_t sub_since[SN_MAX];
     int discovered; /* a master was found once: later changes are failovers */
 } cache_sentinel_t;
 
 static void round_start(cache_sentinel_t *sn);
+
+/* Which Sentinel's subscription ac is, or -1. */
+static int sub_index(const cache_sentinel_t *sn, const redisAsyncContext *ac)
+{
+    for (int i = 0; i < sn->n; i++)
+        if (ac == sn->sac[i])
+            return i;
+    return -1;
+}
 static void round_fail(cache_sentinel_t *sn, const char *why, int nil);
 
 static void poll_in(cache_sentinel_t *sn, int ms)
@@ -69,9 +78,9 @@ static void sn_on_connect(const redisAsyncContext *ac, int status)
         return;
     /* hiredis frees ac after this; its pending callbacks get NULL first or
      * never ran: forget it here either way. */
-    if (ac == sn->sac) {
-        sn->sac = NULL;
-        sn->sidx = (sn->sidx + 1) % sn->n;
+    int i = sub_index(sn, ac);
+    if (i >= 0) {
+        sn->sac[i] = NULL;
         sn->c->topo.sentinel_errors++;
     } else if (ac == sn->qac) {
         sn->qac = NULL;
@@ -85,8 +94,9 @@ static void sn_on_disconnect(const redisAsyncContext *ac, int status)
 
     (void)status;
     /* pending callbacks already ran with NULL and forgot ac; this is the rest */
-    if (ac == sn->sac)
-        sn->sac = NULL;
+    int i = sub_index(sn, ac);
+    if (i >= 0)
+        sn->sac[i] = NULL;
     if (ac == sn->qac) {
         sn->qac = NULL;
         sn->pending = 0;
@@ -374,12 +384,11 @@ static void on_qtimer(evutil_socket_t fd, short what, void *arg)
 
 /* --- +switch-master ------------------------------------------------------------------ */
 
-static void sub_drop(cache_sentinel_t *sn)
+static void sub_drop(cache_sentinel_t *sn, int i)
 {
-    redisAsyncContext *ac = sn->sac;
+    redisAsyncContext *ac = sn->sac[i];
 
-    sn->sac = NULL;
-    sn->sidx = (sn->sidx + 1) % sn->n;
+    sn->sac[i] = NULL; /* before the free: its callbacks then ignore it */
     if (ac)
         redisAsyncFree(ac);
 }
@@ -391,21 +400,22 @@ static void on_switch(redisAsyncContext *ac, void *r, void *priv)
     char name[64], oldip[SN_HOST], newip[SN_HOST];
     int oldport, newport;
 
-    if (ac != sn->sac)
+    int i = sub_index(sn, ac);
+
+    if (i < 0)
         return;
     if (reply == NULL) {
-        sn->sac = NULL; /* being freed; the next poll subscribes elsewhere */
-        sn->sidx = (sn->sidx + 1) % sn->n;
+        sn->sac[i] = NULL; /* being freed; the next poll subscribes again */
         return;
     }
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
         reply->element[0]->type != REDIS_REPLY_STRING) {
         sn->c->topo.sentinel_errors++;
-        sub_drop(sn);
+        sub_drop(sn, i);
         return;
     }
     if (strcmp(reply->element[0]->str, "subscribe") == 0) {
-        sn->sub_ok = 1;
+        sn->sub_ok[i] = 1;
         return;
     }
     if (strcmp(reply->element[0]->str, "message") != 0 ||
@@ -425,23 +435,21 @@ static void on_switch(redisAsyncContext *ac, void *r, void *priv)
     tk_cache_sentinel_kick(sn->c); /* the replicas changed too */
 }
 
-static void sub_ensure(cache_sentinel_t *sn)
+static void sub_ensure(cache_sentinel_t *sn, int i)
 {
-    if (sn->sac) {
+    if (sn->sac[i]) {
         /* connected but never acknowledged: a Sentinel that swallows commands */
-        if (sn->sub_ok || tk_now_ms() - sn->sub_since < 2 * sn->timeout_ms)
+        if (sn->sub_ok[i] || tk_now_ms() - sn->sub_since[i] < 2 * sn->timeout_ms)
             return;
         sn->c->topo.sentinel_errors++;
-        sub_drop(sn);
+        sub_drop(sn, i);
     }
-    sn->sub_ok = 0;
-    sn->sub_since = tk_now_ms();
-    if ((sn->sac = sn_connect(sn, sn->sidx)) == NULL) {
-        sn->sidx = (sn->sidx + 1) % sn->n;
+    sn->sub_ok[i] = 0;
+    sn->sub_since[i] = tk_now_ms();
+    if ((sn->sac[i] = sn_connect(sn, i)) == NULL)
         return;
-    }
-    if (redisAsyncCommand(sn->sac, on_switch, sn, "SUBSCRIBE +switch-master") != REDIS_OK)
-        sub_drop(sn);
+    if (redisAsyncCommand(sn->sac[i], on_switch, sn, "SUBSCRIBE +switch-master") != REDIS_OK)
+        sub_drop(sn, i);
 }
 
 static void on_poll(evutil_socket_t fd, short what, void *arg)
@@ -450,7 +458,8 @@ static void on_poll(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
-    sub_ensure(sn);
+    for (int i = 0; i < sn->n; i++)
+        sub_ensure(sn, i);
     round_start(sn);
     poll_in(sn, TK_CACHE_SENTINEL_POLL_MS);
 }
@@ -521,8 +530,7 @@ int tk_cache_sentinel_start(tk_cache_t *c, const tk_cache_opts_t *o, char *err, 
     /* Sentinels answer from memory: allow for a busy machine, not for a dead one. */
     sn->timeout_ms = o->timeout_ms * 4 > 250 ? o->timeout_ms * 4 : 250;
     /* spread the workers over the Sentinels */
-    sn->qidx = sn->sidx = (int)(o->spread % (unsigned)sn->n);
-    sn->sidx = (sn->qidx + 1) % sn->n;
+    sn->qidx = (int)(o->spread % (unsigned)sn->n);
     poll_in(sn, 0);
     return 0;
 }
@@ -544,10 +552,11 @@ void tk_cache_sentinel_free(tk_cache_t *c)
         sn->qac = NULL;
         redisAsyncFree(ac);
     }
-    if ((ac = sn->sac) != NULL) {
-        sn->sac = NULL;
-        redisAsyncFree(ac);
-    }
+    for (int i = 0; i < sn->n; i++)
+        if ((ac = sn->sac[i]) != NULL) {
+            sn->sac[i] = NULL;
+            redisAsyncFree(ac);
+        }
     free(sn->name);
     free(sn->password);
     free(sn);
