@@ -580,3 +580,29 @@ def test_sentinel_naming_a_replica(topo):
             t.stop()
     finally:
         stale.close()
+
+
+def test_config_check_and_masking(topo):
+    """tenkd -t says redis.addr is not used with Sentinels; /debug/config masks both passwords."""
+    tenkd_bin = os.path.join(os.environ["TENK_BUILD"], "tenkd")
+    conf = os.path.join(VAR, "sentinel-test.conf")
+    with open(conf, "w") as f:
+        f.write("[redis]\naddr = 127.0.0.1:6379\nsentinel = 127.0.0.1:1\nsentinel = 127.0.0.1:2\n")
+    r = subprocess.run([tenkd_bin, "-t", "-c", conf], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0 and "configuration OK" in r.stdout
+    assert "redis.addr (127.0.0.1:6379) is not used" in r.stdout, r.stdout
+    r = subprocess.run([tenkd_bin, "-t", "-c", conf, "--redis-sentinel", "127.0.0.1:x"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1 and "redis.sentinel: expected HOST:PORT" in r.stderr, r.stderr
+    os.unlink(conf)
+    t = start(topo, workers=1, redis_conf="password = \nsentinel_password = hunter2\nread_from = replicas")
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", t.admin_port, timeout=5)
+        c.request("GET", "/debug/config")
+        body = c.getresponse().read().decode()
+        cfg = json.loads(body)["redis"]
+        assert "hunter2" not in body and cfg["sentinel_password"] != ""
+        assert cfg["read_from"] == "replicas" and cfg["master_name"] == "tenk"
+        assert cfg["sentinel"] == ["127.0.0.1:%d" % p for p in sentinel_ports(topo)]
+    finally:
+        t.stop()
