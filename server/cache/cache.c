@@ -398,8 +398,7 @@ tk_cache_t *tk_cache_new(struct event_base *base, const tk_cache_opts_t *opts, c
     tk_cache_opts_t o;
     tk_cache_t *c;
 
-    if (opts == NULL ||
-        (opts->nsentinels <= 0 && (opts->addr == NULL || opts->addr[0] == '\0'))) {
+    if (opts == NULL || (opts->nsentinels <= 0 && (opts->addr == NULL || opts->addr[0] == '\0'))) {
         snprintf(err, errlen, "redis address is empty");
         return NULL;
     }

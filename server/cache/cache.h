@@ -61,7 +61,7 @@ typedef struct {
     const char *master_name;       /* NULL = "tenk" */
     const char *sentinel_password; /* NULL or "" = no AUTH to the Sentinels */
     int read_replicas;             /* 1: GET/MGET go to a healthy replica (SENTINEL replicas) */
-    unsigned spread;               /* picks the replica (modulo the healthy ones): the worker's index */
+    unsigned spread; /* picks the replica (modulo the healthy ones): the worker's index */
 } tk_cache_opts_t;
 
 #define TK_CACHE_SENTINEL_POLL_MS 1000

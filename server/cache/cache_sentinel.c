@@ -491,7 +491,8 @@ static int split_hostport(const char *s, char *host, size_t hostlen, int *port)
             return -1;
         he = colon - 1;
     }
-    if (he <= hs || (size_t)(he - hs) >= hostlen || (*port = parse_port(colon + 1, strlen(colon + 1))) < 0)
+    if (he <= hs || (size_t)(he - hs) >= hostlen ||
+        (*port = parse_port(colon + 1, strlen(colon + 1))) < 0)
         return -1;
     memcpy(host, hs, (size_t)(he - hs));
     host[he - hs] = '\0';
@@ -522,8 +523,8 @@ int tk_cache_sentinel_start(tk_cache_t *c, const tk_cache_opts_t *o, char *err, 
     sn->password = o->sentinel_password ? strdup(o->sentinel_password) : NULL;
     sn->qtimer = evtimer_new(c->base, on_qtimer, sn);
     sn->poll = evtimer_new(c->base, on_poll, sn);
-    if (sn->name == NULL || (o->sentinel_password && sn->password == NULL) ||
-        sn->qtimer == NULL || sn->poll == NULL) {
+    if (sn->name == NULL || (o->sentinel_password && sn->password == NULL) || sn->qtimer == NULL ||
+        sn->poll == NULL) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }

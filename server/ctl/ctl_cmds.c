@@ -115,7 +115,6 @@ int tk_ctl_cmd_status(tk_view_t *v)
 
 /* --- stats -------------------------------------------------------------------------- */
 
-
 /* The cache tier: master, nodes read from, failovers, each node's commands,
  * errors and latency. Strings come from shared memory: printed bounded. */
 static void print_cache_topo(const tk_cache_topo_t *t)

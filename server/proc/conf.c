@@ -36,19 +36,19 @@
 
 /* How a setting's text is read and where it is stored. */
 typedef enum {
-    T_INT,    /* int, plain integer */
-    T_UINT,   /* unsigned */
-    T_MS,     /* int milliseconds; text needs a unit: 500ms, 10s, 5m, 1h */
-    T_ULL_MS, /* unsigned long long milliseconds */
-    T_SEC,    /* int seconds; text needs a unit, whole seconds */
-    T_SIZE,   /* size_t bytes; 8192, 8k, 1m, 1g */
-    T_BOOL,   /* int 0/1: on/off, yes/no, true/false, 1/0 */
-    T_STR,    /* char[] of any content */
-    T_NAME,   /* char[] of [A-Za-z0-9._-], non-empty */
-    T_ADDR,   /* char[] holding a listen address, "" allowed (= off) */
-    T_LISTEN, /* the server.listen list */
-    T_LEVEL,  /* char[] log level name */
-    T_FORMAT, /* char[] access log format name */
+    T_INT,      /* int, plain integer */
+    T_UINT,     /* unsigned */
+    T_MS,       /* int milliseconds; text needs a unit: 500ms, 10s, 5m, 1h */
+    T_ULL_MS,   /* unsigned long long milliseconds */
+    T_SEC,      /* int seconds; text needs a unit, whole seconds */
+    T_SIZE,     /* size_t bytes; 8192, 8k, 1m, 1g */
+    T_BOOL,     /* int 0/1: on/off, yes/no, true/false, 1/0 */
+    T_STR,      /* char[] of any content */
+    T_NAME,     /* char[] of [A-Za-z0-9._-], non-empty */
+    T_ADDR,     /* char[] holding a listen address, "" allowed (= off) */
+    T_LISTEN,   /* the server.listen list */
+    T_LEVEL,    /* char[] log level name */
+    T_FORMAT,   /* char[] access log format name */
     T_SENTINEL, /* one redis.sentinel HOST:PORT, appended (repeatable) */
     T_READFROM, /* char[] "master" or "replicas" */
 } kind_t;
@@ -119,8 +119,7 @@ static const setting_t settings[] = {
     {"redis", "db", T_INT, F(redis_db), 0, 255, NULL},
     {"redis", "timeout", T_MS, F(redis_timeout_ms), 1, 60000, NULL},
     {"redis", "sentinel", T_SENTINEL, F(redis_sentinels), 1, TK_CONF_MAX_SENTINELS, NULL},
-    {"redis", "master_name", T_NAME, F(redis_master_name), 1, 63,
-     "letters, digits, '.', '_', '-'"},
+    {"redis", "master_name", T_NAME, F(redis_master_name), 1, 63, "letters, digits, '.', '_', '-'"},
     {"redis", "read_from", T_READFROM, F(redis_read_from), 0, 0, NULL},
     {"redis", "sentinel_password", T_STR, F(redis_sentinel_password), 0, 0, NULL},
 
@@ -609,8 +608,8 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
             if (strcmp(c->redis_sentinels[i], value) == 0)
                 why = "Sentinel listed twice";
         if (why == NULL)
-            snprintf(c->redis_sentinels[c->redis_nsentinels++], sizeof(c->redis_sentinels[0]),
-                     "%s", value);
+            snprintf(c->redis_sentinels[c->redis_nsentinels++], sizeof(c->redis_sentinels[0]), "%s",
+                     value);
         break;
     }
     case T_READFROM:

@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#define TK_CONF_MAX_LISTEN 8
+#define TK_CONF_MAX_LISTEN    8
 #define TK_CONF_MAX_SENTINELS 8
 /* Upper bound on the number of settings (sizes the per-setting line table). */
 #define TK_CONF_MAX_SETTINGS 64
@@ -74,8 +74,8 @@ typedef struct {
     int cache_negative_ttl_s; /* 10 */
 
     /* [admin] */
-    char admin_listen[128]; /* "127.0.0.1:6060"; "" = off */
-    char admin_token[128];  /* bearer token; "" = none */
+    char admin_listen[128];    /* "127.0.0.1:6060"; "" = off */
+    char admin_token[128];     /* bearer token; "" = none */
     int admin_debug_endpoints; /* 0: /debug/echo, /debug/stream (for tests) answer 404 */
 
     /* [log] */

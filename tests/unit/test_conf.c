@@ -424,15 +424,16 @@ static void test_redis_sentinels(void **state)
     assert_int_equal(c.redis_nsentinels, 0);
     assert_string_equal(c.redis_master_name, "tenk");
     assert_string_equal(c.redis_read_from, "master");
-    expect_error("[redis]\nsentinel = 127.0.0.1\n", "t.conf:2: ", "redis.sentinel: expected HOST:PORT");
+    expect_error("[redis]\nsentinel = 127.0.0.1\n",
+                 "t.conf:2: ", "redis.sentinel: expected HOST:PORT");
     expect_error("[redis]\nsentinel = h:0\n", "t.conf:2: ", "redis.sentinel: expected HOST:PORT");
-    expect_error("[redis]\nsentinel = h:1\nsentinel = h:1\n", "t.conf:3: ",
-                 "redis.sentinel: Sentinel listed twice");
+    expect_error("[redis]\nsentinel = h:1\nsentinel = h:1\n",
+                 "t.conf:3: ", "redis.sentinel: Sentinel listed twice");
     expect_error("[redis]\nsentinel = \n", "t.conf:2: ", "redis.sentinel: empty value");
     expect_error("[redis]\nread_from = slaves\n", "t.conf:2: ", "redis.read_from: unknown value");
     expect_error("[redis]\nmaster_name = a b\n", "t.conf:2: ", "redis.master_name: invalid");
-    expect_error("[redis]\nmaster_name = x\nmaster_name = y\n", "t.conf:3: ",
-                 "redis.master_name: set twice");
+    expect_error("[redis]\nmaster_name = x\nmaster_name = y\n",
+                 "t.conf:3: ", "redis.master_name: set twice");
     char many[1024] = "[redis]\n";
     for (int i = 0; i <= TK_CONF_MAX_SENTINELS; i++)
         snprintf(many + strlen(many), sizeof(many) - strlen(many), "sentinel = h:%d\n", i + 1);
