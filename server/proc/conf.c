@@ -36,21 +36,21 @@
 
 /* How a setting's text is read and where it is stored. */
 typedef enum {
-    T_INT,      /* int, plain integer */
-    T_UINT,     /* unsigned */
-    T_MS,       /* int milliseconds; text needs a unit: 500ms, 10s, 5m, 1h */
-    T_ULL_MS,   /* unsigned long long milliseconds */
-    T_SEC,      /* int seconds; text needs a unit, whole seconds */
-    T_SIZE,     /* size_t bytes; 8192, 8k, 1m, 1g */
-    T_BOOL,     /* int 0/1: on/off, yes/no, true/false, 1/0 */
-    T_STR,      /* char[] of any content */
-    T_NAME,     /* char[] of [A-Za-z0-9._-], non-empty */
-    T_ADDR,     /* char[] holding a listen address, "" allowed (= off) */
-    T_LISTEN,   /* the server.listen list */
-    T_LEVEL,    /* char[] log level name */
-    T_FORMAT,   /* char[] access log format name */
-    T_SENTINEL, /* one redis.sentinel HOST:PORT, appended (repeatable) */
-    T_READFROM, /* char[] "master" or "replicas" */
+    T_INT,    /* int, plain integer */
+    T_UINT,   /* unsigned */
+    T_MS,     /* int milliseconds; text needs a unit: 500ms, 10s, 5m, 1h */
+    T_ULL_MS, /* unsigned long long milliseconds */
+    T_SEC,    /* int seconds; text needs a unit, whole seconds */
+    T_SIZE,   /* size_t bytes; 8192, 8k, 1m, 1g */
+    T_BOOL,   /* int 0/1: on/off, yes/no, true/false, 1/0 */
+    T_STR,    /* char[] of any content */
+    T_NAME,   /* char[] of [A-Za-z0-9._-], non-empty */
+    T_ADDR,   /* char[] holding a listen address, "" allowed (= off) */
+    T_LISTEN, /* the server.listen list */
+    T_LEVEL,  /* char[] log level name */
+    T_FORMAT, /* char[] access log format name */
+    T_SENTNL, /* one redis.sentinel HOST:PORT, appended (repeatable) */
+    T_RDFROM, /* char[] "master" or "replicas" */
 } kind_t;
 
 typedef struct {
@@ -118,9 +118,9 @@ static const setting_t settings[] = {
     {"redis", "password", T_STR, F(redis_password), 0, 0, NULL},
     {"redis", "db", T_INT, F(redis_db), 0, 255, NULL},
     {"redis", "timeout", T_MS, F(redis_timeout_ms), 1, 60000, NULL},
-    {"redis", "sentinel", T_SENTINEL, F(redis_sentinels), 1, TK_CONF_MAX_SENTINELS, NULL},
+    {"redis", "sentinel", T_SENTNL, F(redis_sentinels), 1, TK_CONF_MAX_SENTINELS, NULL},
     {"redis", "master_name", T_NAME, F(redis_master_name), 1, 63, "letters, digits, '.', '_', '-'"},
-    {"redis", "read_from", T_READFROM, F(redis_read_from), 0, 0, NULL},
+    {"redis", "read_from", T_RDFROM, F(redis_read_from), 0, 0, NULL},
     {"redis", "sentinel_password", T_STR, F(redis_sentinel_password), 0, 0, NULL},
 
     {"cache", "ttl", T_SEC, F(cache_ttl_s), 1, 30 * DAY_S, NULL},
@@ -468,10 +468,10 @@ static void describe_range(const setting_t *st, char *buf, size_t len)
     case T_FORMAT:
         snprintf(buf, len, "accepted: combined, json");
         break;
-    case T_SENTINEL:
+    case T_SENTNL:
         snprintf(buf, len, "HOST:PORT, one per line, at most %d", TK_CONF_MAX_SENTINELS);
         break;
-    case T_READFROM:
+    case T_RDFROM:
         snprintf(buf, len, "accepted: master, replicas");
         break;
     case T_STR:
@@ -591,7 +591,7 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
         }
         break;
     }
-    case T_SENTINEL: {
+    case T_SENTNL: {
         const char *colon = strrchr(value, ':');
         char *end;
         long port = colon ? strtol(colon + 1, &end, 10) : 0;
@@ -612,7 +612,7 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
                      value);
         break;
     }
-    case T_READFROM:
+    case T_RDFROM:
         if (strcmp(value, "master") != 0 && strcmp(value, "replicas") != 0)
             why = "unknown value";
         else
@@ -679,7 +679,7 @@ int tk_conf_set(tk_conf_t *c, const char *section, const char *key, const char *
         return -1;
     }
     /* The first --redis-sentinel replaces the file's list, the next ones add to it. */
-    if (st->kind == T_SENTINEL && c->src_line[setting_index(st)] != -1)
+    if (st->kind == T_SENTNL && c->src_line[setting_index(st)] != -1)
         c->redis_nsentinels = 0;
     if (apply(c, st, value, err, errlen) != 0)
         return -1;
@@ -843,7 +843,7 @@ int tk_conf_load_buffer(tk_conf_t *c, const char *name, const char *buf, size_t 
             return fail(&r,
                         "%s: %s.%s is already set on line %d (the same setting under another name)",
                         what, section, seen_key[idx], seen[idx]);
-        if (seen[idx] && st->kind != T_SENTINEL) /* redis.sentinel: one line per Sentinel */
+        if (seen[idx] && st->kind != T_SENTNL) /* redis.sentinel: one line per Sentinel */
             return fail(&r, "%s: set twice (first on line %d)", what, seen[idx]);
         if (!seen[idx])
             seen[idx] = (int)r.line;

@@ -46,8 +46,8 @@ static void usage(FILE *f)
                "      --admin ADDR:PORT admin listener (\"\" = off)\n"
                "      --db CONNINFO     PostgreSQL connection string\n"
                "      --redis ADDR      Redis host:port\n"
-               "      --redis-sentinel HOST:PORT  a Redis Sentinel (repeatable; then --redis is "
-               "not used)\n"
+               "      --redis-sentinel HOST:PORT\n"
+               "                        a Redis Sentinel (repeatable; then --redis is not used)\n"
                "  -u, --user USER       run workers as USER (when started as root)\n"
                "  -v, --verbose         log at info level (twice: debug)\n"
                "  -h, --help            this text\n"
@@ -148,11 +148,11 @@ int main(int argc, char **argv)
         {"admin", required_argument, NULL, 'A'},
         {"db", required_argument, NULL, 'D'},
         {"redis", required_argument, NULL, 'R'},
-        {"redis-sentinel", required_argument, NULL, 'S'},
         {"user", required_argument, NULL, 'u'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
+        {"redis-sentinel", required_argument, NULL, 'S'},
         {NULL, 0, NULL, 0},
     };
     int test = 0, opt;
