@@ -280,13 +280,20 @@ static const redisReply *field(const redisReply *a, const char *key)
     return NULL;
 }
 
+/* 1 if host a:port pa sorts before b:pb. */
+static int node_before(const char *a, int pa, const char *b, int pb)
+{
+    int d = strcmp(a, b);
+    return d < 0 || (d == 0 && pa < pb);
+}
+
 static void on_replicas(redisAsyncContext *ac, void *r, void *priv)
 {
     cache_sentinel_t *sn = priv;
     tk_cache_t *c = sn->c;
     redisReply *reply = r;
     char hosts[SN_REPLICAS][SN_HOST];
-    int ports[SN_REPLICAS], nh = 0, keep = -1;
+    int ports[SN_REPLICAS], nh = 0;
 
     if (ac != sn->qac)
         return;
@@ -325,8 +332,6 @@ static void on_replicas(redisAsyncContext *ac, void *r, void *priv)
         memcpy(hosts[nh], ip->str, (size_t)ip->len);
         hosts[nh][ip->len] = '\0';
         ports[nh] = p;
-        if (c->rd && c->rd->targeted && c->rd->port == p && strcmp(c->rd->host, hosts[nh]) == 0)
-            keep = nh;
         char addr[TK_CACHE_NODE_ADDR];
         snprintf(addr, sizeof(addr), strchr(hosts[nh], ':') ? "[%s]:%d" : "%s:%d", hosts[nh], p);
         tk_cache_node_stats_t *node = tk_cache_node(c, addr);
@@ -340,8 +345,18 @@ static void on_replicas(redisAsyncContext *ac, void *r, void *priv)
         if (nh == 0) {
             tk_cache_retarget(c->rd, NULL, 0); /* reads go to the master meanwhile */
         } else {
-            /* stay on a replica that is still healthy; else spread the workers */
-            int pick = keep >= 0 ? keep : (int)(c->o.spread % (unsigned)nh);
+            /* The same order in every worker (Sentinels list replicas in any
+             * order), then the worker's index spreads them; a replica that
+             * comes back takes its share again at the next poll. */
+            int pick = 0;
+            unsigned rank = c->o.spread % (unsigned)nh;
+            for (int i = 0; i < nh; i++) {
+                unsigned below = 0;
+                for (int j = 0; j < nh; j++)
+                    below += node_before(hosts[j], ports[j], hosts[i], ports[i]);
+                if (below == rank)
+                    pick = i;
+            }
             tk_cache_retarget(c->rd, hosts[pick], ports[pick]);
         }
     }
