@@ -72,11 +72,11 @@ typedef struct {
 
 /* --- the cache tier's topology (Sentinel, replicas) ------------------------------ */
 
-/* Bump with any change to tk_cache_node_stats_t or tk_cache_topo_t (they are
- * part of the metrics slot, so TK_SHM_LAYOUT_VERSION moves with it). */
-#define TK_CACHE_ABI_VERSION 2u
-#define TK_CACHE_MAX_NODES   6  /* Redis nodes one worker keeps statistics for */
-#define TK_CACHE_NODE_ADDR   48 /* "host:port" incl. NUL */
+/* tk_cache_node_stats_t and tk_cache_topo_t are part of the metrics slot:
+ * changing either is a layout change (TK_SHM_LAYOUT_VERSION, 4 since they
+ * came). Readers bound every string: a worker may die mid-write. */
+#define TK_CACHE_MAX_NODES 6  /* Redis nodes one worker keeps statistics for */
+#define TK_CACHE_NODE_ADDR 48 /* "host:port" incl. NUL */
 
 typedef enum {
     TK_CACHE_ROLE_NONE = 0, /* no longer used (an earlier master or replica) */
