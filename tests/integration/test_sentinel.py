@@ -382,8 +382,11 @@ def test_reads_from_replicas(topo):
     replicas = [p for p in redis_ports() if p != master]
     t = start(topo, workers=2, redis_conf="read_from = replicas")
     try:
-        wait_until(lambda: all(c["reading_from"] and c["master"] for c in worker_caches(t)), 10,
-                   "workers to pick a replica")
+        # the two workers spread over the two replicas (after a failover the Sentinels may
+        # take a few seconds to see a restarted node's link as ok again)
+        want = {"127.0.0.1:%d" % p for p in replicas}
+        wait_until(lambda: {a for c in worker_caches(t) for a in c["reading_from"]} == want, 20,
+                   "workers to read from both replicas")
         for p in redis_ports():
             resp(p, "CONFIG", "RESETSTAT")
         with Load(t.port, threads=2, writes=True) as load:
