@@ -152,6 +152,12 @@ void tk_admin_config(tk_http_ctx_t *ctx)
     cJSON_AddStringToObject(r, "password", c->redis_password[0] ? MASK : "");
     cJSON_AddNumberToObject(r, "db", c->redis_db);
     cJSON_AddNumberToObject(r, "timeout_ms", c->redis_timeout_ms);
+    cJSON *sa = cJSON_AddArrayToObject(r, "sentinel");
+    for (int i = 0; i < c->redis_nsentinels; i++)
+        cJSON_AddItemToArray(sa, cJSON_CreateString(c->redis_sentinels[i]));
+    cJSON_AddStringToObject(r, "master_name", c->redis_master_name);
+    cJSON_AddStringToObject(r, "read_from", c->redis_read_from);
+    cJSON_AddStringToObject(r, "sentinel_password", c->redis_sentinel_password[0] ? MASK : "");
     cJSON *ca = cJSON_AddObjectToObject(o, "cache");
     cJSON_AddNumberToObject(ca, "ttl_s", c->cache_ttl_s);
     cJSON_AddNumberToObject(ca, "negative_ttl_s", c->cache_negative_ttl_s);

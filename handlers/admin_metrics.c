@@ -280,6 +280,90 @@ static void emit_route_latency(tk_http_buf_t *b, const prom_t *p)
     }
 }
 
+/* --- the cache tier's nodes ------------------------------------------------------------- */
+
+/* A node address from a worker's slot, bounded whatever its terminator. */
+static void put_node(tk_http_buf_t *b, const char *addr)
+{
+    char a[TK_CACHE_NODE_ADDR];
+    size_t n = strnlen(addr, sizeof(a) - 1);
+    memcpy(a, addr, n);
+    a[n] = '\0';
+    put_label(b, a);
+}
+
+static void emit_cache_master(tk_http_buf_t *b, const prom_t *p)
+{
+    const tk_view_t *v = p->v;
+    for (unsigned i = 0; i < v->nw; i++) {
+        const tk_cache_topo_t *t = &v->w[i].snap->m.cache_topo;
+        if (!tk_view_live_state(v->w[i].w.state) || t->master[0] == '\0')
+            continue;
+        tk_http_buf_printf(b, "tenk_cache_master{worker=\"%u\",node=\"", v->w[i].slot);
+        put_node(b, t->master);
+        tk_http_buf_append_str(b, "\"} 1\n");
+    }
+}
+
+/* One family over every (worker, node): which value is what. */
+enum { NODE_COMMANDS, NODE_ERRORS, NODE_LAT_SUM, NODE_LAT_COUNT, NODE_READING };
+
+static void emit_nodes(tk_http_buf_t *b, const prom_t *p, const char *name, int what)
+{
+    const tk_view_t *v = p->v;
+    for (unsigned i = 0; i < v->nw; i++) {
+        const tk_cache_topo_t *t = &v->w[i].snap->m.cache_topo;
+        for (unsigned k = 0; k < TK_CACHE_MAX_NODES; k++) {
+            const tk_cache_node_stats_t *n = &t->nodes[k];
+            if (n->addr[0] == '\0')
+                continue;
+            if (what == NODE_READING && !tk_view_live_state(v->w[i].w.state))
+                continue;
+            tk_http_buf_printf(b, "%s{worker=\"%u\",node=\"", name, v->w[i].slot);
+            put_node(b, n->addr);
+            tk_http_buf_printf(b, "\",role=\"%s\"} ", tk_cache_role_name(n->role));
+            switch (what) {
+            case NODE_COMMANDS:
+                tk_http_buf_printf(b, "%llu\n", (unsigned long long)n->commands);
+                break;
+            case NODE_ERRORS:
+                tk_http_buf_printf(b, "%llu\n", (unsigned long long)n->errors);
+                break;
+            case NODE_LAT_SUM:
+                tk_http_buf_printf(b, "%.6f\n", (double)n->lat_sum_us / 1e6);
+                break;
+            case NODE_LAT_COUNT:
+                tk_http_buf_printf(b, "%llu\n", (unsigned long long)n->lat_count);
+                break;
+            default:
+                tk_http_buf_printf(b, "%u\n", n->reading ? 1u : 0u);
+                break;
+            }
+        }
+    }
+}
+
+static void emit_node_commands(tk_http_buf_t *b, const prom_t *p)
+{
+    emit_nodes(b, p, "tenk_cache_node_commands_total", NODE_COMMANDS);
+}
+static void emit_node_errors(tk_http_buf_t *b, const prom_t *p)
+{
+    emit_nodes(b, p, "tenk_cache_node_errors_total", NODE_ERRORS);
+}
+static void emit_node_lat_sum(tk_http_buf_t *b, const prom_t *p)
+{
+    emit_nodes(b, p, "tenk_cache_node_reply_seconds_total", NODE_LAT_SUM);
+}
+static void emit_node_lat_count(tk_http_buf_t *b, const prom_t *p)
+{
+    emit_nodes(b, p, "tenk_cache_node_replies_total", NODE_LAT_COUNT);
+}
+static void emit_node_reading(tk_http_buf_t *b, const prom_t *p)
+{
+    emit_nodes(b, p, "tenk_cache_node_reading", NODE_READING);
+}
+
 /* --- histograms ------------------------------------------------------------------------- */
 
 /* Prometheus buckets (seconds) cut from the fine log-linear histogram. */
@@ -619,6 +703,39 @@ static const prom_metric_t metrics[] = {
      F_CACHE | F_LIVE, M(cache_connected)},
     {"tenk_cache_reply_duration_seconds", "histogram", "Time Redis took to reply.", F_CACHE,
      .hist = hist_cache},
+    /* Sentinel and replicas: counters since each worker started */
+    {"tenk_cache_master", "gauge", "The Redis master each worker writes to.", F_CACHE,
+     .emit = emit_cache_master},
+    {"tenk_cache_failovers_total", "counter", "Master changes the worker followed.", F_CACHE,
+     M(cache_topo.failovers)},
+    {"tenk_cache_switch_messages_total", "counter", "+switch-master messages received.", F_CACHE,
+     M(cache_topo.switch_messages)},
+    {"tenk_cache_sentinel_errors_total", "counter",
+     "Sentinels down, timed out or answering nonsense.", F_CACHE, M(cache_topo.sentinel_errors)},
+    {"tenk_cache_unknown_master_total", "counter", "Sentinel answers: no such master name.",
+     F_CACHE, M(cache_topo.unknown_master)},
+    {"tenk_cache_role_mismatches_total", "counter",
+     "Nodes named master that ROLE said were not (not written to).", F_CACHE,
+     M(cache_topo.role_mismatches)},
+    {"tenk_cache_replica_reads_total", "counter", "GET/MGET sent to a replica.", F_CACHE,
+     M(cache_topo.replica_reads)},
+    {"tenk_cache_invalidation_waits_total", "counter",
+     "WAITs for the replicas after an invalidation.", F_CACHE, M(cache_topo.inval_waits)},
+    {"tenk_cache_invalidation_waits_short_total", "counter",
+     "Of those, WAITs that ended before every replica acknowledged.", F_CACHE,
+     M(cache_topo.inval_wait_short)},
+    {"tenk_cache_invalidation_wait_seconds_total", "counter", "Time spent in those WAITs.", F_CACHE,
+     M(cache_topo.inval_wait_us_sum), .fmt = V_F6, .div = 1e6},
+    {"tenk_cache_node_commands_total", "counter", "Commands sent, per Redis node.", F_CACHE,
+     .emit = emit_node_commands},
+    {"tenk_cache_node_errors_total", "counter", "Commands failed, per Redis node.", F_CACHE,
+     .emit = emit_node_errors},
+    {"tenk_cache_node_reply_seconds_total", "counter", "Reply time, per Redis node.", F_CACHE,
+     .emit = emit_node_lat_sum},
+    {"tenk_cache_node_replies_total", "counter", "Replies timed, per Redis node.", F_CACHE,
+     .emit = emit_node_lat_count},
+    {"tenk_cache_node_reading", "gauge", "1 where the worker's GET/MGET go.", F_CACHE,
+     .emit = emit_node_reading},
 };
 
 /* Every family the instance has (cache: Redis is configured). */
@@ -727,7 +844,7 @@ void tk_admin_metrics(tk_http_ctx_t *ctx)
     p.master_ok =
         v.h.master_pid > 0 &&
         tk_admin_proc_usage(v.h.master_pid, &p.master_rss, &p.master_cpu[0], &p.master_cpu[1]) == 0;
-    prom_write(tk_http_body_buf(ctx), &p, conf->redis_addr[0] != 0);
+    prom_write(tk_http_body_buf(ctx), &p, conf->redis_addr[0] != 0 || conf->redis_nsentinels > 0);
     if (p.br)
         prom_backends(tk_http_body_buf(ctx), v.shm);
     tk_view_free(&v);

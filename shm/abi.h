@@ -70,4 +70,49 @@ typedef struct {
     uint64_t lat_buckets[TK_CACHE_LAT_NBUCKETS];
 } tk_cache_stats_t;
 
+/* --- the cache tier's topology (Sentinel, replicas) ------------------------------ */
+
+/* tk_cache_node_stats_t and tk_cache_topo_t are part of the metrics slot:
+ * changing either is a layout change (TK_SHM_LAYOUT_VERSION, 4 since they
+ * came). Readers bound every string: a worker may die mid-write. */
+#define TK_CACHE_MAX_NODES 6  /* Redis nodes one worker keeps statistics for */
+#define TK_CACHE_NODE_ADDR 48 /* "host:port" incl. NUL */
+
+typedef enum {
+    TK_CACHE_ROLE_NONE = 0, /* no longer used (an earlier master or replica) */
+    TK_CACHE_ROLE_MASTER,
+    TK_CACHE_ROLE_REPLICA,
+} tk_cache_role_t;
+
+const char *tk_cache_role_name(uint32_t role); /* "master", "replica", "none" */
+
+/* One Redis node as one worker sees it. Counters count since the worker started. */
+typedef struct {
+    char addr[TK_CACHE_NODE_ADDR]; /* "" = unused entry */
+    uint32_t role;                 /* gauge: tk_cache_role_t */
+    uint32_t reading;              /* gauge: 1 while GET/MGET go to this node */
+    uint64_t commands;             /* commands sent to it */
+    uint64_t errors;               /* failed: error reply, connection lost, timeout */
+    uint64_t lat_sum_us, lat_count;
+} tk_cache_node_stats_t;
+
+/* Where one worker's cache commands go, and what the Sentinels told it. */
+typedef struct {
+    char master[TK_CACHE_NODE_ADDR]; /* gauge: the master in use ("" = none known) */
+    uint32_t sentinels;              /* gauge: configured Sentinels (0 = plain redis.addr) */
+    uint32_t read_replicas;          /* gauge: 1 with redis.read_from = replicas */
+    uint64_t failovers;              /* master changes after the first discovery */
+    uint64_t switch_messages;        /* +switch-master messages received */
+    uint64_t sentinel_queries;       /* SENTINEL commands answered */
+    uint64_t sentinel_errors;        /* Sentinels down, timed out or answering nonsense */
+    uint64_t unknown_master;         /* answers "no such master name" */
+    uint64_t role_mismatches;        /* a node named master that ROLE says is not */
+    uint64_t replica_reads;          /* GET/MGET sent to a replica */
+    uint64_t inval_waits;            /* WAITs after an invalidation */
+    uint64_t inval_wait_short;       /* ... that returned before every replica acknowledged */
+    uint64_t inval_wait_us_sum;      /* time those WAITs took */
+    uint64_t inval_wait_us_max;      /* longest (the measured invalidation window) */
+    tk_cache_node_stats_t nodes[TK_CACHE_MAX_NODES];
+} tk_cache_topo_t;
+
 #endif

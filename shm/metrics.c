@@ -72,6 +72,8 @@ static void tk_metrics_zero_gauges(tk_metrics_sh_t *m)
     m->stack_reserved = m->stack_resident = m->pooled_stacks = 0;
     m->rss_bytes = 0;
     m->cache_connected = 0;
+    /* the topology is the dead process's own view: it goes with it */
+    memset(&m->cache_topo, 0, sizeof(m->cache_topo));
 }
 
 static uint64_t tk_metrics_clock_ns(clockid_t id)
@@ -289,6 +291,67 @@ void tk_metrics_cache_stats_publish(const tk_cache_stats_t *st)
     tk_metrics_wend(M);
 }
 
+void tk_metrics_cache_topo_publish(const tk_cache_topo_t *t)
+{
+    tk_metrics_wbegin(M);
+    M->cache_topo = *t;
+    tk_metrics_wend(M);
+}
+
+/* A slot's strings come from shared memory: never trust their terminator. */
+static int topo_addr_eq(const char *a, const char *b)
+{
+    return strncmp(a, b, TK_CACHE_NODE_ADDR) == 0;
+}
+
+void tk_metrics_cache_topo_merge(tk_cache_topo_t *d, const tk_cache_topo_t *s)
+{
+    if (s->master[0] && (d->master[0] == '\0' || s->failovers > d->failovers))
+        memcpy(d->master, s->master, sizeof(d->master));
+    d->master[TK_CACHE_NODE_ADDR - 1] = '\0';
+    if (s->failovers > d->failovers)
+        d->failovers = s->failovers;
+    if (s->sentinels > d->sentinels)
+        d->sentinels = s->sentinels;
+    if (s->read_replicas > d->read_replicas)
+        d->read_replicas = s->read_replicas;
+    d->switch_messages += s->switch_messages;
+    d->sentinel_queries += s->sentinel_queries;
+    d->sentinel_errors += s->sentinel_errors;
+    d->unknown_master += s->unknown_master;
+    d->role_mismatches += s->role_mismatches;
+    d->replica_reads += s->replica_reads;
+    d->inval_waits += s->inval_waits;
+    d->inval_wait_short += s->inval_wait_short;
+    d->inval_wait_us_sum += s->inval_wait_us_sum;
+    if (s->inval_wait_us_max > d->inval_wait_us_max)
+        d->inval_wait_us_max = s->inval_wait_us_max;
+    for (unsigned i = 0; i < TK_CACHE_MAX_NODES; i++) {
+        const tk_cache_node_stats_t *sn = &s->nodes[i];
+        tk_cache_node_stats_t *dn = NULL;
+        if (sn->addr[0] == '\0')
+            continue;
+        for (unsigned j = 0; j < TK_CACHE_MAX_NODES && dn == NULL; j++)
+            if (topo_addr_eq(d->nodes[j].addr, sn->addr))
+                dn = &d->nodes[j];
+        for (unsigned j = 0; j < TK_CACHE_MAX_NODES && dn == NULL; j++)
+            if (d->nodes[j].addr[0] == '\0') {
+                dn = &d->nodes[j];
+                memcpy(dn->addr, sn->addr, sizeof(dn->addr));
+                dn->addr[TK_CACHE_NODE_ADDR - 1] = '\0';
+            }
+        if (dn == NULL)
+            continue; /* more distinct nodes than entries: the rest are left out */
+        if (sn->role != TK_CACHE_ROLE_NONE && sn->role <= TK_CACHE_ROLE_REPLICA)
+            dn->role = sn->role;
+        dn->reading += sn->reading ? 1 : 0; /* workers reading from it */
+        dn->commands += sn->commands;
+        dn->errors += sn->errors;
+        dn->lat_sum_us += sn->lat_sum_us;
+        dn->lat_count += sn->lat_count;
+    }
+}
+
 int tk_metrics_proc_publish(void)
 {
     tk_procstat_t ps;
@@ -449,6 +512,7 @@ void tk_metrics_merge(tk_metrics_snap_t *dst, const tk_metrics_snap_t *src)
     d->cache_lat_count += s->cache_lat_count;
     for (unsigned i = 0; i < TK_CACHE_LAT_NBUCKETS; i++)
         d->cache_lat[i] += s->cache_lat[i];
+    tk_metrics_cache_topo_merge(&d->cache_topo, &s->cache_topo);
     for (unsigned i = 0; i < TK_METRICS_NBUCKETS; i++)
         d->hist[i] += s->hist[i];
 

@@ -102,6 +102,9 @@ typedef struct {
     uint64_t cache_timeouts;                    /* commands past redis.timeout (also in errors) */
     uint64_t cache_lat_sum_us, cache_lat_count; /* Redis reply latency (mean = sum/count) */
     uint64_t cache_lat[TK_CACHE_LAT_NBUCKETS];  /* buckets of TK_CACHE_LAT_BOUNDS_US */
+    /* Sentinel and replicas: overwritten as a whole by each publish (gauges and
+     * the worker's own counters since it started); merged by node address. */
+    tk_cache_topo_t cache_topo;
 
     uint64_t nroutes; /* highest registered route id + 1 */
 
@@ -141,6 +144,11 @@ void tk_metrics_cache_publish(uint64_t hits, uint64_t misses, uint64_t errors, i
  * with errors = errors + timeouts, plus bypasses, timeouts and the latency
  * histogram. Use one of the two per process: they share the deltas. */
 void tk_metrics_cache_stats_publish(const tk_cache_stats_t *st);
+/* The cache tier's topology (tk_cache_topo()), copied as is; once a second. */
+void tk_metrics_cache_topo_publish(const tk_cache_topo_t *t);
+/* dst += src for a topology: nodes by address, failovers and the master by the
+ * worker that saw most of them (each worker sees every failover). */
+void tk_metrics_cache_topo_merge(tk_cache_topo_t *dst, const tk_cache_topo_t *src);
 /* Store CLOCK_MONOTONIC now in live.heartbeat_ns; the master's watchdog reads it. */
 void tk_metrics_heartbeat(void);
 void tk_metrics_set_accepting(int on);

@@ -12,7 +12,8 @@
 
 #define TK_SHM_MAGIC 0x314d48534b4e4554ull /* "TENKSHM1" little-endian */
 /* Bump whenever any shared struct (header, worker, metrics, broker) changes shape. */
-#define TK_SHM_LAYOUT_VERSION 4u /* 4: a broker per database backend, the dbview */
+#define TK_SHM_LAYOUT_VERSION                                                                      \
+    5u /* 4: a broker per database backend, the dbview; 5: the cache topology */
 /* Worker-table slots: the master passes nslots = TK_SHM_SLOTS(workers). Two per
  * worker, because during a reload the new generation starts while the old one
  * drains; a respawned worker reuses its dead predecessor's slot. 0 means

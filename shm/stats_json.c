@@ -142,6 +142,7 @@ void tk_stats_json_stats_block(cJSON *o, const tk_metrics_snap_t *s, uint64_t no
     cJSON_AddNumberToObject(k, "latency_us_mean",
                             m->cache_lat_count ? U(m->cache_lat_sum_us) / U(m->cache_lat_count)
                                                : 0.0);
+    tk_stats_json_cache_topo(k, &m->cache_topo);
     cJSON *p = cJSON_AddObjectToObject(o, "process");
     cJSON_AddNumberToObject(p, "rss_bytes", U(m->rss_bytes));
     cJSON_AddNumberToObject(p, "cpu_user_s", U(m->cpu_user_ns) / 1e9);
@@ -314,5 +315,53 @@ void tk_stats_json_db_backends(cJSON *o, tk_shm_t *shm, uint64_t now_mono_ns)
             cJSON_AddNumberToObject(x, "connect_errors", U(st.connect_errors));
         }
         cJSON_AddItemToArray(a, x);
+    }
+}
+
+/* A string from shared memory, bounded whatever its terminator. */
+static cJSON *topo_str(const char *s, size_t cap)
+{
+    char buf[TK_CACHE_NODE_ADDR];
+    size_t n = strnlen(s, cap < sizeof(buf) ? cap : sizeof(buf) - 1);
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    return cJSON_CreateString(buf);
+}
+
+void tk_stats_json_cache_topo(cJSON *k, const tk_cache_topo_t *t)
+{
+    cJSON_AddItemToObject(k, "master", topo_str(t->master, sizeof(t->master)));
+    cJSON_AddNumberToObject(k, "sentinels", t->sentinels);
+    cJSON_AddStringToObject(k, "read_from", t->read_replicas ? "replicas" : "master");
+    cJSON_AddNumberToObject(k, "failovers", U(t->failovers));
+    cJSON_AddNumberToObject(k, "switch_messages", U(t->switch_messages));
+    cJSON_AddNumberToObject(k, "sentinel_queries", U(t->sentinel_queries));
+    cJSON_AddNumberToObject(k, "sentinel_errors", U(t->sentinel_errors));
+    cJSON_AddNumberToObject(k, "unknown_master", U(t->unknown_master));
+    cJSON_AddNumberToObject(k, "role_mismatches", U(t->role_mismatches));
+    cJSON_AddNumberToObject(k, "replica_reads", U(t->replica_reads));
+    cJSON *w = cJSON_AddObjectToObject(k, "invalidation_wait");
+    cJSON_AddNumberToObject(w, "waits", U(t->inval_waits));
+    cJSON_AddNumberToObject(w, "short", U(t->inval_wait_short));
+    cJSON_AddNumberToObject(w, "us_mean",
+                            t->inval_waits ? U(t->inval_wait_us_sum) / U(t->inval_waits) : 0.0);
+    cJSON_AddNumberToObject(w, "us_max", U(t->inval_wait_us_max));
+    cJSON *a = cJSON_AddArrayToObject(k, "nodes");
+    cJSON *reading = cJSON_AddArrayToObject(k, "reading_from");
+    for (unsigned i = 0; i < TK_CACHE_MAX_NODES; i++) {
+        const tk_cache_node_stats_t *n = &t->nodes[i];
+        if (n->addr[0] == '\0')
+            continue;
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddItemToObject(x, "addr", topo_str(n->addr, sizeof(n->addr)));
+        cJSON_AddStringToObject(x, "role", tk_cache_role_name(n->role));
+        cJSON_AddNumberToObject(x, "reading", n->reading);
+        cJSON_AddNumberToObject(x, "commands", U(n->commands));
+        cJSON_AddNumberToObject(x, "errors", U(n->errors));
+        cJSON_AddNumberToObject(x, "latency_us_mean",
+                                n->lat_count ? U(n->lat_sum_us) / U(n->lat_count) : 0.0);
+        cJSON_AddItemToArray(a, x);
+        if (n->reading)
+            cJSON_AddItemToArray(reading, topo_str(n->addr, sizeof(n->addr)));
     }
 }

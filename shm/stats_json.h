@@ -76,4 +76,8 @@ void tk_stats_json_db_worker(cJSON *o, const tk_broker_sh_t *b, unsigned slot);
  * bounded (count, name length). Nothing if the view is invalid. */
 void tk_stats_json_db_backends(cJSON *o, tk_shm_t *shm, uint64_t now_mono_ns);
 
+/* The cache tier's topology into the "cache" object k: master, nodes read
+ * from, failovers, per-node commands, errors and latency. */
+void tk_stats_json_cache_topo(cJSON *k, const tk_cache_topo_t *t);
+
 #endif

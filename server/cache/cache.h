@@ -52,7 +52,19 @@ typedef struct {
     int reconnect_max_ms;   /* back-off doubles up to this; 2000 */
     int breaker_failures;   /* consecutive failures that open the breaker; 5 */
     int breaker_cooloff_ms; /* how long it stays open before one probe; 1000 */
+    /* Sentinel mode (nsentinels > 0; addr is then not used): the master comes
+     * from the Sentinels (SENTINEL get-master-addr-by-name, asked in turn, polled
+     * every TK_CACHE_SENTINEL_POLL_MS and followed on +switch-master) and is
+     * checked with ROLE before use. Until one is known the cache is bypassed. */
+    const char *const *sentinels; /* "host:port" each (IP literals: no blocking resolve) */
+    int nsentinels;
+    const char *master_name;       /* NULL = "tenk" */
+    const char *sentinel_password; /* NULL or "" = no AUTH to the Sentinels */
+    int read_replicas;             /* 1: GET/MGET go to a healthy replica (SENTINEL replicas) */
+    unsigned spread; /* picks the replica (modulo the healthy ones): the worker's index */
 } tk_cache_opts_t;
+
+#define TK_CACHE_SENTINEL_POLL_MS 1000
 
 void tk_cache_opts_default(tk_cache_opts_t *o);
 
@@ -66,6 +78,8 @@ tk_cache_t *tk_cache_new(struct event_base *base, const tk_cache_opts_t *opts, c
 /* Close the connection and free. No green thread may be inside a call on c. */
 void tk_cache_free(tk_cache_t *c);
 void tk_cache_stats(const tk_cache_t *c, tk_cache_stats_t *out);
+/* Where commands go: the master, the nodes read from, what the Sentinels said. */
+void tk_cache_topo(const tk_cache_t *c, tk_cache_topo_t *out);
 /* 1 when commands would be sent now (connected, breaker not open). */
 int tk_cache_ready(const tk_cache_t *c);
 /* The last connection or reply error as text ("" if none), for the log. */
@@ -158,6 +172,9 @@ int tk_cache_fetch(tk_cache_t *c, tk_cache_flight_t *f, const char *key, size_t 
  * in-flight load of it in this worker, then, in one step in Redis, DEL it and
  * increment its version key (kept an hour), so that no load in flight
  * anywhere, which may have read the old row, stores it (tk_cache_fetch()).
+ * With reads from replicas, then WAIT until every healthy replica has applied
+ * it (at most 3/4 of timeout_ms), so that a read after this returns does not
+ * find the old value on a replica (README, "Cache consistency with replicas").
  * OK if it was cached, MISS if not, ERROR/BYPASS when Redis is unavailable
  * (then the TTL bounds staleness). May yield. */
 tk_cache_rc_t tk_cache_invalidate(tk_cache_t *c, tk_cache_flight_t *f, const char *key,

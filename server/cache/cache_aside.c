@@ -305,6 +305,9 @@ static tk_cache_rc_t get_versioned(tk_cache_t *c, const char *key, size_t keylen
     *val = *ver = NULL;
     *vallen = *verlen = 0;
     tk_cache_items_set(items, 2, TK_CACHE_ERROR);
+    /* A replica may lag: a stale version only makes the store below refuse
+     * (the master's version is newer), never store an old row. */
+    c = tk_cache_reader(c);
     if (tk_cache_begin(c, K_MGET, &q, &probe, &rc) < 0)
         return rc;
     q->items = items;
@@ -409,6 +412,36 @@ int tk_cache_fetch(tk_cache_t *c, tk_cache_flight_t *f, const char *key, size_t 
     return r;
 }
 
+/* Bound the window in which a replica still serves an invalidated key: WAIT
+ * until every healthy replica has the DEL (Redis' own replication offsets),
+ * for at most 3/4 of timeout_ms so the reply beats our own timer. */
+static void wait_replicas(tk_cache_t *c)
+{
+    char nrep[16], ms[16];
+    const char *argv[3] = {"WAIT", nrep, ms};
+    size_t lens[3] = {4, 0, 0};
+    int wait_ms = c->o.timeout_ms * 3 / 4;
+    cache_req_t *q;
+    tk_cache_rc_t rc;
+    int probe, own;
+    uint64_t t0 = tk_now_ns(), us;
+
+    lens[1] = (size_t)snprintf(nrep, sizeof(nrep), "%d", c->nreplicas);
+    lens[2] = (size_t)snprintf(ms, sizeof(ms), "%d", wait_ms > 0 ? wait_ms : 1); /* 0 = forever */
+    if (tk_cache_begin(c, K_WAIT, &q, &probe, &rc) < 0)
+        return;
+    rc = tk_cache_roundtrip(c, q, probe, 3, argv, lens, &own);
+    us = (tk_now_ns() - t0) / 1000u;
+    c->topo.inval_waits++;
+    c->topo.inval_wait_us_sum += us;
+    if (us > c->topo.inval_wait_us_max)
+        c->topo.inval_wait_us_max = us;
+    if (!own || rc != TK_CACHE_OK || q->len < (size_t)c->nreplicas)
+        c->topo.inval_wait_short++;
+    if (own)
+        free(q);
+}
+
 tk_cache_rc_t tk_cache_invalidate(tk_cache_t *c, tk_cache_flight_t *f, const char *key,
                                   size_t keylen)
 {
@@ -426,5 +459,7 @@ tk_cache_rc_t tk_cache_invalidate(tk_cache_t *c, tk_cache_flight_t *f, const cha
     lens[0] = (size_t)snprintf(ttl, sizeof(ttl), "%d", TK_CACHE_VERSION_TTL_S);
     rc = eval2(c, k_invalidate_script, key, keylen, vkey, vkeylen, 1, args, lens);
     free(vkey);
+    if ((rc == TK_CACHE_HIT || rc == TK_CACHE_MISS) && c->rd != NULL && c->nreplicas > 0)
+        wait_replicas(c);
     return rc;
 }

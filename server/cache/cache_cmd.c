@@ -35,6 +35,16 @@ static void record_latency(tk_cache_t *c, uint64_t sent_ns)
     c->st.lat_buckets[i]++;
     c->st.lat_sum_us += us;
     c->st.lat_count++;
+    if (c->node) {
+        c->node->lat_sum_us += us;
+        c->node->lat_count++;
+    }
+}
+
+static void node_error(tk_cache_t *c)
+{
+    if (c->node)
+        c->node->errors++;
 }
 
 /* Fill a waiting request from its reply (NULL: the connection went away). */
@@ -60,6 +70,12 @@ static void fill(cache_req_t *q, redisReply *r)
     case K_SET:
         if (r->type == REDIS_REPLY_STATUS)
             q->rc = TK_CACHE_OK;
+        break;
+    case K_WAIT: /* the number of replicas that acknowledged, in len */
+        if (r->type == REDIS_REPLY_INTEGER) {
+            q->rc = TK_CACHE_OK;
+            q->len = r->integer > 0 ? (size_t)r->integer : 0;
+        }
         break;
     case K_DEL:
     case K_EVAL: /* our scripts answer an integer: > 0 done, 0 not */
@@ -132,10 +148,13 @@ tk_cache_rc_t tk_cache_roundtrip(tk_cache_t *c, cache_req_t *q, int probe, int a
         q->rc = TK_CACHE_ERROR;
         q->state = REQ_DONE;
         c->st.errors++;
+        node_error(c);
         tk_cache_note_failure(c, probe);
         return TK_CACHE_ERROR;
     }
     c->st.commands++;
+    if (c->node)
+        c->node->commands++;
     c->st.inflight++;
     if (c->st.inflight > c->st.inflight_peak)
         c->st.inflight_peak = c->st.inflight;
@@ -148,6 +167,7 @@ tk_cache_rc_t tk_cache_roundtrip(tk_cache_t *c, cache_req_t *q, int probe, int a
         q->state = REQ_ABANDONED; /* hiredis' callback frees it */
         *own = 0;
         c->abandoned++;
+        node_error(c);
         if (timed_out) {
             c->st.timeouts++;
             tk_cache_set_err(c, "command timed out", NULL);
@@ -163,6 +183,7 @@ tk_cache_rc_t tk_cache_roundtrip(tk_cache_t *c, cache_req_t *q, int probe, int a
     rc = q->rc;
     if (rc == TK_CACHE_ERROR) {
         c->st.errors++;
+        node_error(c);
         tk_cache_note_failure(c, probe);
     } else {
         tk_cache_note_success(c);
@@ -211,6 +232,7 @@ tk_cache_rc_t tk_cache_get(tk_cache_t *c, const char *key, size_t keylen, char *
 
     *val = NULL;
     *vallen = 0;
+    c = tk_cache_reader(c); /* a replica, with redis.read_from = replicas */
     if (tk_cache_begin(c, K_GET, &q, &probe, &rc) < 0)
         return rc;
     rc = tk_cache_roundtrip(c, q, probe, 2, argv, lens, &own);
@@ -283,6 +305,7 @@ tk_cache_rc_t tk_cache_mget(tk_cache_t *c, const char *const *keys, const size_t
     tk_cache_items_set(items, n, TK_CACHE_ERROR);
     if (n == 0)
         return TK_CACHE_OK;
+    c = tk_cache_reader(c);
     if (tk_cache_begin(c, K_MGET, &q, &probe, &rc) < 0) {
         tk_cache_items_set(items, n, rc);
         return rc;

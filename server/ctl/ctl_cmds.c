@@ -119,6 +119,42 @@ int tk_ctl_cmd_status(tk_view_t *v)
 
 /* --- stats -------------------------------------------------------------------------- */
 
+/* The cache tier: master, nodes read from, failovers, each node's commands,
+ * errors and latency. Strings come from shared memory: printed bounded. */
+static void print_cache_topo(const tk_cache_topo_t *t)
+{
+    int any = 0;
+    for (unsigned i = 0; i < TK_CACHE_MAX_NODES; i++)
+        any |= t->nodes[i].addr[0] != '\0';
+    if (!any && !t->sentinels)
+        return;
+    printf("%-14s master %.*s  read from %s", "redis", TK_CACHE_NODE_ADDR - 1,
+           t->master[0] ? t->master : "(none)", t->read_replicas ? "replicas" : "master");
+    if (t->sentinels)
+        printf("  sentinels %u  failovers %llu  +switch-master %llu  sentinel errors %llu",
+               t->sentinels, (unsigned long long)t->failovers,
+               (unsigned long long)t->switch_messages, (unsigned long long)t->sentinel_errors);
+    if (t->role_mismatches || t->unknown_master)
+        printf("  role mismatches %llu  unknown master %llu",
+               (unsigned long long)t->role_mismatches, (unsigned long long)t->unknown_master);
+    printf("\n");
+    if (t->inval_waits)
+        printf("%-14s %llu waits, %llu short, %.0f us mean, %llu us max\n", "  inval. WAIT",
+               (unsigned long long)t->inval_waits, (unsigned long long)t->inval_wait_short,
+               (double)t->inval_wait_us_sum / (double)t->inval_waits,
+               (unsigned long long)t->inval_wait_us_max);
+    for (unsigned i = 0; i < TK_CACHE_MAX_NODES; i++) {
+        const tk_cache_node_stats_t *n = &t->nodes[i];
+        if (n->addr[0] == '\0')
+            continue;
+        printf("  node %-22.*s %-8s %s  commands %llu  errors %llu  %.0f us mean\n",
+               TK_CACHE_NODE_ADDR - 1, n->addr, tk_cache_role_name(n->role),
+               n->reading ? "reading" : "       ", (unsigned long long)n->commands,
+               (unsigned long long)n->errors,
+               n->lat_count ? (double)n->lat_sum_us / (double)n->lat_count : 0.0);
+    }
+}
+
 int tk_ctl_cmd_stats(tk_view_t *v)
 {
     const tk_metrics_snap_t *t = v->total;
@@ -198,6 +234,7 @@ int tk_ctl_cmd_stats(tk_view_t *v)
                (unsigned long long)m->cache_errors, (unsigned long long)m->cache_bypasses,
                tk_ctl_pct((double)m->cache_hits, (double)(m->cache_hits + m->cache_misses)),
                m->cache_lat_count ? (double)m->cache_lat_sum_us / m->cache_lat_count : 0.0);
+    print_cache_topo(&m->cache_topo);
 
     printf("\n%s%-5s %-8s %-9s %12s %10s %9s %9s %9s %8s %6s%s\n", BOLD, "SLOT", "PID", "STATE",
            "REQUESTS", "REQ/S 10s", "P50", "P99", "P99.9", "ERRORS", "CONNS", RST);

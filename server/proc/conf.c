@@ -52,6 +52,7 @@ typedef enum {
     T_FORMAT, /* char[] access log format name */
     T_REPL,   /* db.replica: repeatable, each one appended to db_replica[] */
     T_CHOICE, /* char[] one of the words in the note, ", "-separated */
+    T_SENTNL, /* one redis.sentinel HOST:PORT, appended (repeatable) */
 } kind_t;
 
 typedef struct {
@@ -118,13 +119,17 @@ static const setting_t settings[] = {
     {"db", "replica_max_lag", T_MS, F(db_replica_max_lag_ms), 1, 600000, NULL},
     {"db", "replica_max_open", T_INT, F(db_replica_max_open), 0, TK_BROKER_MAX_SLOTS,
      "0 = db.max_open"},
-    {"db", "read_from", T_STR, F(db_read_from), 0, 0, "replicas or primary"},
+    {"db", "read_from", T_CHOICE, F(db_read_from), 0, 0, "replicas, primary"},
     {"db", "statements", T_CHOICE, F(db_statements), 0, 0, "prepared, unnamed"},
 
     {"redis", "addr", T_STR, F(redis_addr), 0, 0, NULL},
     {"redis", "password", T_STR, F(redis_password), 0, 0, NULL},
     {"redis", "db", T_INT, F(redis_db), 0, 255, NULL},
     {"redis", "timeout", T_MS, F(redis_timeout_ms), 1, 60000, NULL},
+    {"redis", "sentinel", T_SENTNL, F(redis_sentinels), 1, TK_CONF_MAX_SENTINELS, NULL},
+    {"redis", "master_name", T_NAME, F(redis_master_name), 1, 63, "letters, digits, '.', '_', '-'"},
+    {"redis", "read_from", T_CHOICE, F(redis_read_from), 0, 0, "master, replicas"},
+    {"redis", "sentinel_password", T_STR, F(redis_sentinel_password), 0, 0, NULL},
 
     {"cache", "ttl", T_SEC, F(cache_ttl_s), 1, 30 * DAY_S, NULL},
     {"cache", "negative_ttl", T_SEC, F(cache_negative_ttl_s), 0, DAY_S, "0 = off"},
@@ -187,6 +192,8 @@ void tk_conf_defaults(tk_conf_t *c)
 
     c->redis_db = 0;
     c->redis_timeout_ms = 50;
+    snprintf(c->redis_master_name, sizeof(c->redis_master_name), "tenk");
+    snprintf(c->redis_read_from, sizeof(c->redis_read_from), "master");
 
     c->cache_ttl_s = 300;
     c->cache_negative_ttl_s = 10;
@@ -475,6 +482,9 @@ static void describe_range(const setting_t *st, char *buf, size_t len)
     case T_CHOICE:
         snprintf(buf, len, "accepted: %s", note);
         break;
+    case T_SENTNL:
+        snprintf(buf, len, "HOST:PORT, one per line, at most %d", TK_CONF_MAX_SENTINELS);
+        break;
     case T_STR:
         snprintf(buf, len, "at most %zu bytes", st->size - 1);
         break;
@@ -623,6 +633,27 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
         }
         break;
     }
+    case T_SENTNL: {
+        const char *colon = strrchr(value, ':');
+        char *end;
+        long port = colon ? strtol(colon + 1, &end, 10) : 0;
+        if (*value == '\0')
+            why = "empty value";
+        else if (colon == NULL || colon == value || colon[1] == '\0' || *end || port < 1 ||
+                 port > 65535)
+            why = "expected HOST:PORT";
+        else if (strlen(value) >= sizeof(c->redis_sentinels[0]))
+            why = "too long";
+        else if (c->redis_nsentinels >= TK_CONF_MAX_SENTINELS)
+            why = "too many Sentinels";
+        for (int i = 0; why == NULL && i < c->redis_nsentinels; i++)
+            if (strcmp(c->redis_sentinels[i], value) == 0)
+                why = "Sentinel listed twice";
+        if (why == NULL)
+            snprintf(c->redis_sentinels[c->redis_nsentinels++], sizeof(c->redis_sentinels[0]), "%s",
+                     value);
+        break;
+    }
     case T_ADDR:
     case T_STR:
     case T_LEVEL:
@@ -687,6 +718,9 @@ int tk_conf_set(tk_conf_t *c, const char *section, const char *key, const char *
         snprintf(err, errlen, "%s.%s: unknown setting", section, key);
         return -1;
     }
+    /* The first --redis-sentinel replaces the file's list, the next ones add to it. */
+    if (st->kind == T_SENTNL && c->src_line[setting_index(st)] != -1)
+        c->redis_nsentinels = 0;
     if (apply(c, st, value, err, errlen) != 0)
         return -1;
     c->src_line[setting_index(st)] = -1;
@@ -849,9 +883,11 @@ int tk_conf_load_buffer(tk_conf_t *c, const char *name, const char *buf, size_t 
             return fail(&r,
                         "%s: %s.%s is already set on line %d (the same setting under another name)",
                         what, section, seen_key[idx], seen[idx]);
-        if (seen[idx] && st->kind != T_REPL)
+        if (seen[idx] && st->kind != T_REPL &&
+            st->kind != T_SENTNL) /* one line per replica, Sentinel */
             return fail(&r, "%s: set twice (first on line %d)", what, seen[idx]);
-        seen[idx] = (int)r.line;
+        if (!seen[idx])
+            seen[idx] = (int)r.line;
         seen_key[idx] = st->key;
         char why[400];
         if (apply(c, st, value, why, sizeof(why)) != 0)

@@ -7,7 +7,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#define TK_CONF_MAX_LISTEN 8
+#define TK_CONF_MAX_LISTEN    8
+#define TK_CONF_MAX_SENTINELS 8
 /* Upper bound on the number of settings (sizes the per-setting line table). */
 #define TK_CONF_MAX_SETTINGS 64
 #define TK_CONF_MAX_REPLICAS 4 /* db.replica lines (backends: the primary and these) */
@@ -70,14 +71,20 @@ typedef struct {
     char redis_password[128];
     int redis_db;         /* 0 */
     int redis_timeout_ms; /* 50 */
+    /* redis.sentinel (repeatable): with any, the master comes from the Sentinels */
+    char redis_sentinels[TK_CONF_MAX_SENTINELS][128];
+    int redis_nsentinels;
+    char redis_master_name[64];        /* "tenk" */
+    char redis_read_from[16];          /* "master" or "replicas" */
+    char redis_sentinel_password[128]; /* "" = no AUTH to the Sentinels */
 
     /* [cache] */
     int cache_ttl_s;          /* 300 */
     int cache_negative_ttl_s; /* 10 */
 
     /* [admin] */
-    char admin_listen[128]; /* "127.0.0.1:6060"; "" = off */
-    char admin_token[128];  /* bearer token; "" = none */
+    char admin_listen[128];    /* "127.0.0.1:6060"; "" = off */
+    char admin_token[128];     /* bearer token; "" = none */
     int admin_debug_endpoints; /* 0: /debug/echo, /debug/stream (for tests) answer 404 */
 
     /* [log] */

@@ -47,6 +47,8 @@ static void usage(FILE *f)
                "      --db CONNINFO     PostgreSQL connection string (db.primary)\n"
                "      --db-replica CONNINFO  a read replica (db.replica; repeatable)\n"
                "      --redis ADDR      Redis host:port\n"
+               "      --redis-sentinel HOST:PORT\n"
+               "                        a Redis Sentinel (repeatable; then --redis is not used)\n"
                "  -u, --user USER       run workers as USER (when started as root)\n"
                "  -v, --verbose         log at info level (twice: debug)\n"
                "  -h, --help            this text\n"
@@ -138,13 +140,21 @@ int main(int argc, char **argv)
 {
     static cmdline_t cl;
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
-        {"foreground", no_argument, NULL, 'f'},   {"name", required_argument, NULL, 'n'},
-        {"listen", required_argument, NULL, 'l'}, {"workers", required_argument, NULL, 'w'},
-        {"admin", required_argument, NULL, 'A'},  {"db", required_argument, NULL, 'D'},
-        {"redis", required_argument, NULL, 'R'},  {"user", required_argument, NULL, 'u'},
-        {"verbose", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},      {"db-replica", required_argument, NULL, 'P'},
+        {"config", required_argument, NULL, 'c'},
+        {"test", no_argument, NULL, 't'},
+        {"foreground", no_argument, NULL, 'f'},
+        {"name", required_argument, NULL, 'n'},
+        {"listen", required_argument, NULL, 'l'},
+        {"workers", required_argument, NULL, 'w'},
+        {"admin", required_argument, NULL, 'A'},
+        {"db", required_argument, NULL, 'D'},
+        {"redis", required_argument, NULL, 'R'},
+        {"user", required_argument, NULL, 'u'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {"db-replica", required_argument, NULL, 'P'},
+        {"redis-sentinel", required_argument, NULL, 'S'},
         {NULL, 0, NULL, 0},
     };
     int test = 0, opt;
@@ -189,6 +199,9 @@ int main(int argc, char **argv)
         case 'R':
             r = add_override(&cl, "redis", "addr", optarg);
             break;
+        case 'S': /* repeatable: one per Sentinel */
+            r = add_override(&cl, "redis", "sentinel", optarg);
+            break;
         case 'u':
             r = add_override(&cl, "server", "user", optarg);
             break;
@@ -226,6 +239,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "tenkd: %s\n", err);
         return 1;
     }
+    if (conf.redis_addr[0] && conf.redis_nsentinels > 0)
+        printf("note: redis.addr (%s) is not used: with redis.sentinel set, the Sentinels name the "
+               "master\n",
+               conf.redis_addr);
     if (test) {
         printf("configuration OK\n");
         return 0;

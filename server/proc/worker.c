@@ -301,6 +301,9 @@ static void publish(worker_t *w, int full)
             tk_cache_stats_t cs;
             tk_cache_stats(w->cache, &cs);
             tk_metrics_cache_stats_publish(&cs);
+            tk_cache_topo_t topo;
+            tk_cache_topo(w->cache, &topo);
+            tk_metrics_cache_topo_publish(&topo);
         }
     }
 }
@@ -417,10 +420,19 @@ static int register_routes(worker_t *w)
 static int cache_setup(worker_t *w)
 {
     const tk_conf_t *conf = w->conf;
-    if (!conf->redis_addr[0])
+    if (!conf->redis_addr[0] && conf->redis_nsentinels == 0)
         return 0;
     tk_cache_opts_t o;
     tk_cache_opts_default(&o);
+    const char *sentinels[TK_CONF_MAX_SENTINELS];
+    for (int i = 0; i < conf->redis_nsentinels; i++)
+        sentinels[i] = conf->redis_sentinels[i];
+    o.sentinels = sentinels;
+    o.nsentinels = conf->redis_nsentinels;
+    o.master_name = conf->redis_master_name;
+    o.sentinel_password = conf->redis_sentinel_password;
+    o.read_replicas = strcmp(conf->redis_read_from, "replicas") == 0;
+    o.spread = (unsigned)w->a->slot; /* workers spread over replicas and Sentinels */
     /* a host name there was resolved by the master (tk_resolve_conf) */
     o.addr = conf->redis_resolved[0] ? conf->redis_resolved : conf->redis_addr;
     o.password = conf->redis_password;

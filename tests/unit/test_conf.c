@@ -424,8 +424,46 @@ static void test_example_file_is_the_defaults(void **state)
     assert_memory_equal(&c, &d, sizeof(c));
     /* Every setting appears (uncommented) in the example, but db.replica (repeatable, none by
      * default: shown commented out). */
-    assert_int_equal(set, 48);
+    assert_int_equal(set, 51);
     assert_int_equal(tk_conf_validate(&c, err, sizeof(err)), 0);
+}
+
+/* redis.sentinel: one line per Sentinel; the command line replaces the file's list. */
+static void test_redis_sentinels(void **state)
+{
+    (void)state;
+    tk_conf_t c;
+    assert_int_equal(load(&c, "[redis]\nsentinel = 127.0.0.1:26379\nsentinel = 10.0.0.2:26380\n"
+                              "master_name = mymaster\nread_from = replicas\n"
+                              "sentinel_password = s3cret\n"),
+                     0);
+    assert_int_equal(c.redis_nsentinels, 2);
+    assert_string_equal(c.redis_sentinels[1], "10.0.0.2:26380");
+    assert_string_equal(c.redis_master_name, "mymaster");
+    assert_string_equal(c.redis_read_from, "replicas");
+    assert_string_equal(c.redis_sentinel_password, "s3cret");
+    assert_int_equal(tk_conf_set(&c, "redis", "sentinel", "127.0.0.1:1", err, sizeof(err)), 0);
+    assert_int_equal(tk_conf_set(&c, "redis", "sentinel", "127.0.0.1:2", err, sizeof(err)), 0);
+    assert_int_equal(c.redis_nsentinels, 2);
+    assert_string_equal(c.redis_sentinels[0], "127.0.0.1:1");
+    tk_conf_defaults(&c);
+    assert_int_equal(c.redis_nsentinels, 0);
+    assert_string_equal(c.redis_master_name, "tenk");
+    assert_string_equal(c.redis_read_from, "master");
+    expect_error("[redis]\nsentinel = 127.0.0.1\n",
+                 "t.conf:2: ", "redis.sentinel: expected HOST:PORT");
+    expect_error("[redis]\nsentinel = h:0\n", "t.conf:2: ", "redis.sentinel: expected HOST:PORT");
+    expect_error("[redis]\nsentinel = h:1\nsentinel = h:1\n",
+                 "t.conf:3: ", "redis.sentinel: Sentinel listed twice");
+    expect_error("[redis]\nsentinel = \n", "t.conf:2: ", "redis.sentinel: empty value");
+    expect_error("[redis]\nread_from = slaves\n", "t.conf:2: ", "redis.read_from: not one of the choices");
+    expect_error("[redis]\nmaster_name = a b\n", "t.conf:2: ", "redis.master_name: invalid");
+    expect_error("[redis]\nmaster_name = x\nmaster_name = y\n",
+                 "t.conf:3: ", "redis.master_name: set twice");
+    char many[1024] = "[redis]\n";
+    for (int i = 0; i <= TK_CONF_MAX_SENTINELS; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "sentinel = h:%d\n", i + 1);
+    expect_error(many, "t.conf:10: ", "redis.sentinel: too many Sentinels");
 }
 
 static void test_pid_path(void **state)
@@ -531,6 +569,7 @@ int main(void)
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_example_file_is_the_defaults),
         cmocka_unit_test(test_pid_path),
+        cmocka_unit_test(test_redis_sentinels),
         cmocka_unit_test(test_range_edges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -503,6 +504,59 @@ static void test_private_slot(void **state)
     assert_int_equal(p->live.accepting, 1);
 }
 
+/* Cache topologies merge by node address; each worker sees every failover, so
+ * failovers take the maximum; an unterminated address (a torn or hostile
+ * slot) is cut, never read past. */
+static void test_cache_topo_merge(void **state)
+{
+    (void)state;
+    tk_cache_topo_t a, b, d;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    memset(&d, 0, sizeof(d));
+    snprintf(a.master, sizeof(a.master), "10.0.0.1:6379");
+    a.failovers = 1;
+    a.sentinels = 3;
+    a.sentinel_errors = 2;
+    snprintf(a.nodes[0].addr, sizeof(a.nodes[0].addr), "10.0.0.1:6379");
+    a.nodes[0].role = TK_CACHE_ROLE_MASTER;
+    a.nodes[0].commands = 10;
+    snprintf(a.nodes[1].addr, sizeof(a.nodes[1].addr), "10.0.0.2:6379");
+    a.nodes[1].role = TK_CACHE_ROLE_REPLICA;
+    a.nodes[1].reading = 1;
+    a.nodes[1].commands = 5;
+    a.inval_wait_us_max = 700;
+    snprintf(b.master, sizeof(b.master), "10.0.0.3:6379");
+    b.failovers = 2;
+    b.sentinel_errors = 1;
+    snprintf(b.nodes[3].addr, sizeof(b.nodes[3].addr), "10.0.0.2:6379");
+    b.nodes[3].role = TK_CACHE_ROLE_REPLICA;
+    b.nodes[3].reading = 1;
+    b.nodes[3].commands = 7;
+    b.nodes[3].errors = 1;
+    memset(b.nodes[4].addr, 'x', sizeof(b.nodes[4].addr)); /* no NUL */
+    b.nodes[4].commands = 1;
+    b.inval_wait_us_max = 300;
+    tk_metrics_cache_topo_merge(&d, &a);
+    tk_metrics_cache_topo_merge(&d, &b);
+    assert_string_equal(d.master, "10.0.0.3:6379"); /* the one that saw more failovers */
+    assert_int_equal(d.failovers, 2);
+    assert_int_equal(d.sentinels, 3);
+    assert_int_equal(d.sentinel_errors, 3);
+    assert_int_equal(d.inval_wait_us_max, 700);
+    assert_string_equal(d.nodes[0].addr, "10.0.0.1:6379");
+    assert_int_equal(d.nodes[0].commands, 10);
+    assert_string_equal(d.nodes[1].addr, "10.0.0.2:6379");
+    assert_int_equal(d.nodes[1].commands, 12);
+    assert_int_equal(d.nodes[1].errors, 1);
+    assert_int_equal(d.nodes[1].reading, 2); /* two workers read from it */
+    assert_int_equal(d.nodes[1].role, TK_CACHE_ROLE_REPLICA);
+    assert_int_equal(strlen(d.nodes[2].addr), TK_CACHE_NODE_ADDR - 1);
+    assert_int_equal(d.nodes[2].commands, 1);
+    assert_string_equal(tk_cache_role_name(d.nodes[0].role), "master");
+    assert_string_equal(tk_cache_role_name(99), "none");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -510,7 +564,7 @@ int main(void)
         cmocka_unit_test(test_counters),        cmocka_unit_test(test_respawn_and_gauges),
         cmocka_unit_test(test_merge),           cmocka_unit_test(test_seqlock_concurrent),
         cmocka_unit_test(test_killed_writer),   cmocka_unit_test(test_private_slot),
-        cmocka_unit_test(test_snapshot_nowait),
+        cmocka_unit_test(test_snapshot_nowait), cmocka_unit_test(test_cache_topo_merge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
