@@ -47,13 +47,14 @@ def pgb():
 
 
 def pgb_stats(pgb):
-    """PgBouncer's SHOW STATS row of database tenk: total transactions and queries."""
+    """PgBouncer's SHOW STATS row of database tenk: total transactions and queries (zeros
+    while no client has used database tenk yet: PgBouncer lists a database once used)."""
     out = psql("SHOW STATS", db=pgb["console"])
     for line in out.splitlines():
         f = line.split("|")
         if f[0] == "tenk":
             return {"xacts": int(f[1]), "queries": int(f[2])}
-    raise AssertionError("no tenk row in SHOW STATS:\n" + out)
+    return {"xacts": 0, "queries": 0}
 
 
 @pytest.fixture(scope="module")
