@@ -2,8 +2,9 @@
 """ab_builds.py: the same run, two tenkd builds side by side (a change against the build before it).
 
 Usage: TENK_DB=... ab_builds.py OLD_TENKD NEW_TENKD [ROUNDS] [SECONDS]
-Both servers run at the same time (2 workers each, the devenv's database, no Redis); each
-scenario (AB_PATHS, default "/plaintext /db /users/1"; keep-alive, wrk -t1 -c64) runs a warm-up,
+Both servers run at the same time (2 workers each, the devenv's database, Redis only when
+AB_REDIS=host:port is set); each scenario (AB_PATHS, default "/plaintext /db /users/1"; keep-alive,
+wrk -t1 -c64, AB_CONNS connections) runs a warm-up,
 then ROUNDS rounds alternating old-new / new-old. Prints per scenario the medians, the paired
 new/old ratio (median and range of the rounds) and each server's CPU microseconds per request
 (utime+stime of its process tree), which is steadier than req/s on a shared machine."""
@@ -38,7 +39,8 @@ def tree_cpu(pid):
 def start(binary, name):
     port = free_port()
     p = subprocess.Popen([binary, "--foreground", "--name", name, "--listen", "127.0.0.1:%d" % port,
-                          "--workers", "2", "--admin", "", "--db", DB],
+                          "--workers", "2", "--admin", "", "--db", DB] +
+                         (["--redis", os.environ["AB_REDIS"]] if os.environ.get("AB_REDIS") else []),
                          stdout=subprocess.DEVNULL, stderr=open("/tmp/ab-%s.log" % name, "w"))
     for _ in range(200):
         try:
@@ -50,7 +52,7 @@ def start(binary, name):
 
 
 def wrk(port, path):
-    out = subprocess.run(["wrk", "-t1", "-c64", "-d%ds" % SECS, "http://127.0.0.1:%d%s" % (port, path)],
+    out = subprocess.run(["wrk", "-t1", "-c%s" % os.environ.get("AB_CONNS", "64"), "-d%ds" % SECS, "http://127.0.0.1:%d%s" % (port, path)],
                          capture_output=True, text=True).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     n = re.search(r"(\d+) requests in", out)
