@@ -459,20 +459,6 @@ static void refill_spawn(const int *ids, const int *rns, int n)
     refills_running++;
 }
 
-/* The randomNumber of a cached value; -1 if it is not a number. */
-static int parse_rn(const char *v, size_t len)
-{
-    int x = 0;
-    if (v == NULL || len == 0 || len > 9)
-        return -1;
-    for (size_t i = 0; i < len; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return -1;
-        x = x * 10 + (v[i] - '0');
-    }
-    return x;
-}
-
 /* Rows the cache could not give (miss[0..nmiss-1] index ids/rns) from the
  * database, in one query. Returns 0, or answers the failure itself. */
 static int cworld_from_db(tk_http_ctx_t *ctx, const int *ids, int *rns, const int *miss, int nmiss)
@@ -519,7 +505,6 @@ typedef struct {
     char keys[TFB_MAX_QUERIES][CWORLD_KEY_MAX];
     const char *keyp[TFB_MAX_QUERIES];
     size_t keylen[TFB_MAX_QUERIES];
-    tk_cache_item_t items[TFB_MAX_QUERIES];
     int refill_ids[TFB_MAX_QUERIES], refill_rns[TFB_MAX_QUERIES];
 } cq_t;
 
@@ -536,17 +521,15 @@ static void h_cached_queries(tk_http_ctx_t *ctx)
     }
     for (int i = 0; i < n; i++) {
         q->ids[i] = random_id();
-        q->keylen[i] = (size_t)snprintf(q->keys[i], CWORLD_KEY_MAX, "cachedworld:%d", q->ids[i]);
+        memcpy(q->keys[i], "cachedworld:", 12);
+        q->keylen[i] = 12 + put_uint(q->keys[i] + 12, (unsigned)q->ids[i]);
         q->keyp[i] = q->keys[i];
     }
-    tk_cache_rc_t rc = tk_cache_mget(env->cache, q->keyp, q->keylen, (size_t)n, q->items);
-    for (int i = 0; i < n; i++) {
-        q->rns[i] =
-            q->items[i].rc == TK_CACHE_HIT ? parse_rn(q->items[i].val, q->items[i].len) : -1;
+    /* the values are parsed as the reply is read: no copy of each */
+    tk_cache_rc_t rc = tk_cache_mget_int(env->cache, q->keyp, q->keylen, (size_t)n, q->rns);
+    for (int i = 0; i < n; i++)
         if (q->rns[i] < 0)
             q->miss[nmiss++] = i;
-    }
-    tk_cache_items_free(q->items, (size_t)n);
     if (nmiss > 0) {
         if (cworld_from_db(ctx, q->ids, q->rns, q->miss, nmiss) != 0) {
             free(q);
