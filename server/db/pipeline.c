@@ -421,8 +421,11 @@ void tk_db_pipe_dispatch(void)
             tk_db_item_put(it);
             continue;
         }
-        /* The least loaded connection, one whose current query isn't
-         * running long (head-of-line blocking) if there is one. */
+        /* One whose current query isn't running long (head-of-line
+         * blocking) if there is one; among those, one already written to in
+         * this loop iteration (dirty) while it has room, so that the
+         * iteration's queries leave in as few writes (and backend wake-ups)
+         * as possible; else the least loaded. */
         tk_db_conn_t *best = NULL;
         int best_stalled = 0;
         int64_t now = tk_now_ms();
@@ -431,7 +434,9 @@ void tk_db_pipe_dispatch(void)
                 continue;
             int st = pipe_stalled(c, now);
             if (best == NULL || st < best_stalled ||
-                (st == best_stalled && c->inflight < best->inflight)) {
+                (st == best_stalled &&
+                 (c->dirty > best->dirty ||
+                  (c->dirty == best->dirty && c->inflight < best->inflight)))) {
                 best = c;
                 best_stalled = st;
             }
