@@ -1032,8 +1032,11 @@ def breakdown_section(L, resdir, runs):
             L.append("perf: *%s*" % pr["note"])
             L.append("")
         if sr and sr["status"] == "ok":
-            doc = load_json(os.path.join(resdir, sr["raw"]))
+            doc = load_json(os.path.join(resdir, sr["raw"])) or {}
             n = doc.get("requests") or 0
+            if not n:
+                L.append("strace: *no request was answered while the workers were traced (%s)*" % sr["note"])
+                L.append("")
             if n:
                 rows = []
                 for peer in ("client", "postgres", "redis", "event loop", "other"):
