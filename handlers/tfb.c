@@ -119,7 +119,7 @@ static void h_db(tk_http_ctx_t *ctx)
     const char *v[1] = {idbuf};
     int id = random_id(), rn;
     PGresult *r;
-    snprintf(idbuf, sizeof(idbuf), "%d", id);
+    idbuf[put_uint(idbuf, (unsigned)id)] = '\0';
     /* tk_db_query(): a plain SELECT shares a pipelined connection */
     tk_db_status_t st = tk_db_query(st_world, 1, v, NULL, &r, NULL);
     if (st == TK_DB_OK && PQntuples(r) != 1) {
@@ -161,7 +161,7 @@ static int fetch_worlds(tk_http_ctx_t *ctx, int n, int *ids, int *rns)
     PGresult **r = m->r;
     for (int i = 0; i < n; i++) {
         ids[i] = random_id();
-        snprintf(idtext[i], sizeof(idtext[i]), "%d", ids[i]);
+        idtext[i][put_uint(idtext[i], (unsigned)ids[i])] = '\0';
         v[i] = idtext[i];
     }
     tk_db_status_t st = tk_db_query_many(st_world, n, 1, v, r);

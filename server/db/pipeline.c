@@ -4,6 +4,7 @@
 #include "db/db_int.h"
 
 #include <event2/event.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,7 +65,16 @@ pipe_item_t *tk_db_item_get(void)
         D.ifree = it->next;
     else if ((it = malloc(sizeof(*it))) == NULL)
         return NULL;
-    memset(it, 0, sizeof(*it));
+    /* Zero all but the parameter copy (pv, plens, pbuf: written before they
+     * are read, for joinable queries only): a query takes one item, and the
+     * copy is most of its size. */
+    memset(it, 0, offsetof(pipe_item_t, pv));
+    it->retried = 0;
+    it->aborted = 0;
+    it->started_ms = 0;
+    it->st = TK_DB_OK;
+    it->res = NULL;
+    memset(it->sqlstate, 0, sizeof(it->sqlstate));
     return it;
 }
 
