@@ -40,6 +40,35 @@ static int random_id(void)
     return (int)((rng_state * 2685821657736338717ull >> 33) % TFB_ROWS) + 1;
 }
 
+/* Decimal text of v at p (no NUL); returns its length (at most 10). printf's
+ * format parsing costs more than the whole /db answer's other formatting. */
+static size_t put_uint(char *p, unsigned v)
+{
+    char t[10];
+    size_t n = 0, i;
+    do {
+        t[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (i = 0; i < n; i++)
+        p[i] = t[n - 1 - i];
+    return n;
+}
+
+/* {"id":ID,"randomNumber":RN} at p; returns its length (at most 45). */
+static size_t put_world(char *p, int id, int rn)
+{
+    size_t o = 0;
+    memcpy(p, "{\"id\":", 6);
+    o = 6;
+    o += put_uint(p + o, (unsigned)id);
+    memcpy(p + o, ",\"randomNumber\":", 16);
+    o += 16;
+    o += put_uint(p + o, (unsigned)rn);
+    p[o++] = '}';
+    return o;
+}
+
 /* TechEmpower's rule for ?queries= (and ?count=): missing, non-numeric or < 1
  * is 1; > 500 is 500. */
 static int count_param(tk_http_ctx_t *ctx, const char *name)
@@ -90,7 +119,7 @@ static void h_db(tk_http_ctx_t *ctx)
     const char *v[1] = {idbuf};
     int id = random_id(), rn;
     PGresult *r;
-    snprintf(idbuf, sizeof(idbuf), "%d", id);
+    idbuf[put_uint(idbuf, (unsigned)id)] = '\0';
     /* tk_db_query(): a plain SELECT shares a pipelined connection */
     tk_db_status_t st = tk_db_query(st_world, 1, v, NULL, &r, NULL);
     if (st == TK_DB_OK && PQntuples(r) != 1) {
@@ -104,7 +133,12 @@ static void h_db(tk_http_ctx_t *ctx)
     rn = atoi(PQgetvalue(r, 0, 1));
     PQclear(r);
     tk_http_buf_t *b = tk_http_body_buf(ctx);
-    tk_http_buf_printf(b, "{\"id\":%d,\"randomNumber\":%d}", id, rn);
+    char *w = tk_http_buf_reserve(b, 48);
+    if (w == NULL) {
+        tk_http_respond_error(ctx, 500, "out of memory");
+        return;
+    }
+    tk_http_buf_commit(b, put_world(w, id, rn));
     tk_http_respond_buf(ctx, 200, "application/json");
 }
 
@@ -127,7 +161,7 @@ static int fetch_worlds(tk_http_ctx_t *ctx, int n, int *ids, int *rns)
     PGresult **r = m->r;
     for (int i = 0; i < n; i++) {
         ids[i] = random_id();
-        snprintf(idtext[i], sizeof(idtext[i]), "%d", ids[i]);
+        idtext[i][put_uint(idtext[i], (unsigned)ids[i])] = '\0';
         v[i] = idtext[i];
     }
     tk_db_status_t st = tk_db_query_many(st_world, n, 1, v, r);
@@ -149,16 +183,18 @@ static int fetch_worlds(tk_http_ctx_t *ctx, int n, int *ids, int *rns)
 static void write_worlds(tk_http_ctx_t *ctx, int n, const int *ids, const int *rns)
 {
     tk_http_buf_t *b = tk_http_body_buf(ctx);
-    char *w = tk_http_buf_reserve(b, (size_t)n * 40 + 2);
+    char *w = tk_http_buf_reserve(b, (size_t)n * 46 + 2);
     if (w == NULL) {
         tk_http_respond_error(ctx, 500, "out of memory");
         return;
     }
     size_t off = 0;
     w[off++] = '[';
-    for (int i = 0; i < n; i++)
-        off += (size_t)snprintf(w + off, 40, "%s{\"id\":%d,\"randomNumber\":%d}", i ? "," : "",
-                                ids[i], rns[i]);
+    for (int i = 0; i < n; i++) {
+        if (i)
+            w[off++] = ',';
+        off += put_world(w + off, ids[i], rns[i]);
+    }
     w[off++] = ']';
     tk_http_buf_commit(b, off);
     tk_http_respond_buf(ctx, 200, "application/json");
@@ -254,10 +290,11 @@ fail:
     tk_handlers_db_error(ctx, st);
 }
 
+/* A fortune row as views into the PGresult (or the static extra row): sorted
+ * and escaped from there, never copied. */
 typedef struct {
-    int id;
-    const char *msg;
-    size_t len;
+    const char *id, *msg;
+    size_t idlen, len;
 } fortune_t;
 
 static int cmp_fortune(const void *a, const void *b)
@@ -270,43 +307,56 @@ static int cmp_fortune(const void *a, const void *b)
     return (x->len > y->len) - (x->len < y->len);
 }
 
-/* Append s HTML-escaped (& < > " ') to b. */
-static void html_escape(tk_http_buf_t *b, const char *s, size_t len)
+/* s HTML-escaped (& < > " ') at w, which has room for 6 bytes per input byte;
+ * returns the bytes written. Runs of plain bytes are copied whole. */
+static size_t html_escape(char *w, const char *s, size_t len)
 {
-    size_t start = 0;
+    size_t o = 0, start = 0;
     for (size_t i = 0; i < len; i++) {
         const char *rep;
+        size_t rl;
         switch (s[i]) {
         case '&':
-            rep = "&amp;";
+            rep = "&amp;", rl = 5;
             break;
         case '<':
-            rep = "&lt;";
+            rep = "&lt;", rl = 4;
             break;
         case '>':
-            rep = "&gt;";
+            rep = "&gt;", rl = 4;
             break;
         case '"':
-            rep = "&quot;";
+            rep = "&quot;", rl = 6;
             break;
         case '\'':
-            rep = "&#39;";
+            rep = "&#39;", rl = 5;
             break;
         default:
             continue;
         }
-        tk_http_buf_append(b, s + start, i - start);
-        tk_http_buf_append_str(b, rep);
+        memcpy(w + o, s + start, i - start);
+        o += i - start;
+        memcpy(w + o, rep, rl);
+        o += rl;
         start = i + 1;
     }
-    tk_http_buf_append(b, s + start, len - start);
+    memcpy(w + o, s + start, len - start);
+    return o + len - start;
 }
 
+#define PUT_LIT(w, o, lit) (memcpy((w) + (o), (lit), sizeof(lit) - 1), (o) += sizeof(lit) - 1)
+
 /* GET /fortunes: all rows plus one added at request time, sorted by message
- * in the application, as an escaped HTML table. */
+ * in the application, as an escaped HTML table: the rows are views into the
+ * result, sorted in place, and the page is written in one pass into space
+ * reserved for the worst case (every byte escaped). */
 static void h_fortunes(tk_http_ctx_t *ctx)
 {
     static const char extra[] = "Additional fortune added at request time.";
+    static const char head[] = "<!DOCTYPE html><html><head><title>Fortunes</title></head><body>"
+                               "<table><tr><th>id</th><th>message</th></tr>";
+    static const char tail[] = "</table></body></html>";
+    fortune_t local[32], *f = local;
     PGresult *r;
     tk_db_status_t st = tk_db_query(st_fortune, 0, NULL, NULL, &r, NULL);
     if (st != TK_DB_OK) {
@@ -314,32 +364,49 @@ static void h_fortunes(tk_http_ctx_t *ctx)
         return;
     }
     int n = PQntuples(r);
-    fortune_t *f = malloc(sizeof(*f) * (size_t)(n + 1));
-    if (f == NULL) {
+    if (n + 1 > (int)(sizeof(local) / sizeof(local[0])) &&
+        (f = malloc(sizeof(*f) * (size_t)(n + 1))) == NULL) {
         PQclear(r);
         tk_http_respond_error(ctx, 500, "out of memory");
         return;
     }
+    size_t room = sizeof(head) + sizeof(tail) + (sizeof(extra) - 1) * 6 + 32;
     for (int i = 0; i < n; i++) {
-        f[i].id = atoi(PQgetvalue(r, i, 0));
+        f[i].id = PQgetvalue(r, i, 0);
+        f[i].idlen = (size_t)PQgetlength(r, i, 0);
         f[i].msg = PQgetvalue(r, i, 1);
         f[i].len = (size_t)PQgetlength(r, i, 1);
+        room += f[i].idlen + f[i].len * 6 + 32;
     }
-    f[n].id = 0;
+    f[n].id = "0";
+    f[n].idlen = 1;
     f[n].msg = extra;
     f[n].len = sizeof(extra) - 1;
     qsort(f, (size_t)n + 1, sizeof(*f), cmp_fortune);
 
     tk_http_buf_t *b = tk_http_body_buf(ctx);
-    tk_http_buf_append_str(b, "<!DOCTYPE html><html><head><title>Fortunes</title></head><body>"
-                              "<table><tr><th>id</th><th>message</th></tr>");
-    for (int i = 0; i <= n; i++) {
-        tk_http_buf_printf(b, "<tr><td>%d</td><td>", f[i].id);
-        html_escape(b, f[i].msg, f[i].len);
-        tk_http_buf_append_str(b, "</td></tr>");
+    char *w = tk_http_buf_reserve(b, room);
+    if (w == NULL) {
+        if (f != local)
+            free(f);
+        PQclear(r);
+        tk_http_respond_error(ctx, 500, "out of memory");
+        return;
     }
-    tk_http_buf_append_str(b, "</table></body></html>");
-    free(f);
+    size_t o = 0;
+    PUT_LIT(w, o, head);
+    for (int i = 0; i <= n; i++) {
+        PUT_LIT(w, o, "<tr><td>");
+        memcpy(w + o, f[i].id, f[i].idlen);
+        o += f[i].idlen;
+        PUT_LIT(w, o, "</td><td>");
+        o += html_escape(w + o, f[i].msg, f[i].len);
+        PUT_LIT(w, o, "</td></tr>");
+    }
+    PUT_LIT(w, o, tail);
+    tk_http_buf_commit(b, o);
+    if (f != local)
+        free(f);
     PQclear(r);
     tk_http_respond_buf(ctx, 200, "text/html; charset=utf-8");
 }
@@ -392,20 +459,6 @@ static void refill_spawn(const int *ids, const int *rns, int n)
     refills_running++;
 }
 
-/* The randomNumber of a cached value; -1 if it is not a number. */
-static int parse_rn(const char *v, size_t len)
-{
-    int x = 0;
-    if (v == NULL || len == 0 || len > 9)
-        return -1;
-    for (size_t i = 0; i < len; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return -1;
-        x = x * 10 + (v[i] - '0');
-    }
-    return x;
-}
-
 /* Rows the cache could not give (miss[0..nmiss-1] index ids/rns) from the
  * database, in one query. Returns 0, or answers the failure itself. */
 static int cworld_from_db(tk_http_ctx_t *ctx, const int *ids, int *rns, const int *miss, int nmiss)
@@ -452,7 +505,6 @@ typedef struct {
     char keys[TFB_MAX_QUERIES][CWORLD_KEY_MAX];
     const char *keyp[TFB_MAX_QUERIES];
     size_t keylen[TFB_MAX_QUERIES];
-    tk_cache_item_t items[TFB_MAX_QUERIES];
     int refill_ids[TFB_MAX_QUERIES], refill_rns[TFB_MAX_QUERIES];
 } cq_t;
 
@@ -469,17 +521,15 @@ static void h_cached_queries(tk_http_ctx_t *ctx)
     }
     for (int i = 0; i < n; i++) {
         q->ids[i] = random_id();
-        q->keylen[i] = (size_t)snprintf(q->keys[i], CWORLD_KEY_MAX, "cachedworld:%d", q->ids[i]);
+        memcpy(q->keys[i], "cachedworld:", 12);
+        q->keylen[i] = 12 + put_uint(q->keys[i] + 12, (unsigned)q->ids[i]);
         q->keyp[i] = q->keys[i];
     }
-    tk_cache_rc_t rc = tk_cache_mget(env->cache, q->keyp, q->keylen, (size_t)n, q->items);
-    for (int i = 0; i < n; i++) {
-        q->rns[i] =
-            q->items[i].rc == TK_CACHE_HIT ? parse_rn(q->items[i].val, q->items[i].len) : -1;
+    /* the values are parsed as the reply is read: no copy of each */
+    tk_cache_rc_t rc = tk_cache_mget_int(env->cache, q->keyp, q->keylen, (size_t)n, q->rns);
+    for (int i = 0; i < n; i++)
         if (q->rns[i] < 0)
             q->miss[nmiss++] = i;
-    }
-    tk_cache_items_free(q->items, (size_t)n);
     if (nmiss > 0) {
         if (cworld_from_db(ctx, q->ids, q->rns, q->miss, nmiss) != 0) {
             free(q);

@@ -40,6 +40,14 @@ TARGETS = [
     ("users-load", "go", "p99_le", 0.5, "issue 6: p99 <= half of Go's"),
     ("users-load", "pgbench", "rps_ratio", 0.75, "issue 6: >= 0.75x pgbench"),
     ("users-100", "pgbench", "rps_ratio", 0.75, "issue 6: >= 0.75x pgbench"),
+    ("db", "pgbench", "rps_ratio", 1.2, "issue 22: /db >= 1.2x pgbench -M prepared"),
+    ("fortunes", "pgbench", "rps_ratio", 1.0, "issue 22: /fortunes >= 1.0x pgbench -M prepared"),
+    ("cached20", "redis", "rps_ratio", 0.9, "issue 22: /cached-queries?count=20 >= 0.9x redis-benchmark"),
+    ("users-100", "pgbench", "rps_ratio", 1.09, "issue 22: /users no worse than the issue's 1.09x pgbench"),
+    ("queries20", "pgbench", "rps_ratio", 2.85, "issue 22: /queries?queries=20 no worse than README's 2.85x pgbench"),
+    ("db", None, "zero_errors", 0, "issue 22: errors 0"),
+    ("fortunes", None, "zero_errors", 0, "issue 22: errors 0"),
+    ("cached20", None, "zero_errors", 0, "issue 22: errors 0"),
     ("close-100-2w", "nginx", "rps_ratio", 1.0, "issue 21: >= 1.0x nginx req/s, a connection per request"),
     ("http10-50-2w", "nginx", "rps_ratio", 1.0, "issue 21: >= 1.0x nginx req/s, a connection per request"),
     ("close-100-2w", "nginx", "p99_le", 1.0, "issue 21: p99 no worse than nginx"),
@@ -132,6 +140,9 @@ def parse_pgbench(text):
     if not m:
         return None
     r = {"rps": float(m.group(1)), "errors": {}}
+    m = re.search(r"number of transactions actually processed: (\d+)", text)
+    if m:
+        r["requests"] = int(m.group(1))
     m = re.search(r"latency average = ([\d.]+) ms", text)
     if m:
         r["mean"] = float(m.group(1))
@@ -326,6 +337,13 @@ def load(resdir):
                     res = parse_wrk(text)
                 elif tool == "pgbench":
                     res = parse_pgbench(text)
+                    # a pipelined script runs per_tx statements per transaction: count statements
+                    m = re.search(r"per_tx=(\d+)", run["note"])
+                    if res and m:
+                        res["tps"] = res["rps"]
+                        res["rps"] *= int(m.group(1))
+                        if res.get("requests"):
+                            res["requests"] *= int(m.group(1))
                 elif tool == "ab":
                     res = parse_ab(text, raw[:-4] + ".csv")
                 elif tool == "storm":
@@ -347,6 +365,8 @@ def load(resdir):
                         if unanswered > sum(errs.values()):
                             errs["unanswered"] = unanswered - sum(errs.values())
                         res["errors"] = errs
+                elif tool == "strace":
+                    res = load_json(raw)
                 elif tool in ("perf", "callgrind"):
                     res = {"profile": text}
             if res is None and run["status"] == "ok":
@@ -444,6 +464,8 @@ def server_label(scn, v):
         return "tenk (no Redis)"
     if v == "pgbench":
         return "pgbench (DB limit)"
+    if v == "pgbench-pipe":
+        return "pgbench, 8 per round trip (pipelined DB limit)"
     if v == "redis":
         return "redis-benchmark"
     return v
@@ -522,7 +544,7 @@ def bar_chart(outdir, name, title, ylabel, agg, order, field, scale=1.0, logscal
             scns.append(scn)
     servers = []
     for _, v in order:
-        if v not in servers and v in HTTP_SERVERS + ("pgbench", "redis"):
+        if v not in servers and v in HTTP_SERVERS + ("pgbench", "pgbench-pipe", "redis"):
             servers.append(v)
     # gnuplot refuses a histogram column without a single valid point
     servers = [v for v in servers if any(agg.get((scn, v), {}).get(field) for scn in scns)]
@@ -582,7 +604,7 @@ def report(resdir):
     L.append("")
     rows = []
     wrk_like = [k for k in order if k[0] not in ("idle10k", "fixed-rate", "pool-sizing", "timeseries", "cpu")
-                and not CHURN_RE.match(k[0])]
+                and not CHURN_RE.match(k[0]) and not k[0].startswith("cpu-")]
     for key in wrk_like:
         scn, v = key
         g = agg[key]
@@ -667,6 +689,7 @@ def report(resdir):
         L.append("")
 
     churn_section(L, resdir, agg, order, wrk_like)
+    db_cpu_section(L, resdir, agg, wrk_like)
 
     # ---- idle
     idle = [k for k in order if k[0] == "idle10k"]
@@ -890,6 +913,8 @@ def report(resdir):
             L.append("Top symbols: " + ", ".join("`%s` %.1f%%" % (s, v) for s, v in top[:12]))
         L.append("")
 
+    breakdown_section(L, resdir, runs)
+
     # ---- every run
     L.append("## Every run")
     L.append("")
@@ -962,6 +987,121 @@ def cpu_us_per_req(run):
     if sd.get("cpu_s") is None or not n:
         return None
     return sd["cpu_s"] * 1e6 / n
+
+
+READS = ("read", "readv", "recvfrom", "recvmsg", "recvmmsg")
+WRITES = ("write", "writev", "sendto", "sendmsg", "sendmmsg")
+
+
+def breakdown_section(L, resdir, runs):
+    """The cpu-* scenarios (scripts/bench run_breakdown): perf buckets, tenk's and PostgreSQL's
+    CPU per request, and strace's system calls per request by peer."""
+    scns = []
+    for r in runs:
+        if r["scenario"].startswith("cpu-") and r["scenario"] not in scns:
+            scns.append(r["scenario"])
+    for scn in scns:
+        rs = [r for r in runs if r["scenario"] == scn]
+        pr = next((r for r in rs if r["tool"] == "perf"), None)
+        sr = next((r for r in rs if r["tool"] == "strace"), None)
+        note = (pr or sr or rs[0])["note"]
+        m = re.search(r"path=(\S+?),", note + ",")
+        L.append("## Per request: %s" % (m.group(1) if m else scn))
+        L.append("")
+        if pr and pr["status"] == "ok":
+            w = re.search(r"wrk=(\S+)", pr["note"])
+            wres = parse_wrk(read(os.path.join(resdir, w.group(1)))) if w else None
+            n = (wres or {}).get("requests")
+            sd = pr.get("sample_doc") or {}
+            pg = load_json(os.path.join(resdir, pr["raw"][:-4] + ".pg.json"))
+            if n and sd.get("cpu_s") is not None:
+                t = sd["cpu_s"] * 1e6 / n
+                line = "Under `wrk -t2 -c256` for the whole profiled run: %s req/s, p99 %s, errors %s; " \
+                       "tenk's CPU %.1f µs per request" % (f_rps(wres.get("rps")), f_ms(wres.get("p99")),
+                                                        f_err(wres.get("errors", {})), t)
+                if pg and pg.get("cpu_s") is not None:
+                    p = pg["cpu_s"] * 1e6 / n
+                    line += ", PostgreSQL's %.1f µs (tenk %.0f%% of the two)" % (p, 100 * t / (t + p))
+                L.append(line + ".")
+                L.append("")
+            buckets, top = cpu_buckets(pr["res"]["profile"], "perf")
+            L.append("Self time by bucket (`perf record`, %s):" % pr["note"].split(", wrk=")[0])
+            L.append("")
+            L.append(md_table(["bucket", "share of tenk's CPU"] + (["µs per request"] if n and sd.get("cpu_s") else []),
+                              [[b, "%.1f%%" % v] + (["%.2f" % (v / 100 * sd["cpu_s"] * 1e6 / n)] if n and sd.get("cpu_s") else [])
+                               for b, v in sorted(buckets.items(), key=lambda x: -x[1])]))
+            L.append("")
+            L.append("Top symbols: " + ", ".join("`%s` %.1f%%" % (s_, v) for s_, v in top[:15]))
+            L.append("")
+        elif pr:
+            L.append("perf: *%s*" % pr["note"])
+            L.append("")
+        if sr and sr["status"] == "ok":
+            doc = load_json(os.path.join(resdir, sr["raw"])) or {}
+            n = doc.get("requests") or 0
+            if not n:
+                L.append("strace: *no request was answered while the workers were traced (%s)*" % sr["note"])
+                L.append("")
+            if n:
+                rows = []
+                for peer in ("client", "postgres", "redis", "event loop", "other"):
+                    c = doc.get("by_peer", {}).get(peer)
+                    if not c:
+                        continue
+                    rd = sum(v for k, v in c.items() if k in READS)
+                    wr = sum(v for k, v in c.items() if k in WRITES)
+                    rest = sum(c.values()) - rd - wr
+                    restd = ", ".join("%s %.3f" % (k, v / n) for k, v in sorted(c.items(), key=lambda x: -x[1])
+                                      if k not in READS + WRITES)
+                    rows.append([peer, "%.3f" % (rd / n), "%.3f" % (wr / n), "%.3f" % (rest / n), restd])
+                rows.append(["all", "", "", "", "%.2f calls per request (%d calls, %d requests)"
+                             % (doc["total"] / n, doc["total"], n)])
+                L.append("System calls of the workers per request (`strace -f -yy` over a %s; strace slows "
+                         "every call, so the batches to the database are larger than without it):"
+                         % sr["note"].split(", wrk=")[0].replace("path=", "run of "))
+                L.append("")
+                L.append(md_table(["peer", "reads", "writes", "other calls", "which"], rows))
+                L.append("")
+        elif sr:
+            L.append("strace: *%s*" % sr["note"])
+            L.append("")
+
+
+def db_cpu_section(L, resdir, agg, wrk_like):
+    """CPU per request of the server and of PostgreSQL (raw/TAG.pg.json, the postmaster's tree
+    sampled during the run) in the database scenarios: on two shared cores, the side that spends
+    more per request sets the pace."""
+    rows = []
+    for key in wrk_like:
+        g = agg[key]
+        t, p = [], []
+        for r in g["runs"]:
+            if r["status"] != "ok" or r["raw"] in ("", "-"):
+                continue
+            pg = load_json(os.path.join(resdir, r["raw"][:-4] + ".pg.json"))
+            n = r["res"].get("requests")
+            if not pg or not n:
+                continue
+            p.append(pg["cpu_s"] * 1e6 / n)
+            t.append(cpu_us_per_req(r))
+        if not p:
+            continue
+        tm, pm = med(t), med(p)
+        share = "–" if tm is None else "%.0f%% / %.0f%%" % (100 * tm / (tm + pm), 100 * pm / (tm + pm))
+        rows.append([key[0], server_label(key[0], key[1]), f_rps(g["rps"]),
+                     "–" if tm is None else "%.1f" % tm, "%.1f" % pm, share])
+    if not rows:
+        return
+    L.append("## CPU per request: the server and PostgreSQL")
+    L.append("")
+    L.append("Medians over the rounds of CPU time (utime + stime from /proc) ÷ requests answered (pgbench: "
+             "statements). *PostgreSQL* is the postmaster's whole tree (backends, WAL writer, ...); "
+             "backends that start during a run count from their start, and a backend's last second "
+             "before it exits may be missed (pgbench's rows). The load generator's CPU is not counted.")
+    L.append("")
+    L.append(md_table(["scenario", "server", "req/s", "server CPU µs/req", "PostgreSQL CPU µs/req",
+                       "server / PostgreSQL share"], rows))
+    L.append("")
 
 
 def churn_section(L, resdir, agg, order, wrk_like):
@@ -1040,8 +1180,13 @@ KERNEL_RULES = [
 
 # User-space: first matching rule wins; (bucket, regex on "dso symbol")
 CPU_RULES = [
+    ("results (PGresult build, read, free)", r"pqRowProcessor|pqAddTuple|pqResultAlloc|PQclear|PQmakeEmptyPGresult|"
+     r"pqResultStrdup|PQgetvalue|PQntuples|PQgetlength|getRowDescriptions|getAnotherTuple|PQcopyResult|"
+     r"pqClearAsyncResult|PQsetResultAttrs|pqPrepareAsyncResult|PQresultStatus|tk_db_rows"),
     ("libpq", r"libpq|\bPQ|\bpq[A-Z]|pqsecure|pg_"),
-    ("JSON", r"cJSON|json"),
+    ("hiredis", r"hiredis|\bredis[A-Z]|\bsds[a-zA-Z]|__redis|tk_cache"),
+    ("JSON and HTML output", r"cJSON|json|tk_http_buf|vfprintf|printf|_IO_|html_escape|write_worlds|"
+     r"h_fortunes|cmp_fortune|msort|qsort|_itoa|tk_fmt"),
     ("HTTP parsing", r"tk_http_pars|http_parser|tk_http_req|tk_uri|tk_query|/uri\.c:"),
     ("scheduler and switches", r"tk_sched|tk_coro|coro_switch|tk_wait|event_base|evmap|epoll_dispatch|"
      r"libevent|/sched\.c:|/coro[_a-z0-9]*\.[cS]:|"

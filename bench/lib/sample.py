@@ -100,7 +100,9 @@ def main():
             if info is None:
                 continue
             comm, rss, cpu = info
-            first_cpu.setdefault(p, cpu)
+            # a process that appears after the first sample started during the window (a new
+            # database backend, a respawned worker): all of its CPU counts
+            first_cpu.setdefault(p, cpu if not series else 0.0)
             last[p] = (comm, rss, cpu)
             peak_by_pid[p] = max(peak_by_pid.get(p, 0), rss)
             total_rss += rss

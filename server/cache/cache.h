@@ -109,6 +109,12 @@ typedef struct {
 tk_cache_rc_t tk_cache_mget(tk_cache_t *c, const char *const *keys, const size_t *keylens, size_t n,
                             tk_cache_item_t *items);
 void tk_cache_items_free(tk_cache_item_t *items, size_t n);
+/* The same MGET for values that are small decimal numbers: vals[i] gets key
+ * i's value parsed as it is read from the reply (no copy of it is made), or
+ * -1 for a missing key or a value that is not 1 to 9 digits. Returns OK when
+ * Redis answered, else ERROR/BYPASS with every vals[i] -1. May yield. */
+tk_cache_rc_t tk_cache_mget_int(tk_cache_t *c, const char *const *keys, const size_t *keylens,
+                                size_t n, int *vals);
 
 /* --- single flight -----------------------------------------------------------
  *

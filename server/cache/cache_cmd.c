@@ -82,6 +82,21 @@ static void fill(cache_req_t *q, redisReply *r)
         if (r->type == REDIS_REPLY_INTEGER)
             q->rc = r->integer > 0 ? TK_CACHE_HIT : TK_CACHE_MISS;
         break;
+    case K_MGET_INT:
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == q->n) {
+            q->rc = TK_CACHE_OK;
+            for (size_t i = 0; i < q->n; i++) {
+                const redisReply *e = r->element[i];
+                int v = -1;
+                if (e->type == REDIS_REPLY_STRING && e->len >= 1 && e->len <= 9) {
+                    v = 0;
+                    for (size_t k = 0; k < e->len && v >= 0; k++)
+                        v = e->str[k] >= '0' && e->str[k] <= '9' ? v * 10 + (e->str[k] - '0') : -1;
+                }
+                q->ints[i] = v;
+            }
+        }
+        break;
     case K_MGET:
         if (r->type == REDIS_REPLY_ARRAY && r->elements == q->n) {
             q->rc = TK_CACHE_OK;
@@ -357,4 +372,71 @@ void tk_cache_items_free(tk_cache_item_t *items, size_t n)
         free(items[i].val);
         items[i].val = NULL;
     }
+}
+
+/* MGET with the values parsed in hiredis' reply callback: no copy per key, and
+ * the arguments on the stack for up to MGET_STACK keys. */
+#define MGET_STACK 64
+
+tk_cache_rc_t tk_cache_mget_int(tk_cache_t *c, const char *const *keys, const size_t *keylens,
+                                size_t n, int *vals)
+{
+    const char *argv_s[MGET_STACK + 1], **argv = argv_s;
+    size_t lens_s[MGET_STACK + 1], *lens = lens_s;
+    cache_req_t *q;
+    tk_cache_rc_t rc;
+    int probe, own;
+
+    for (size_t i = 0; i < n; i++)
+        vals[i] = -1;
+    if (n == 0)
+        return TK_CACHE_OK;
+    c = tk_cache_reader(c); /* a replica, with redis.read_from = replicas */
+    if (tk_cache_begin(c, K_MGET_INT, &q, &probe, &rc) < 0)
+        return rc;
+    if (n > MGET_STACK) {
+        argv = malloc((n + 1) * sizeof(*argv));
+        lens = malloc((n + 1) * sizeof(*lens));
+        if (argv == NULL || lens == NULL) {
+            free(argv);
+            free(lens);
+            free(q);
+            if (probe)
+                c->brk_state = BRK_OPEN;
+            c->st.errors++;
+            return TK_CACHE_ERROR;
+        }
+    }
+    argv[0] = "MGET";
+    lens[0] = 4;
+    for (size_t i = 0; i < n; i++) {
+        argv[i + 1] = keys[i];
+        lens[i + 1] = keylens ? keylens[i] : strlen(keys[i]);
+    }
+    q->ints = vals;
+    q->n = n;
+    /* hiredis copies the arguments into its output buffer at once. */
+    rc = tk_cache_roundtrip(c, q, probe, (int)(n + 1), argv, lens, &own);
+    if (argv != argv_s) {
+        free(argv);
+        free(lens);
+    }
+    if (!own) {
+        for (size_t i = 0; i < n; i++)
+            vals[i] = -1;
+        return rc;
+    }
+    free(q);
+    if (rc != TK_CACHE_OK) {
+        for (size_t i = 0; i < n; i++)
+            vals[i] = -1;
+        return rc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (vals[i] >= 0)
+            c->st.hits++;
+        else
+            c->st.misses++;
+    }
+    return rc;
 }

@@ -18,7 +18,7 @@ enum { BRK_CLOSED, BRK_OPEN, BRK_HALF_OPEN };
  * caller timed out or was cancelled and has returned), hiredis' callback,
  * which frees it without touching the caller or its buffers. */
 enum { REQ_WAITING, REQ_DONE, REQ_ABANDONED };
-enum { K_GET, K_SET, K_DEL, K_MGET, K_EVAL, K_WAIT };
+enum { K_GET, K_SET, K_DEL, K_MGET, K_MGET_INT, K_EVAL, K_WAIT };
 
 typedef struct cache_req {
     tk_cache_t *c;
@@ -30,6 +30,7 @@ typedef struct cache_req {
     char *val; /* K_GET result, owned by the record until taken */
     size_t len;
     tk_cache_item_t *items; /* K_MGET: the caller's array; written only while WAITING */
+    int *ints;              /* K_MGET_INT: the caller's array, same rule */
     size_t n;
 } cache_req_t;
 

@@ -4,6 +4,7 @@
 #include "db/db_int.h"
 
 #include <event2/event.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,7 +65,16 @@ pipe_item_t *tk_db_item_get(void)
         D.ifree = it->next;
     else if ((it = malloc(sizeof(*it))) == NULL)
         return NULL;
-    memset(it, 0, sizeof(*it));
+    /* Zero all but the parameter copy (pv, plens, pbuf: written before they
+     * are read, for joinable queries only): a query takes one item, and the
+     * copy is most of its size. */
+    memset(it, 0, offsetof(pipe_item_t, pv));
+    it->retried = 0;
+    it->aborted = 0;
+    it->started_ms = 0;
+    it->st = TK_DB_OK;
+    it->res = NULL;
+    memset(it->sqlstate, 0, sizeof(it->sqlstate));
     return it;
 }
 
@@ -423,8 +433,11 @@ void tk_db_pipe_dispatch(void)
             tk_db_item_put(it);
             continue;
         }
-        /* The least loaded connection, one whose current query isn't
-         * running long (head-of-line blocking) if there is one. */
+        /* One whose current query isn't running long (head-of-line
+         * blocking) if there is one; among those, one already written to in
+         * this loop iteration (dirty) while it has room, so that the
+         * iteration's queries leave in as few writes (and backend wake-ups)
+         * as possible; else the least loaded. */
         tk_db_conn_t *best = NULL;
         int best_stalled = 0;
         int64_t now = tk_now_ms();
@@ -433,7 +446,9 @@ void tk_db_pipe_dispatch(void)
                 continue;
             int st = pipe_stalled(c, now);
             if (best == NULL || st < best_stalled ||
-                (st == best_stalled && c->inflight < best->inflight)) {
+                (st == best_stalled &&
+                 (c->dirty > best->dirty ||
+                  (c->dirty == best->dirty && c->inflight < best->inflight)))) {
                 best = c;
                 best_stalled = st;
             }

@@ -90,6 +90,68 @@ static void test_basic(void **state)
     env_free(e);
 }
 
+/* tk_cache_mget_int(): numbers parsed from the reply; anything else, or a missing key, is -1;
+ * more keys than fit its stack arrays take the heap path. */
+static void body_mget_int(void *arg)
+{
+    env_t *e = arg;
+    tk_cache_t *c = e->cache;
+    static const char *vals[6] = {"123", "0", "abc", "", "1234567890", NULL};
+    static const int want[6] = {123, 0, -1, -1, -1, -1};
+    char names[80][64];
+    const char *keys[80];
+    size_t lens[80];
+    int got[80];
+
+    CHECK(wait_ready(c, 2000));
+    for (int i = 0; i < 80; i++) {
+        snprintf(names[i], sizeof(names[i]), "%s", K(""));
+        size_t l = strlen(names[i]);
+        snprintf(names[i] + l, sizeof(names[i]) - l, "n%d", i);
+        keys[i] = names[i];
+        lens[i] = strlen(names[i]);
+        tk_cache_del(c, keys[i], lens[i]);
+    }
+    for (int i = 0; i < 5; i++)
+        CHECK(tk_cache_set(c, keys[i], lens[i], vals[i], strlen(vals[i]), 60) == TK_CACHE_OK);
+    tk_cache_stats_t st0, st1;
+    tk_cache_stats(c, &st0);
+    CHECK(tk_cache_mget_int(c, keys, lens, 6, got) == TK_CACHE_OK);
+    for (int i = 0; i < 6; i++)
+        CHECKF(got[i] == want[i], "key %d: %d, want %d", i, got[i], want[i]);
+    tk_cache_stats(c, &st1);
+    CHECK(st1.hits - st0.hits == 2 && st1.misses - st0.misses == 4);
+
+    /* 80 keys: every even one holds its index, the odd ones are missing */
+    for (int i = 0; i < 6; i++)
+        tk_cache_del(c, keys[i], lens[i]);
+    for (int i = 0; i < 80; i += 2) {
+        char v[8];
+        int vl = snprintf(v, sizeof(v), "%d", i);
+        CHECK(tk_cache_set(c, keys[i], lens[i], v, (size_t)vl, 60) == TK_CACHE_OK);
+    }
+    CHECK(tk_cache_mget_int(c, keys, lens, 80, got) == TK_CACHE_OK);
+    for (int i = 0; i < 80; i++)
+        CHECKF(got[i] == (i % 2 ? -1 : i), "key %d: %d", i, got[i]);
+    for (int i = 0; i < 80; i++)
+        tk_cache_del(c, keys[i], lens[i]);
+}
+
+static void test_mget_int(void **state)
+{
+    (void)state;
+    int got[2] = {7, 7};
+    const char *keys[2] = {"a", "b"};
+    assert_int_equal(tk_cache_mget_int(NULL, keys, NULL, 2, got), TK_CACHE_BYPASS);
+    assert_int_equal(got[0], -1);
+    assert_int_equal(got[1], -1);
+    if (!redis_addr())
+        skip();
+    env_t *e = env_new(redis_addr(), NULL);
+    env_run(e, body_mget_int, e);
+    env_free(e);
+}
+
 /* Outside a green thread or without a cache the calls never block. */
 static void test_no_cache(void **state)
 {
@@ -819,11 +881,12 @@ static void test_unix_socket(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_no_cache),     cmocka_unit_test(test_basic),
-        cmocka_unit_test(test_ttl),          cmocka_unit_test(test_concurrent),
-        cmocka_unit_test(test_timeout_slow), cmocka_unit_test(test_timeout_silent),
-        cmocka_unit_test(test_dead_address), cmocka_unit_test(test_restart),
-        cmocka_unit_test(test_breaker),      cmocka_unit_test(test_unix_socket),
+        cmocka_unit_test(test_no_cache),       cmocka_unit_test(test_basic),
+        cmocka_unit_test(test_mget_int),       cmocka_unit_test(test_ttl),
+        cmocka_unit_test(test_concurrent),     cmocka_unit_test(test_timeout_slow),
+        cmocka_unit_test(test_timeout_silent), cmocka_unit_test(test_dead_address),
+        cmocka_unit_test(test_restart),        cmocka_unit_test(test_breaker),
+        cmocka_unit_test(test_unix_socket),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests(tests, NULL, NULL);
