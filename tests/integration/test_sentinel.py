@@ -1,7 +1,7 @@
 """test_sentinel: the cache tier behind Redis Sentinel: failover, reads from replicas, bad Sentinels.
 
 Real Redis (1 master, 2 replicas) and 3 real Sentinels from a devenv of their own (failovers are
-destructive): TENK_VAR_DIR=<srcdir>/var-sentinel, ports TENK_PG_PORT+20 and TENK_REDIS_PORT+20
+destructive): TENK_VAR_DIR=<srcdir>/var-sentinel, ports TENK_PG_PORT+40 and TENK_REDIS_PORT+40 (test_db_failover's devenv has +20)
 (override with TENK_SENTINEL_PG_PORT / TENK_SENTINEL_REDIS_PORT). The figures (switch-to-write
 time, hit ratio recovery, invalidation window) are printed with -s.
 """
@@ -21,9 +21,9 @@ from tenkharness import Tenkd, wait_until
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRCDIR = os.path.dirname(os.path.dirname(HERE))
 VAR = os.path.join(SRCDIR, "var-sentinel")
-PG_PORT = int(os.environ.get("TENK_SENTINEL_PG_PORT") or int(os.environ.get("TENK_PG_PORT", "62329")) + 20)
+PG_PORT = int(os.environ.get("TENK_SENTINEL_PG_PORT") or int(os.environ.get("TENK_PG_PORT", "62329")) + 40)
 REDIS_PORT = int(os.environ.get("TENK_SENTINEL_REDIS_PORT") or
-                 int(os.environ.get("TENK_REDIS_PORT", "63799")) + 20)
+                 int(os.environ.get("TENK_REDIS_PORT", "63799")) + 40)
 DEVENV_ENV = {"TENK_VAR_DIR": VAR, "TENK_PG_PORT": str(PG_PORT), "TENK_REDIS_PORT": str(REDIS_PORT)}
 
 
@@ -146,7 +146,7 @@ def senv():
     env = load_env()
     wait_until(lambda: healthy(env), 60, "the Sentinel devenv to settle")
     yield env
-    devenv("up")  # restart a node a test killed; it rejoins as a replica
+    devenv("down")  # its nodes are not left running beside the other tests (up restarts them all)
 
 
 @pytest.fixture
