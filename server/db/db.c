@@ -74,6 +74,11 @@ tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, con
     return st;
 }
 
+int tk_db_primary_reachable(void)
+{
+    return !D.enabled || D.backoff_ms == 0;
+}
+
 void tk_db_counts(tk_db_counts_t *out)
 {
     out->pipelined = D.npiped;
