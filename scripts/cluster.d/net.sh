@@ -1,5 +1,5 @@
 # net.sh: scripts/cluster's network (sourced): the bridge, one namespace and veth per host, netem
-# delay on the database links, and cutting one app host off the database.
+# delay on the database links (where the kernel has netem), and cutting one app host off the database.
 
 # veth names: tk-v-HOST on the bridge side (<= 15 characters), eth0 inside the namespace.
 veth() { echo "tk-v-$1"; }
@@ -37,10 +37,17 @@ net_down() {
     ip link del "$BR" 2>/dev/null || true
 }
 
+# netem_available: this kernel has sch_netem (a Firecracker guest kernel, for one, has not)
+netem_available() {
+    nsx client tc qdisc add dev lo root netem delay 1ms 2>/dev/null || return 1
+    nsx client tc qdisc del dev lo root 2>/dev/null || true
+}
+
 # net_delay MS: netem on each database host's link (its replies to the app hosts, and replication,
 # take MS more: a round trip between an app host and the database grows by MS).
 net_delay() {
     local k
+    netem_available || tk_die "--delay: this kernel ($(uname -r)) has no netem qdisc (sch_netem)"
     for k in 1 2 3; do nsx "pg$k" tc qdisc replace dev eth0 root netem delay "${1}ms"; done
     echo "$1" > "$C/delay"
     tk_say "netem: ${1} ms on the PostgreSQL hosts' links"
@@ -51,11 +58,9 @@ net_undelay() {
     rm -f "$C/delay"
 }
 
-# net_cut_db K / net_uncut_db K: app host K loses every packet to the database hosts
-# (10.231.7.48/28: pg1..pg3), as a broken link would; the load balancer still reaches it.
-net_cut_db() {
-    nsx "app$1" tc qdisc add dev eth0 root handle 1: prio bands 4 priomap 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0
-    nsx "app$1" tc qdisc add dev eth0 parent 1:4 handle 40: netem loss 100%
-    nsx "app$1" tc filter add dev eth0 protocol ip parent 1:0 prio 1 u32 match ip dst "$NET.48/28" flowid 1:4
-}
-net_uncut_db() { nsx "app$1" tc qdisc del dev eth0 root 2>/dev/null || true; }
+# net_cut_db K / net_uncut_db K: app host K's packets to the database hosts (10.231.7.48/28:
+# pg1..pg3) are dropped, as on a broken link: a blackhole route (netem loss 100% is not available
+# on every kernel). Its open connections hang until their timeouts; new ones fail at once. The
+# load balancer still reaches it.
+net_cut_db() { nsx "app$1" ip route add blackhole "$NET.48/28"; }
+net_uncut_db() { nsx "app$1" ip route del blackhole "$NET.48/28" 2>/dev/null || true; }
