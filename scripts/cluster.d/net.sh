@@ -58,9 +58,9 @@ net_undelay() {
     rm -f "$C/delay"
 }
 
-# net_cut_db K / net_uncut_db K: app host K's packets to the database hosts (10.231.7.48/28:
+# net_cut_db K / net_uncut_db K: app host K's packets to the database hosts (10.231.7.48/29:
 # pg1..pg3) are dropped, as on a broken link: a blackhole route (netem loss 100% is not available
 # on every kernel). Its open connections hang until their timeouts; new ones fail at once. The
 # load balancer still reaches it.
-net_cut_db() { nsx "app$1" ip route add blackhole "$NET.48/28"; }
-net_uncut_db() { nsx "app$1" ip route del blackhole "$NET.48/28" 2>/dev/null || true; }
+net_cut_db() { nsx "app$1" ip route add blackhole "$NET.48/29"; }
+net_uncut_db() { nsx "app$1" ip route del blackhole "$NET.48/29" 2>/dev/null || true; }

@@ -36,12 +36,12 @@ tk_db_status_t tk_db_query_many(int stmt, int n, int nparams, const char *const 
         return TK_DB_DISABLED;
     }
     if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ))
-        return tk_db_pipe_query_many(stmt, n, nparams, values, res);
+        return tk_db_note_outcome(tk_db_pipe_query_many(stmt, n, nparams, values, res));
     for (int i = 0; i < n; i++)
         res[i] = NULL;
     tk_db_conn_t *c = tk_db_acquire(&st);
     if (c == NULL)
-        return st;
+        return tk_db_note_outcome(st);
     for (int i = 0; i < n && st == TK_DB_OK; i++)
         st = tk_db_exec(c, stmt, nparams, values + i * nparams, NULL, &res[i]);
     tk_db_release(c);
@@ -63,10 +63,10 @@ tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, con
     if (!D.enabled)
         return TK_DB_DISABLED;
     if (stmt >= 0 && stmt < g_nstmts && (g_stmts[stmt].flags & TK_DB_READ))
-        return tk_db_pipe_query(stmt, nparams, values, lengths, res, sqlstate);
+        return tk_db_note_outcome(tk_db_pipe_query(stmt, nparams, values, lengths, res, sqlstate));
     tk_db_conn_t *c = tk_db_acquire(&st);
     if (c == NULL)
-        return st;
+        return tk_db_note_outcome(st);
     st = tk_db_exec(c, stmt, nparams, values, lengths, res);
     if (sqlstate)
         memcpy(sqlstate, c->sqlstate, 6);
@@ -74,9 +74,10 @@ tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, con
     return st;
 }
 
+/* Three failures in a row: one slow statement or one full queue is not an outage. */
 int tk_db_primary_reachable(void)
 {
-    return !D.enabled || D.backoff_ms == 0;
+    return !D.enabled || (D.backoff_ms == 0 && D.fails_in_row < 3);
 }
 
 void tk_db_counts(tk_db_counts_t *out)
@@ -112,8 +113,26 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     tk_db_pipe_share();
 }
 
+/* Green thread: one connection and SELECT 1; its outcome resets (or keeps)
+ * the unreachable state (tk_db_primary_reachable). */
+static void probe_main(void *arg)
+{
+    tk_db_status_t st;
+    PGresult *r = NULL;
+    (void)arg;
+    tk_db_conn_t *c = tk_db_acquire(&st);
+    if (c != NULL) {
+        st = tk_db_exec_sql(c, "SELECT 1", &r);
+        PQclear(r);
+        tk_db_release(c);
+    }
+    tk_db_note_outcome(st);
+    D.probing = 0;
+}
+
 /* Every TK_DB_TICK_MS: close idle connections past max_idle_time or
- * max_lifetime, and give up idle ones others are waiting for. */
+ * max_lifetime, and give up idle ones others are waiting for; probe the
+ * database while it is unreachable. */
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     tk_db_conn_t **pp = &D.idle;
@@ -152,6 +171,12 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
             tk_db_pipe_retire(c);
     }
     tk_db_pipe_share();
+    int64_t ms = tk_now_ms();
+    if (!tk_db_primary_reachable() && !D.probing && ms >= D.probe_next_ms &&
+        ms >= D.down_until_ms) {
+        D.probe_next_ms = ms + TK_DB_PROBE_MS;
+        D.probing = tk_gt_spawn(tk_sched_current(), "db-probe", probe_main, NULL) != NULL;
+    }
 }
 
 int tk_db_worker_init(struct event_base *base, tk_broker_sh_t *b, int slot, const tk_conf_t *conf)

@@ -111,8 +111,11 @@ typedef struct {
 void tk_db_counts(tk_db_counts_t *out);
 
 /* 0 while this worker's last attempt to connect to the primary failed (no
- * success since): the database is unreachable from here. 1 otherwise, also
- * before any attempt and without a database. No query, no lock: for /health. */
+ * success since), or its last three queries failed (timed out or got no
+ * connection; a lost link makes the open connections hang, nothing fails
+ * outright): the database is unreachable from here.
+ * 1 otherwise, also before any attempt and without a database. No query, no
+ * lock: for /health. */
 int tk_db_primary_reachable(void);
 
 /* A short name for a status (logs, error bodies); the HTTP status for it is

@@ -18,6 +18,7 @@ struct event;
 #define TK_DB_STEAL_GRACE_MS 50   /* an idle connection is kept this long while others queue */
 #define TK_DB_CONNECT_MS     5000 /* a connect left to the background gets this long */
 #define TK_DB_TICK_MS        100  /* maintenance timer */
+#define TK_DB_PROBE_MS       500  /* unreachable: how often a probe tries */
 #define TK_DB_PIPE_DEPTH     32   /* queries in flight on one shared connection */
 #define TK_DB_PIPE_OPEN_AT   8    /* open another when every one has this many */
 #define TK_DB_PIPE_MAX       32   /* shared connections per worker (db.max_open caps) */
@@ -148,6 +149,17 @@ typedef struct {
     tk_db_conn_t *idle; /* LIFO: the warmest connection first */
     int nidle;
     int64_t down_until_ms; /* database unreachable: fail fast until then */
+    /* queries failed in a row (timed out, or no connection within
+     * db.acquire_timeout), none answered since: with a lost link the open
+     * connections hang (no error, no reset) until db.query_timeout, long
+     * before a new connect fails; /health counts this as unreachable. Any
+     * answered query resets it, so a busy but working database never counts. */
+    unsigned fails_in_row;
+    /* while unreachable, a probe (connect + SELECT 1) every
+     * TK_DB_PROBE_MS: a host its load balancer took out gets no request
+     * that would find the database back */
+    int probing;
+    int64_t probe_next_ms;
     int backoff_ms;
     uint64_t nconnects, connect_ns; /* for the exit summary */
     uint64_t npiped, nsyncs;        /* pipelined queries, and the batches they went in */
@@ -172,6 +184,16 @@ typedef struct {
 } tk_db_state_t;
 
 extern tk_db_state_t tk_db_state;
+
+/* Keep fails_in_row (see above) from a query's outcome. */
+static inline tk_db_status_t tk_db_note_outcome(tk_db_status_t st)
+{
+    if (st == TK_DB_OK)
+        tk_db_state.fails_in_row = 0;
+    else if (st == TK_DB_TIMEOUT || st == TK_DB_UNAVAILABLE)
+        tk_db_state.fails_in_row++;
+    return st;
+}
 extern tk_db_stmt_t tk_db_stmts[TK_DB_MAX_STMTS];
 extern int tk_db_nstmts;
 

@@ -242,7 +242,7 @@ tk_db_status_t tk_db_exec(tk_db_conn_t *c, int stmt, int nparams, const char *co
         }
     }
     c->fresh = 0;
-    return st;
+    return tk_db_note_outcome(st);
 }
 
 tk_db_status_t tk_db_exec_sql(tk_db_conn_t *c, const char *sql, PGresult **res)
