@@ -1,6 +1,7 @@
 # bench.sh: scripts/cluster bench (sourced): wrk from the client namespace through HAProxy with
 # 1..N app hosts in service (the others in maintenance), for /db (one PostgreSQL query) and
-# /cached-queries?queries=1 (one Redis read), then the same with netem delay on the database
+# /cached-queries?queries=1 (one Redis read), then /updates?queries=1 (a read and an UPDATE) and
+# /plaintext (no backend) with every app host, then the first two with netem delay on the database
 # links. Req/s, p50/p95/p99, errors, and CPU per request for each tier from the processes' own
 # counters (/proc/PID/stat utime+stime, plus cutime+cstime: a PostgreSQL backend that exits is
 # charged to the postmaster). Every server shares this machine's two cores: this measures each
@@ -11,7 +12,7 @@ tier_ticks() {
     local h pids=""
     for h in $(hosts); do
         case "$1:$h" in
-        lb:lb | app:app* | pg:pg* pids+=" $(ip netns pids "$(ns "$h")" 2>/dev/null | paste -sd' ')" ;;
+        lb:lb | app:app* | pg:pg*) pids+=" $(ip netns pids "$(ns "$h")" 2>/dev/null | paste -sd' ')" ;;
         redis:redis* | sentinel:redis*) pids+=" $(ip netns pids "$(ns "$h")" 2>/dev/null | paste -sd' ')" ;;
         esac
     done
@@ -22,6 +23,20 @@ tier_ticks() {
         # fields after the ")" of comm: utime is the 12th, stime 13th, cutime 14th, cstime 15th
         sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13 + $14 + $15}'
     done | awk '{s += $1} END {print s + 0}'
+}
+
+# tier_pss TIER: memory of a tier in MB, the sum of its processes' proportional set size (shared
+# pages split among their users: PostgreSQL's shared buffers are not counted once per backend)
+tier_pss() {
+    local h p kb=0 v
+    for h in $(hosts); do
+        case "$1:$h" in lb:lb | app:app* | pg:pg* | redis:redis*) ;; *) continue ;; esac
+        for p in $(ip netns pids "$(ns "$h")" 2>/dev/null); do
+            v=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null) || continue
+            kb=$((kb + ${v:-0}))
+        done
+    done
+    echo $((kb / 1024))
 }
 
 WRK_LUA=
@@ -65,10 +80,19 @@ done = function(summary, latency, requests)
   io.write(string.format("ERRS connect %d read %d write %d timeout %d status %d\n", e.connect, e.read, e.write, e.timeout, e.status))
 end
 LUA
-    tk_say "bench: wrk -t2 -c32 -d${secs}s through HAProxy; load average $(cut -d' ' -f1-3 /proc/loadavg); tenk $(git -C "$TK_SRC" rev-parse --short HEAD)"
+    tk_say "bench: wrk -t2 -c32 -d${secs}s through HAProxy (client address by $(cat "$C/proxy")); load average $(cut -d' ' -f1-3 /proc/loadavg); tenk $(git -C "$TK_SRC" rev-parse --short HEAD)"
     for path in /db "/cached-queries?queries=1"; do
         for ((n = 1; n <= $(napps); n++)); do bench_one "$n" "$path" "$secs" "direct"; done
     done
+    for path in "/updates?queries=1" /plaintext; do bench_one "$(napps)" "$path" "$secs" "direct"; done
+    # the client address by the other means: its cost in HAProxy and tenk
+    local was other
+    was=$(cat "$C/proxy")
+    other=$([ "$was" = v2 ] && echo xff || echo v2)
+    lb_switch "$other"
+    for path in /plaintext /db; do bench_one "$(napps)" "$path" "$secs" "proxy $other"; done
+    lb_switch "$was"
+    tk_say "memory (PSS) per tier: lb $(tier_pss lb) MB, app $(tier_pss app) MB ($(napps) hosts), pg $(tier_pss pg) MB (3 hosts), redis $(tier_pss redis) MB (3 hosts + 3 Sentinels)"
     if [ -e "$C/delay" ]; then
         tk_say "netem delay set by up (--delay $(cat "$C/delay")): every run above had it"
     elif ! netem_available; then

@@ -25,7 +25,7 @@ load_report() { # load_report NAME EXPECT: wait for the load, print its numbers
     echo "$1 $r" >> "$C/chaos/report.txt"
 }
 lb_is() { [ "$(lb_state "app$1")" = "$2" ]; }
-app_gone() { ! kill -0 "$1" 2>/dev/null; }
+app_health_is() { [ "$(app_health "$1")" = "$2" ]; }
 
 case_kill9_app() {
     load_start "$((WARMUP + 8))" kill9-app1
@@ -78,7 +78,7 @@ case_cut_db() {
     load_start "$((WARMUP + 10))" cut-app1-from-db
     event inject
     net_cut_db 1
-    wait_for 20 "app1's /health to say 503" test "$(app_health 1)" = 503
+    wait_for 20 "app1's /health to say 503" app_health_is 1 503
     event health_503
     wait_for 10 "HAProxy to take app1 out" lb_is 1 DOWN
     event lb_down

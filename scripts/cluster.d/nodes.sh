@@ -102,7 +102,8 @@ sentinels_ready() { # every Sentinel knows 2 others and 2 replicas
 }
 redis_synced() { rq "$1" 6379 info replication | grep -q '^master_link_status:up'; }
 
-redis_start() { nsdev "$1" redis-server "$C/$1/redis.conf" </dev/null >/dev/null 2>&1; wait_for 10 "Redis on $1" test "$(rq "$1" 6379 ping)" = PONG; }
+redis_pongs() { [ "$(rq "$1" 6379 ping)" = PONG ]; }
+redis_start() { nsdev "$1" redis-server "$C/$1/redis.conf" </dev/null >/dev/null 2>&1; wait_for 10 "Redis on $1" redis_pongs "$1"; }
 
 redis_nodes_up() {
     local k d
@@ -225,8 +226,11 @@ app_up() {
 }
 
 # --- HAProxy -------------------------------------------------------------------------------------
+# lb_conf N [xff|v2]: the real client address by X-Forwarded-For (default: HAProxy keeps and
+# reuses its connections to the app hosts) or by a PROXY v2 header (send-proxy-v2: each server
+# connection then belongs to one client connection, and round robin opens new ones; see README)
 lb_conf() {
-    local k n=$1
+    local k n=$1 how=${2:-xff}
     cat <<CONF
 # scripts/cluster: the load balancer
 global
@@ -255,8 +259,9 @@ backend app
     balance roundrobin
     option httpchk GET /health
     http-check expect status 200
-    # the real client address reaches tenk in a PROXY v2 header (server.trusted_proxies)
-    default-server inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2 send-proxy-v2
+    # the real client address: tenk takes it from trusted proxies only (server.trusted_proxies)
+    $([ "$how" = v2 ] && echo "# PROXY v2 header" || echo "option forwardfor")
+    default-server inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2$([ "$how" = v2 ] && echo " send-proxy-v2")
     # which app host answered (the test sends one request to each)
     http-response set-header X-Tenk-Host %s
 CONF
@@ -270,12 +275,24 @@ print(s.makefile().read(), end="")' "$RUN/haproxy.sock" "$1"
 lb_state() { hactl "show stat" | awk -F, -v s="$1" '$1=="app" && $2==s {print $18}'; } # UP, DOWN, MAINT...
 lb_all_up() { local k; for ((k = 1; k <= $1; k++)); do [ "$(lb_state "app$k")" = UP ] || return 1; done; }
 lb_up() {
-    lb_conf "$(napps)" > "$C/haproxy.cfg"
+    lb_conf "$(napps)" "$(cat "$C/proxy")" > "$C/haproxy.cfg"
     haproxy -c -q -f "$C/haproxy.cfg" || tk_die "haproxy refuses $C/haproxy.cfg"
-    tk_say "lb: HAProxy on $(ip_of lb):80, httpchk GET /health every 500 ms, send-proxy-v2"
+    tk_say "lb: HAProxy on $(ip_of lb):80, httpchk GET /health every 500 ms, client address by $(cat "$C/proxy")"
     nsx lb haproxy -f "$C/haproxy.cfg" </dev/null >>"$C/haproxy.log" 2>&1 || { cat "$C/haproxy.log" >&2; tk_die "HAProxy did not start"; }
     wait_for 10 "HAProxy's stats socket" test -S "$RUN/haproxy.sock"
 }
+# lb_switch xff|v2: HAProxy's new configuration, reloaded (-sf: the old process finishes its
+# connections); waits until every app host is up in the new one
+lb_switch() {
+    local old
+    echo "$1" > "$C/proxy"
+    lb_conf "$(napps)" "$1" > "$C/haproxy.cfg"
+    old=$(cat "$RUN/haproxy.pid")
+    nsx lb haproxy -f "$C/haproxy.cfg" -sf "$old" </dev/null >>"$C/haproxy.log" 2>&1 || tk_die "HAProxy did not reload"
+    wait_for 10 "the old HAProxy to exit" app_gone "$old"
+    wait_for 20 "HAProxy to see every app host up" lb_all_up "$(napps)"
+}
+app_gone() { ! kill -0 "$1" 2>/dev/null; }
 
 # --- status --------------------------------------------------------------------------------------
 cluster_status() {

@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -61,6 +62,7 @@ struct tk_http_conn {
     unsigned admin : 1, ev_armed : 1, lingering : 1, ev_timed : 1, rd_pending : 1;
     unsigned first_read : 1; /* served at the accept, before its first read */
     unsigned proxy_hdr : 1;  /* a trusted proxy's peer: a PROXY v2 header may lead */
+    unsigned xff_ok : 1;     /* a trusted proxy's peer, no PROXY header: X-Forwarded-For counts */
     size_t linger_bytes;
     char peer[INET6_ADDRSTRLEN];
 };
@@ -366,6 +368,7 @@ int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *pee
     else if (peer && peer->sa_family == AF_UNIX)
         strcpy(c->peer, "unix");
     c->proxy_hdr = !admin && tk_proxy_trusted(&srv->trusted, peer, peerlen);
+    c->xff_ok = c->proxy_hdr;
     c->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = c;
@@ -729,6 +732,18 @@ static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t
     ctx.admin = c->admin;
     ctx.conn_id = c->id;
     ctx.peer = c->peer;
+    char xff_peer[INET6_ADDRSTRLEN];
+    if (c->xff_ok) {
+        /* the last X-Forwarded-For field: the one the nearest proxy wrote */
+        const tk_http_header_t *xf = NULL;
+        for (int i = 0; i < req->nheaders; i++)
+            if (req->headers[i].name.len == 15 &&
+                strncasecmp(req->headers[i].name.p, "X-Forwarded-For", 15) == 0)
+                xf = &req->headers[i];
+        if (xf && tk_proxy_xff_client(&c->srv->trusted, xf->value.p, xf->value.len, xff_peer,
+                                      sizeof(xff_peer)))
+            ctx.peer = xff_peer;
+    }
     ctx.gzip_ok = srv->conf->gzip && tk_http_accepts_gzip(req->accept_encoding);
     int more = c->in.len - c->in_off > consumed; /* pipelined bytes already here */
     ctx.keep_alive = req->keep_alive && !req->conn_close && srv->stopping == 0 &&
@@ -800,6 +815,8 @@ static int proxy_take(tk_http_conn_t *c)
         return -1;
     case TK_PROXY_OK:
         c->in_off += used;
+        /* the header named the client: what it sends is not a proxy's word */
+        c->xff_ok = !h.have_addr;
         if (h.have_addr && h.src.ss_family == AF_INET)
             inet_ntop(AF_INET, &((const struct sockaddr_in *)&h.src)->sin_addr, c->peer,
                       sizeof(c->peer));

@@ -118,6 +118,48 @@ int tk_proxy_trusted(const tk_proxy_cidrs_t *t, const struct sockaddr *peer, soc
     return 0;
 }
 
+int tk_proxy_xff_client(const tk_proxy_cidrs_t *t, const char *xff, size_t len, char *out,
+                        size_t outlen)
+{
+    size_t end = len;
+    while (end > 0) {
+        size_t start = end;
+        while (start > 0 && xff[start - 1] != ',')
+            start--;
+        size_t a = start, b = end;
+        while (a < b && (xff[a] == ' ' || xff[a] == '\t'))
+            a++;
+        while (b > a && (xff[b - 1] == ' ' || xff[b - 1] == '\t'))
+            b--;
+        char one[INET6_ADDRSTRLEN];
+        if (b - a == 0 || b - a >= sizeof(one))
+            return 0;
+        memcpy(one, xff + a, b - a);
+        one[b - a] = '\0';
+        struct sockaddr_storage ss;
+        memset(&ss, 0, sizeof(ss));
+        socklen_t sl;
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        if (inet_pton(AF_INET, one, &s4->sin_addr) == 1) {
+            s4->sin_family = AF_INET;
+            sl = sizeof(*s4);
+        } else if (inet_pton(AF_INET6, one, &s6->sin6_addr) == 1) {
+            s6->sin6_family = AF_INET6;
+            sl = sizeof(*s6);
+        } else {
+            return 0;
+        }
+        if (!tk_proxy_trusted(t, (struct sockaddr *)&ss, sl) || start == 0) {
+            const void *src = ss.ss_family == AF_INET ? (const void *)&s4->sin_addr
+                                                      : (const void *)&s6->sin6_addr;
+            return inet_ntop(ss.ss_family, src, out, (socklen_t)outlen) != NULL;
+        }
+        end = start - 1; /* a trusted proxy: the hop before it */
+    }
+    return 0;
+}
+
 tk_proxy_rc_t tk_proxy_v2_parse(const uint8_t *p, size_t n, tk_proxy_hdr_t *out, size_t *used)
 {
     memset(out, 0, sizeof(*out));

@@ -52,4 +52,14 @@ typedef struct {
 /* Look at the first n bytes of a connection. */
 tk_proxy_rc_t tk_proxy_v2_parse(const uint8_t *p, size_t n, tk_proxy_hdr_t *out, size_t *used);
 
+/* The client in an X-Forwarded-For value (len bytes, not NUL-terminated)
+ * that a trusted proxy sent: walking from the right (each proxy appends the
+ * address it saw), the first address that is not itself a trusted proxy.
+ * Every element must be a numeric IPv4 or IPv6 address: an element that is
+ * not (a port, a name, garbage, "unknown") ends the walk with no answer,
+ * since nothing left of it can be trusted. 1 with the address in out
+ * (normalised text), or 0 (keep the peer). */
+int tk_proxy_xff_client(const tk_proxy_cidrs_t *t, const char *xff, size_t len, char *out,
+                        size_t outlen);
+
 #endif

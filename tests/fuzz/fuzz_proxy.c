@@ -1,12 +1,14 @@
-/* fuzz_proxy.c: libFuzzer target for the PROXY protocol v2 header and the
- * trusted-proxy CIDR list (server/http/proxy.c).
+/* fuzz_proxy.c: libFuzzer target for the PROXY protocol v2 header, the
+ * trusted-proxy CIDR list and X-Forwarded-For (server/http/proxy.c).
  *
  * The input is parsed as the first bytes of a connection; every prefix of it
  * too, which must never say more than the whole does (a header found in n
  * bytes is found the same way in more). A header that parses uses no more
  * bytes than it was given, and its address family is one it can hold. The
- * input is also read as a CIDR list, and a parsed list is matched against
- * the header's address. Any breach aborts. */
+ * input is also read as a CIDR list, a parsed list is matched against the
+ * header's address, and the input is read as an X-Forwarded-For value with
+ * that list trusted (an answer is a terminated numeric address). Any breach
+ * aborts. */
 // fuzz-sources: server/http/proxy.c
 #include "config.h"
 
@@ -14,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <arpa/inet.h>
 
 #include "http/proxy.h"
 
@@ -71,6 +75,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (rc == TK_PROXY_OK && h.have_addr) {
             int r = tk_proxy_trusted(&t, (const struct sockaddr *)&h.src, sizeof(h.src));
             CHECK(r == 0 || r == 1);
+        }
+        /* the input as an X-Forwarded-For value, with that list trusted */
+        char addr[INET6_ADDRSTRLEN + 8];
+        memset(addr, 'x', sizeof(addr));
+        if (tk_proxy_xff_client(&t, (const char *)p, size, addr, INET6_ADDRSTRLEN)) {
+            CHECK(memchr(addr, '\0', INET6_ADDRSTRLEN) != NULL);
+            uint8_t bin[16];
+            CHECK(inet_pton(AF_INET, addr, bin) == 1 || inet_pton(AF_INET6, addr, bin) == 1);
         }
     } else {
         CHECK(err[0] != '\0' && memchr(err, '\0', sizeof(err)) != NULL);

@@ -1,8 +1,8 @@
 """test_lb.py: what tenk needs behind a load balancer: the lame duck of server.drain_delay
 (/health 503 while everything else is served, on a graceful stop, a fast stop and a reload, with
 no request lost), /health 503 while the primary is unreachable, and server.trusted_proxies with
-the PROXY protocol v2 (the client's address in the access log and /debug/threads; untrusted
-peers and malformed headers refused); `tenkd -t` checks both keys."""
+the PROXY protocol v2 and X-Forwarded-For (the client's address in the access log and
+/debug/threads; untrusted peers and malformed headers refused); `tenkd -t` checks both keys."""
 import json
 import os
 import shutil
@@ -239,6 +239,50 @@ def test_proxy_v2_from_trusted_proxies_only():
         with Tenkd(workers=1, db="", redis="", conf="[server]\ntrusted_proxies = 10.9.0.0/16\n") as t:
             st, _, _ = _raw(t, proxy_v2("203.0.113.7") + build_request("GET", "/plaintext"))
             assert st == 400, st
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_x_forwarded_for_from_trusted_proxies_only():
+    d = tempfile.mkdtemp(prefix="tenk-lb-")
+    log = os.path.join(d, "access.log")
+    conf = ("[server]\ntrusted_proxies = 127.0.0.1, 10.9.0.0/16\n"
+            "[log]\naccess_log = %s\naccess_log_format = json\n" % log)
+    try:
+        with Tenkd(workers=1, db="", redis="", conf=conf) as t:
+            cases = {
+                "who=one": ("203.0.113.9", "203.0.113.9"),
+                # the client's own claim is left of what the proxy saw: the rightmost untrusted wins
+                "who=spoof": ("1.2.3.4, 198.51.100.20", "198.51.100.20"),
+                # a second trusted proxy in the chain is skipped
+                "who=chain": ("198.51.100.21,10.9.3.4", "198.51.100.21"),
+                "who=v6": ("2001:db8::7", "2001:db8::7"),
+                # garbage ends the walk: the peer stays
+                "who=junk": ("unknown", "127.0.0.1"),
+                "who=port": ("198.51.100.22:443", "127.0.0.1"),
+            }
+            for q, (xff, _) in cases.items():
+                assert t.request("GET", "/plaintext?" + q, headers={"X-Forwarded-For": xff})[0] == 200
+            # after a PROXY v2 header that named the client, X-Forwarded-For is the client's word
+            st = _raw(t, proxy_v2("192.0.2.5") + build_request("GET", "/plaintext?who=both",
+                                                               {"X-Forwarded-For": "6.6.6.6"}))[0]
+            assert st == 200
+            want = {q: v[1] for q, v in cases.items()}
+            want["who=both"] = "192.0.2.5"
+
+            def peers():
+                got = {l["query"]: l["remote"] for l in _log_lines(log)}
+                return got if all(q in got for q in want) else None
+            got = wait_until(peers, 5, "the access log lines")
+            assert {q: got[q] for q in want} == want, got
+        # an untrusted peer's X-Forwarded-For is ignored
+        os.unlink(log)
+        conf2 = "[server]\ntrusted_proxies = 10.9.0.0/16\n[log]\naccess_log = %s\naccess_log_format = json\n" % log
+        with Tenkd(workers=1, db="", redis="", conf=conf2) as t:
+            assert t.request("GET", "/plaintext?who=untrusted", headers={"X-Forwarded-For": "203.0.113.9"})[0] == 200
+            got = wait_until(lambda: {l["query"]: l["remote"] for l in _log_lines(log)}.get("who=untrusted"), 5,
+                             "the access log line")
+            assert got == "127.0.0.1", got
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
