@@ -398,7 +398,7 @@ static void test_example_file_is_the_defaults(void **state)
     memcpy(d.src_line, c.src_line, sizeof(d.src_line));
     assert_memory_equal(&c, &d, sizeof(c));
     /* Every setting appears (uncommented) in the example. */
-    assert_int_equal(set, 44);
+    assert_int_equal(set, 46);
     assert_int_equal(tk_conf_validate(&c, err, sizeof(err)), 0);
 }
 
