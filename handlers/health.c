@@ -7,15 +7,31 @@
 
 #include <cjson/cJSON.h>
 
+#include "db/db.h"
 #include "handlers/handlers.h"
 #include "http/http_response.h"
 #include "runtime/scheduler.h"
+#include "shm/segment.h"
 
-/* GET /health: liveness, cheap enough to poll under any load. */
+static tk_shm_t *health_shm; /* the instance's segment (lame-duck flag); may be NULL */
+
+/* GET /health: what a load balancer's check needs, cheap enough to poll under
+ * any load (a flag in shared memory and the db client's own view, no query).
+ * 503 during the lame duck before a stop or reload (server.drain_delay), so
+ * the balancer takes this host out while it still serves everything else;
+ * 503 while this worker cannot connect to the primary, since a host that
+ * says "up" while every request fails is worse than no check. */
 static void health(tk_http_ctx_t *ctx)
 {
-    static const char body[] = "{\"status\":\"ok\"}";
-    tk_http_respond(ctx, 200, "application/json", body, sizeof(body) - 1);
+    static const char ok[] = "{\"status\":\"ok\"}";
+    static const char lame[] = "{\"status\":\"draining\"}";
+    static const char nodb[] = "{\"status\":\"database unreachable\"}";
+    if (health_shm && tk_shm_lame_duck(health_shm))
+        tk_http_respond(ctx, 503, "application/json", lame, sizeof(lame) - 1);
+    else if (!tk_db_primary_reachable())
+        tk_http_respond(ctx, 503, "application/json", nodb, sizeof(nodb) - 1);
+    else
+        tk_http_respond(ctx, 200, "application/json", ok, sizeof(ok) - 1);
 }
 
 /* GET /json: TechEmpower's JSON test: a fresh object serialised per request,
@@ -89,7 +105,7 @@ void tk_handlers_debug_stream(tk_http_ctx_t *ctx)
 
 void tk_handlers_register_health(tk_router_t *r, const tk_handlers_env_t *env)
 {
-    (void)env; /* needs none of the worker's services */
+    health_shm = env->shm;
     tk_router_add(r, "GET", "/health", health);
     tk_router_add(r, "GET", "/json", json);
     tk_router_add(r, "GET", "/plaintext", plaintext);

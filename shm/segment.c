@@ -735,6 +735,16 @@ void tk_shm_set_stopping(tk_shm_t *shm)
     __atomic_store_n(&tk_shm_header(shm)->stopping, 1u, __ATOMIC_RELEASE);
 }
 
+void tk_shm_set_lame_duck(tk_shm_t *shm, int on)
+{
+    __atomic_store_n(&tk_shm_header(shm)->lame_duck, on ? 1u : 0u, __ATOMIC_RELEASE);
+}
+
+int tk_shm_lame_duck(tk_shm_t *shm)
+{
+    return __atomic_load_n(&tk_shm_header(shm)->lame_duck, __ATOMIC_ACQUIRE) != 0;
+}
+
 int tk_shm_worker_find_free(tk_shm_t *shm)
 {
     int dead = -1;

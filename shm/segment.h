@@ -12,8 +12,8 @@
 
 #define TK_SHM_MAGIC 0x314d48534b4e4554ull /* "TENKSHM1" little-endian */
 /* Bump whenever any shared struct (header, worker, metrics, broker) changes shape. */
-#define TK_SHM_LAYOUT_VERSION                                                                      \
-    5u /* 4: a broker per database backend, the dbview; 5: the cache topology */
+/* 4: a broker per database backend, the dbview; 5: the cache topology; 6: the lame duck */
+#define TK_SHM_LAYOUT_VERSION 6u
 /* Worker-table slots: the master passes nslots = TK_SHM_SLOTS(workers). Two per
  * worker, because during a reload the new generation starts while the old one
  * drains; a respawned worker reuses its dead predecessor's slot. 0 means
@@ -59,6 +59,8 @@ typedef struct {
     uint64_t reload_seq;
     uint32_t reload_ok;
     uint32_t stopping; /* 1 once the master began a stop */
+    /* 1 during server.drain_delay before a stop or a reload: /health answers 503 */
+    uint32_t lame_duck;
     char reload_error[TK_SHM_ERROR_MAX];
     char conf_path[TK_SHM_PATH_MAX];
     char name[TK_SHM_NAME_MAX];
@@ -143,6 +145,9 @@ void tk_shm_set_generation(tk_shm_t *shm, uint64_t generation);
 /* After handling a SIGHUP: ok=1, or ok=0 with the reason (copied). */
 void tk_shm_reload_done(tk_shm_t *shm, int ok, const char *error);
 void tk_shm_set_stopping(tk_shm_t *shm);
+/* The lame-duck flag (server.drain_delay): set by the master, read by /health. */
+void tk_shm_set_lame_duck(tk_shm_t *shm, int on);
+int tk_shm_lame_duck(tk_shm_t *shm);
 /* A free slot for a new worker: EMPTY first, then the DEAD one with the fewest
  * respawns. -1 if every slot holds a live worker. */
 int tk_shm_worker_find_free(tk_shm_t *shm);

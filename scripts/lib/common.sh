@@ -18,6 +18,8 @@ TK_PKGS_BUILD="autoconf automake libtool pkg-config make gcc libevent-dev libcjs
 TK_PKGS_RUN="postgresql postgresql-contrib redis-server redis-tools procps passwd util-linux"
 # Only for the replicated devenv (scripts/devenv up --pgbouncer; Sentinels are redis-server --sentinel).
 TK_PKGS_HA="pgbouncer"
+# scripts/cluster: the load balancer, Sentinels, namespaces and netem, the load.
+TK_PKGS_CLUSTER="haproxy redis-sentinel iproute2 wrk curl bsdextrautils"
 TK_PKGS_TEST="python3 python3-pytest clang libclang-rt-14-dev tmux systemd curl wrk psmisc prometheus chromium nodejs
   slowhttptest valgrind debhelper dh-autoreconf lintian dpkg-dev fakeroot adduser"
 

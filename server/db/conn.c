@@ -315,7 +315,9 @@ static void finish_main(void *arg)
     tk_db_use(c->be);
     int r = connect_poll(c, tk_now_ms() + TK_DB_CONNECT_MS);
     if (r != 0) {
-        if (r == -1)
+        /* -2: no answer within TK_DB_CONNECT_MS (a host cut off drops the
+         * SYNs; libpq would wait for the kernel's retries): a failure too */
+        if (r == -1 || r == -2)
             connect_failed(c);
         tk_db_conn_discard(c);
         return;

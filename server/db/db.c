@@ -43,7 +43,7 @@ static tk_db_status_t exec_many(int stmt, int n, int nparams, const char *const 
         res[i] = NULL;
     tk_db_conn_t *c = tk_db_acquire(&st);
     if (c == NULL)
-        return st;
+        return tk_db_note_outcome(st);
     for (int i = 0; i < n && st == TK_DB_OK; i++)
         st = tk_db_exec(c, stmt, nparams, values + i * nparams, NULL, &res[i]);
     tk_db_release(c);
@@ -62,7 +62,7 @@ static tk_db_status_t exec_one(int stmt, int nparams, const char *const *values,
     tk_db_status_t st;
     tk_db_conn_t *c = tk_db_acquire(&st);
     if (c == NULL)
-        return st;
+        return tk_db_note_outcome(st);
     st = tk_db_exec(c, stmt, nparams, values, lengths, res);
     if (sqlstate)
         memcpy(sqlstate, c->sqlstate, 6);
@@ -88,9 +88,10 @@ static tk_db_status_t read_on(tk_db_state_t *s, const read_t *q)
         st = q->n ? exec_many(q->stmt, q->n, q->nparams, q->values, q->res)
                   : exec_one(q->stmt, q->nparams, q->values, q->lengths, q->res, q->sqlstate);
     else
-        st = q->n ? tk_db_pipe_query_many(q->stmt, q->n, q->nparams, q->values, q->res)
-                  : tk_db_pipe_query(q->stmt, q->nparams, q->values, q->lengths, q->res,
-                                     q->sqlstate);
+        st = tk_db_note_outcome(
+            q->n ? tk_db_pipe_query_many(q->stmt, q->n, q->nparams, q->values, q->res)
+                 : tk_db_pipe_query(q->stmt, q->nparams, q->values, q->lengths, q->res,
+                                    q->sqlstate));
     tk_db_route_inflight(s, -1);
     tk_db_use(old);
     return st;
@@ -143,6 +144,12 @@ tk_db_status_t tk_db_query(int stmt, int nparams, const char *const *values, con
     return exec_one(stmt, nparams, values, lengths, res, sqlstate);
 }
 
+/* Three failures in a row: one slow statement or one full queue is not an outage. */
+int tk_db_primary_reachable(void)
+{
+    return tk_db_be_reachable(&tk_db_be[0]);
+}
+
 void tk_db_counts(tk_db_counts_t *out)
 {
     memset(out, 0, sizeof(*out));
@@ -181,6 +188,24 @@ static void wake_be(void)
     }
     tk_db_give_up_idle();
     tk_db_pipe_share();
+}
+
+/* Green thread: one connection to the primary and SELECT 1; its outcome
+ * resets (or keeps) the unreachable state (tk_db_primary_reachable). */
+static void probe_main(void *arg)
+{
+    tk_db_status_t st;
+    PGresult *r = NULL;
+    (void)arg;
+    tk_db_use(&tk_db_be[0]); /* a green thread's main sets its backend */
+    tk_db_conn_t *c = tk_db_acquire(&st);
+    if (c != NULL) {
+        st = tk_db_exec_sql(c, "SELECT 1", &r);
+        PQclear(r);
+        tk_db_release(c);
+    }
+    tk_db_note_outcome(st);
+    D.probing = 0;
 }
 
 /* One eventfd per worker serves every backend's broker. */
@@ -233,6 +258,13 @@ static void timer_be(void)
             tk_db_pipe_retire(c);
     }
     tk_db_pipe_share();
+    int64_t ms = tk_now_ms();
+    /* the primary, while unreachable (replicas have the lag probe) */
+    if (D.idx == 0 && !tk_db_be_reachable(&D) && !D.probing && ms >= D.probe_next_ms &&
+        ms >= D.down_until_ms) {
+        D.probe_next_ms = ms + TK_DB_PROBE_MS;
+        D.probing = tk_gt_spawn(tk_sched_current(), "db-probe", probe_main, NULL) != NULL;
+    }
 }
 
 /* Every TK_DB_TICK_MS: close idle connections past max_idle_time or

@@ -142,6 +142,14 @@ int tk_db_last_backend(void);
 int tk_db_lsn_parse(const char *s, size_t n, uint64_t *out);
 int tk_db_lsn_format(uint64_t lsn, char *buf, size_t len);
 
+/* 0 while this worker's last attempt to connect to the primary failed (no
+ * success since), or its last three queries on the primary failed (timed out or got no
+ * connection; a lost link makes the open connections hang, nothing fails
+ * outright): the database is unreachable from here.
+ * 1 otherwise, also before any attempt and without a database. No query, no
+ * lock: for /health. */
+int tk_db_primary_reachable(void);
+
 /* A short name for a status (logs, error bodies); the HTTP status for it is
  * the handlers' (handlers/db_status.h). */
 const char *tk_db_status_name(tk_db_status_t st);

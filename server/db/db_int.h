@@ -20,6 +20,7 @@ struct event;
 #define TK_DB_STEAL_GRACE_MS 50   /* an idle connection is kept this long while others queue */
 #define TK_DB_CONNECT_MS     5000 /* a connect left to the background gets this long */
 #define TK_DB_TICK_MS        100  /* maintenance timer */
+#define TK_DB_PROBE_MS       500  /* unreachable: how often a probe tries */
 #define TK_DB_PIPE_DEPTH     32   /* queries in flight on one shared connection */
 #define TK_DB_PIPE_OPEN_AT   8    /* open another when every one has this many */
 #define TK_DB_PIPE_MAX       32   /* shared connections per worker (db.max_open caps) */
@@ -150,7 +151,7 @@ typedef struct tk_db_state {
     int idx;              /* 0 = primary, 1.. = replica */
     const char *conninfo; /* db.primary or this db.replica */
     const char *hostaddr; /* the master's resolution of conninfo's hosts, NULL if none */
-    int unnamed; /* db.statements = unnamed: no named statements, no session state */
+    int unnamed;          /* db.statements = unnamed: no named statements, no session state */
     struct event_base *base;
     tk_broker_sh_t *b;
     int w;
@@ -161,6 +162,17 @@ typedef struct tk_db_state {
     int nidle;
     int64_t down_until_ms; /* database unreachable: fail fast until then */
     int64_t skip_until_ms; /* a replica whose query failed: reads skip it until then */
+    /* queries failed in a row (timed out, or no connection within
+     * db.acquire_timeout), none answered since: with a lost link the open
+     * connections hang (no error, no reset) until db.query_timeout, long
+     * before a new connect fails; /health counts this as unreachable. Any
+     * answered query resets it, so a busy but working database never counts. */
+    unsigned fails_in_row;
+    /* while unreachable, a probe (connect + SELECT 1) every
+     * TK_DB_PROBE_MS: a host its load balancer took out gets no request
+     * that would find the database back */
+    int probing;
+    int64_t probe_next_ms;
     int backoff_ms;
     uint64_t nconnects, connect_ns; /* for the exit summary */
     uint64_t npiped, nsyncs;        /* pipelined queries, and the batches they went in */
@@ -218,6 +230,24 @@ static inline int tk_db_wait_fd(int fd, short events, tk_gt_state_t why, int64_t
     errno = e;
     return r;
 }
+
+/* A backend is unreachable from this worker while its last connect failed (back-off running)
+ * or its last three queries failed: one slow statement or one full queue is not an outage. */
+static inline int tk_db_be_reachable(const tk_db_state_t *s)
+{
+    return !s->enabled || (s->backoff_ms == 0 && s->fails_in_row < 3);
+}
+
+/* Keep the current backend's fails_in_row (see above) from a query's outcome. */
+static inline tk_db_status_t tk_db_note_outcome(tk_db_status_t st)
+{
+    if (st == TK_DB_OK)
+        tk_db_cur->fails_in_row = 0;
+    else if (st == TK_DB_TIMEOUT || st == TK_DB_UNAVAILABLE)
+        tk_db_cur->fails_in_row++;
+    return st;
+}
+
 extern tk_db_stmt_t tk_db_stmts[TK_DB_MAX_STMTS];
 extern int tk_db_nstmts;
 

@@ -268,7 +268,7 @@ static tk_db_status_t exec_in(tk_db_conn_t *c, int stmt, int nparams, const char
         }
     }
     c->fresh = 0;
-    return st;
+    return tk_db_note_outcome(st);
 }
 
 static tk_db_status_t exec_sql_in(tk_db_conn_t *c, const char *sql, PGresult **res);

@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -60,6 +61,8 @@ struct tk_http_conn {
      * will announce again */
     unsigned admin : 1, ev_armed : 1, lingering : 1, ev_timed : 1, rd_pending : 1;
     unsigned first_read : 1; /* served at the accept, before its first read */
+    unsigned proxy_hdr : 1;  /* a trusted proxy's peer: a PROXY v2 header may lead */
+    unsigned xff_ok : 1;     /* a trusted proxy's peer, no PROXY header: X-Forwarded-For counts */
     size_t linger_bytes;
     char peer[INET6_ADDRSTRLEN];
 };
@@ -143,6 +146,9 @@ void tk_http_server_init(tk_http_server_t *srv, const tk_conf_t *conf, tk_sched_
     srv->sched = sched;
     srv->base = base;
     srv->read_first = READ_FIRST_MAX;
+    char perr[160];
+    if (tk_proxy_cidrs_parse(conf->trusted_proxies, &srv->trusted, perr, sizeof(perr)) != 0)
+        TK_LOG(TK_LOG_ERR, "server.trusted_proxies: %s (no proxy trusted)", perr);
     tk_http_limits_default(&srv->limits);
     if (conf->max_request_line)
         srv->limits.max_request_line = conf->max_request_line;
@@ -361,6 +367,8 @@ int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *pee
                   sizeof(c->peer));
     else if (peer && peer->sa_family == AF_UNIX)
         strcpy(c->peer, "unix");
+    c->proxy_hdr = !admin && tk_proxy_trusted(&srv->trusted, peer, peerlen);
+    c->xff_ok = c->proxy_hdr;
     c->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = c;
@@ -724,6 +732,18 @@ static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t
     ctx.admin = c->admin;
     ctx.conn_id = c->id;
     ctx.peer = c->peer;
+    char xff_peer[INET6_ADDRSTRLEN];
+    if (c->xff_ok) {
+        /* the last X-Forwarded-For field: the one the nearest proxy wrote */
+        const tk_http_header_t *xf = NULL;
+        for (int i = 0; i < req->nheaders; i++)
+            if (req->headers[i].name.len == 15 &&
+                strncasecmp(req->headers[i].name.p, "X-Forwarded-For", 15) == 0)
+                xf = &req->headers[i];
+        if (xf && tk_proxy_xff_client(&c->srv->trusted, xf->value.p, xf->value.len, xff_peer,
+                                      sizeof(xff_peer)))
+            ctx.peer = xff_peer;
+    }
     ctx.gzip_ok = srv->conf->gzip && tk_http_accepts_gzip(req->accept_encoding);
     int more = c->in.len - c->in_off > consumed; /* pipelined bytes already here */
     ctx.keep_alive = req->keep_alive && !req->conn_close && srv->stopping == 0 &&
@@ -777,6 +797,40 @@ static serve_rc_t conn_request(tk_http_conn_t *c, tk_http_request_t *req, size_t
     return SERVE_NEXT;
 }
 
+/* A connection from a trusted proxy: take the PROXY v2 header off the
+ * input, if it starts with one, and make its source the peer. 1 done (the
+ * header was taken, or there is none), 0 more bytes needed, -1 malformed
+ * (the connection is closed: nothing after a bad header can be trusted). */
+static int proxy_take(tk_http_conn_t *c)
+{
+    tk_proxy_hdr_t h;
+    size_t used;
+    switch (tk_proxy_v2_parse((const uint8_t *)c->in.data + c->in_off, c->in.len - c->in_off, &h,
+                              &used)) {
+    case TK_PROXY_MORE:
+        return 0;
+    case TK_PROXY_BAD:
+        TK_LOG_CONN(TK_LOG_INFO, c->id, "malformed PROXY v2 header from %s", c->peer);
+        tk_metrics_error(TK_METRICS_ERR_PARSE);
+        return -1;
+    case TK_PROXY_OK:
+        c->in_off += used;
+        /* the header named the client: what it sends is not a proxy's word */
+        c->xff_ok = !h.have_addr;
+        if (h.have_addr && h.src.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)&h.src)->sin_addr, c->peer,
+                      sizeof(c->peer));
+        else if (h.have_addr && h.src.ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&h.src)->sin6_addr, c->peer,
+                      sizeof(c->peer));
+        break;
+    case TK_PROXY_NONE:
+        break;
+    }
+    c->proxy_hdr = 0;
+    return 1;
+}
+
 static void conn_serve(void *arg)
 {
     tk_http_conn_t *c = arg;
@@ -796,7 +850,13 @@ static void conn_serve(void *arg)
         int n = 0;
         for (;;) {
             size_t avail = c->in.len - c->in_off;
-            if (avail > 0) {
+            if (avail > 0 && c->proxy_hdr) {
+                int pr = proxy_take(c);
+                if (pr < 0)
+                    goto close;
+                if (pr > 0)
+                    continue; /* header gone (or none): parse what follows */
+            } else if (avail > 0) {
                 n = tk_http_parse_head(&srv->limits, c->in.data + c->in_off, avail, &scan, &req,
                                        &err);
                 if (n != 0)

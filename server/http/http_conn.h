@@ -14,6 +14,7 @@
 #include "proc/conf.h"
 #include "http/http_parser.h"
 #include "http/http_response.h"
+#include "http/proxy.h"
 #include "http/router.h"
 #include "runtime/scheduler.h"
 
@@ -29,7 +30,8 @@ typedef struct tk_http_server {
     tk_router_t *router;       /* public listeners */
     tk_router_t *admin_router; /* admin listener; may be NULL */
     tk_http_limits_t limits;
-    struct event *ka_sweep; /* closes connections idle for keepalive_timeout */
+    tk_proxy_cidrs_t trusted; /* server.trusted_proxies: peers that may send PROXY v2 */
+    struct event *ka_sweep;   /* closes connections idle for keepalive_timeout */
 
     /* 0 serving; 1 draining (graceful): requests already arrived are answered
      * with Connection: close, idle connections get a last window; 2 stopping

@@ -12,6 +12,7 @@
 #include "proc/conf.h"
 #include "shm/broker.h"
 #include "http/http_parser.h"
+#include "http/proxy.h"
 #include "proc/log.h"
 #include "runtime/scheduler.h"
 
@@ -53,6 +54,7 @@ typedef enum {
     T_REPL,   /* db.replica: repeatable, each one appended to db_replica[] */
     T_CHOICE, /* char[] one of the words in the note, ", "-separated */
     T_SENTNL, /* one redis.sentinel HOST:PORT, appended (repeatable) */
+    T_CIDRS,  /* char[] holding a list of ADDR[/BITS] */
 } kind_t;
 
 typedef struct {
@@ -81,6 +83,8 @@ static const setting_t settings[] = {
     {"server", "pid_file", T_STR, F(pid_file), 0, 0, NULL},
     {"server", "max_connections", T_INT, F(max_connections), 1, 1000000, NULL},
     {"server", "shutdown_timeout", T_MS, F(shutdown_timeout_ms), 0, HOUR_MS, NULL},
+    {"server", "drain_delay", T_MS, F(drain_delay_ms), 0, HOUR_MS, "0 = none"},
+    {"server", "trusted_proxies", T_CIDRS, F(trusted_proxies), 0, 0, NULL},
 
     {"runtime", "stack_size", T_SIZE, F(stack_size), TK_SCHED_STACK_MIN, TK_SCHED_STACK_MAX, NULL},
     {"runtime", "max_threads", T_UINT, F(max_threads), 0, TK_SCHED_THREADS_MAX, "0 = unlimited"},
@@ -491,6 +495,9 @@ static void describe_range(const setting_t *st, char *buf, size_t len)
     case T_REPL:
         snprintf(buf, len, "a libpq connection string, at most %d lines", TK_CONF_MAX_REPLICAS);
         break;
+    case T_CIDRS:
+        snprintf(buf, len, "ADDR[/BITS], comma-separated, at most %d", TK_PROXY_MAX_CIDRS);
+        break;
     }
 }
 
@@ -658,7 +665,8 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
     case T_STR:
     case T_LEVEL:
     case T_FORMAT:
-    case T_CHOICE: {
+    case T_CHOICE:
+    case T_CIDRS: {
         size_t n = strlen(value);
         if (n >= st->size) {
             why = "too long";
@@ -672,6 +680,10 @@ static int apply(tk_conf_t *c, const setting_t *st, const char *value, char *err
             if (tk_log_level_parse(value, &lv) != 0 || strcasecmp(value, "emerg") == 0 ||
                 strcasecmp(value, "alert") == 0 || strcasecmp(value, "crit") == 0)
                 why = "unknown log level";
+        } else if (st->kind == T_CIDRS) {
+            tk_proxy_cidrs_t t;
+            if (tk_proxy_cidrs_parse(value, &t, detail, sizeof(detail)) != 0)
+                why = detail;
         } else if (st->kind == T_FORMAT) {
             if (strcmp(value, "combined") != 0 && strcmp(value, "json") != 0)
                 why = "unknown format";

@@ -18,12 +18,14 @@ typedef struct {
     char name[64]; /* instance name: pid file, shm name, log prefix; "tenk" */
     char listen[TK_CONF_MAX_LISTEN][128]; /* "ADDR:PORT" or "[v6]:PORT"; default "0.0.0.0:8080" */
     int nlisten;
-    int workers;             /* 0 = online cores; 1..256 */
-    int backlog;             /* 4096 */
-    char user[64];           /* drop privileges to this user in workers; "" = none */
-    char pid_file[256];      /* "" = default, see tk_conf_pid_path() */
-    int max_connections;     /* per worker; 10000 */
-    int shutdown_timeout_ms; /* 30000 */
+    int workers;               /* 0 = online cores; 1..256 */
+    int backlog;               /* 4096 */
+    char user[64];             /* drop privileges to this user in workers; "" = none */
+    char pid_file[256];        /* "" = default, see tk_conf_pid_path() */
+    int max_connections;       /* per worker; 10000 */
+    int shutdown_timeout_ms;   /* 30000 */
+    int drain_delay_ms;        /* lame duck before a stop/reload: /health 503, all else served; 0 */
+    char trusted_proxies[512]; /* CIDRs whose connections may carry a PROXY v2 header; "" */
 
     /* [runtime] green threads */
     size_t stack_size;              /* 65536 */

@@ -87,6 +87,11 @@ static struct {
     int daemon; /* detached: stderr must not keep the caller's pipe open */
 
     stop_t stop;
+    /* server.drain_delay: the lame duck before a stop (lame_stop, the stop
+     * that follows) or before a reload retires the old generation; /health
+     * answers 503 meanwhile (tk_shm_lame_duck) */
+    stop_t lame_stop;
+    int64_t lame_until_ms;
     int64_t stop_deadline_ms;
     int killed_all;
 
@@ -395,6 +400,28 @@ static void watchdog_tick(void)
     tk_notify_watchdog();
 }
 
+/* --- lame duck ----------------------------------------------------------------------- */
+
+/* /health answers 503 for ms (every worker reads the flag) while everything
+ * else is served: a load balancer's health check takes the host out before
+ * its listeners close. */
+static void lame_begin(int ms, const char *why)
+{
+    M.lame_until_ms = ms > 0 ? now_ms() + ms : 0;
+    if (ms <= 0)
+        return;
+    tk_shm_set_lame_duck(M.shm, 1);
+    TK_LOG(TK_LOG_NOTICE, "lame duck before the %s: /health answers 503 for %d ms", why, ms);
+}
+
+static void lame_end(void)
+{
+    if (M.lame_until_ms == 0)
+        return;
+    M.lame_until_ms = 0;
+    tk_shm_set_lame_duck(M.shm, 0);
+}
+
 /* --- reload ------------------------------------------------------------------------- */
 
 static void reload_refused(const char *why)
@@ -473,6 +500,8 @@ static void reload_start(void)
     M.next = nc;
     M.next_gen = ++M.last_gen;
     M.next_forked = 0;
+    /* the new drain_delay, so that a reload can change it */
+    lame_begin(nc->drain_delay_ms, "reload");
     reload_fork();
 }
 
@@ -496,6 +525,7 @@ static void reload_finish(void)
         }
     }
     tk_listen_close_unused(&M.lst, nc, NULL);
+    lame_end();
     free(M.conf);
     M.conf = nc;
     M.next = NULL;
@@ -540,6 +570,7 @@ static void reload_abort(const char *why)
     free(M.next);
     M.next = NULL;
     tk_listen_close_unused(&M.lst, M.conf, NULL);
+    lame_end();
     reload_refused(why);
 }
 
@@ -703,6 +734,28 @@ static void stop_begin(stop_t how)
     tk_listen_close_all(&M.lst);
 }
 
+/* SIGTERM (fast) or SIGQUIT (graceful): with server.drain_delay, the lame
+ * duck first, unless one is already running for a stop: a second stop
+ * signal then ends it at once (an operator in a hurry, systemd's timeout). */
+static void stop_request(stop_t how)
+{
+    if (M.stop != RUNNING) {
+        stop_begin(how);
+        return;
+    }
+    if (M.lame_stop != RUNNING) {
+        stop_begin(how > M.lame_stop ? how : M.lame_stop);
+        return;
+    }
+    if (M.conf->drain_delay_ms <= 0) {
+        stop_begin(how);
+        return;
+    }
+    M.lame_stop = how;
+    /* a reload waiting in its own lame duck is dropped: the stop's replaces it */
+    lame_begin(M.conf->drain_delay_ms, how == STOP_FAST ? "fast stop" : "graceful stop");
+}
+
 static void cleanup(void)
 {
     tk_listen_close_all(&M.lst);
@@ -766,6 +819,12 @@ static int64_t tick(void)
         }
     }
 
+    if (M.stop == RUNNING && M.lame_stop != RUNNING) {
+        if (now >= M.lame_until_ms)
+            stop_begin(M.lame_stop);
+        else
+            DUE(M.lame_until_ms);
+    }
     if (M.stop == RUNNING) {
         /* First generation up: READY=1. */
         if (!M.ready_sent) {
@@ -789,7 +848,9 @@ static int64_t tick(void)
                 if (M.w[i].gen == M.next_gen && M.w[i].state != WK_RUNNING &&
                     M.w[i].state != WK_FREE)
                     all = 0;
-            if (all)
+            if (all && M.lame_until_ms > now)
+                DUE(M.lame_until_ms); /* accepting: retire the old one after the lame duck */
+            else if (all)
                 reload_finish();
             else if (now >= M.next_deadline_ms)
                 reload_abort(M.next_deadline_ms == 0
@@ -952,11 +1013,11 @@ int tk_master_run(const tk_conf_t *conf, tk_master_load_fn load, void *load_arg,
         }
         if (sig_term) {
             sig_term = 0;
-            stop_begin(STOP_FAST);
+            stop_request(STOP_FAST);
         }
         if (sig_quit) {
             sig_quit = 0;
-            stop_begin(STOP_GRACEFUL);
+            stop_request(STOP_GRACEFUL);
         }
         if (sig_usr1) {
             sig_usr1 = 0;
@@ -964,11 +1025,11 @@ int tk_master_run(const tk_conf_t *conf, tk_master_load_fn load, void *load_arg,
         }
         if (sig_hup) {
             sig_hup = 0;
-            if (M.stop != RUNNING)
+            if (M.stop != RUNNING || M.lame_stop != RUNNING)
                 TK_LOG(TK_LOG_NOTICE, "SIGHUP ignored: stopping");
             else if (M.next != NULL || !M.ready_sent)
                 TK_LOG(TK_LOG_NOTICE, "SIGHUP queued until the workers that are starting accept");
-            M.hup_pending = M.stop == RUNNING;
+            M.hup_pending = M.stop == RUNNING && M.lame_stop == RUNNING;
         }
         /* One reload at a time; a SIGHUP during one runs right after it. */
         if (M.hup_pending && M.stop == RUNNING && M.ready_sent && M.next == NULL) {

@@ -424,7 +424,7 @@ static void test_example_file_is_the_defaults(void **state)
     assert_memory_equal(&c, &d, sizeof(c));
     /* Every setting appears (uncommented) in the example, but db.replica (repeatable, none by
      * default: shown commented out). */
-    assert_int_equal(set, 51);
+    assert_int_equal(set, 53);
     assert_int_equal(tk_conf_validate(&c, err, sizeof(err)), 0);
 }
 
