@@ -385,11 +385,13 @@ static void slow_srv_stop(slow_srv_t *s)
 static int g_ticks;
 static int g_ticking;
 
-/* Proves the loop stays responsive while a cache call waits. */
+/* Proves the loop stays responsive while a cache call waits. Bounded: a failed CHECK ends the
+ * test's body without clearing g_ticking, and the loop must still run dry so the failure shows. */
 static void ticker(void *arg)
 {
     (void)arg;
-    while (g_ticking) {
+    int64_t end = tk_now_ms() + 10000;
+    while (g_ticking && tk_now_ms() < end) {
         tk_gt_sleep_ms(5);
         g_ticks++;
     }
