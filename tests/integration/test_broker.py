@@ -332,8 +332,10 @@ def test_database_restart_fast_503_then_recovery():
             assert time.monotonic() - t0 < 1.2
         proxy.up()
         t0 = time.monotonic()
-        wait_until(lambda: t.request("GET", "/db")[0] == 200 and t.request("GET", "/users/1")[0] == 200,
-                   5, "service back after the database")
+        # every worker back (its connect back-off, at most 500 ms, may still run in one): 8 in a
+        # row, each on a new connection, so the accept balancing spreads them over the workers
+        wait_until(lambda: all(t.request("GET", "/db")[0] == 200 for _ in range(8)) and
+                   t.request("GET", "/users/1")[0] == 200, 5, "service back after the database")
         assert time.monotonic() - t0 < 2.0, time.monotonic() - t0
         # and under load, all good again
         statuses = load(t.port, "/db", 8, 5)
