@@ -74,7 +74,6 @@ void tk_http_set_done_hook(tk_http_done_fn fn)
 
 static char *buf_pool[CONN_BUF_POOL];
 static int buf_npool;
-
 static void buf_get(tk_http_buf_t *b)
 {
     if (b->data)
@@ -362,7 +361,7 @@ int tk_http_conn_start(tk_http_server_t *srv, int fd, const struct sockaddr *pee
     c->admin = admin ? 1 : 0;
     strcpy(c->peer, "-");
     if (peer && peer->sa_family == AF_INET && peerlen >= sizeof(struct sockaddr_in))
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, c->peer, sizeof(c->peer));
+        tk_str_ipv4(&((const struct sockaddr_in *)peer)->sin_addr, c->peer);
     else if (peer && peer->sa_family == AF_INET6 && peerlen >= sizeof(struct sockaddr_in6))
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, c->peer,
                   sizeof(c->peer));
