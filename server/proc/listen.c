@@ -1,6 +1,6 @@
 /* listen.c: the master's listen sockets: opened once (non-blocking,
- * TCP_NODELAY for the accepted sockets to inherit, backlog capped by
- * somaxconn), kept across reloads while a generation uses them, closed in a
+ * TCP_NODELAY for the accepted sockets to inherit, TCP_DEFER_ACCEPT, backlog
+ * capped by somaxconn), kept across reloads while a generation uses them, closed in a
  * worker that does not. */
 #include "config.h"
 
@@ -76,6 +76,16 @@ static int open_listener(tk_listen_set_t *s, const char *addr, int backlog)
     if ((l->ss.ss_family == AF_INET || l->ss.ss_family == AF_INET6) &&
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
         TK_LOG_ERRNO(TK_LOG_WARN, errno, "setsockopt(TCP_NODELAY) on %s failed", addr);
+    /* An HTTP client speaks first: the kernel queues a connection for accept
+     * once its first bytes are there, so the worker's read at the accept
+     * finds the request and a connection per request never enters epoll (no
+     * add, wake-up or delete). One that stays silent is queued all the same
+     * after about this many seconds (the SYN-ACK retransmission it answers),
+     * and its header timeout runs from then. */
+    int defer_s = TK_LISTEN_DEFER_ACCEPT_S;
+    if ((l->ss.ss_family == AF_INET || l->ss.ss_family == AF_INET6) &&
+        setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer_s, sizeof(defer_s)) != 0)
+        TK_LOG_ERRNO(TK_LOG_WARN, errno, "setsockopt(TCP_DEFER_ACCEPT) on %s failed", addr);
     /* [::]:P should not also take 0.0.0.0:P: both may be listed. */
     if (l->ss.ss_family == AF_INET6 &&
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0)

@@ -9,6 +9,9 @@
 #include "proc/conf.h"
 
 #define TK_LISTEN_MAX (2 * (TK_CONF_MAX_LISTEN + 1))
+/* TCP_DEFER_ACCEPT on TCP listeners: a silent connection reaches accept()
+ * after about this long (see listen.c). */
+#define TK_LISTEN_DEFER_ACCEPT_S 1
 
 typedef struct {
     struct sockaddr_storage ss;

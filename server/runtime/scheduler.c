@@ -508,15 +508,15 @@ tk_gt_t *tk_gt_spawn(tk_sched_t *s, const char *name, tk_gt_fn fn, void *arg)
     return g;
 }
 
-void tk_gt_set_note(tk_gt_t *gt, int n, const char *const parts[], const size_t lens[])
+void tk_gt_set_note(tk_gt_t *gt, const char *who, size_t wholen, const char *what, size_t whatlen)
 {
-    /* per request on the hot path: plain copies, no per-byte work */
-    size_t o = 0, room = sizeof(gt->note) - 1;
-    for (int i = 0; i < n && o < room; i++) {
-        if (i > 0)
-            gt->note[o++] = ' ';
-        size_t k = lens[i] < room - o ? lens[i] : room - o;
-        memcpy(gt->note + o, parts[i], k);
+    size_t room = sizeof(gt->note) - 1;
+    size_t o = wholen < room ? wholen : room;
+    memcpy(gt->note, who, o);
+    if (whatlen > 0 && o + 1 < room) {
+        gt->note[o++] = ' ';
+        size_t k = whatlen < room - o ? whatlen : room - o;
+        memcpy(gt->note + o, what, k);
         o += k;
     }
     gt->note[o] = '\0';

@@ -112,12 +112,13 @@ void tk_gt_set_name(tk_gt_t *gt, const char *name);
 tk_gt_state_t tk_gt_state(const tk_gt_t *gt);
 /* tk_now_ns() when it was first scheduled; 0 before its first run. */
 uint64_t tk_gt_started_ns(const tk_gt_t *gt);
-/* What the thread is doing, for the stack-overflow report: the n parts (text)
- * are joined with spaces and copied, truncated to TK_GT_NOTE_MAX - 1 bytes,
- * into a buffer in the thread's own struct, because a signal handler can follow
- * no pointer it cannot trust. n == 0 clears it. */
+/* What the thread is doing, for the stack-overflow report: who and what
+ * (text, not NUL-terminated) are joined with a space and copied, truncated to
+ * TK_GT_NOTE_MAX - 1 bytes, into a buffer in the thread's own struct, because
+ * a signal handler can follow no pointer it cannot trust. Two empty parts clear
+ * it. Called per request: two copies, no loop, no strlen. */
 #define TK_GT_NOTE_MAX 160
-void tk_gt_set_note(tk_gt_t *gt, int n, const char *const parts[], const size_t lens[]);
+void tk_gt_set_note(tk_gt_t *gt, const char *who, size_t wholen, const char *what, size_t whatlen);
 /* Opaque per-thread user pointer (e.g. the request being served). */
 void tk_gt_set_data(tk_gt_t *gt, void *data);
 void *tk_gt_data(const tk_gt_t *gt);

@@ -10,7 +10,10 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+
 #include "http/http_parser.h"
+#include "http/str.h"
 
 /* A raw request with its exact length (some contain NUL bytes). */
 #define R(s) s, sizeof(s) - 1
@@ -815,6 +818,30 @@ static void test_str_helpers(void **state)
     assert_false(tk_str_caseeq((tk_str_t){NULL, 0}, ""));
 }
 
+static void test_str_ipv4(void **state)
+{
+    (void)state;
+    /* every octet value in every position, against the C library's */
+    for (unsigned v = 0; v < 256; v++) {
+        unsigned char a[4] = {(unsigned char)v, (unsigned char)(255 - v), (unsigned char)(v / 2),
+                              (unsigned char)(v * 7)};
+        for (int r = 0; r < 4; r++) {
+            unsigned char b[4] = {a[r], a[(r + 1) % 4], a[(r + 2) % 4], a[(r + 3) % 4]};
+            char want[INET_ADDRSTRLEN], got[16];
+            assert_non_null(inet_ntop(AF_INET, b, want, sizeof(want)));
+            memset(got, 'x', sizeof(got));
+            size_t n = tk_str_ipv4(b, got);
+            assert_string_equal(got, want);
+            assert_int_equal(n, strlen(want));
+        }
+    }
+    char got[16];
+    assert_int_equal(tk_str_ipv4((const unsigned char[4]){255, 255, 255, 255}, got), 15);
+    assert_string_equal(got, "255.255.255.255");
+    assert_int_equal(tk_str_ipv4((const unsigned char[4]){0, 0, 0, 0}, got), 7);
+    assert_string_equal(got, "0.0.0.0");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -824,7 +851,7 @@ int main(void)
         cmocka_unit_test(test_value_bytes),       cmocka_unit_test(test_limits),
         cmocka_unit_test(test_limits_incomplete), cmocka_unit_test(test_chunked_table),
         cmocka_unit_test(test_chunked_sum_limit), cmocka_unit_test(test_accepts_gzip),
-        cmocka_unit_test(test_str_helpers),
+        cmocka_unit_test(test_str_helpers),       cmocka_unit_test(test_str_ipv4),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -755,9 +755,7 @@ static int recurse(int depth)
 
 static void overflow_fn(void *arg)
 {
-    static const char *const parts[] = {"192.0.2.7", "POST /users?x=1"};
-    static const size_t lens[] = {9, 15};
-    tk_gt_set_note(tk_gt_self(), 2, parts, lens);
+    tk_gt_set_note(tk_gt_self(), "192.0.2.7", 9, "POST /users?x=1", 15);
     recurse(0);
 }
 
