@@ -99,10 +99,13 @@ static tk_http_conn_t *conn_alloc(void)
 
 static void conn_free(tk_http_conn_t *c)
 {
-    if (conn_npool < CONN_STRUCT_POOL)
+#if CONN_STRUCT_POOL > 0
+    if (conn_npool < CONN_STRUCT_POOL) {
         conn_pool[conn_npool++] = c;
-    else
-        free(c);
+        return;
+    }
+#endif
+    free(c);
 }
 
 static void buf_get(tk_http_buf_t *b)
