@@ -195,8 +195,10 @@ def test_prepared_mode_through_pgbouncer_fails_and_says_why(pgb):
         assert st == 503 and json.loads(body)["error"], (st, body)
         wait_until(lambda: "unsupported startup parameter: options" in t.log(), 5,
                    "PgBouncer's reason in the log")
-        st, _, _ = t.request("GET", "/health")
-        assert st == 200
+        # the worker still serves; its health check says the database is out of reach
+        assert t.request("GET", "/plaintext")[0] == 200
+        st, _, body = t.request("GET", "/health")
+        assert st == 503 and json.loads(body)["status"] == "database unreachable", (st, body)
 
 
 def test_bad_db_statements_names_the_line():

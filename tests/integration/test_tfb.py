@@ -111,5 +111,7 @@ def test_database_down_is_a_fast_503():
             assert h.get("retry-after") == "1", h
             assert json.loads(body)["error"], body
             assert dt < 0.6, (path, dt)
-        st, _, _ = t.request("GET", "/health")
-        assert st == 200
+        # the worker still serves, and its health check tells the load balancer the truth
+        assert t.request("GET", "/plaintext")[0] == 200
+        st, _, body = t.request("GET", "/health")
+        assert st == 503 and json.loads(body)["status"] == "database unreachable", (st, body)
