@@ -5,8 +5,8 @@
  * every setting inside its range and every string terminated, and validation
  * never crashes. The first byte also selects a tk_conf_set() round with the
  * first line as "section.key" and the rest as the value. Any breach aborts. */
-// fuzz-sources: server/proc/conf.c server/proc/conf_value.c server/http/proxy.c server/proc/log.c server/runtime/scheduler.c server/runtime/sched_guard.c server/runtime/waitq.c server/runtime/coro.c server/runtime/coro_x86_64.S
-// fuzz-libs: -levent
+// fuzz-sources: server/proc/conf.c server/proc/conf_value.c server/http/proxy.c @runtime
+// fuzz-libs: -I/usr/include/postgresql -lpq
 #include "config.h"
 
 #include <stdint.h>
