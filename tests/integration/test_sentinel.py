@@ -394,7 +394,9 @@ def test_reads_from_replicas(topo):
                    "workers to read from both replicas")
         for p in redis_ports():
             resp(p, "CONFIG", "RESETSTAT")
-        with Load(t.port, threads=2, writes=True) as load:
+        # 6 keep-alive connections: the accept balancing gives each worker (each reading from its
+        # own replica) some of them; 2 could both land on one worker
+        with Load(t.port, threads=6, writes=True) as load:
             time.sleep(2.0)  # the load's duration (a fixed amount of traffic, not a wait)
         # tenk's reads are MGETs (key + version; /cached-queries); a GET on the master is the
         # store script's own (commands inside EVAL count in commandstats)
