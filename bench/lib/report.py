@@ -941,6 +941,11 @@ def report(resdir):
         L.append("## /db direct against /db through PgBouncer (pgbouncer-db)")
         L.append("")
         L.append(pgb)
+    rep = read(os.path.join(resdir, "replicas.md"))
+    if rep:  # scenario replicas: bench/lib/replicas.py's output, its table at the end
+        L.append("## /users and /db with 0, 1 and 2 read replicas (replicas)")
+        L.append("")
+        L.append(rep)
     if charts:
         L.append("## Charts")
         L.append("")
