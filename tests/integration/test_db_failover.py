@@ -160,7 +160,9 @@ def test_promote_under_mixed_load(tenkd, failover_env):
     assert max(x[1] - x[0] for x in failed) < 1.0 + 0.5, max(x[1] - x[0] for x in failed)
     # afterwards: the old replica 1 is the primary (timeline 2); listed as a replica it is
     # wrong-role; replica 2 follows the new timeline and serves reads again
-    wait_until(lambda: [b["health"] for b in backends(t)] == ["ok", "wrong-role", "ok"],
+    # (replica 2's timeline is published by the probe a round after its health)
+    wait_until(lambda: [b["health"] for b in backends(t)] == ["ok", "wrong-role", "ok"] and
+               backends(t)[2]["timeline"] == backends(t)[0]["timeline"] >= 2,
                timeout=15, what="primary ok, replica 1 wrong-role, replica 2 ok (now %r)"
                % [b["health"] for b in backends(t)])
     b = backends(t)
