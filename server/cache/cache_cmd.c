@@ -308,11 +308,50 @@ void tk_cache_items_set(tk_cache_item_t *items, size_t n, tk_cache_rc_t rc)
     }
 }
 
+/* Up to this many keys, an MGET's arguments stay on the (green thread's) stack: 1 KiB. */
+#define MGET_STACK 64
+
+/* Send MGET keys for q (begun by tk_cache_begin()) and wait for its reply; *own as for
+ * tk_cache_roundtrip() (0 also when the arguments could not be allocated: q is freed). */
+static tk_cache_rc_t mget_roundtrip(tk_cache_t *c, cache_req_t *q, int probe,
+                                    const char *const *keys, const size_t *keylens, size_t n,
+                                    int *own)
+{
+    const char *argv_s[MGET_STACK + 1], **argv = argv_s;
+    size_t lens_s[MGET_STACK + 1], *lens = lens_s;
+    if (n > MGET_STACK) {
+        argv = malloc((n + 1) * sizeof(*argv));
+        lens = malloc((n + 1) * sizeof(*lens));
+        if (argv == NULL || lens == NULL) {
+            free(argv);
+            free(lens);
+            free(q);
+            if (probe)
+                c->brk_state = BRK_OPEN;
+            c->st.errors++;
+            *own = 0;
+            return TK_CACHE_ERROR;
+        }
+    }
+    argv[0] = "MGET";
+    lens[0] = 4;
+    for (size_t i = 0; i < n; i++) {
+        argv[i + 1] = keys[i];
+        lens[i + 1] = keylens ? keylens[i] : strlen(keys[i]);
+    }
+    q->n = n;
+    /* hiredis copies the arguments into its output buffer at once. */
+    tk_cache_rc_t rc = tk_cache_roundtrip(c, q, probe, (int)(n + 1), argv, lens, own);
+    if (argv != argv_s) {
+        free(argv);
+        free(lens);
+    }
+    return rc;
+}
+
 tk_cache_rc_t tk_cache_mget(tk_cache_t *c, const char *const *keys, const size_t *keylens, size_t n,
                             tk_cache_item_t *items)
 {
-    const char **argv;
-    size_t *lens;
     cache_req_t *q;
     tk_cache_rc_t rc;
     int probe, own;
@@ -325,29 +364,8 @@ tk_cache_rc_t tk_cache_mget(tk_cache_t *c, const char *const *keys, const size_t
         tk_cache_items_set(items, n, rc);
         return rc;
     }
-    argv = malloc((n + 1) * sizeof(*argv));
-    lens = malloc((n + 1) * sizeof(*lens));
-    if (argv == NULL || lens == NULL) {
-        free(argv);
-        free(lens);
-        free(q);
-        if (probe)
-            c->brk_state = BRK_OPEN;
-        c->st.errors++;
-        return TK_CACHE_ERROR;
-    }
-    argv[0] = "MGET";
-    lens[0] = 4;
-    for (size_t i = 0; i < n; i++) {
-        argv[i + 1] = keys[i];
-        lens[i + 1] = keylens ? keylens[i] : strlen(keys[i]);
-    }
     q->items = items;
-    q->n = n;
-    /* hiredis copies the arguments into its output buffer at once. */
-    rc = tk_cache_roundtrip(c, q, probe, (int)(n + 1), argv, lens, &own);
-    free(argv);
-    free(lens);
+    rc = mget_roundtrip(c, q, probe, keys, keylens, n, &own);
     if (!own) {
         tk_cache_items_set(items, n, TK_CACHE_ERROR);
         return rc;
@@ -374,15 +392,10 @@ void tk_cache_items_free(tk_cache_item_t *items, size_t n)
     }
 }
 
-/* MGET with the values parsed in hiredis' reply callback: no copy per key, and
- * the arguments on the stack for up to MGET_STACK keys. */
-#define MGET_STACK 64
-
+/* MGET with the values parsed in hiredis' reply callback: no copy per key. */
 tk_cache_rc_t tk_cache_mget_int(tk_cache_t *c, const char *const *keys, const size_t *keylens,
                                 size_t n, int *vals)
 {
-    const char *argv_s[MGET_STACK + 1], **argv = argv_s;
-    size_t lens_s[MGET_STACK + 1], *lens = lens_s;
     cache_req_t *q;
     tk_cache_rc_t rc;
     int probe, own;
@@ -394,38 +407,10 @@ tk_cache_rc_t tk_cache_mget_int(tk_cache_t *c, const char *const *keys, const si
     c = tk_cache_reader(c); /* a replica, with redis.read_from = replicas */
     if (tk_cache_begin(c, K_MGET_INT, &q, &probe, &rc) < 0)
         return rc;
-    if (n > MGET_STACK) {
-        argv = malloc((n + 1) * sizeof(*argv));
-        lens = malloc((n + 1) * sizeof(*lens));
-        if (argv == NULL || lens == NULL) {
-            free(argv);
-            free(lens);
-            free(q);
-            if (probe)
-                c->brk_state = BRK_OPEN;
-            c->st.errors++;
-            return TK_CACHE_ERROR;
-        }
-    }
-    argv[0] = "MGET";
-    lens[0] = 4;
-    for (size_t i = 0; i < n; i++) {
-        argv[i + 1] = keys[i];
-        lens[i + 1] = keylens ? keylens[i] : strlen(keys[i]);
-    }
     q->ints = vals;
-    q->n = n;
-    /* hiredis copies the arguments into its output buffer at once. */
-    rc = tk_cache_roundtrip(c, q, probe, (int)(n + 1), argv, lens, &own);
-    if (argv != argv_s) {
-        free(argv);
-        free(lens);
-    }
-    if (!own) {
-        for (size_t i = 0; i < n; i++)
-            vals[i] = -1;
-        return rc;
-    }
+    rc = mget_roundtrip(c, q, probe, keys, keylens, n, &own);
+    if (!own)
+        return rc; /* vals untouched by the reply: still -1 */
     free(q);
     if (rc != TK_CACHE_OK) {
         for (size_t i = 0; i < n; i++)
