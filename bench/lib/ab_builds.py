@@ -18,9 +18,9 @@ Environment: AB_CONNS (keep-alive connections, 64), AB_REDIS=host:port (give bot
 AB_PG_PID=<postmaster pid> (PostgreSQL's CPU per request too: its backends are the postmaster's
 children, and one server is loaded at a time, so the database's CPU is that server's)."""
 import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
+from proccpu import free_port, loadavg, tree_cpu
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HZ = os.sysconf("SC_CLK_TCK")
 DEFAULT_CONNS = {"ka": int(os.environ.get("AB_CONNS", "64")), "close": 100, "http10": 50, "storm": 10000}
 PG = int(os.environ.get("AB_PG_PID", "0"))  # the postmaster: PostgreSQL's CPU per request too
 
@@ -51,32 +51,10 @@ def parse_spec(spec):
     return kind, path, int(conns) if conns else DEFAULT_CONNS[kind]
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
-def tree_cpu(pid):
-    """CPU seconds of pid and its children (the master and its workers)."""
-    tot = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            st = open("/proc/%s/stat" % d).read()
-        except OSError:
-            continue
-        f = st[st.rindex(")") + 2:].split()
-        if int(d) == pid or int(f[1]) == pid:
-            tot += int(f[11]) + int(f[12])
-    return tot / HZ
 
 
-def loadavg():
-    return " ".join(open("/proc/loadavg").read().split()[:3])
 
 
 def start(binary, name, workers, logdir):

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from proccpu import free_port, proc_table, tree_cpu
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 SECS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
@@ -31,44 +32,12 @@ TENKD = os.environ.get("TENKD") or os.path.join(SRC, "build", "release", "tenkd"
 PATH = os.environ.get("PGB_PATH", "/db")
 CONNS = int(os.environ.get("PGB_CONNS", "256"))
 WORKERS = os.environ.get("BENCH_WORKERS", "2")
-HZ = os.sysconf("SC_CLK_TCK")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
-def proc_table():
-    """pid -> (ppid, utime+stime ticks)."""
-    t = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            st = open("/proc/%s/stat" % d).read()
-        except OSError:
-            continue
-        f = st[st.rindex(")") + 2:].split()
-        t[int(d)] = (int(f[1]), int(f[11]) + int(f[12]))
-    return t
 
 
-def tree_cpu(root, table):
-    """CPU seconds of root and every descendant."""
-    kids = {}
-    for pid, (ppid, _) in table.items():
-        kids.setdefault(ppid, []).append(pid)
-    tot, todo = 0, [root]
-    while todo:
-        p = todo.pop()
-        if p in table:
-            tot += table[p][1]
-        todo.extend(kids.get(p, []))
-    return tot / HZ
 
 
 def pid_from(path):

@@ -12,6 +12,7 @@ process tree), PostgreSQL CPU per request (every node's process tree), and where
 went (each node's own pg_stat_statements calls of the path's statement) and the connections
 (tenkctl db --json, open per backend, at the end of the load)."""
 import json, os, re, socket, statistics, subprocess, sys, time
+from proccpu import free_port, tree_cpu
 
 SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VAR = os.environ.get("TENK_VAR_DIR") or os.path.join(SRC, "var")
@@ -21,7 +22,6 @@ SECS = int(sys.argv[2]) if len(sys.argv) > 2 else 4
 PATHS = os.environ.get("REPLICA_PATHS", "/users?limit=10 /db").split()
 STMT = {"/users": "SELECT id, name, email FROM users WHERE id > $1",
         "/db": "SELECT id, randomnumber FROM world WHERE id = $1"}
-HZ = os.sysconf("SC_CLK_TCK")
 
 
 def env_file():
@@ -33,24 +33,8 @@ def env_file():
     return out
 
 
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
-def tree_cpu(pid):
-    """utime+stime (s) of pid and its children (the workers; a postmaster's backends)."""
-    tot = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            st = open("/proc/%s/stat" % d).read()
-        except OSError:
-            continue
-        f = st[st.rindex(")") + 2:].split()
-        if int(d) == pid or int(f[1]) == pid:
-            tot += int(f[11]) + int(f[12])
-    return tot / HZ
 
 
 def pg_pids():
