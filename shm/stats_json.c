@@ -257,6 +257,7 @@ void tk_stats_json_db_worker(cJSON *o, const tk_broker_sh_t *b, unsigned slot)
     cJSON_AddNumberToObject(o, "wait_count_local", U(ws.wait_count_local));
     cJSON_AddNumberToObject(o, "wait_duration_us", U(ws.wait_ns) / 1e3);
     cJSON_AddNumberToObject(o, "acquires", U(ws.acquires));
+    cJSON_AddNumberToObject(o, "connect_errors", U(ws.connect_errors));
     /* counts only: the bounds are the total's wait_histogram le_us */
     cJSON *h = cJSON_AddArrayToObject(o, "wait_histogram_counts");
     for (int i = 0; i < TK_BROKER_HIST_BUCKETS; i++)

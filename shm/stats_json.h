@@ -65,7 +65,7 @@ void tk_stats_json_worker_head(cJSON *o, unsigned slot, const tk_shm_worker_sh_t
  * database configured): configured=false only. */
 void tk_stats_json_db(cJSON *o, const tk_broker_sh_t *b);
 /* Adds one worker's share of the pool: open, in_use, idle, waiting, waiting_local,
- * wait_count, wait_count_local, wait_duration_us, acquires,
+ * wait_count, wait_count_local, wait_duration_us, acquires, connect_errors,
  * wait_histogram_counts[] (bounds: the totals' wait_histogram). slot <
  * TK_BROKER_MAX_WORKERS. */
 void tk_stats_json_db_worker(cJSON *o, const tk_broker_sh_t *b, unsigned slot);

@@ -317,6 +317,15 @@ def proxied_db():
     return proxy, "host=127.0.0.1 port=%d %s" % (proxy.port, rest)
 
 
+def db_workers(t):
+    """Each live worker's connections acquired and connects failed so far, by pid."""
+    r = t.ctl("db", "--json")
+    assert r.returncode == 0, r.stderr
+    ws = json.loads(r.stdout)["workers"]
+    assert len(ws) == 2, ws
+    return {w["pid"]: (w["acquires"], w["connect_errors"]) for w in ws}
+
+
 def test_database_restart_fast_503_then_recovery():
     proxy, db = proxied_db()
     conf = NO_ADMIN + "[db]\nmax_open = 4\nmax_idle = 4\nacquire_timeout = 1s\n"
@@ -330,11 +339,19 @@ def test_database_restart_fast_503_then_recovery():
             st, h, body = t.request("GET", "/db")
             assert st in (503,), (st, body)
             assert time.monotonic() - t0 < 1.2
+        before = db_workers(t)
         proxy.up()
         t0 = time.monotonic()
-        # every worker back (its connect back-off, at most 500 ms, may still run in one): 8 in a
-        # row, each on a new connection, so the accept balancing spreads them over the workers
-        wait_until(lambda: all(t.request("GET", "/db")[0] == 200 for _ in range(8)) and
+
+        def back():
+            # A worker whose connects failed while the database was down (its back-off, at most
+            # 500 ms, runs on) is back once it has got a connection since: a request's, or its
+            # probe's. Requests alone cannot show it: the accept balancing may give them all
+            # to the worker that came back first. One that never tried is not in back-off.
+            now = db_workers(t)
+            return all(now[pid][0] > acq or now[pid][1] == errs == 0
+                       for pid, (acq, errs) in before.items())
+        wait_until(lambda: back() and t.request("GET", "/db")[0] == 200 and
                    t.request("GET", "/users/1")[0] == 200, 5, "service back after the database")
         assert time.monotonic() - t0 < 2.0, time.monotonic() - t0
         # and under load, all good again
