@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
@@ -262,7 +261,7 @@ static void conn_start(tk_cache_t *c)
         return;
     }
     ac->data = c;
-    if (redisLibeventAttach(ac, c->base) != REDIS_OK) {
+    if (tk_cache_ev_attach(ac, c->base) != REDIS_OK) {
         tk_cache_set_err(c, "connect failed", "libevent attach");
         redisAsyncFree(ac);
         conn_failed(c);

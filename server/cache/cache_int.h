@@ -90,6 +90,11 @@ tk_cache_node_stats_t *tk_cache_node(tk_cache_t *owner, const char *addr);
 /* The client GET/MGET should use: the replica reader when it is ready, else c. */
 tk_cache_t *tk_cache_reader(tk_cache_t *c);
 
+/* cache_ev.c: hiredis' event hooks, writes batched per loop pass (for hiredis' own
+ * redisLibeventAttach()). REDIS_OK or REDIS_ERR. */
+struct event_base;
+int tk_cache_ev_attach(redisAsyncContext *ac, struct event_base *base);
+
 /* cache_sentinel.c: discovery and the +switch-master subscription. */
 int tk_cache_sentinel_start(tk_cache_t *c, const tk_cache_opts_t *o, char *err, size_t errlen);
 void tk_cache_sentinel_free(tk_cache_t *c);

@@ -15,7 +15,6 @@
 #include <string.h>
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
@@ -126,7 +125,7 @@ static redisAsyncContext *sn_connect(cache_sentinel_t *sn, int i)
         return NULL;
     }
     ac->data = sn;
-    if (redisLibeventAttach(ac, sn->c->base) != REDIS_OK) {
+    if (tk_cache_ev_attach(ac, sn->c->base) != REDIS_OK) {
         redisAsyncFree(ac);
         return NULL;
     }
