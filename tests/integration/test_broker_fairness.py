@@ -4,7 +4,8 @@ A real tenkd with 4 workers shares a small db.max_open under concurrent load;
 from the per-worker wait histograms of `tenkctl db --json` (4 buckets per
 octave: a bucket bound is within 19% of the waits in it) every worker must have
 waited often enough to count, and no worker's p99 wait may be above twice the
-global p99. pg_stat_activity is watched throughout: max_open is never exceeded.
+global p99 (or above MOVE_BOUND_US, what one rate-limited move takes, if that
+is more). pg_stat_activity is watched throughout: max_open is never exceeded.
 
 Two loads, each even on one side and uneven on the other (keep-alive
 connections stay on the worker that accepted them, so the heavy ones land on
@@ -32,6 +33,14 @@ WORKERS = 4
 MAX_OPEN = 4
 SECONDS = 4
 MIN_WAITS = 30  # samples a worker needs for its p99 to count
+# A worker left without a connection waits for one to move from another worker: the head waits
+# 10 ms (TK_BROKER_LOCAL_BIAS_NS), the broker makes at most one move per 100 ms
+# (TK_BROKER_MOVE_INTERVAL_NS, the rate limit that keeps /updates from collapsing into backend
+# starts), the old backend must exit (20-40 ms with the box saturated, README) and a new one
+# start: about 160 ms by design, 172 ms as the histogram's bucket bound. A worker's p99 within
+# that is the policy at work, not starvation, however low the global p99 of that load (the
+# pipelined /db load's was 10-60 ms here, and a worker that needed moves showed 72-145 ms).
+MOVE_BOUND_US = 172237
 
 
 def db_json(t):
@@ -134,7 +143,8 @@ def run_phase(t, app, even_path, even_conns, heavy_path, heavy_conns):
     assert len(waited) >= WORKERS - 1, "too few workers queued: %s" % report
     for w in waited:
         r = report[w]
-        assert r["p99"] <= 2 * g99, "worker %d p99 %s us > 2 x global p99 %s us: %s" % (w, r["p99"], g99, report)
+        assert r["p99"] <= max(2 * g99, MOVE_BOUND_US), "worker %d p99 %s us > 2 x global p99 %s us and > %d us: %s" % (
+            w, r["p99"], g99, MOVE_BOUND_US, report)
     return report
 
 

@@ -123,8 +123,13 @@ def measure(label, listener, reqs, over, want, stack=None):
         "stack_size = %d\n" % stack if stack else "", os.devnull)
     if "warm" in over:  # a previous server put the user into Redis: this one hits
         with Tenkd(workers=1, db=db, redis=redis) as w:
-            st, h, _ = w.request("GET", "/users/%d" % over["warm"])
-            assert st == 200, st
+            # a worker serves before its Redis connection is up (that request bypasses the
+            # cache and stores nothing): ask until the user comes from Redis
+            def cached():
+                st, h, _ = w.request("GET", "/users/%d" % over["warm"])
+                assert st == 200, st
+                return h.get("x-cache") == "hit"
+            wait_until(cached, 10, "the user in Redis")
     t0 = psql("SELECT clock_timestamp()").strip()
     with Tenkd(workers=1, db=db, redis=redis, admin=True, conf=conf) as t:
         port = t.port if listener == "pub" else t.admin_port
